@@ -1,0 +1,115 @@
+//! sched_process_exec: recognise a trusted starter by the identity of the
+//! executed file, and start a container for it.
+use apptheus_common::{ContainerState, Event, EventKind, FileId, Stat};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    kernel::{atomic_add, boot_ns, bump, config, emit, read_at},
+    maps::{CONTAINERS, TASKS, TRUSTED},
+};
+
+/// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn apptheus_exec(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    let old_pid: i32 = ctx.arg(1);
+    let old_pid = old_pid as u32;
+
+    // A non-leader thread that execs takes over the leader's pid; its entry
+    // moves with it (the old leader's exit has already been seen).
+    if old_pid != tid {
+        // SAFETY: the value is copied out before the map is touched again.
+        if let Some(cid) = unsafe { TASKS.get(&old_pid) }.copied() {
+            let _ = TASKS.insert(&tid, &cid, 0);
+            let _ = TASKS.remove(&old_pid);
+        }
+    }
+
+    // Already in a container: a nested starter stays part of the outer one.
+    // SAFETY: as above.
+    if let Some(cid) = unsafe { TASKS.get(&tid) }.copied() {
+        if let Some(st) = CONTAINERS.get_ptr_mut(&cid) {
+            // SAFETY: st points into a live map value.
+            atomic_add(unsafe { &raw mut (*st).execs }, 1);
+        }
+        return Ok(());
+    }
+
+    let file = executed_file(ctx)?;
+    // SAFETY: a u8 marker, read immediately.
+    if unsafe { TRUSTED.get(&file) }.is_none() {
+        return Ok(());
+    }
+
+    let now = boot_ns();
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut state = ContainerState {
+        live_tasks: 1,
+        execs: 1,
+        start_boot_ns: now,
+        starter_tgid: tgid,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        starter: file,
+        ..ContainerState::default()
+    };
+    // The start time is the container id; two starts in the same nanosecond
+    // on two CPUs take the next free ids.
+    let mut cid = now;
+    let mut inserted = false;
+    for _ in 0..4 {
+        if CONTAINERS.insert(&cid, &state, BPF_NOEXIST as u64).is_ok() {
+            inserted = true;
+            break;
+        }
+        cid += 1;
+    }
+    if !inserted {
+        bump(Stat::ContainersMapFull);
+        return Ok(());
+    }
+    if TASKS.insert(&tid, &cid, 0).is_err() {
+        bump(Stat::TasksMapFull);
+        state.live_tasks = 0;
+        state.exited = 1;
+        let _ = CONTAINERS.insert(&cid, &state, 0);
+    }
+    emit(&Event {
+        kind: EventKind::ContainerStarted as u32,
+        tgid,
+        container: cid,
+        boot_ns: now,
+        uid: state.uid,
+        gid: state.gid,
+        file,
+        _reserved: [0; 2],
+    });
+    Ok(())
+}
+
+/// bprm->file->f_inode->{i_sb->s_dev, i_ino}
+fn executed_file(ctx: &BtfTracePointContext) -> Result<FileId, i64> {
+    let off = config().offsets;
+    let bprm: *const u8 = ctx.arg(2);
+    let file: *const u8 = read_at(bprm, off.binprm_file)?;
+    let inode: *const u8 = read_at(file, off.file_inode)?;
+    let ino: u64 = read_at(inode, off.inode_ino)?;
+    let sb: *const u8 = read_at(inode, off.inode_sb)?;
+    let dev: u32 = read_at(sb, off.sb_dev)?;
+    Ok(FileId {
+        dev: dev as u64,
+        ino,
+    })
+}

@@ -1,0 +1,59 @@
+//! sched_process_exit: a container's task is gone; the last one ends the
+//! container.
+use apptheus_common::{Event, EventKind};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+
+use crate::{
+    kernel::{atomic_add, boot_ns, emit},
+    maps::{CONTAINERS, TASKS},
+};
+
+/// TP_PROTO(struct task_struct *p) (6.16+ adds `bool group_dead`, unused)
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn apptheus_exit(_ctx: BtfTracePointContext) -> i32 {
+    try_exit();
+    0
+}
+
+fn try_exit() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(cid) = (unsafe { TASKS.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = TASKS.remove(&tid);
+    let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
+        return;
+    };
+    // SAFETY: st points into a live map value.
+    let left = unsafe {
+        if tid == tgid {
+            atomic_add(&raw mut (*st).process_exits, 1);
+        }
+        atomic_add(&raw mut (*st).live_tasks, u64::MAX);
+        core::ptr::read_volatile(&raw const (*st).live_tasks)
+    };
+    // Two CPUs retiring the last two tasks at once may both read 0 and both
+    // report the end; user space takes the first. None can miss it: the last
+    // decrement is always followed by a read of 0.
+    if left == 0 {
+        // SAFETY: as above; a plain store of a flag read by user space.
+        let (uid, gid) = unsafe {
+            (*st).exited = 1;
+            ((*st).uid, (*st).gid)
+        };
+        emit(&Event {
+            kind: EventKind::ContainerExited as u32,
+            tgid,
+            container: cid,
+            boot_ns: boot_ns(),
+            uid,
+            gid,
+            ..Event::default()
+        });
+    }
+}

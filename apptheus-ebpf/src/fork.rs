@@ -1,0 +1,49 @@
+//! sched_process_fork: every task created by a container's task belongs to
+//! the same container, before it first runs (the tracepoint fires before the
+//! child is woken).
+use apptheus_common::Stat;
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+
+use crate::{
+    kernel::{atomic_add, bump, config, read_at},
+    maps::{CONTAINERS, TASKS},
+};
+
+/// TP_PROTO(struct task_struct *parent, struct task_struct *child)
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn apptheus_fork(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
+    let parent_tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(cid) = (unsafe { TASKS.get(&parent_tid) }).copied() else {
+        return Ok(());
+    };
+    let off = config().offsets;
+    let child: *const u8 = ctx.arg(1);
+    let child_pid: i32 = read_at(child, off.task_pid)?;
+    let child_tgid: i32 = read_at(child, off.task_tgid)?;
+    let child_pid = child_pid as u32;
+
+    if TASKS.insert(&child_pid, &cid, 0).is_err() {
+        bump(Stat::TasksMapFull);
+        return Ok(());
+    }
+    if let Some(st) = CONTAINERS.get_ptr_mut(&cid) {
+        // SAFETY: st points into a live map value.
+        unsafe {
+            atomic_add(&raw mut (*st).live_tasks, 1);
+            if child_pid == child_tgid as u32 {
+                atomic_add(&raw mut (*st).forks, 1);
+            } else {
+                atomic_add(&raw mut (*st).threads_created, 1);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Small helpers over the kernel's interfaces: reading struct fields at
+//! offsets resolved from BTF, atomic counters, and events.
+use apptheus_common::{Config, Event, Stat};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use crate::maps::{CONFIG, EVENTS, STATS};
+
+/// The configuration user space handed in.
+#[inline(always)]
+pub fn config() -> Config {
+    // SAFETY: CONFIG is a plain static the loader rewrites before the
+    // program runs; the volatile read stops the compiler from folding in the
+    // compile-time zeroes.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG) }
+}
+
+/// Reads a `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn read_at<T>(base: *const u8, offset: u32) -> Result<T, i64> {
+    if base.is_null() {
+        return Err(-1);
+    }
+    // SAFETY: bpf_probe_read_kernel copies through a fault-safe path; a bad
+    // address yields an error, never a crash.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+        .map_err(i64::from)
+}
+
+/// Atomically adds `v` to `*p`. The old value is not returned on purpose:
+/// fetching it needs BPF atomics with BPF_FETCH (Linux 5.12), and 5.10 is
+/// among the kernels we support; a plain atomic add works everywhere.
+#[inline(always)]
+pub fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value returned by the kernel for this
+    // program's lifetime; an atomic add is what concurrent CPUs need.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v);
+    }
+}
+
+/// Adds one to an agent-level counter.
+#[inline(always)]
+pub fn bump(stat: Stat) {
+    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it, and programs are
+        // not preempted by themselves on one CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// CLOCK_BOOTTIME in nanoseconds.
+#[inline(always)]
+pub fn boot_ns() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() }
+}
+
+/// Sends an event to user space, counting it as lost if the ring is full.
+#[inline(always)]
+pub fn emit(ev: &Event) {
+    if EVENTS.output(ev, 0).is_err() {
+        bump(Stat::EventsLost);
+    }
+}

@@ -1,0 +1,44 @@
+//! The maps and globals shared by the programs and with user space.
+use apptheus_common::{
+    Config, ContainerState, EVENT_RING_BYTES, FileId, MAX_CONTAINERS, MAX_TASKS, MAX_TRUSTED_FILES,
+    STAT_COUNT,
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+
+/// The trusted starters, by file identity. Written only by user space.
+#[map]
+pub static TRUSTED: HashMap<FileId, u8> = HashMap::with_max_entries(MAX_TRUSTED_FILES, 0);
+
+/// Task id (a thread's pid) -> container id.
+#[map]
+pub static TASKS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TASKS, 0);
+
+/// Container id -> its state and counters.
+#[map]
+pub static CONTAINERS: HashMap<u64, ContainerState> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
+
+/// Container started / exited events.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Agent-level counters, indexed by `apptheus_common::Stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Filled in by user space at load time (`EbpfLoader::override_global`).
+#[unsafe(no_mangle)]
+pub static CONFIG: Config = Config {
+    offsets: apptheus_common::Offsets {
+        task_pid: 0,
+        task_tgid: 0,
+        binprm_file: 0,
+        file_inode: 0,
+        inode_ino: 0,
+        inode_sb: 0,
+        sb_dev: 0,
+        _pad: 0,
+    },
+};

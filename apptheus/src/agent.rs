@@ -1,0 +1,313 @@
+//! The agent: start-up, the main loop, shutdown. One task owns the state
+//! (registry, kernel maps, cgroups); events, the sampling tick and signals
+//! come to it.
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use apptheus_common::Stat;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    cli::{Args, EbpfMode},
+    families, http,
+    kernel::{Kernel, events::KernelEvent},
+    metrics::AgentMetrics,
+    preflight,
+    registry::{self, Container, KernelCounters, Phase, Registry, Source},
+    trust::TrustedSet,
+    users,
+};
+
+pub struct Agent {
+    args: Args,
+    metrics: Arc<AgentMetrics>,
+    kernel: Option<Kernel>,
+    registry: Registry,
+    trusted: TrustedSet,
+    lost_seen: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let trusted = TrustedSet::resolve(&args.trusted_paths())?;
+    tracing::info!(starters = %trusted.describe(), "trusting starters");
+
+    let host = match preflight::check(&args.procfs, &args.sysfs, args.ebpf != EbpfMode::False) {
+        Ok(h) => h,
+        Err(problems) => {
+            for p in &problems {
+                tracing::error!(problem = %p.what, fix = %p.fix, "cannot start");
+            }
+            bail!(
+                "{} problem(s) prevent starting:\n  - {}",
+                problems.len(),
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n  - ")
+            );
+        }
+    };
+    tracing::info!(layout = %host.kind, "cgroup layout");
+
+    let metrics = AgentMetrics::new();
+    let kernel = match args.ebpf {
+        EbpfMode::False => None,
+        mode => match Kernel::load(&host.btf, &trusted.ids()) {
+            Ok(k) => Some(k),
+            Err(e) if mode == EbpfMode::Auto => {
+                tracing::warn!(error = %e, "kernel programs unavailable; attributing through the monitoring socket alone");
+                None
+            }
+            Err(e) => {
+                return Err(e).context("--ebpf=true and the kernel programs could not be loaded");
+            }
+        },
+    };
+    let mode = if kernel.is_some() { "ebpf" } else { "socket" };
+    metrics.set_mode(mode);
+    tracing::info!(mode, "attribution mode");
+
+    // Listen before declaring ourselves up: a port in use is a start error.
+    let ready = Arc::new(AtomicBool::new(false));
+    let server = Arc::new(http::Server {
+        metrics: metrics.clone(),
+        telemetry_path: args.telemetry_path.clone(),
+        ready: ready.clone(),
+    });
+    let mut listeners = Vec::new();
+    for addr in &args.listen_address {
+        for sa in http::parse_listen_address(addr)? {
+            let l = http::bind(sa).await?;
+            tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), path = %args.telemetry_path, "serving metrics");
+            listeners.push(l);
+        }
+    }
+    let http_tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(http::serve(l, server.clone())))
+        .collect();
+
+    let mut agent = Agent {
+        args,
+        metrics,
+        kernel,
+        registry: Registry::default(),
+        trusted,
+        lost_seen: 0,
+    };
+    let result = agent.main_loop(ready).await;
+    for t in http_tasks {
+        t.abort();
+    }
+    // Dropping the kernel handle detaches the programs.
+    agent.kernel.take();
+    tracing::info!("stopped");
+    result
+}
+
+impl Agent {
+    async fn main_loop(&mut self, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+        let (tx, mut events) = mpsc::channel::<KernelEvent>(4096);
+        if let Some(ring) = self.kernel.as_mut().and_then(Kernel::take_events) {
+            tokio::spawn(async move {
+                if let Err(e) = crate::kernel::events::read_events(ring, tx).await {
+                    tracing::error!(error = %e, "reading kernel events stopped");
+                }
+            });
+        } else {
+            drop(tx);
+        }
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let mut tick = tokio::time::interval(self.args.monitor_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events_open = true;
+        loop {
+            tokio::select! {
+                ev = events.recv(), if events_open => match ev {
+                    Some(ev) => self.on_kernel_event(ev),
+                    None => events_open = false,
+                },
+                _ = tick.tick() => {
+                    self.sample();
+                    ready.store(true, Ordering::Release);
+                }
+                _ = sighup.recv() => self.reload_trust(),
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+                _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
+            }
+        }
+    }
+
+    fn on_kernel_event(&mut self, ev: KernelEvent) {
+        match ev {
+            KernelEvent::Started {
+                container,
+                tgid,
+                uid,
+                boot_ns,
+                file,
+                ..
+            } => {
+                let starter_path = self
+                    .trusted
+                    .files
+                    .iter()
+                    .find(|f| f.id == file)
+                    .map(|f| f.path.clone())
+                    .unwrap_or_default();
+                let meta = crate::environ::read(&self.args.procfs, tgid).unwrap_or_default();
+                let c = Container {
+                    key: container,
+                    id: registry::container_id(tgid, container),
+                    starter_pid: tgid,
+                    starter_path,
+                    start_time: registry::boot_ns_to_system_time(boot_ns),
+                    uid,
+                    user: users::name(uid),
+                    meta,
+                    source: Source::Kernel,
+                    phase: Phase::Running,
+                    sample: None,
+                };
+                tracing::info!(container_id = %c.id, pid = tgid, uid, starter = %c.starter_path.display(), "container started");
+                if self.registry.insert(c) {
+                    self.metrics.containers_started.inc();
+                }
+            }
+            KernelEvent::Exited { container, .. } => self.end(container),
+        }
+    }
+
+    /// A container's last task is gone: final sample, then mark it exited.
+    fn end(&mut self, key: u64) {
+        if self
+            .registry
+            .get(key)
+            .is_none_or(|c| c.phase != Phase::Running)
+        {
+            return;
+        }
+        self.sample_one(key);
+        if self.registry.mark_exited(key, Instant::now()) {
+            if let Some(c) = self.registry.get(key) {
+                tracing::info!(container_id = %c.id, "container exited");
+            }
+        }
+    }
+
+    fn sample_one(&mut self, key: u64) {
+        let kernel = self
+            .kernel
+            .as_ref()
+            .and_then(|k| k.container(key))
+            .map(|s| KernelCounters {
+                execs: s.execs,
+                forks: s.forks,
+                threads_created: s.threads_created,
+                process_exits: s.process_exits,
+                live_tasks: s.live_tasks,
+            });
+        if let Some(c) = self.registry.get_mut(key) {
+            let mut sample = c.sample.take().unwrap_or_default();
+            if kernel.is_some() {
+                sample.kernel = kernel;
+            }
+            c.sample = Some(sample);
+        }
+    }
+
+    fn sample(&mut self) {
+        let started = Instant::now();
+        self.reconcile();
+        let keys: Vec<u64> = self.registry.running().map(|c| c.key).collect();
+        for key in keys {
+            self.sample_one(key);
+        }
+        for c in self.registry.expire(Instant::now(), self.args.grace_period) {
+            if let Some(k) = self.kernel.as_mut() {
+                k.forget(c.key);
+            }
+            tracing::debug!(container_id = %c.id, "series removed after the grace period");
+        }
+        self.metrics.publish(families::build(&self.registry));
+        self.metrics.containers.set(self.registry.len() as i64);
+        if let Some(k) = &self.kernel {
+            let lost = k.stat(Stat::EventsLost);
+            if lost > self.lost_seen {
+                self.metrics.ebpf_events_lost.inc_by(lost - self.lost_seen);
+                self.lost_seen = lost;
+            }
+        }
+        self.metrics
+            .sample_duration
+            .set(started.elapsed().as_secs_f64());
+    }
+
+    /// Recovers from lost events: the kernel's map is the truth.
+    fn reconcile(&mut self) {
+        let Some(k) = &self.kernel else { return };
+        let states = k.containers();
+        for (key, st) in &states {
+            if self.registry.get(*key).is_none() && st.exited == 0 {
+                tracing::warn!(
+                    key,
+                    "container missed by the event stream; recovered from the kernel's map"
+                );
+                self.on_kernel_event(KernelEvent::Started {
+                    container: *key,
+                    tgid: st.starter_tgid,
+                    uid: st.uid,
+                    gid: st.gid,
+                    boot_ns: st.start_boot_ns,
+                    file: st.starter,
+                });
+            }
+        }
+        let ended: Vec<u64> = self
+            .registry
+            .running()
+            .filter(|c| c.source == Source::Kernel)
+            .filter(|c| {
+                states
+                    .iter()
+                    .find(|(k, _)| *k == c.key)
+                    .is_none_or(|(_, st)| st.exited != 0)
+            })
+            .map(|c| c.key)
+            .collect();
+        for key in ended {
+            self.end(key);
+        }
+    }
+
+    fn reload_trust(&mut self) {
+        match TrustedSet::resolve(&self.args.trusted_paths()) {
+            Ok(t) if t == self.trusted => tracing::info!("SIGHUP: trusted starters unchanged"),
+            Ok(t) => {
+                if let Some(k) = self.kernel.as_mut() {
+                    if let Err(e) = k.set_trusted(&t.ids()) {
+                        tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
+                        return;
+                    }
+                }
+                tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "SIGHUP: trusted starters changed");
+                self.trusted = t;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: cannot resolve trusted starters; keeping the old set")
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! cgroups: the host's layout, a cgroup per container, and its statistics.
+pub mod families;
+pub mod layout;
+pub mod stats;

@@ -1,0 +1,226 @@
+//! The command line. Flag names follow the original (Go) Apptheus so that
+//! Apptainer's admin guide and existing unit files keep working.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::duration::parse_duration;
+
+/// Where Apptainer installs its trusted starters, tried when no
+/// `--trust.path` is given.
+pub const DEFAULT_STARTERS: [&str; 4] = [
+    "/usr/libexec/apptainer/bin/starter",
+    "/usr/libexec/apptainer/bin/starter-suid",
+    "/usr/local/libexec/apptainer/bin/starter",
+    "/usr/local/libexec/apptainer/bin/starter-suid",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EbpfMode {
+    Auto,
+    True,
+    False,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "apptheus",
+    version = crate::build_info::VERSION_LONG,
+    about = "Per-container metrics for Apptainer on HPC nodes, attributed in the kernel, for Prometheus",
+    long_about = None,
+)]
+pub struct Args {
+    /// Trusted starter binaries, separated by ';' (as in Apptainer's admin
+    /// guide) and/or given several times. Trusted by the identity of the file
+    /// (device and inode), never by path. Default: Apptainer's starter and
+    /// starter-suid under /usr/libexec and /usr/local/libexec, those that exist.
+    #[arg(long = "trust.path", value_name = "PATHS", action = ArgAction::Append)]
+    pub trust_path: Vec<String>,
+
+    /// Unix socket that Apptainer's starter connects to with `allow monitoring = yes`.
+    #[arg(
+        long = "socket.path",
+        value_name = "PATH",
+        default_value = "/run/apptheus/gateway.sock"
+    )]
+    pub socket_path: PathBuf,
+
+    /// How often container statistics are sampled (e.g. 500ms, 0.5s, 1m).
+    #[arg(
+        long = "monitor.interval",
+        alias = "monitor.inverval",
+        value_name = "DURATION",
+        default_value = "0.5s",
+        value_parser = parse_interval,
+    )]
+    pub monitor_interval: Duration,
+
+    /// How long an ended container's series stay, so that scrapes still see its final values.
+    #[arg(
+        long = "monitor.grace-period",
+        value_name = "DURATION",
+        default_value = "35s",
+        value_parser = parse_duration,
+    )]
+    pub grace_period: Duration,
+
+    /// Address to serve HTTP on (host:port, :port for every address). May be repeated.
+    #[arg(long = "web.listen-address", value_name = "ADDR", action = ArgAction::Append, default_value = ":9091")]
+    pub listen_address: Vec<String>,
+
+    /// Path under which metrics are served.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
+    pub telemetry_path: String,
+
+    /// TLS and basic-auth configuration, in the Prometheus exporter-toolkit format.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Attribute containers with the kernel programs: auto (use them, or fall
+    /// back to the monitoring socket alone with a warning if the kernel refuses
+    /// them), true (refuse to start without them), false (socket alone).
+    #[arg(long = "ebpf", value_name = "MODE", value_enum, default_value = "auto")]
+    pub ebpf: EbpfMode,
+
+    /// Only log messages at this level or above.
+    #[arg(
+        long = "log.level",
+        value_name = "LEVEL",
+        value_enum,
+        default_value = "info"
+    )]
+    pub log_level: LogLevel,
+
+    /// Log line format.
+    #[arg(
+        long = "log.format",
+        value_name = "FORMAT",
+        value_enum,
+        default_value = "logfmt"
+    )]
+    pub log_format: LogFormat,
+
+    /// procfs mount point.
+    #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// sysfs mount point.
+    #[arg(long = "path.sysfs", value_name = "PATH", default_value = "/sys")]
+    pub sysfs: PathBuf,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!(
+            "'{s}' is too short: the interval must be at least 10ms"
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.len() < 2 {
+        return Err(format!(
+            "'{s}' must start with '/' and not be '/' alone (e.g. /metrics)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+impl Args {
+    /// The trusted paths as given: every `--trust.path`, split on ';',
+    /// blanks dropped. Empty when none was given.
+    pub fn trusted_paths(&self) -> Vec<PathBuf> {
+        self.trust_path
+            .iter()
+            .flat_map(|s| s.split(';'))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("apptheus").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.socket_path, PathBuf::from("/run/apptheus/gateway.sock"));
+        assert_eq!(a.monitor_interval, Duration::from_millis(500));
+        assert_eq!(a.listen_address, vec![":9091".to_string()]);
+        assert_eq!(a.telemetry_path, "/metrics");
+        assert_eq!(a.ebpf, EbpfMode::Auto);
+        assert_eq!(parse(&["--ebpf=false"]).unwrap().ebpf, EbpfMode::False);
+        assert!(a.trusted_paths().is_empty());
+    }
+
+    #[test]
+    fn trust_path_splits_on_semicolons_and_repeats() {
+        let a = parse(&[
+            "--trust.path=/a/starter;/b/starter-suid;",
+            "--trust.path",
+            "/c/starter",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.trusted_paths(),
+            vec![
+                PathBuf::from("/a/starter"),
+                PathBuf::from("/b/starter-suid"),
+                PathBuf::from("/c/starter")
+            ]
+        );
+    }
+
+    #[test]
+    fn misspelt_interval_of_the_original_is_accepted() {
+        let a = parse(&["--monitor.inverval=2s"]).unwrap();
+        assert_eq!(a.monitor_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_flag() {
+        let e = parse(&["--monitor.interval=fast"]).unwrap_err().to_string();
+        assert!(e.contains("--monitor.interval"), "{e}");
+        let e = parse(&["--monitor.interval=1ms"]).unwrap_err().to_string();
+        assert!(e.contains("at least 10ms"), "{e}");
+        let e = parse(&["--web.telemetry-path=metrics"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with '/'"), "{e}");
+        let e = parse(&["--log.format=xml"]).unwrap_err().to_string();
+        assert!(e.contains("logfmt"), "{e}");
+    }
+
+    #[test]
+    fn listen_address_repeats() {
+        let a = parse(&[
+            "--web.listen-address=127.0.0.1:1",
+            "--web.listen-address=:2",
+        ])
+        .unwrap();
+        assert_eq!(a.listen_address, vec!["127.0.0.1:1", ":2"]);
+    }
+}

@@ -1,0 +1,315 @@
+//! Exposition formats: Prometheus text 0.0.4 (the `prometheus` crate's
+//! encoder) and OpenMetrics 1.0.0 (written here; the crate has none),
+//! chosen from the scraper's Accept header.
+use std::fmt::Write as _;
+
+use prometheus::{
+    Encoder as _, TextEncoder,
+    proto::{LabelPair, MetricFamily, MetricType},
+};
+
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    OpenMetrics,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => TEXT_CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// Picks the format from an Accept header: OpenMetrics 1.0.0 when the
+/// client prefers it (as Prometheus does), the classic text format
+/// otherwise.
+pub fn negotiate(accept: &str) -> Format {
+    let mut best_om: f32 = -1.0;
+    let mut best_text: f32 = -1.0;
+    for entry in accept.split(',') {
+        let mut parts = entry.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let mut q = 1.0f32;
+        let mut version: Option<String> = None;
+        for p in parts {
+            if let Some(v) = p.strip_prefix("q=") {
+                q = v.parse().unwrap_or(0.0);
+            } else if let Some(v) = p.strip_prefix("version=") {
+                version = Some(v.to_string());
+            }
+        }
+        match media.as_str() {
+            "application/openmetrics-text" if version.as_deref().is_none_or(|v| v == "1.0.0") => {
+                best_om = best_om.max(q)
+            }
+            "text/plain" | "*/*" | "text/*" => best_text = best_text.max(q),
+            _ => {}
+        }
+    }
+    if best_om > 0.0 && best_om >= best_text {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("text encoding: {0}")]
+    Text(#[from] prometheus::Error),
+}
+
+pub fn encode(families: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
+    match format {
+        Format::Text => {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            TextEncoder::new().encode(families, &mut buf)?;
+            Ok(buf)
+        }
+        Format::OpenMetrics => Ok(encode_openmetrics(families).into_bytes()),
+    }
+}
+
+/// OpenMetrics 1.0.0 text. Counters are named without `_total` in their
+/// TYPE and HELP lines, with it on samples.
+pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    for mf in families {
+        if mf.metric.is_empty() {
+            continue;
+        }
+        let name = mf.name();
+        let (family, kind) = match mf.type_() {
+            MetricType::COUNTER => (name.strip_suffix("_total").unwrap_or(name), "counter"),
+            MetricType::GAUGE => (name, "gauge"),
+            MetricType::HISTOGRAM => (name, "histogram"),
+            MetricType::SUMMARY => (name, "summary"),
+            MetricType::UNTYPED => (name, "unknown"),
+        };
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        if !mf.help().is_empty() {
+            let _ = writeln!(out, "# HELP {family} {}", escape_help(mf.help()));
+        }
+        for m in &mf.metric {
+            let labels = &m.label;
+            match mf.type_() {
+                MetricType::COUNTER => sample(
+                    &mut out,
+                    &format!("{family}_total"),
+                    labels,
+                    None,
+                    m.counter.value(),
+                ),
+                MetricType::GAUGE => sample(&mut out, family, labels, None, m.gauge.value()),
+                MetricType::UNTYPED => sample(&mut out, family, labels, None, m.untyped.value()),
+                MetricType::HISTOGRAM => {
+                    let h = &m.histogram;
+                    let mut inf_seen = false;
+                    for b in &h.bucket {
+                        inf_seen |= b.upper_bound().is_infinite();
+                        sample(
+                            &mut out,
+                            &format!("{family}_bucket"),
+                            labels,
+                            Some(("le", b.upper_bound())),
+                            b.cumulative_count() as f64,
+                        );
+                    }
+                    if !inf_seen {
+                        sample(
+                            &mut out,
+                            &format!("{family}_bucket"),
+                            labels,
+                            Some(("le", f64::INFINITY)),
+                            h.sample_count() as f64,
+                        );
+                    }
+                    sample(
+                        &mut out,
+                        &format!("{family}_count"),
+                        labels,
+                        None,
+                        h.sample_count() as f64,
+                    );
+                    sample(
+                        &mut out,
+                        &format!("{family}_sum"),
+                        labels,
+                        None,
+                        h.sample_sum(),
+                    );
+                }
+                MetricType::SUMMARY => {
+                    let s = &m.summary;
+                    for q in &s.quantile {
+                        sample(
+                            &mut out,
+                            family,
+                            labels,
+                            Some(("quantile", q.quantile())),
+                            q.value(),
+                        );
+                    }
+                    sample(
+                        &mut out,
+                        &format!("{family}_count"),
+                        labels,
+                        None,
+                        s.sample_count() as f64,
+                    );
+                    sample(
+                        &mut out,
+                        &format!("{family}_sum"),
+                        labels,
+                        None,
+                        s.sample_sum(),
+                    );
+                }
+            }
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+fn sample(
+    out: &mut String,
+    name: &str,
+    labels: &[LabelPair],
+    extra: Option<(&str, f64)>,
+    value: f64,
+) {
+    out.push_str(name);
+    if !labels.is_empty() || extra.is_some() {
+        out.push('{');
+        let mut first = true;
+        for l in labels {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let _ = write!(out, "{}=\"{}\"", l.name(), escape_label(l.value()));
+        }
+        if let Some((k, v)) = extra {
+            if !first {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", format_value(v));
+        }
+        out.push('}');
+    }
+    out.push(' ');
+    out.push_str(&format_value(value));
+    out.push('\n');
+}
+
+/// Formats a sample value as Prometheus and OpenMetrics expect.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', r"\\")
+        .replace('\n', r"\n")
+        .replace('"', "\\\"")
+}
+
+fn escape_help(s: &str) -> String {
+    s.replace('\\', r"\\")
+        .replace('\n', r"\n")
+        .replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+
+    use super::*;
+
+    #[test]
+    fn prometheus_prefers_openmetrics() {
+        let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(negotiate(prom), Format::OpenMetrics);
+        assert_eq!(negotiate(""), Format::Text);
+        assert_eq!(negotiate("text/plain"), Format::Text);
+        assert_eq!(
+            negotiate("application/openmetrics-text;version=0.0.1"),
+            Format::Text
+        );
+        assert_eq!(
+            negotiate("application/openmetrics-text;q=0,text/plain"),
+            Format::Text
+        );
+        assert_eq!(
+            negotiate("application/openmetrics-text"),
+            Format::OpenMetrics
+        );
+    }
+
+    #[test]
+    fn openmetrics_counter_histogram_and_eof() {
+        let r = Registry::new();
+        let c = IntCounterVec::new(
+            Opts::new("x_requests_total", "Requests \"served\"."),
+            &["path"],
+        )
+        .unwrap();
+        c.with_label_values(&["/a\"b"]).inc_by(3);
+        let h = Histogram::with_opts(
+            HistogramOpts::new("x_latency_seconds", "Latency.").buckets(vec![0.5, 1.0]),
+        )
+        .unwrap();
+        h.observe(0.7);
+        r.register(Box::new(c)).unwrap();
+        r.register(Box::new(h)).unwrap();
+        let text = encode_openmetrics(&r.gather());
+        assert!(text.contains("# TYPE x_requests counter\n"), "{text}");
+        assert!(
+            text.contains("# HELP x_requests Requests \\\"served\\\".\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_requests_total{path=\"/a\\\"b\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"0.5\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_latency_seconds_bucket{le=\"+Inf\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_latency_seconds_sum 0.7\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(2.0), "2");
+        assert_eq!(format_value(0.25), "0.25");
+    }
+}

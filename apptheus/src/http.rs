@@ -1,0 +1,352 @@
+//! The HTTP endpoint: metrics, a landing page, health and readiness.
+use std::{
+    convert::Infallible,
+    io::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::{exposition, metrics::AgentMetrics};
+
+/// Connections served at once, per listener; more wait in the kernel's
+/// accept queue.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole connection, however slow, is closed after this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("invalid --web.listen-address '{addr}': {why} (expected host:port or :port)")]
+    Address { addr: String, why: String },
+    #[error(
+        "cannot listen on {addr}: {source}; is another exporter using the port? Choose another with --web.listen-address"
+    )]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server {
+    pub metrics: Arc<AgentMetrics>,
+    pub telemetry_path: String,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Parses a listen address the way Go does: ":9091" means every address.
+pub fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
+    let bad = |why: &str| HttpError::Address {
+        addr: addr.to_string(),
+        why: why.to_string(),
+    };
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+        return Ok(vec![SocketAddr::from(([0u16; 8], port))]);
+    }
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return Ok(vec![sa]);
+    }
+    // host:port with a name (e.g. localhost:9091).
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("missing port"))?;
+    let port: u16 = port.parse().map_err(|_| bad("bad port"))?;
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| bad(&format!("cannot resolve host: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(bad("host has no address"));
+    }
+    Ok(addrs)
+}
+
+/// Binds a listener; "every address" falls back to IPv4 only on hosts
+/// without IPv6.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::debug!(error = %e, "IPv6 unavailable, listening on IPv4 only");
+            TcpListener::bind(v4)
+                .await
+                .map_err(|source| HttpError::Bind {
+                    addr: v4.to_string(),
+                    source,
+                })
+        }
+        Err(source) => Err(HttpError::Bind {
+            addr: addr.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Serves connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = match limit.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(&req)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), svc);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error")
+                }
+                Err(_) => tracing::debug!(%peer, "HTTP connection closed after the time limit"),
+            }
+        });
+    }
+}
+
+impl Server {
+    fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are supported\n",
+            );
+        }
+        let path = req.uri().path();
+        if path == self.telemetry_path {
+            return self.metrics(req);
+        }
+        match path {
+            "/" => html(&landing_page(&self.telemetry_path)),
+            "/-/healthy" => text(StatusCode::OK, "Healthy\n"),
+            "/-/ready" => {
+                if self.ready.load(Ordering::Acquire) {
+                    text(StatusCode::OK, "Ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Not ready: the first sample is not taken yet\n",
+                    )
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "Not found\n"),
+        }
+    }
+
+    fn metrics<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let format = exposition::negotiate(accept);
+        let body = match exposition::encode(&self.metrics.gather(), format) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding metrics failed");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding metrics failed\n",
+                );
+            }
+        };
+        let gzip = req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(accepts_gzip);
+        let mut builder = Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, format.content_type())
+            .header(header::VARY, "Accept-Encoding");
+        let body = if gzip {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            match enc.write_all(&body).and_then(|()| enc.finish()) {
+                Ok(z) => {
+                    builder = builder.header(header::CONTENT_ENCODING, "gzip");
+                    z
+                }
+                Err(_) => body,
+            }
+        } else {
+            body
+        };
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))
+    }
+}
+
+/// Whether an Accept-Encoding header allows gzip (and does not refuse it
+/// with q=0).
+pub fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|part| {
+        let mut it = part.split(';').map(str::trim);
+        let coding = it.next().unwrap_or("");
+        let q_zero = it.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+    })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn html(body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+fn landing_page(telemetry_path: &str) -> String {
+    let path = html_escape(telemetry_path);
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>apptheus</title></head><body>\n\
+         <h1>apptheus</h1>\n<p>Per-container metrics for Apptainer, version {}.</p>\n\
+         <ul>\n<li><a href=\"{path}\">Metrics</a></li>\n<li><a href=\"/-/healthy\">Health</a></li>\n\
+         <li><a href=\"/-/ready\">Readiness</a></li>\n</ul>\n</body></html>\n",
+        crate::build_info::VERSION_LONG
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            parse_listen_address(":9091").unwrap(),
+            vec!["[::]:9091".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            parse_listen_address("127.0.0.1:80").unwrap(),
+            vec!["127.0.0.1:80".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(
+            parse_listen_address("localhost:9091")
+                .unwrap()
+                .iter()
+                .all(|a| a.ip().is_loopback())
+        );
+        for bad in ["9091", ":port", "host:", ":99999"] {
+            let e = parse_listen_address(bad).unwrap_err().to_string();
+            assert!(e.contains("--web.listen-address"), "{e}");
+        }
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip("gzip"));
+        assert!(accepts_gzip("deflate, gzip;q=0.5"));
+        assert!(accepts_gzip("*"));
+        assert!(!accepts_gzip("gzip;q=0"));
+        assert!(!accepts_gzip("identity"));
+        assert!(!accepts_gzip(""));
+    }
+
+    fn server(ready: bool) -> Server {
+        Server {
+            metrics: AgentMetrics::new(),
+            telemetry_path: "/metrics".into(),
+            ready: Arc::new(AtomicBool::new(ready)),
+        }
+    }
+
+    fn get(s: &Server, path: &str, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
+        let mut b = Request::builder().uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        s.handle(&b.body(()).unwrap())
+    }
+
+    #[test]
+    fn routes() {
+        let s = server(false);
+        assert_eq!(get(&s, "/", &[]).status(), StatusCode::OK);
+        assert_eq!(get(&s, "/-/healthy", &[]).status(), StatusCode::OK);
+        assert_eq!(
+            get(&s, "/-/ready", &[]).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(get(&server(true), "/-/ready", &[]).status(), StatusCode::OK);
+        assert_eq!(get(&s, "/nope", &[]).status(), StatusCode::NOT_FOUND);
+        let r = get(&s, "/metrics", &[]);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let r = get(&s, "/metrics", &[("accept-encoding", "gzip")]);
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        let post = Request::builder()
+            .method(Method::POST)
+            .uri("/metrics")
+            .body(())
+            .unwrap();
+        assert_eq!(s.handle(&post).status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn landing_page_links_the_metrics_path_escaped() {
+        let p = landing_page("/m\"<x>");
+        assert!(p.contains("href=\"/m&quot;&lt;x&gt;\""), "{p}");
+    }
+}

@@ -1,0 +1,146 @@
+//! Events from the kernel programs: decoding (pure) and the async reader
+//! that wakes on the ring buffer's descriptor.
+use apptheus_common::{EVENT_SIZE, Event, EventKind, FileId};
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+/// A decoded kernel event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelEvent {
+    Started {
+        container: u64,
+        tgid: u32,
+        uid: u32,
+        gid: u32,
+        boot_ns: u64,
+        file: FileId,
+    },
+    Exited {
+        container: u64,
+        boot_ns: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("kernel event of {0} bytes, expected {EVENT_SIZE}")]
+    Size(usize),
+    #[error("kernel event of unknown kind {0}")]
+    Kind(u32),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    if bytes.len() != EVENT_SIZE {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: the length is checked; Event is repr(C) plain integers, valid
+    // for every bit pattern; read_unaligned copes with any alignment.
+    let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) };
+    match EventKind::from_u32(ev.kind) {
+        Some(EventKind::ContainerStarted) => Ok(KernelEvent::Started {
+            container: ev.container,
+            tgid: ev.tgid,
+            uid: ev.uid,
+            gid: ev.gid,
+            boot_ns: ev.boot_ns,
+            file: ev.file,
+        }),
+        Some(EventKind::ContainerExited) => Ok(KernelEvent::Exited {
+            container: ev.container,
+            boot_ns: ev.boot_ns,
+        }),
+        None => Err(DecodeError::Kind(ev.kind)),
+    }
+}
+
+/// Reads the ring buffer until `tx` closes, waking on its descriptor.
+pub async fn read_events(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<KernelEvent>,
+) -> std::io::Result<()> {
+    // SAFETY: the RingBuf owns its map descriptor, which stays open and
+    // unchanged until the RingBuf (owned by the AsyncFd) is dropped.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        let mut batch = Vec::new();
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(ev) => batch.push(ev),
+                Err(e) => tracing::warn!(error = %e, "dropping malformed kernel event"),
+            }
+        }
+        guard.clear_ready();
+        for ev in batch {
+            if tx.send(ev).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(ev: &Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain integers without padding.
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), EVENT_SIZE) }
+            .to_vec()
+    }
+
+    #[test]
+    fn round_trip() {
+        let file = FileId {
+            dev: 0xfe00001,
+            ino: 42,
+        };
+        let ev = Event {
+            kind: EventKind::ContainerStarted as u32,
+            tgid: 1234,
+            container: 99,
+            boot_ns: 5,
+            uid: 1000,
+            gid: 100,
+            file,
+            _reserved: [0; 2],
+        };
+        assert_eq!(
+            decode(&bytes(&ev)),
+            Ok(KernelEvent::Started {
+                container: 99,
+                tgid: 1234,
+                uid: 1000,
+                gid: 100,
+                boot_ns: 5,
+                file
+            })
+        );
+        let ev = Event {
+            kind: EventKind::ContainerExited as u32,
+            container: 7,
+            boot_ns: 9,
+            ..Event::default()
+        };
+        assert_eq!(
+            decode(&bytes(&ev)),
+            Ok(KernelEvent::Exited {
+                container: 7,
+                boot_ns: 9
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Size(3)));
+        let ev = Event {
+            kind: 77,
+            ..Event::default()
+        };
+        assert_eq!(decode(&bytes(&ev)), Err(DecodeError::Kind(77)));
+    }
+}

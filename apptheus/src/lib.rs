@@ -1,0 +1,19 @@
+//! apptheus: per-container metrics for Apptainer on HPC nodes, attributed
+//! in the kernel, for Prometheus.
+pub mod agent;
+pub mod build_info;
+pub mod cgroup;
+pub mod cli;
+pub mod duration;
+pub mod environ;
+pub mod exposition;
+pub mod families;
+pub mod http;
+pub mod kernel;
+pub mod logging;
+pub mod metrics;
+pub mod preflight;
+pub mod registry;
+pub mod testing;
+pub mod trust;
+pub mod users;

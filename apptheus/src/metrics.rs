@@ -1,0 +1,173 @@
+//! The agent's own metrics, and the latest container sample, gathered into
+//! one exposition.
+use std::sync::{Arc, RwLock};
+
+use prometheus::{
+    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, proto::MetricFamily,
+};
+
+use crate::build_info;
+
+/// Results of a connection to the monitoring socket, for
+/// `apptheus_socket_connections_total{result}`.
+pub const SOCKET_RESULTS: [&str; 3] = ["accepted", "rejected", "error"];
+
+pub struct AgentMetrics {
+    registry: Registry,
+    pub containers: IntGauge,
+    pub containers_started: IntCounter,
+    pub ebpf_events_lost: IntCounter,
+    pub socket_connections: IntCounterVec,
+    pub sample_duration: Gauge,
+    pub mode: IntGaugeVec,
+    /// The latest per-container families, replaced whole at each sample.
+    containers_families: RwLock<Arc<Vec<MetricFamily>>>,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only static, valid names and help strings are registered here; a
+    // failure is a programming error caught by the unit tests.
+    r.unwrap_or_else(|e| unreachable!("static metric definition rejected: {e}"))
+}
+
+impl AgentMetrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let build = must(IntGaugeVec::new(
+            Opts::new(
+                "apptheus_build_info",
+                "A metric with a constant '1' value labeled by version, revision, branch, rustversion and target from which apptheus was built.",
+            ),
+            &["version", "revision", "branch", "rustversion", "target"],
+        ));
+        build
+            .with_label_values(&[
+                build_info::VERSION,
+                build_info::REVISION,
+                build_info::BRANCH,
+                build_info::RUSTVERSION,
+                build_info::TARGET,
+            ])
+            .set(1);
+        let containers = must(IntGauge::new(
+            "apptheus_containers",
+            "Containers currently tracked (running, or ended and within the grace period).",
+        ));
+        let containers_started = must(IntCounter::new(
+            "apptheus_containers_started_total",
+            "Containers seen starting since the agent started.",
+        ));
+        let ebpf_events_lost = must(IntCounter::new(
+            "apptheus_ebpf_events_lost_total",
+            "Kernel events that did not fit in the ring buffer (recovered by reconciling with the kernel's maps).",
+        ));
+        let socket_connections = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_socket_connections_total",
+                "Connections to the monitoring socket, by result.",
+            ),
+            &["result"],
+        ));
+        for r in SOCKET_RESULTS {
+            socket_connections.with_label_values(&[r]);
+        }
+        let sample_duration = must(Gauge::new(
+            "apptheus_sample_duration_seconds",
+            "How long the latest sample of every container's statistics took.",
+        ));
+        let mode = must(IntGaugeVec::new(
+            Opts::new(
+                "apptheus_attribution_mode",
+                "How containers are found: 1 for the mode in use (ebpf: kernel programs; socket: Apptainer's monitoring socket alone).",
+            ),
+            &["mode"],
+        ));
+        for c in [
+            Box::new(build) as Box<dyn prometheus::core::Collector>,
+            Box::new(containers.clone()),
+            Box::new(containers_started.clone()),
+            Box::new(ebpf_events_lost.clone()),
+            Box::new(socket_connections.clone()),
+            Box::new(sample_duration.clone()),
+            Box::new(mode.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ] {
+            must(registry.register(c));
+        }
+        Arc::new(Self {
+            registry,
+            containers,
+            containers_started,
+            ebpf_events_lost,
+            socket_connections,
+            sample_duration,
+            mode,
+            containers_families: RwLock::new(Arc::new(Vec::new())),
+        })
+    }
+
+    /// Records which attribution mode runs.
+    pub fn set_mode(&self, mode: &str) {
+        for m in ["ebpf", "socket"] {
+            self.mode.with_label_values(&[m]).set(i64::from(m == mode));
+        }
+    }
+
+    /// Replaces the per-container families with a new sample.
+    pub fn publish(&self, families: Vec<MetricFamily>) {
+        let mut guard = self
+            .containers_families
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = Arc::new(families);
+    }
+
+    /// Everything to expose, sorted by name.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        let mut all = self.registry.gather();
+        let containers = self
+            .containers_families
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        all.extend(containers.iter().cloned());
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_and_process_metrics_are_exposed() {
+        let m = AgentMetrics::new();
+        let names: Vec<String> = m.gather().iter().map(|f| f.name().to_string()).collect();
+        for want in [
+            "apptheus_build_info",
+            "apptheus_containers",
+            "apptheus_containers_started_total",
+            "apptheus_ebpf_events_lost_total",
+            "apptheus_socket_connections_total",
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{want} missing from {names:?}"
+            );
+        }
+        let bi = m
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "apptheus_build_info")
+            .unwrap();
+        let labels: Vec<(String, String)> = bi.metric[0]
+            .label
+            .iter()
+            .map(|l| (l.name().to_string(), l.value().to_string()))
+            .collect();
+        assert!(labels.contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
+    }
+}

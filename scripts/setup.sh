@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs what building and testing apptheus needs, and nothing that is
+# already there. Idempotent: a second run on a prepared machine takes seconds.
+#
+#   scripts/setup.sh            build + run requirements
+#   scripts/setup.sh --test     also what the test suite starts for real
+#                               (Prometheus, Pushgateway, crun, runc, stress-ng)
+#
+# Facts behind the pins are in README.md ("Building from source").
+set -euo pipefail
+
+TOOLCHAIN=1.98.0
+BPF_LINKER_VERSION=0.13.0
+LLVM_MAJOR=22
+
+want_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --test)" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  log "must run as root (it installs Debian packages); try: sudo $0 $*"
+  exit 1
+fi
+
+# --- Debian packages ---------------------------------------------------------
+packages=(
+  "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" libzstd-dev zlib1g-dev
+  gcc libc6-dev pkg-config ca-certificates
+)
+if [ "$want_test" = 1 ]; then
+  packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # Do not let package scripts start services (prometheus, pushgateway):
+  # the tests start their own instances on free ports.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$created_policy" = 1 ] && rm -f "$policy"
+fi
+
+# --- Rust toolchain ----------------------------------------------------------
+if ! command -v rustup >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/rustup" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v rustup >/dev/null 2>&1; then
+  log "rustup is not installed; install it (https://rustup.rs) and run this again"
+  exit 1
+fi
+if ! rustup run "$TOOLCHAIN" rustc --version >/dev/null 2>&1 \
+   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rust-src' \
+   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^clippy' \
+   || ! rustup component list --toolchain "$TOOLCHAIN" --installed 2>/dev/null | grep -q '^rustfmt'; then
+  log "installing Rust $TOOLCHAIN with rust-src, clippy, rustfmt"
+  rustup toolchain install "$TOOLCHAIN" --profile minimal --component rust-src,clippy,rustfmt
+fi
+
+# --- bpf-linker, built against Debian's LLVM ---------------------------------
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+have_linker=""
+if [ -x "$cargo_bin/bpf-linker" ]; then
+  have_linker=$("$cargo_bin/bpf-linker" --version 2>/dev/null | awk '{print $2}')
+fi
+if [ "$have_linker" != "$BPF_LINKER_VERSION" ]; then
+  log "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_MAJOR (about a minute)"
+  LLVM_PREFIX="/usr/lib/llvm-${LLVM_MAJOR}" \
+    cargo "+$TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" --locked \
+      --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+log "ready: Rust $TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION (LLVM $LLVM_MAJOR)"
