@@ -189,6 +189,8 @@ mod tests {
                 }),
                 ..Default::default()
             }),
+            cgroups: None,
+            placed: false,
         });
         let text = crate::exposition::encode(&build(&r), crate::exposition::Format::Text).unwrap();
         let text = String::from_utf8(text).unwrap();

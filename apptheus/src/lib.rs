@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod logging;
 pub mod metrics;
 pub mod preflight;
+pub mod proctree;
 pub mod registry;
 pub mod testing;
 pub mod trust;

@@ -3,7 +3,8 @@
 use std::sync::{Arc, RwLock};
 
 use prometheus::{
-    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, proto::MetricFamily,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, proto::MetricFamily,
 };
 
 use crate::build_info;
@@ -20,6 +21,7 @@ pub struct AgentMetrics {
     pub socket_connections: IntCounterVec,
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
+    pub placement_seconds: Histogram,
     /// The latest per-container families, replaced whole at each sample.
     containers_families: RwLock<Arc<Vec<MetricFamily>>>,
 }
@@ -82,6 +84,15 @@ impl AgentMetrics {
             ),
             &["mode"],
         ));
+        let placement_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "apptheus_container_placement_seconds",
+                "Time from a starter's exec to every task of its container being inside the container's cgroups.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        ));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(containers.clone()),
@@ -90,6 +101,7 @@ impl AgentMetrics {
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(mode.clone()),
+            Box::new(placement_seconds.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             must(registry.register(c));
@@ -102,6 +114,7 @@ impl AgentMetrics {
             socket_connections,
             sample_duration,
             mode,
+            placement_seconds,
             containers_families: RwLock::new(Arc::new(Vec::new())),
         })
     }

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use crate::{cgroup::stats::CgroupStats, environ::Metadata};
+use crate::{
+    cgroup::stats::{CgroupStats, ContainerCgroups},
+    environ::Metadata,
+};
 
 /// How a container was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,10 @@ pub struct Container {
     pub source: Source,
     pub phase: Phase,
     pub sample: Option<Sample>,
+    /// The container's own cgroups, once created.
+    pub cgroups: Option<ContainerCgroups>,
+    /// True once every task was found inside its cgroups.
+    pub placed: bool,
 }
 
 /// The `container_id` for a key and starter pid.
@@ -185,6 +192,8 @@ mod tests {
             source: Source::Kernel,
             phase: Phase::Running,
             sample: None,
+            cgroups: None,
+            placed: false,
         }
     }
 

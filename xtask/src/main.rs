@@ -1,1 +1,24 @@
-fn main() {}
+//! Developer chores: `cargo xtask <command>`.
+mod build_ebpf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "apptheus developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the kernel programs (apptheus-ebpf) for bpfel-unknown-none, with
+    /// BTF, and check the object.
+    BuildEbpf(build_ebpf::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf(o) => build_ebpf::run(&o).map(|path| println!("{}", path.display())),
+    }
+}

@@ -174,6 +174,16 @@ impl Kernel {
         let _ = self.containers.remove(&cid);
     }
 
+    /// The tasks the kernel attributes to container `cid`.
+    pub fn tasks_of(&self, cid: u64) -> Vec<u32> {
+        self.tasks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, c)| *c == cid)
+            .map(|(t, _)| t)
+            .collect()
+    }
+
     /// The tasks attributed to each container, from the kernel's map.
     pub fn tasks(&self) -> Vec<(u32, u64)> {
         self.tasks.iter().filter_map(Result::ok).collect()

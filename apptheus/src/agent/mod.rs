@@ -17,23 +17,30 @@ use tokio::{
 };
 
 use crate::{
+    cgroup::placement::Placer,
     cli::{Args, EbpfMode},
     families, http,
     kernel::{Kernel, events::KernelEvent},
     metrics::AgentMetrics,
     preflight,
-    registry::{self, Container, KernelCounters, Phase, Registry, Source},
+    registry::{Registry, Source},
     trust::TrustedSet,
-    users,
 };
+
+mod containers;
+
+use containers::NewContainer;
 
 pub struct Agent {
     args: Args,
     metrics: Arc<AgentMetrics>,
     kernel: Option<Kernel>,
+    placer: Option<Placer>,
     registry: Registry,
     trusted: TrustedSet,
     lost_seen: u64,
+    /// cgroup directories whose removal failed (tasks not yet reaped).
+    pending_removal: Vec<std::path::PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -97,14 +104,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
 
+    let placer = Some(Placer::new(&host.layout, &args.procfs));
     let mut agent = Agent {
         args,
         metrics,
         kernel,
+        placer,
         registry: Registry::default(),
         trusted,
         lost_seen: 0,
+        pending_removal: Vec::new(),
     };
+    agent.adopt_existing();
     let result = agent.main_loop(ready).await;
     for t in http_tasks {
         t.abort();
@@ -159,72 +170,16 @@ impl Agent {
                 boot_ns,
                 file,
                 ..
-            } => {
-                let starter_path = self
-                    .trusted
-                    .files
-                    .iter()
-                    .find(|f| f.id == file)
-                    .map(|f| f.path.clone())
-                    .unwrap_or_default();
-                let meta = crate::environ::read(&self.args.procfs, tgid).unwrap_or_default();
-                let c = Container {
-                    key: container,
-                    id: registry::container_id(tgid, container),
-                    starter_pid: tgid,
-                    starter_path,
-                    start_time: registry::boot_ns_to_system_time(boot_ns),
-                    uid,
-                    user: users::name(uid),
-                    meta,
-                    source: Source::Kernel,
-                    phase: Phase::Running,
-                    sample: None,
-                };
-                tracing::info!(container_id = %c.id, pid = tgid, uid, starter = %c.starter_path.display(), "container started");
-                if self.registry.insert(c) {
-                    self.metrics.containers_started.inc();
-                }
-            }
-            KernelEvent::Exited { container, .. } => self.end(container),
-        }
-    }
-
-    /// A container's last task is gone: final sample, then mark it exited.
-    fn end(&mut self, key: u64) {
-        if self
-            .registry
-            .get(key)
-            .is_none_or(|c| c.phase != Phase::Running)
-        {
-            return;
-        }
-        self.sample_one(key);
-        if self.registry.mark_exited(key, Instant::now()) {
-            if let Some(c) = self.registry.get(key) {
-                tracing::info!(container_id = %c.id, "container exited");
-            }
-        }
-    }
-
-    fn sample_one(&mut self, key: u64) {
-        let kernel = self
-            .kernel
-            .as_ref()
-            .and_then(|k| k.container(key))
-            .map(|s| KernelCounters {
-                execs: s.execs,
-                forks: s.forks,
-                threads_created: s.threads_created,
-                process_exits: s.process_exits,
-                live_tasks: s.live_tasks,
-            });
-        if let Some(c) = self.registry.get_mut(key) {
-            let mut sample = c.sample.take().unwrap_or_default();
-            if kernel.is_some() {
-                sample.kernel = kernel;
-            }
-            c.sample = Some(sample);
+            } => self.start_container(NewContainer {
+                key: container,
+                starter_pid: tgid,
+                uid,
+                boot_ns,
+                file: Some(file),
+                source: Source::Kernel,
+                cgroups: None,
+            }),
+            KernelEvent::Exited { container, .. } => self.end_container(container),
         }
     }
 
@@ -233,8 +188,10 @@ impl Agent {
         self.reconcile();
         let keys: Vec<u64> = self.registry.running().map(|c| c.key).collect();
         for key in keys {
-            self.sample_one(key);
+            self.sample_container(key);
         }
+        self.end_empty_containers();
+        self.retry_removals();
         for c in self.registry.expire(Instant::now(), self.args.grace_period) {
             if let Some(k) = self.kernel.as_mut() {
                 k.forget(c.key);
@@ -288,7 +245,7 @@ impl Agent {
             .map(|c| c.key)
             .collect();
         for key in ended {
-            self.end(key);
+            self.end_container(key);
         }
     }
 
@@ -296,11 +253,11 @@ impl Agent {
         match TrustedSet::resolve(&self.args.trusted_paths()) {
             Ok(t) if t == self.trusted => tracing::info!("SIGHUP: trusted starters unchanged"),
             Ok(t) => {
-                if let Some(k) = self.kernel.as_mut() {
-                    if let Err(e) = k.set_trusted(&t.ids()) {
-                        tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
-                        return;
-                    }
+                if let Some(k) = self.kernel.as_mut()
+                    && let Err(e) = k.set_trusted(&t.ids())
+                {
+                    tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
+                    return;
                 }
                 tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "SIGHUP: trusted starters changed");
                 self.trusted = t;

@@ -1,0 +1,305 @@
+//! A container's life in the agent: registered, placed in its cgroups,
+//! sampled, ended (final sample, cgroups removed), expired.
+use std::time::Instant;
+
+use apptheus_common::{ContainerState, FileId};
+
+use super::Agent;
+use crate::{
+    cgroup::{
+        placement::{self, Placer},
+        stats::ContainerCgroups,
+    },
+    environ,
+    registry::{self, Container, KernelCounters, Phase, Source},
+    users,
+};
+
+/// What is known of a container when it is first seen.
+pub struct NewContainer {
+    pub key: u64,
+    pub starter_pid: u32,
+    pub uid: u32,
+    pub boot_ns: u64,
+    pub file: Option<FileId>,
+    pub source: Source,
+    /// Its cgroups, when they exist already (adopted after a restart).
+    pub cgroups: Option<ContainerCgroups>,
+}
+
+impl Agent {
+    /// Registers a container and places its tasks in its own cgroups.
+    pub(super) fn start_container(&mut self, n: NewContainer) {
+        if self.registry.get(n.key).is_some() {
+            return;
+        }
+        let starter_path = n
+            .file
+            .and_then(|f| {
+                self.trusted
+                    .files
+                    .iter()
+                    .find(|t| t.id == f)
+                    .map(|t| t.path.clone())
+            })
+            .or_else(|| {
+                std::fs::read_link(self.args.procfs.join(n.starter_pid.to_string()).join("exe"))
+                    .ok()
+            })
+            .unwrap_or_default();
+        let meta = environ::read(&self.args.procfs, n.starter_pid).unwrap_or_default();
+        let c = Container {
+            key: n.key,
+            id: registry::container_id(n.starter_pid, n.key),
+            starter_pid: n.starter_pid,
+            starter_path,
+            start_time: registry::boot_ns_to_system_time(n.boot_ns),
+            uid: n.uid,
+            user: users::name(n.uid),
+            meta,
+            source: n.source,
+            phase: Phase::Running,
+            sample: None,
+            cgroups: n.cgroups,
+            placed: false,
+        };
+        tracing::info!(container_id = %c.id, pid = n.starter_pid, uid = n.uid, user = %c.user,
+            starter = %c.starter_path.display(), source = ?n.source, "container started");
+        if self.registry.insert(c) {
+            self.metrics.containers_started.inc();
+        }
+        self.place(n.key, n.boot_ns);
+    }
+
+    /// Creates the container's cgroups (beneath its starter's) and moves
+    /// every task of the container into them.
+    fn place(&mut self, key: u64, boot_ns: u64) {
+        let Some(placer) = &self.placer else { return };
+        let Some(c) = self.registry.get(key) else {
+            return;
+        };
+        let (id, starter_pid) = (c.id.clone(), c.starter_pid);
+        let cg = match c.cgroups.clone() {
+            Some(cg) => cg,
+            None => match placer.create(&id, starter_pid) {
+                Ok(cg) => cg,
+                Err(e) => {
+                    tracing::warn!(container_id = %id, error = %e, "cannot create the container's cgroups; its cgroup statistics will be missing");
+                    return;
+                }
+            },
+        };
+        let kernel = self.kernel.as_ref();
+        let procfs = self.args.procfs.clone();
+        let result = placer.place(&cg, || match kernel {
+            Some(k) => k.tasks_of(key),
+            None => crate::proctree::descendants(&procfs, starter_pid),
+        });
+        let placed = match result {
+            Ok(p) => {
+                let elapsed = registry::boot_time_now().as_secs_f64() - boot_ns as f64 / 1e9;
+                if p.complete {
+                    self.metrics.placement_seconds.observe(elapsed.max(0.0));
+                    tracing::debug!(container_id = %id, moved = p.moved, passes = p.passes,
+                        seconds = elapsed, "container placed");
+                } else {
+                    tracing::warn!(container_id = %id, passes = p.passes,
+                        "container still forking tasks outside its cgroup; will retry");
+                }
+                p.complete
+            }
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e, "placing the container's tasks failed");
+                false
+            }
+        };
+        if let Some(c) = self.registry.get_mut(key) {
+            c.cgroups = Some(cg);
+            c.placed = placed;
+        }
+    }
+
+    /// A container's last task is gone: final sample, cgroups removed, then
+    /// its series stay for the grace period.
+    pub(super) fn end_container(&mut self, key: u64) {
+        if self
+            .registry
+            .get(key)
+            .is_none_or(|c| c.phase != Phase::Running)
+        {
+            return;
+        }
+        self.sample_container(key);
+        if !self.registry.mark_exited(key, Instant::now()) {
+            return;
+        }
+        let Some(c) = self.registry.get(key) else {
+            return;
+        };
+        tracing::info!(container_id = %c.id, "container exited");
+        if let Some(cg) = &c.cgroups {
+            self.remove_cgroups(&c.id.clone(), cg.clone());
+        }
+    }
+
+    pub(super) fn remove_cgroups(&mut self, id: &str, cg: ContainerCgroups) {
+        let busy = Placer::remove(&cg);
+        if !busy.is_empty() {
+            tracing::debug!(container_id = %id, dirs = ?busy, "cgroups still busy; removal retried at the next sample");
+            self.pending_removal.extend(busy);
+        }
+    }
+
+    /// Retries removal of cgroups that were busy (tasks not yet reaped).
+    pub(super) fn retry_removals(&mut self) {
+        self.pending_removal
+            .retain(|d| match std::fs::remove_dir(d) {
+                Ok(()) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    tracing::debug!(dir = %d.display(), error = %e, "cgroup removal still failing");
+                    true
+                }
+            });
+    }
+
+    /// Reads the kernel counters and cgroup statistics of one container.
+    pub(super) fn sample_container(&mut self, key: u64) {
+        let kernel = self
+            .kernel
+            .as_ref()
+            .and_then(|k| k.container(key))
+            .map(|s| KernelCounters {
+                execs: s.execs,
+                forks: s.forks,
+                threads_created: s.threads_created,
+                process_exits: s.process_exits,
+                live_tasks: s.live_tasks,
+            });
+        let Some(c) = self.registry.get_mut(key) else {
+            return;
+        };
+        let mut sample = c.sample.take().unwrap_or_default();
+        if kernel.is_some() {
+            sample.kernel = kernel;
+        }
+        if let Some(cg) = &c.cgroups {
+            let (stats, warnings) = read_cgroup_stats(cg);
+            for w in warnings {
+                tracing::warn!(container_id = %c.id, warning = %w, "cgroup statistics incomplete");
+            }
+            sample.cgroup = stats;
+        }
+        c.sample = Some(sample);
+        // The starter's environment may lack what the container's own
+        // processes have (Apptainer sets APPTAINER_CONTAINER inside).
+        if !c.meta.is_complete()
+            && c.phase == Phase::Running
+            && let Some(pid) = c
+                .cgroups
+                .as_ref()
+                .and_then(|cg| Placer::dirs(cg).into_iter().next())
+                .and_then(|d| {
+                    placement::procs(&d)
+                        .into_iter()
+                        .find(|p| *p != c.starter_pid)
+                })
+            && let Ok(m) = environ::read(&self.args.procfs, pid)
+        {
+            c.meta.merge(m);
+        }
+    }
+
+    /// Containers whose cgroups hold no process any more have ended, even
+    /// if their end was never reported (lost event, socket mode).
+    pub(super) fn end_empty_containers(&mut self) {
+        let empty: Vec<u64> = self
+            .registry
+            .running()
+            .filter(|c| c.placed)
+            .filter(|c| {
+                c.cgroups
+                    .as_ref()
+                    .and_then(|cg| Placer::dirs(cg).into_iter().next())
+                    .is_some_and(|d| placement::procs(&d).is_empty())
+            })
+            .map(|c| c.key)
+            .collect();
+        for key in empty {
+            self.end_container(key);
+        }
+        // Placement that was incomplete is retried.
+        let unplaced: Vec<u64> = self
+            .registry
+            .running()
+            .filter(|c| !c.placed && c.cgroups.is_some())
+            .map(|c| c.key)
+            .collect();
+        for key in unplaced {
+            // The key is the CLOCK_BOOTTIME of the start.
+            self.place(key, key);
+        }
+    }
+
+    /// At start-up: adopt the containers an earlier run placed that still
+    /// run; remove the cgroups of those that ended meanwhile.
+    pub(super) fn adopt_existing(&mut self) {
+        let Some(placer) = &self.placer else { return };
+        for (id, cg) in placer.find_existing() {
+            let dirs = Placer::dirs(&cg);
+            let tids: Vec<u32> = dirs
+                .first()
+                .map(|d| placement::threads(d))
+                .unwrap_or_default();
+            let parsed = registry::parse_container_id(&id);
+            let (Some((pid, key)), false) = (parsed, tids.is_empty()) else {
+                tracing::info!(container_id = %id, "removing cgroups left by an earlier run");
+                self.remove_cgroups(&id, cg);
+                continue;
+            };
+            let uid = owner_uid(&self.args.procfs, pid, &tids);
+            if let Some(k) = self.kernel.as_mut() {
+                let state = ContainerState {
+                    start_boot_ns: key,
+                    starter_tgid: pid,
+                    uid,
+                    ..ContainerState::default()
+                };
+                if let Err(e) = k.adopt(key, &state, &tids) {
+                    tracing::warn!(container_id = %id, error = %e, "cannot hand an adopted container to the kernel programs");
+                }
+            }
+            tracing::info!(container_id = %id, tasks = tids.len(), "adopting a running container from an earlier run");
+            self.start_container(NewContainer {
+                key,
+                starter_pid: pid,
+                uid,
+                boot_ns: key,
+                file: None,
+                source: Source::Adopted,
+                cgroups: Some(cg),
+            });
+        }
+    }
+}
+
+/// The real uid of the starter, or of any task of the container.
+fn owner_uid(procfs: &std::path::Path, pid: u32, tids: &[u32]) -> u32 {
+    std::iter::once(pid)
+        .chain(tids.iter().copied())
+        .find_map(|p| {
+            let status = std::fs::read_to_string(procfs.join(p.to_string()).join("status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Reading cgroup statistics lands with the cgroup readers (in progress);
+/// until then no cgroup family is exported, never a made-up value.
+fn read_cgroup_stats(_cg: &ContainerCgroups) -> (crate::cgroup::stats::CgroupStats, Vec<String>) {
+    (crate::cgroup::stats::CgroupStats::default(), Vec::new())
+}

@@ -1,0 +1,174 @@
+//! A stand-in for Apptainer's starter, for tests and demonstrations where
+//! Apptainer is not installed. It behaves as the real starter does: it
+//! forks the container process first, into new namespaces, then the parent
+//! becomes the "master" which optionally connects to apptheus' monitoring
+//! socket, keeps the connection open, and waits for the container.
+//!
+//!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
+//!   apptheus-starter-sim workload [--forks N] [--threads N] [--execs N]
+//!       [--alloc-mib N] [--spin SECS] [--sleep SECS]
+//!
+//! `workload` does a known amount of work, so tests can compare what
+//! apptheus reports with the truth.
+use std::{
+    ffi::CString,
+    os::unix::net::UnixStream,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sched::{CloneFlags, unshare},
+    sys::wait::{WaitStatus, waitpid},
+    unistd::{ForkResult, execvp, fork},
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("workload") {
+        return workload(&args[1..]);
+    }
+    let mut socket = None;
+    let mut namespaces = true;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--socket" => {
+                socket = args.get(i + 1).cloned();
+                i += 2;
+            }
+            "--no-namespaces" => {
+                namespaces = false;
+                i += 1;
+            }
+            "--" => {
+                i += 1;
+                break;
+            }
+            _ => break,
+        }
+    }
+    let cmd = &args[i..];
+    if cmd.is_empty() {
+        eprintln!("usage: apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]");
+        return ExitCode::from(2);
+    }
+    // SAFETY: single-threaded here; the child only calls async-signal-safe
+    // functions (unshare, fork, exec, waitpid) before exec or exit.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => container(cmd, namespaces),
+        Ok(ForkResult::Parent { child }) => {
+            // The master: connect like Apptainer does, send nothing, keep
+            // the connection for the container's life.
+            let _conn = socket.and_then(|p| UnixStream::connect(p).ok());
+            exit_code(waitpid(child, None))
+        }
+        Err(e) => {
+            eprintln!("fork: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn container(cmd: &[String], namespaces: bool) -> ExitCode {
+    if namespaces {
+        if let Err(e) = unshare(
+            CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWPID,
+        ) {
+            eprintln!("unshare: {e} (namespaces need root; try --no-namespaces)");
+            return ExitCode::FAILURE;
+        }
+        // A new PID namespace takes effect for children: its init is the
+        // next fork, as in Apptainer's stage 2.
+        // SAFETY: single-threaded child process.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => {}
+            Ok(ForkResult::Parent { child }) => return exit_code(waitpid(child, None)),
+            Err(e) => {
+                eprintln!("fork: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let Ok(argv) = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        eprintln!("argument with a NUL byte");
+        return ExitCode::from(2);
+    };
+    let e = execvp(&argv[0], &argv).unwrap_err();
+    eprintln!("exec {}: {e}", cmd[0]);
+    ExitCode::from(127)
+}
+
+fn exit_code(status: nix::Result<WaitStatus>) -> ExitCode {
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => ExitCode::from(code as u8),
+        Ok(WaitStatus::Signaled(_, sig, _)) => ExitCode::from(128 + sig as u8),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn workload(args: &[String]) -> ExitCode {
+    let get = |name: &str| -> f64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (forks, threads, execs) = (
+        get("--forks") as usize,
+        get("--threads") as usize,
+        get("--execs") as usize,
+    );
+    for _ in 0..forks {
+        // SAFETY: single-threaded at this point; the child exits at once.
+        match unsafe { fork() } {
+            // SAFETY: _exit is async-signal-safe; nothing else runs in the child.
+            Ok(ForkResult::Child) => unsafe { libc::_exit(0) },
+            Ok(ForkResult::Parent { child }) => drop(waitpid(child, None)),
+            Err(e) => eprintln!("fork: {e}"),
+        }
+    }
+    for _ in 0..execs {
+        match std::process::Command::new("/bin/true").status() {
+            Ok(_) => {}
+            Err(e) => eprintln!("exec /bin/true: {e}"),
+        }
+    }
+    let handles: Vec<_> = (0..threads)
+        .map(|_| std::thread::spawn(|| std::hint::black_box(1)))
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+    let mib = get("--alloc-mib") as usize;
+    let mut memory: Vec<u8> = Vec::new();
+    if mib > 0 {
+        memory = vec![0u8; mib << 20];
+        // Touch every page so it is really charged.
+        for i in (0..memory.len()).step_by(4096) {
+            memory[i] = 1;
+        }
+    }
+    let spin = get("--spin");
+    if spin > 0.0 {
+        let until = Instant::now() + Duration::from_secs_f64(spin);
+        let mut x = 0u64;
+        while Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    let sleep = get("--sleep");
+    if sleep > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(sleep));
+    }
+    std::hint::black_box(&memory);
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,402 @@
+//! A cgroup per container, created *beneath* the cgroup its starter was
+//! started in, in every hierarchy apptheus reads, so that every limit and
+//! the accounting of an enclosing Slurm job or systemd slice still apply.
+//! The original Apptheus created a new top-level cgroup instead, a way out
+//! of those limits for any user.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use super::{
+    layout::{Layout, V1_CONTROLLERS},
+    procfile,
+    stats::ContainerCgroups,
+};
+
+/// Directory name prefix of the cgroups apptheus creates.
+pub const DIR_PREFIX: &str = "apptheus-";
+/// Passes over a container's tasks before placement gives up.
+const MAX_PASSES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("reading the cgroups of pid {pid}: {source}")]
+    ProcCgroup { pid: u32, source: std::io::Error },
+    #[error("pid {pid} is in no cgroup of the {hierarchy} hierarchy (per /proc/{pid}/cgroup)")]
+    NotInHierarchy { pid: u32, hierarchy: String },
+    #[error("creating cgroup {dir}: {source}")]
+    Create {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("moving task {tid} into {dir}: {source}")]
+    Move {
+        tid: u32,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One hierarchy apptheus places containers in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hierarchy {
+    mountpoint: PathBuf,
+    /// v1 controllers mounted there that apptheus reads; empty for cgroup2.
+    controllers: Vec<String>,
+}
+
+impl Hierarchy {
+    fn is_v2(&self) -> bool {
+        self.controllers.is_empty()
+    }
+
+    fn name(&self) -> String {
+        if self.is_v2() {
+            "cgroup2".into()
+        } else {
+            self.controllers.join(",")
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Placer {
+    procfs: PathBuf,
+    hierarchies: Vec<Hierarchy>,
+}
+
+/// How a placement went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placed {
+    /// Writes to cgroup.procs.
+    pub moved: usize,
+    /// Passes over the container's tasks until none was left outside.
+    pub passes: usize,
+    /// False if tasks were still being found outside after the last pass.
+    pub complete: bool,
+}
+
+impl Placer {
+    pub fn new(layout: &Layout, procfs: &Path) -> Self {
+        let mut hierarchies = Vec::new();
+        if let Some(v2) = &layout.v2 {
+            hierarchies.push(Hierarchy {
+                mountpoint: v2.clone(),
+                controllers: Vec::new(),
+            });
+        }
+        let mut by_mount: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for c in V1_CONTROLLERS {
+            if let Some(m) = layout.v1.get(c) {
+                by_mount
+                    .entry(m.mountpoint.clone())
+                    .or_default()
+                    .push(c.to_string());
+            }
+        }
+        hierarchies.extend(
+            by_mount
+                .into_iter()
+                .map(|(mountpoint, controllers)| Hierarchy {
+                    mountpoint,
+                    controllers,
+                }),
+        );
+        Self {
+            procfs: procfs.to_path_buf(),
+            hierarchies,
+        }
+    }
+
+    fn proc_cgroups(&self, pid: u32) -> Result<procfile::ProcCgroups, PlaceError> {
+        let text = std::fs::read_to_string(self.procfs.join(pid.to_string()).join("cgroup"))
+            .map_err(|source| PlaceError::ProcCgroup { pid, source })?;
+        Ok(procfile::parse(&text))
+    }
+
+    /// The directory in hierarchy `h` of a process, per its /proc cgroup file.
+    fn dir_of(&self, h: &Hierarchy, cgs: &procfile::ProcCgroups) -> Option<PathBuf> {
+        let rel = if h.is_v2() {
+            cgs.v2.as_deref()?
+        } else {
+            cgs.v1.get(&h.controllers[0])?.as_str()
+        };
+        Some(h.mountpoint.join(rel.trim_start_matches('/')))
+    }
+
+    /// Creates the container's cgroups beneath the starter's current ones.
+    pub fn create(&self, id: &str, starter_pid: u32) -> Result<ContainerCgroups, PlaceError> {
+        let cgs = self.proc_cgroups(starter_pid)?;
+        let name = format!("{DIR_PREFIX}{id}");
+        let mut out = ContainerCgroups::default();
+        for h in &self.hierarchies {
+            let parent = self
+                .dir_of(h, &cgs)
+                .ok_or_else(|| PlaceError::NotInHierarchy {
+                    pid: starter_pid,
+                    hierarchy: h.name(),
+                })?;
+            // The starter may be placed already (a second attempt, or the
+            // socket and the kernel reporting the same container).
+            let dir = if parent.file_name().is_some_and(|n| n == name.as_str()) {
+                parent
+            } else {
+                parent.join(&name)
+            };
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(PlaceError::Create { dir, source }),
+            }
+            if h.is_v2() {
+                out.v2 = Some(dir);
+            } else {
+                for c in &h.controllers {
+                    out.v1.insert(c.clone(), dir.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The container's directories, one per hierarchy.
+    pub fn dirs(cg: &ContainerCgroups) -> Vec<PathBuf> {
+        let set: BTreeSet<&PathBuf> = cg.v2.iter().chain(cg.v1.values()).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// Whether task `tid` is in the container's cgroup in every hierarchy.
+    fn in_place(&self, cg: &ContainerCgroups, tid: u32) -> Result<bool, PlaceError> {
+        let cgs = self.proc_cgroups(tid)?;
+        Ok(self.hierarchies.iter().all(|h| {
+            let want = if h.is_v2() {
+                cg.v2.as_ref()
+            } else {
+                cg.v1.get(&h.controllers[0])
+            };
+            match (want, self.dir_of(h, &cgs)) {
+                (Some(w), Some(have)) => *w == have,
+                _ => true,
+            }
+        }))
+    }
+
+    /// Moves a task's thread group into every directory of the container.
+    pub fn move_task(cg: &ContainerCgroups, tid: u32) -> Result<(), PlaceError> {
+        for dir in Self::dirs(cg) {
+            let procs = dir.join("cgroup.procs");
+            let result = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .and_then(|mut f| f.write_all(tid.to_string().as_bytes()));
+            match result {
+                Ok(()) => {}
+                // The task exited meanwhile: nothing to move.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+                Err(source) => return Err(PlaceError::Move { tid, dir, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every task of the container into its cgroups, asking
+    /// `tasks` again after each pass (tasks forked meanwhile included),
+    /// until a pass finds none outside.
+    pub fn place(
+        &self,
+        cg: &ContainerCgroups,
+        mut tasks: impl FnMut() -> Vec<u32>,
+    ) -> Result<Placed, PlaceError> {
+        let mut placed = Placed::default();
+        for pass in 1..=MAX_PASSES {
+            placed.passes = pass;
+            let mut moved_now = 0;
+            for tid in tasks() {
+                match self.in_place(cg, tid) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    // Gone already.
+                    Err(PlaceError::ProcCgroup { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+                Self::move_task(cg, tid)?;
+                moved_now += 1;
+            }
+            placed.moved += moved_now;
+            if moved_now == 0 {
+                placed.complete = true;
+                return Ok(placed);
+            }
+        }
+        Ok(placed)
+    }
+
+    /// Removes the container's cgroups; the ones still busy (tasks not yet
+    /// reaped) are returned for a later attempt.
+    pub fn remove(cg: &ContainerCgroups) -> Vec<PathBuf> {
+        Self::dirs(cg)
+            .into_iter()
+            .filter(|d| match std::fs::remove_dir(d) {
+                Ok(()) => false,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(_) => true,
+            })
+            .collect()
+    }
+
+    /// Finds cgroups apptheus created in an earlier run, by container id,
+    /// in every hierarchy.
+    pub fn find_existing(&self) -> BTreeMap<String, ContainerCgroups> {
+        let mut out: BTreeMap<String, ContainerCgroups> = BTreeMap::new();
+        for h in &self.hierarchies {
+            let mut found = Vec::new();
+            walk(&h.mountpoint, 0, &mut found);
+            for dir in found {
+                let Some(id) = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(DIR_PREFIX))
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                let entry = out.entry(id).or_default();
+                if h.is_v2() {
+                    entry.v2 = Some(dir);
+                } else {
+                    for c in &h.controllers {
+                        entry.v1.insert(c.clone(), dir.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Collects directories named apptheus-*, not descending into them.
+fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
+    if depth > 32 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = e.path();
+        if e.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            found.push(path);
+        } else {
+            walk(&path, depth + 1, found);
+        }
+    }
+}
+
+/// The processes (thread-group ids) in a cgroup directory.
+pub fn procs(dir: &Path) -> Vec<u32> {
+    read_ids(&dir.join("cgroup.procs"))
+}
+
+/// The threads in a cgroup directory (v2 cgroup.threads, v1 tasks).
+pub fn threads(dir: &Path) -> Vec<u32> {
+    let v2 = dir.join("cgroup.threads");
+    if v2.exists() {
+        read_ids(&v2)
+    } else {
+        read_ids(&dir.join("tasks"))
+    }
+}
+
+fn read_ids(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::layout::V1Mount;
+
+    fn hybrid(root: &Path) -> Layout {
+        let mut layout = Layout {
+            v2: Some(root.join("unified")),
+            v1: BTreeMap::new(),
+        };
+        for c in ["cpu", "cpuacct", "memory"] {
+            layout.v1.insert(
+                c.into(),
+                V1Mount {
+                    mountpoint: root.join(if c == "memory" {
+                        "memory"
+                    } else {
+                        "cpu,cpuacct"
+                    }),
+                    controllers: vec![c.into()],
+                },
+            );
+        }
+        layout
+    }
+
+    /// On a fixture tree: directories land beneath the starter's cgroups,
+    /// co-mounted controllers share one directory, leftovers are found.
+    #[test]
+    fn creates_beneath_the_starters_cgroups() {
+        let root = tempfile::tempdir().unwrap();
+        let procfs = root.path().join("proc");
+        std::fs::create_dir_all(procfs.join("77")).unwrap();
+        std::fs::write(
+            procfs.join("77/cgroup"),
+            "4:cpu,cpuacct:/slurm/job_1\n3:memory:/slurm/job_1/step_0\n0::/user.slice\n",
+        )
+        .unwrap();
+        for d in [
+            "unified/user.slice",
+            "cpu,cpuacct/slurm/job_1",
+            "memory/slurm/job_1/step_0",
+        ] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let placer = Placer::new(&hybrid(root.path()), &procfs);
+        let cg = placer.create("77-5", 77).unwrap();
+        assert_eq!(
+            cg.v2,
+            Some(root.path().join("unified/user.slice/apptheus-77-5"))
+        );
+        assert_eq!(
+            cg.v1["cpu"],
+            root.path().join("cpu,cpuacct/slurm/job_1/apptheus-77-5")
+        );
+        assert_eq!(cg.v1["cpuacct"], cg.v1["cpu"]);
+        assert_eq!(
+            cg.v1["memory"],
+            root.path().join("memory/slurm/job_1/step_0/apptheus-77-5")
+        );
+        assert!(cg.v1["memory"].is_dir());
+        assert_eq!(Placer::dirs(&cg).len(), 3);
+        // Creating again is harmless.
+        assert_eq!(placer.create("77-5", 77).unwrap(), cg);
+
+        let found = placer.find_existing();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found["77-5"], cg);
+
+        assert!(Placer::remove(&cg).is_empty());
+        assert!(!cg.v1["memory"].exists());
+        assert!(placer.find_existing().is_empty());
+    }
+
+    #[test]
+    fn missing_process_is_an_error_naming_it() {
+        let root = tempfile::tempdir().unwrap();
+        let placer = Placer::new(&hybrid(root.path()), root.path());
+        let e = placer.create("1-1", 424242).unwrap_err().to_string();
+        assert!(e.contains("424242"), "{e}");
+    }
+}

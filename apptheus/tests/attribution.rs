@@ -1,0 +1,196 @@
+//! Kernel attribution, end to end on the real kernel (root, BTF): the real
+//! agent binary, a starter-like launcher at a trusted path, real workloads.
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Waits until the container whose starter is `starter` shows
+/// `metric == want` and returns its id.
+fn wait_counter(agent: &Agent, starter: &Path, metric: &str, want: f64) -> String {
+    let starter = starter.display().to_string();
+    let mut id = None;
+    agent.wait_for(WAIT, &format!("{metric} == {want} for {starter}"), || {
+        let m = agent.metrics();
+        id = container_id(&m, "starter", &starter);
+        id.as_ref()
+            .and_then(|id| value(&m, metric, &[("container_id", id)]))
+            .is_some_and(|v| v == want)
+    });
+    id.unwrap()
+}
+
+#[test]
+fn every_process_and_thread_of_the_workload_is_attributed_and_counted() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    // The master forks the container (1), which enters a PID namespace and
+    // forks its init (1), which execs the workload; the workload forks 5
+    // children, runs /bin/true 4 times (a fork and an exec each) and
+    // creates 3 threads. The workload is the starter binary itself: a
+    // nested starter stays part of the outer container.
+    let status = run(Command::new(&starter).args([
+        "--",
+        starter.to_str().unwrap(),
+        "workload",
+        "--forks",
+        "5",
+        "--execs",
+        "4",
+        "--threads",
+        "3",
+    ]));
+    assert!(status.success());
+    // Every process has exited: master, namespace intermediate, workload,
+    // 5 forks, 4 /bin/true.
+    let id = wait_counter(
+        &agent,
+        &starter,
+        "apptheus_container_process_exits_total",
+        12.0,
+    );
+    let m = agent.metrics();
+    let get = |name: &str| value(&m, name, &[("container_id", &id)]);
+    assert_eq!(
+        get("apptheus_container_execs_total"),
+        Some(6.0),
+        "starter + workload + 4 /bin/true\n{m}"
+    );
+    assert_eq!(
+        get("apptheus_container_forks_total"),
+        Some(11.0),
+        "1 + 1 + 5 + 4\n{m}"
+    );
+    assert_eq!(
+        get("apptheus_container_threads_created_total"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(get("apptheus_container_tasks"), Some(0.0), "{m}");
+    assert_eq!(
+        value(&m, "apptheus_containers_started_total", &[]),
+        Some(1.0),
+        "one container, not two\n{m}"
+    );
+    assert!(
+        agent.log_text().contains("container exited"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(agent.stop().success());
+}
+
+#[test]
+fn copies_are_not_trusted_and_symlinks_are() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let copy = trust.starter("copy-of-starter");
+    let link = trust.path("link-to-starter");
+    std::os::unix::fs::symlink(&starter, &link).unwrap();
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    assert!(run(Command::new(&copy).args(["--", "/bin/true"])).success());
+    // Give the agent time to (wrongly) see it.
+    std::thread::sleep(Duration::from_millis(500));
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_containers_started_total", &[]),
+        Some(0.0),
+        "a copy must not be trusted\n{m}"
+    );
+
+    assert!(run(Command::new(&link).args(["--", "/bin/true"])).success());
+    agent.wait_for(WAIT, "the symlinked starter to be attributed", || {
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
+    });
+}
+
+#[test]
+fn replaced_starter_is_trusted_after_sighup_and_the_old_inode_is_not() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    // Keep the old file reachable through a hard link (same inode).
+    let old = trust.path("old-inode");
+    std::fs::hard_link(&starter, &old).unwrap();
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    // A package upgrade: new file written beside, renamed over the path.
+    let new = trust.starter("starter.new");
+    std::fs::rename(&new, &starter).unwrap();
+    agent.signal(nix::sys::signal::Signal::SIGHUP);
+    agent.wait_for(WAIT, "the trusted set to change", || {
+        agent.log_text().contains("trusted starters changed")
+    });
+
+    assert!(run(Command::new(&old).args(["--", "/bin/true"])).success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]),
+        Some(0.0)
+    );
+
+    assert!(run(Command::new(&starter).args(["--", "/bin/true"])).success());
+    agent.wait_for(WAIT, "the new starter to be attributed", || {
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
+    });
+}
+
+#[test]
+fn unshare_as_a_trusted_launcher() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let unshare = Path::new("/usr/bin/unshare");
+    let agent = Agent::start(&[&format!("--trust.path={}", unshare.display())]);
+    // unshare forks (1) into the new PID namespace; sh forks /bin/true (1)
+    // and runs it (exec 1), after the two execs of unshare and sh.
+    let status = run(Command::new(unshare).args([
+        "--fork",
+        "--pid",
+        "--mount-proc",
+        "/bin/sh",
+        "-c",
+        "/bin/true; exit 0",
+    ]));
+    assert!(status.success());
+    let id = wait_counter(&agent, unshare, "apptheus_container_tasks", 0.0);
+    let m = agent.metrics();
+    assert!(
+        value(
+            &m,
+            "apptheus_container_forks_total",
+            &[("container_id", &id)]
+        )
+        .unwrap()
+            >= 2.0,
+        "{m}"
+    );
+    assert!(
+        value(
+            &m,
+            "apptheus_container_execs_total",
+            &[("container_id", &id)]
+        )
+        .unwrap()
+            >= 3.0,
+        "{m}"
+    );
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this).
+# As root on a Debian/Ubuntu machine: installs what is missing, then runs
+# formatting and lint checks, the eBPF build check, and every test, the
+# privileged ones included. As root, a privileged test that would skip
+# (no BTF, no cgroup, ...) fails instead: set APPTHEUS_REQUIRE_PRIVILEGED=0
+# to allow skips.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --test
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if [ "$(id -u)" -eq 0 ]; then
+  export APPTHEUS_REQUIRE_PRIVILEGED="${APPTHEUS_REQUIRE_PRIVILEGED:-1}"
+fi
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+step "cargo clippy -D warnings (kernel programs)"
+RUSTC_BOOTSTRAP=1 CARGO_ENCODED_RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
+  cargo clippy --locked --package apptheus-ebpf --target bpfel-unknown-none -Z build-std=core -- -D warnings
+step "cargo xtask build-ebpf (object with BTF)"
+cargo xtask build-ebpf
+step "cargo test"
+cargo test --workspace --locked --no-fail-fast
