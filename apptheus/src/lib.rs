@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod proctree;
 pub mod registry;
+pub mod socket;
 pub mod testing;
 pub mod trust;
 pub mod users;

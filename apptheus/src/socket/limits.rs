@@ -1,0 +1,313 @@
+//! Bounds on what callers of the socket can make the daemon hold, and a
+//! rate limit for log lines they can cause.
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+/// Limits on connections to the monitoring socket.
+///
+/// Every open connection costs the daemon one descriptor (two, plus a
+/// blocking thread, while it is being verified). An untrusted connection is
+/// closed as soon as it is identified, so what a local user can hold open is
+/// bounded by `max_pending_per_uid` (connections still being verified), and
+/// what one user's containers can hold by `max_trusted_per_uid`. Connections
+/// beyond a cap are closed at once and counted as rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections overall, being verified or trusted. Keep it under
+    /// the daemon's descriptor limit (RLIMIT_NOFILE).
+    pub max_connections: usize,
+    /// Connections of one uid still being verified.
+    pub max_pending_per_uid: usize,
+    /// Trusted connections of one uid: one per running container, so a
+    /// user's many containers cannot take every slot from other users.
+    pub max_trusted_per_uid: usize,
+    /// Time allowed to identify a caller, waiting for a verification slot
+    /// included.
+    pub verify_timeout: Duration,
+    /// Verifications running at once (each reads `/proc` on a blocking
+    /// thread); bounds the threads a stuck `/proc` could hold.
+    pub max_concurrent_verifications: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_pending_per_uid: 64,
+            max_trusted_per_uid: 1024,
+            verify_timeout: Duration::from_secs(5),
+            max_concurrent_verifications: 16,
+        }
+    }
+}
+
+/// Why a connection was refused before or after verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Total,
+    PendingPerUid,
+    TrustedPerUid,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Total => "too many open connections",
+            Self::PendingPerUid => "too many connections of this uid awaiting verification",
+            Self::TrustedPerUid => "too many trusted connections of this uid",
+        })
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct UidCount {
+    pending: usize,
+    trusted: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    total: usize,
+    per_uid: HashMap<u32, UidCount>,
+}
+
+/// Counts open connections; a [`Slot`] releases its count when dropped.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; if something did, the
+    // counts are still consistent (every update is a single statement).
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Tracker {
+    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Takes a slot for a new connection of `uid`, awaiting verification.
+    pub(crate) fn admit(self: &Arc<Self>, uid: u32) -> Result<Slot, Refusal> {
+        let mut st = lock(&self.state);
+        if st.total >= self.limits.max_connections {
+            return Err(Refusal::Total);
+        }
+        let count = st.per_uid.entry(uid).or_default();
+        if count.pending >= self.limits.max_pending_per_uid {
+            if count.pending == 0 && count.trusted == 0 {
+                st.per_uid.remove(&uid);
+            }
+            return Err(Refusal::PendingPerUid);
+        }
+        count.pending += 1;
+        st.total += 1;
+        Ok(Slot {
+            tracker: Arc::clone(self),
+            uid,
+            trusted: false,
+        })
+    }
+
+    /// Open connections overall, for tests and logs.
+    pub(crate) fn open(&self) -> usize {
+        lock(&self.state).total
+    }
+}
+
+/// One open connection's share of the limits.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    tracker: Arc<Tracker>,
+    uid: u32,
+    trusted: bool,
+}
+
+impl Slot {
+    /// Moves the connection from "awaiting verification" to "trusted".
+    pub(crate) fn promote(&mut self) -> Result<(), Refusal> {
+        if self.trusted {
+            return Ok(());
+        }
+        let max = self.tracker.limits.max_trusted_per_uid;
+        let mut st = lock(&self.tracker.state);
+        let count = st.per_uid.entry(self.uid).or_default();
+        if count.trusted >= max {
+            return Err(Refusal::TrustedPerUid);
+        }
+        count.pending = count.pending.saturating_sub(1);
+        count.trusted += 1;
+        self.trusted = true;
+        Ok(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = lock(&self.tracker.state);
+        st.total = st.total.saturating_sub(1);
+        if let Some(count) = st.per_uid.get_mut(&self.uid) {
+            if self.trusted {
+                count.trusted = count.trusted.saturating_sub(1);
+            } else {
+                count.pending = count.pending.saturating_sub(1);
+            }
+            if count.pending == 0 && count.trusted == 0 {
+                st.per_uid.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// At most one log line per interval; counts the lines it suppressed.
+#[derive(Debug)]
+pub(crate) struct LogThrottle {
+    interval: Duration,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogThrottle {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be logged now, with the number of
+    /// lines suppressed since the last one; `None` to stay quiet.
+    pub(crate) fn permit(&self) -> Option<u64> {
+        self.permit_at(Instant::now())
+    }
+
+    fn permit_at(&self, now: Instant) -> Option<u64> {
+        let mut st = lock(&self.state);
+        let (last, suppressed) = &mut *st;
+        match last {
+            Some(t) if now.saturating_duration_since(*t) < self.interval => {
+                *suppressed += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(suppressed))
+            }
+        }
+    }
+}
+
+/// Exponential back-off for failing `accept` calls (EMFILE and the like):
+/// the failure persists until something is closed, so retrying at once would
+/// spin.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// The delay to wait now; doubles up to one second.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, pending: usize, trusted: usize) -> Limits {
+        Limits {
+            max_connections: total,
+            max_pending_per_uid: pending,
+            max_trusted_per_uid: trusted,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn per_uid_pending_cap_applies_to_that_uid_only() {
+        let t = Tracker::new(limits(10, 2, 5));
+        let a = t.admit(1000).unwrap();
+        let _b = t.admit(1000).unwrap();
+        assert_eq!(t.admit(1000).unwrap_err(), Refusal::PendingPerUid);
+        let _c = t.admit(1001).unwrap();
+        drop(a);
+        let _d = t.admit(1000).unwrap();
+        assert_eq!(t.open(), 3);
+    }
+
+    #[test]
+    fn overall_cap_counts_every_uid() {
+        let t = Tracker::new(limits(2, 5, 5));
+        let _a = t.admit(1).unwrap();
+        let _b = t.admit(2).unwrap();
+        assert_eq!(t.admit(3).unwrap_err(), Refusal::Total);
+    }
+
+    #[test]
+    fn trusted_connections_free_the_pending_count_and_have_their_own_cap() {
+        let t = Tracker::new(limits(10, 1, 2));
+        let mut a = t.admit(7).unwrap();
+        a.promote().unwrap();
+        let mut b = t.admit(7).unwrap();
+        b.promote().unwrap();
+        let mut c = t.admit(7).unwrap();
+        assert_eq!(c.promote().unwrap_err(), Refusal::TrustedPerUid);
+        // c still awaits verification, so the pending cap of 1 is reached.
+        assert_eq!(t.admit(7).unwrap_err(), Refusal::PendingPerUid);
+        drop((a, b, c));
+        assert_eq!(t.open(), 0);
+        assert!(
+            lock(&t.state).per_uid.is_empty(),
+            "per-uid entries are freed"
+        );
+    }
+
+    #[test]
+    fn throttle_lets_one_line_per_interval_and_counts_the_rest() {
+        let th = LogThrottle::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(th.permit_at(t0), Some(0));
+        assert_eq!(th.permit_at(t0 + Duration::from_millis(10)), None);
+        assert_eq!(th.permit_at(t0 + Duration::from_millis(900)), None);
+        assert_eq!(th.permit_at(t0 + Duration::from_millis(1001)), Some(2));
+        assert_eq!(th.permit_at(t0 + Duration::from_millis(1002)), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_second_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert_eq!(delays[0], Duration::from_millis(5));
+        assert_eq!(delays[1], Duration::from_millis(10));
+        assert_eq!(*delays.last().unwrap(), Duration::from_secs(1));
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(5));
+    }
+}
