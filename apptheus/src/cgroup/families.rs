@@ -95,6 +95,14 @@ pub fn add(f: &mut Families, id: &[(&str, &str)], s: &CgroupStats) {
                 v as f64,
             );
         }
+        if let Some(v) = m.under_oom {
+            f.gauge(
+                "apptheus_container_memory_under_oom",
+                "1 while the container's tasks are held in the OOM handler (cgroup v1, oom_kill_disable set).",
+                id,
+                if v { 1.0 } else { 0.0 },
+            );
+        }
     }
     if let Some(p) = &s.pids {
         f.gauge(
