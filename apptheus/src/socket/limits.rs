@@ -45,6 +45,59 @@ impl Default for Limits {
     }
 }
 
+/// Descriptors left for the rest of the daemon (cgroup files, HTTP, kernel
+/// maps, verifications in flight) when the connection cap is fitted to the
+/// descriptor limit.
+const FD_RESERVE: u64 = 256;
+
+impl Limits {
+    /// These limits with `max_connections` lowered, if need be, so that the
+    /// connections fit under a soft descriptor limit of `soft` with
+    /// [`FD_RESERVE`] to spare; `None` when they already fit.
+    pub(crate) fn fitted_to(&self, soft: u64) -> Option<Self> {
+        let room = usize::try_from(soft.saturating_sub(FD_RESERVE).max(16)).unwrap_or(usize::MAX);
+        (self.max_connections > room).then(|| Self {
+            max_connections: room,
+            ..self.clone()
+        })
+    }
+}
+
+/// The soft descriptor limit (RLIMIT_NOFILE), if it can be read.
+pub(crate) fn fd_limit() -> Option<u64> {
+    rlimit_nofile().ok().map(|l| l.rlim_cur)
+}
+
+/// Raises the soft descriptor limit to the hard one, as servers of many
+/// connections do (service managers often start daemons with a soft limit
+/// of 1,024), and returns it. Call it once at start-up, before [`serve`].
+///
+/// [`serve`]: super::serve
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut l = rlimit_nofile()?;
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: setrlimit reads one rlimit from `l`, which lives across
+        // the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(l.rlim_cur)
+}
+
+fn rlimit_nofile() -> std::io::Result<libc::rlimit> {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `l`, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
 /// Why a connection was refused before or after verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -287,6 +340,24 @@ mod tests {
             lock(&t.state).per_uid.is_empty(),
             "per-uid entries are freed"
         );
+    }
+
+    #[test]
+    fn the_connection_cap_is_fitted_under_the_descriptor_limit() {
+        let l = Limits::default();
+        assert_eq!(l.fitted_to(1 << 20), None, "a high limit changes nothing");
+        let fitted = l.fitted_to(1024).unwrap();
+        assert_eq!(fitted.max_connections, 1024 - FD_RESERVE as usize);
+        assert_eq!(fitted.max_trusted_per_uid, l.max_trusted_per_uid);
+        assert_eq!(l.fitted_to(10).unwrap().max_connections, 16);
+    }
+
+    #[test]
+    fn raising_the_descriptor_limit_reaches_the_hard_limit() {
+        let soft = raise_fd_limit().unwrap();
+        let l = rlimit_nofile().unwrap();
+        assert_eq!((soft, l.rlim_cur), (l.rlim_max, l.rlim_max));
+        assert_eq!(fd_limit(), Some(soft));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use apptheus_common::FileId;
 
-pub use limits::Limits;
+pub use limits::{Limits, raise_fd_limit};
 pub use listener::{SocketListenerHandle, bind};
 pub use server::{serve, serve_with};
 

@@ -19,7 +19,7 @@ use tokio::{
 
 use super::{
     ConnId, Limits, SocketEvent, SocketListenerHandle,
-    limits::{Backoff, LogThrottle, Refusal, Slot, Tracker},
+    limits::{Backoff, LogThrottle, Refusal, Slot, Tracker, fd_limit},
     verify::{Identified, NoHook, Peer, PeerCreds, VerifyError, identify},
 };
 use crate::{metrics::AgentMetrics, trust::TrustedSet};
@@ -81,6 +81,18 @@ pub async fn serve_with(
     tx: mpsc::Sender<SocketEvent>,
     metrics: Arc<AgentMetrics>,
 ) {
+    let limits = match fd_limit().and_then(|soft| limits.fitted_to(soft).map(|l| (soft, l))) {
+        Some((soft, fitted)) => {
+            tracing::warn!(
+                fd_limit = soft,
+                max_connections = fitted.max_connections,
+                "the descriptor limit is low: monitoring socket connections capped accordingly; \
+                 raise LimitNOFILE (or call socket::raise_fd_limit at start-up)"
+            );
+            fitted
+        }
+        None => limits,
+    };
     let counter = |r: &str| metrics.socket_connections.with_label_values(&[r]);
     let shared = Arc::new(Shared {
         trusted,
@@ -115,7 +127,7 @@ pub async fn serve_with(
                     tracing::error!(error = %e, "a monitoring socket connection task panicked");
                 }
             }
-            accepted = shared_accept(&listener) => match accepted {
+            accepted = accept(&listener) => match accepted {
                 Ok(stream) => {
                     backoff.reset();
                     let conn = ConnId(next_id.fetch_add(1, Ordering::Relaxed));
@@ -140,7 +152,7 @@ pub async fn serve_with(
     );
 }
 
-async fn shared_accept(listener: &SocketListenerHandle) -> io::Result<UnixStream> {
+async fn accept(listener: &SocketListenerHandle) -> io::Result<UnixStream> {
     listener.listener.accept().await.map(|(stream, _)| stream)
 }
 

@@ -401,6 +401,15 @@ mod tests {
     }
 
     #[test]
+    fn pidfd_open_fallback_pins_a_live_process_and_refuses_a_missing_one() {
+        let fd = pidfd_open(std::process::id()).unwrap();
+        pidfd_send_signal_0(&fd).unwrap();
+        // Beyond PID_MAX_LIMIT (4M): no such process.
+        let err = pidfd_open(1 << 23).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
+    }
+
+    #[test]
     fn a_missing_proc_entry_means_the_peer_is_gone() {
         let (a, _b) = UnixStream::pair().unwrap();
         let peer = Peer::from_socket(a.as_fd()).unwrap();
