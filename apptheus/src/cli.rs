@@ -121,6 +121,9 @@ pub struct Args {
     /// sysfs mount point.
     #[arg(long = "path.sysfs", value_name = "PATH", default_value = "/sys")]
     pub sysfs: PathBuf,
+
+    #[command(flatten)]
+    pub push: crate::push::PushArgs,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: metrics, a landing page, health and readiness.
+//! The HTTP endpoint: metrics, a landing page, health and readiness; TLS,
+//! basic authentication and extra headers from `--web.config.file`.
 use std::{
     convert::Infallible,
     io::Write as _,
@@ -19,9 +20,17 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 
-use crate::{exposition, metrics::AgentMetrics};
+use crate::{
+    exposition,
+    metrics::AgentMetrics,
+    webconfig::{WebConfigHandle, watch::Active},
+};
 
 /// Connections served at once, per listener; more wait in the kernel's
 /// accept queue.
@@ -30,6 +39,8 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A whole connection, however slow, is closed after this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -48,6 +59,8 @@ pub struct Server {
     pub metrics: Arc<AgentMetrics>,
     pub telemetry_path: String,
     pub ready: Arc<AtomicBool>,
+    /// `--web.config.file`, when given.
+    pub web: Option<Arc<WebConfigHandle>>,
 }
 
 /// Parses a listen address the way Go does: ":9091" means every address.
@@ -117,16 +130,14 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
         let server = server.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(&req)) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+            let tls = server.web.as_ref().and_then(|w| w.current().tls.clone());
+            let served = match tls {
+                None => tokio::time::timeout(CONNECTION_TIMEOUT, serve_io(stream, server)).await,
+                Some(tls) => {
+                    tokio::time::timeout(CONNECTION_TIMEOUT, serve_tls(stream, tls, server)).await
+                }
+            };
+            match served {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "HTTP connection ended with an error")
@@ -137,7 +148,95 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     }
 }
 
+/// What ended a connection early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
+    #[error("no TLS handshake within {HEADER_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("plain HTTP sent to the TLS port")]
+    PlainHttp,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    server: Arc<Server>,
+) -> Result<(), ConnError> {
+    // Tell a plain-HTTP client what went wrong, as Go's servers do, rather
+    // than leaving it to make sense of a TLS alert.
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first))
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout)??;
+    if n == 0 {
+        return Ok(());
+    }
+    if first[0] != TLS_HANDSHAKE {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(
+                b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+            ),
+        )
+        .await;
+        let _ = stream.shutdown().await;
+        return Err(ConnError::PlainHttp);
+    }
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let tls_stream = tokio::time::timeout(HEADER_TIMEOUT, accept)
+        .await
+        .map_err(|_| ConnError::HandshakeTimeout)?
+        .map_err(ConnError::Handshake)?;
+    serve_io(tls_stream, server).await
+}
+
+async fn serve_io<I>(io: I, server: Arc<Server>) -> Result<(), ConnError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(server.respond(&req).await) }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), svc)
+        .await?;
+    Ok(())
+}
+
 impl Server {
+    /// Authentication, the route, and the configured extra headers.
+    async fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        let active: Option<Arc<Active>> = self.web.as_ref().map(|w| w.current());
+        let mut response = match active.as_ref().and_then(|a| a.auth.as_ref()) {
+            Some(auth) if !auth.check(req.headers().get(header::AUTHORIZATION)).await => {
+                let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"apptheus\", charset=\"UTF-8\""),
+                );
+                r
+            }
+            _ => self.handle(req),
+        };
+        if let Some(a) = &active {
+            for (name, value) in &a.headers {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        response
+    }
+
     fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(
@@ -306,6 +405,7 @@ mod tests {
             metrics: AgentMetrics::new(),
             telemetry_path: "/metrics".into(),
             ready: Arc::new(AtomicBool::new(ready)),
+            web: None,
         }
     }
 
@@ -342,6 +442,50 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(s.handle(&post).status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn auth_and_headers_from_the_web_config() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("web.yml");
+        std::fs::write(
+            &path,
+            format!(
+                "basic_auth_users:\n  alice: '{}'\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+                bcrypt::hash("pw", 4).unwrap()
+            ),
+        )
+        .unwrap();
+        let mut s = server(true);
+        s.web = Some(WebConfigHandle::load(&path).unwrap());
+        let req = |auth: Option<String>| {
+            let mut b = Request::builder().uri("/metrics");
+            if let Some(a) = auth {
+                b = b.header(header::AUTHORIZATION, a);
+            }
+            b.body(()).unwrap()
+        };
+        let basic = |up: &str| {
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(up)
+            ))
+        };
+        for denied in [None, basic("alice:nope"), basic("bob:pw")] {
+            let r = s.respond(&req(denied)).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            assert!(
+                r.headers()[header::WWW_AUTHENTICATE]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Basic ")
+            );
+            assert_eq!(r.headers()["x-frame-options"], "deny");
+        }
+        let r = s.respond(&req(basic("alice:pw"))).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["x-frame-options"], "deny");
     }
 
     #[test]

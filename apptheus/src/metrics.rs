@@ -22,6 +22,9 @@ pub struct AgentMetrics {
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
     pub placement_seconds: Histogram,
+    /// Pushes that succeeded / failed, by target (pushgateway, remote_write).
+    pub pushes: IntCounterVec,
+    pub push_failures: IntCounterVec,
     /// The latest per-container families, replaced whole at each sample.
     containers_families: RwLock<Arc<Vec<MetricFamily>>>,
 }
@@ -93,6 +96,20 @@ impl AgentMetrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         ));
+        let pushes = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_pushes_total",
+                "Successful pushes of the metrics, by target (pushgateway, remote_write).",
+            ),
+            &["target"],
+        ));
+        let push_failures = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_push_failures_total",
+                "Failed push attempts (each retry counts), by target (pushgateway, remote_write).",
+            ),
+            &["target"],
+        ));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(containers.clone()),
@@ -102,6 +119,8 @@ impl AgentMetrics {
             Box::new(sample_duration.clone()),
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
+            Box::new(pushes.clone()),
+            Box::new(push_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             must(registry.register(c));
@@ -115,6 +134,8 @@ impl AgentMetrics {
             sample_duration,
             mode,
             placement_seconds,
+            pushes,
+            push_failures,
             containers_families: RwLock::new(Arc::new(Vec::new())),
         })
     }

@@ -86,10 +86,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Listen before declaring ourselves up: a port in use is a start error.
     let ready = Arc::new(AtomicBool::new(false));
+    // A bad web config is a start error; later bad changes are logged and
+    // the last good configuration stays.
+    let web = match &args.web_config_file {
+        Some(path) => {
+            let handle = crate::webconfig::WebConfigHandle::load(path)?;
+            handle.watch(crate::webconfig::watch::RELOAD_EVERY);
+            Some(handle)
+        }
+        None => None,
+    };
     let server = Arc::new(http::Server {
         metrics: metrics.clone(),
         telemetry_path: args.telemetry_path.clone(),
         ready: ready.clone(),
+        web,
     });
     let mut listeners = Vec::new();
     for addr in &args.listen_address {
@@ -103,6 +114,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .into_iter()
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
+    // Pushing (optional) runs in its own tasks: it never delays sampling.
+    let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
 
     let placer = Some(Placer::new(&host.layout, &args.procfs));
     let mut agent = Agent {
