@@ -33,6 +33,28 @@ impl Agent {
         if self.registry.get(n.key).is_some() {
             return;
         }
+        let c = Container {
+            key: n.key,
+            id: registry::container_id(n.starter_pid, n.key),
+            starter_pid: n.starter_pid,
+            starter_path: Default::default(),
+            start_time: registry::boot_ns_to_system_time(n.boot_ns),
+            uid: n.uid,
+            user: String::new(),
+            meta: Default::default(),
+            source: n.source,
+            phase: Phase::Running,
+            sample: None,
+            cgroups: n.cgroups,
+            placed: false,
+        };
+        if self.registry.insert(c) {
+            self.metrics.containers_started.inc();
+        }
+        // Placement first: until its tasks are inside, a container's memory
+        // is charged to the enclosing cgroup (v1 never moves charges).
+        self.place(n.key, n.boot_ns);
+
         let starter_path = n
             .file
             .and_then(|f| {
@@ -48,27 +70,15 @@ impl Agent {
             })
             .unwrap_or_default();
         let meta = environ::read(&self.args.procfs, n.starter_pid).unwrap_or_default();
-        let c = Container {
-            key: n.key,
-            id: registry::container_id(n.starter_pid, n.key),
-            starter_pid: n.starter_pid,
-            starter_path,
-            start_time: registry::boot_ns_to_system_time(n.boot_ns),
-            uid: n.uid,
-            user: users::name(n.uid),
-            meta,
-            source: n.source,
-            phase: Phase::Running,
-            sample: None,
-            cgroups: n.cgroups,
-            placed: false,
+        let user = users::name(n.uid);
+        let Some(c) = self.registry.get_mut(n.key) else {
+            return;
         };
+        c.starter_path = starter_path;
+        c.meta = meta;
+        c.user = user;
         tracing::info!(container_id = %c.id, pid = n.starter_pid, uid = n.uid, user = %c.user,
-            starter = %c.starter_path.display(), source = ?n.source, "container started");
-        if self.registry.insert(c) {
-            self.metrics.containers_started.inc();
-        }
-        self.place(n.key, n.boot_ns);
+            starter = %c.starter_path.display(), source = ?n.source, placed = c.placed, "container started");
     }
 
     /// Creates the container's cgroups (beneath its starter's) and moves
@@ -184,7 +194,7 @@ impl Agent {
             sample.kernel = kernel;
         }
         if let Some(cg) = &c.cgroups {
-            let (stats, warnings) = read_cgroup_stats(cg);
+            let (stats, warnings) = crate::cgroup::stats::read(cg);
             for w in warnings {
                 tracing::warn!(container_id = %c.id, warning = %w, "cgroup statistics incomplete");
             }
@@ -296,10 +306,4 @@ fn owner_uid(procfs: &std::path::Path, pid: u32, tids: &[u32]) -> u32 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Reading cgroup statistics lands with the cgroup readers (in progress);
-/// until then no cgroup family is exported, never a made-up value.
-fn read_cgroup_stats(_cg: &ContainerCgroups) -> (crate::cgroup::stats::CgroupStats, Vec<String>) {
-    (crate::cgroup::stats::CgroupStats::default(), Vec::new())
 }

@@ -11,9 +11,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use apptheus_common::Stat;
+use std::collections::HashMap;
+
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 
 use crate::{
@@ -24,10 +26,12 @@ use crate::{
     metrics::AgentMetrics,
     preflight,
     registry::{Registry, Source},
+    socket::{self, ConnId, SocketEvent},
     trust::TrustedSet,
 };
 
 mod containers;
+mod socket_events;
 
 use containers::NewContainer;
 
@@ -41,6 +45,10 @@ pub struct Agent {
     lost_seen: u64,
     /// cgroup directories whose removal failed (tasks not yet reaped).
     pending_removal: Vec<std::path::PathBuf>,
+    /// The trusted set, as the monitoring socket sees it.
+    trusted_tx: watch::Sender<TrustedSet>,
+    /// Monitoring-socket connections and the container each belongs to.
+    socket_conns: HashMap<ConnId, u64>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -83,6 +91,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mode = if kernel.is_some() { "ebpf" } else { "socket" };
     metrics.set_mode(mode);
     tracing::info!(mode, "attribution mode");
+
+    // A socket held by another live apptheus is a start error.
+    let socket = socket::bind(&args.socket_path).await?;
+    tracing::info!(path = %socket.path().display(), "monitoring socket ready (mode 0666: callers are verified, nothing is read from them)");
+    let (trusted_tx, trusted_rx) = watch::channel(trusted.clone());
+    let (socket_tx, socket_events) = mpsc::channel::<SocketEvent>(1024);
+    let socket_task = tokio::spawn(socket::serve(
+        socket,
+        trusted_rx,
+        socket_tx,
+        metrics.clone(),
+    ));
 
     // Listen before declaring ourselves up: a port in use is a start error.
     let ready = Arc::new(AtomicBool::new(false));
@@ -127,12 +147,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         trusted,
         lost_seen: 0,
         pending_removal: Vec::new(),
+        trusted_tx,
+        socket_conns: HashMap::new(),
     };
     agent.adopt_existing();
-    let result = agent.main_loop(ready).await;
+    let result = agent.main_loop(ready, socket_events).await;
     for t in http_tasks {
         t.abort();
     }
+    // Ending the socket task closes the listener and removes the file.
+    socket_task.abort();
+    let _ = socket_task.await;
     // Dropping the kernel handle detaches the programs.
     agent.kernel.take();
     tracing::info!("stopped");
@@ -140,7 +165,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 impl Agent {
-    async fn main_loop(&mut self, ready: Arc<AtomicBool>) -> anyhow::Result<()> {
+    async fn main_loop(
+        &mut self,
+        ready: Arc<AtomicBool>,
+        mut socket_events: mpsc::Receiver<SocketEvent>,
+    ) -> anyhow::Result<()> {
         let (tx, mut events) = mpsc::channel::<KernelEvent>(4096);
         if let Some(ring) = self.kernel.as_mut().and_then(Kernel::take_events) {
             tokio::spawn(async move {
@@ -163,6 +192,7 @@ impl Agent {
                     Some(ev) => self.on_kernel_event(ev),
                     None => events_open = false,
                 },
+                Some(ev) = socket_events.recv() => self.on_socket_event(ev),
                 _ = tick.tick() => {
                     self.sample();
                     ready.store(true, Ordering::Release);
@@ -273,6 +303,7 @@ impl Agent {
                     return;
                 }
                 tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "SIGHUP: trusted starters changed");
+                self.trusted_tx.send_replace(t.clone());
                 self.trusted = t;
             }
             Err(e) => {

@@ -5,8 +5,8 @@
 //! socket, keeps the connection open, and waits for the container.
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
-//!   apptheus-starter-sim workload [--forks N] [--threads N] [--execs N]
-//!       [--alloc-mib N] [--spin SECS] [--sleep SECS]
+//!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
+//!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS]
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
@@ -122,6 +122,12 @@ fn workload(args: &[String]) -> ExitCode {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
+    // Apptainer's own set-up (images, namespaces, mounts) takes a while
+    // before the workload runs; --delay stands for it.
+    let delay = get("--delay");
+    if delay > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(delay));
+    }
     let (forks, threads, execs) = (
         get("--forks") as usize,
         get("--threads") as usize,

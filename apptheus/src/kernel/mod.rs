@@ -174,6 +174,11 @@ impl Kernel {
         let _ = self.containers.remove(&cid);
     }
 
+    /// The container task `tid` belongs to, if any.
+    pub fn container_of(&self, tid: u32) -> Option<u64> {
+        self.tasks.get(&tid, 0).ok()
+    }
+
     /// The tasks the kernel attributes to container `cid`.
     pub fn tasks_of(&self, cid: u64) -> Vec<u32> {
         self.tasks

@@ -68,6 +68,8 @@ pub struct Agent {
     pub child: Child,
     pub addr: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Holds the monitoring socket unless the test chose a path.
+    pub sock_dir: tempfile::TempDir,
 }
 
 impl Agent {
@@ -81,9 +83,16 @@ impl Agent {
         if !args.iter().any(|a| a.starts_with("--monitor.interval")) {
             all.push("--monitor.interval=100ms".into());
         }
+        // A root-owned directory: the agent refuses one others can write.
+        let sock_dir = tempfile::Builder::new()
+            .prefix("apptheus-sock-")
+            .tempdir()
+            .unwrap();
         if !args.iter().any(|a| a.starts_with("--socket.path")) {
-            let sock = std::env::temp_dir().join(format!("apptheus-test-{}.sock", unique()));
-            all.push(format!("--socket.path={}", sock.display()));
+            all.push(format!(
+                "--socket.path={}",
+                sock_dir.path().join("gateway.sock").display()
+            ));
         }
         let mut child = Command::new(AGENT)
             .args(&all)
@@ -129,7 +138,12 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let agent = Agent { child, addr, log };
+        let agent = Agent {
+            child,
+            addr,
+            log,
+            sock_dir,
+        };
         agent.wait_for(Duration::from_secs(30), "readiness", || {
             agent
                 .get("/-/ready")
@@ -146,6 +160,10 @@ impl Agent {
 
     pub fn metrics(&self) -> String {
         self.get("/metrics").expect("scrape").1
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.sock_dir.path().join("gateway.sock")
     }
 
     pub fn log_text(&self) -> String {

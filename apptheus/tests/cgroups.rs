@@ -1,0 +1,303 @@
+//! Per-container cgroups on the real kernel (root; this machine's hybrid
+//! layout): placement beneath the original cgroup, limits that still hold,
+//! statistics against the truth, adoption after a crash, no leaks.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// A v1 memory cgroup made for a test, removed on drop.
+struct ParentCgroup(PathBuf);
+
+impl ParentCgroup {
+    fn memory(limit: Option<u64>) -> Self {
+        let dir = Path::new("/sys/fs/cgroup/memory").join(format!("atest-{}", unique()));
+        std::fs::create_dir(&dir).expect("create a v1 memory cgroup");
+        if let Some(l) = limit {
+            std::fs::write(dir.join("memory.limit_in_bytes"), l.to_string()).unwrap();
+            // No swap to escape to, where the kernel accounts swap.
+            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), l.to_string());
+        }
+        Self(dir)
+    }
+}
+
+impl Drop for ParentCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Runs `starter -- starter workload <args>` from inside `parent` (if any);
+/// returns the child, whose pid is the starter's.
+fn spawn_in(parent: Option<&ParentCgroup>, starter: &Path, args: &[&str]) -> std::process::Child {
+    let workload = format!(
+        "{} -- {} workload {}",
+        starter.display(),
+        starter.display(),
+        args.join(" ")
+    );
+    let script = match parent {
+        Some(p) => format!(
+            "echo $$ > {}/cgroup.procs && exec {workload}",
+            p.0.display()
+        ),
+        None => format!("exec {workload}"),
+    };
+    Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_container(agent: &Agent, starter: &Path, metric: &str) -> String {
+    let s = starter.display().to_string();
+    let mut id = None;
+    agent.wait_for(WAIT, &format!("{metric} for a container of {s}"), || {
+        let m = agent.metrics();
+        id = container_id(&m, "starter", &s)
+            .filter(|id| value(&m, metric, &[("container_id", id)]).is_some());
+        id.is_some()
+    });
+    id.unwrap()
+}
+
+#[test]
+fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let parent = ParentCgroup::memory(Some(64 << 20));
+
+    // Within the limit: runs, and is placed beneath the parent.
+    let mut child = spawn_in(
+        Some(&parent),
+        &starter,
+        &["--alloc-mib", "8", "--sleep", "2"],
+    );
+    let id = wait_container(&agent, &starter, "apptheus_container_memory_usage_bytes");
+    let starter_pid = child.id();
+    let cgroup = std::fs::read_to_string(format!("/proc/{starter_pid}/cgroup")).unwrap();
+    let parent_rel = format!("/{}", parent.0.file_name().unwrap().to_string_lossy());
+    let memory_line = cgroup
+        .lines()
+        .find(|l| l.split(':').nth(1) == Some("memory"))
+        .unwrap();
+    assert!(
+        memory_line.ends_with(&format!("{parent_rel}/apptheus-{id}")),
+        "the container must sit beneath {parent_rel}: {memory_line}"
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        value(
+            &m,
+            "apptheus_container_memory_limit_bytes",
+            &[("container_id", &id)]
+        ),
+        Some((64u64 << 20) as f64),
+        "the enclosing limit is the one in force\n{m}"
+    );
+    assert!(child.wait().unwrap().success());
+
+    // Past the limit: the enclosing cgroup's limit still stops it.
+    let mut child = spawn_in(
+        Some(&parent),
+        &starter,
+        &["--alloc-mib", "256", "--sleep", "1"],
+    );
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a 256 MiB allocation under a 64 MiB limit must fail"
+    );
+}
+
+#[test]
+fn cpu_seconds_match_the_workloads_rusage() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    let before =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let mut child = spawn_in(None, &starter, &["--spin", "2"]);
+    assert!(child.wait().unwrap().success());
+    let after =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let secs = |r: &nix::sys::resource::Usage| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(r.user_time()) + t(r.system_time())
+    };
+    let truth = secs(&after) - secs(&before);
+
+    let id = wait_container(
+        &agent,
+        &starter,
+        "apptheus_container_cpu_usage_seconds_total",
+    );
+    let mut reported = 0.0;
+    agent.wait_for(WAIT, "the final CPU sample", || {
+        let m = agent.metrics();
+        reported = value(
+            &m,
+            "apptheus_container_cpu_usage_seconds_total",
+            &[("container_id", &id)],
+        )
+        .unwrap_or(0.0);
+        value(&m, "apptheus_container_tasks", &[("container_id", &id)]) == Some(0.0)
+    });
+    let error = (reported - truth).abs() / truth;
+    assert!(
+        error <= 0.02,
+        "reported {reported:.3} s, rusage {truth:.3} s: {:.2}% off",
+        error * 100.0
+    );
+}
+
+#[test]
+fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    // Memory touched before the agent has placed the container stays
+    // charged to the enclosing cgroup (cgroup v1 does not move charges);
+    // the delay stands for Apptainer's own set-up time before its workload.
+    let mut child = spawn_in(
+        None,
+        &starter,
+        &["--delay", "0.3", "--alloc-mib", "200", "--sleep", "3"],
+    );
+    let id = wait_container(&agent, &starter, "apptheus_container_memory_rss_bytes");
+    let mut rss = 0.0;
+    agent.wait_for(WAIT, "rss to reach the allocation", || {
+        rss = value(
+            &agent.metrics(),
+            "apptheus_container_memory_rss_bytes",
+            &[("container_id", &id)],
+        )
+        .unwrap_or(0.0);
+        rss >= 190.0 * MIB
+    });
+    let m = agent.metrics();
+    let usage = value(
+        &m,
+        "apptheus_container_memory_usage_bytes",
+        &[("container_id", &id)],
+    )
+    .unwrap();
+    assert!(
+        (rss / (200.0 * MIB) - 1.0).abs() <= 0.05,
+        "rss {:.1} MiB\n{m}",
+        rss / MIB
+    );
+    assert!(
+        (usage / (200.0 * MIB) - 1.0).abs() <= 0.05,
+        "usage {:.1} MiB\n{m}",
+        usage / MIB
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_restarted_agent_adopts_running_containers_and_leaves_nothing_behind() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let flag = format!("--trust.path={}", starter.display());
+    let mut first = Agent::start(&[&flag]);
+    let mut child = spawn_in(None, &starter, &["--sleep", "4"]);
+    let id = wait_container(&first, &starter, "apptheus_container_tasks");
+
+    // A crash: no clean-up possible.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(
+        our_cgroup_dirs()
+            .iter()
+            .any(|d| d.ends_with(format!("apptheus-{id}")))
+    );
+
+    let second = Agent::start(&[&flag]);
+    let m = second.metrics();
+    assert!(
+        container_id(&m, "container_id", &id).is_some(),
+        "adopted after restart\n{m}"
+    );
+    assert_eq!(
+        m.matches("apptheus_container_info{").count(),
+        1,
+        "no duplicate series\n{m}"
+    );
+    assert!(second.log_text().contains("adopting a running container"));
+
+    assert!(child.wait().unwrap().success());
+    // Only the agent ending the adopted container removes its cgroups.
+    second.wait_for(
+        WAIT,
+        "the adopted container to end and its cgroups to go",
+        || our_cgroup_dirs().is_empty(),
+    );
+    assert!(
+        second.log_text().contains("container exited"),
+        "{}",
+        second.log_text()
+    );
+}
+
+#[test]
+fn a_thousand_container_cycles_leave_no_cgroup_behind() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--monitor.grace-period=1s",
+    ]);
+    for _ in 0..1000 {
+        assert!(run(Command::new(&starter).args(["--no-namespaces", "--", "/bin/true"])).success());
+    }
+    agent.wait_for(
+        WAIT,
+        "1000 containers started and every cgroup removed",
+        || {
+            value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1000.0)
+                && our_cgroup_dirs().is_empty()
+        },
+    );
+    agent.wait_for(WAIT, "the series to expire", || {
+        value(&agent.metrics(), "apptheus_containers", &[]) == Some(0.0)
+    });
+}

@@ -1,0 +1,159 @@
+//! Apptainer's `allow monitoring = yes` path through the real agent: the
+//! starter-like launcher connects the way Apptainer's master does.
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn with_ebpf_the_socket_confirms_the_kernels_container_without_a_second_one() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let sock = agent.socket_path();
+    let status = run(Command::new(&starter).args([
+        "--socket",
+        sock.to_str().unwrap(),
+        "--",
+        starter.to_str().unwrap(),
+        "workload",
+        "--sleep",
+        "0.5",
+    ]));
+    assert!(status.success());
+    agent.wait_for(WAIT, "the container to end", || {
+        let m = agent.metrics();
+        value(
+            &m,
+            "apptheus_socket_connections_total",
+            &[("result", "accepted")],
+        ) == Some(1.0)
+            && value(&m, "apptheus_container_tasks", &[]) == Some(0.0)
+    });
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_containers_started_total", &[]),
+        Some(1.0),
+        "one container, not two\n{m}"
+    );
+}
+
+#[test]
+fn without_ebpf_the_whole_tree_is_attributed_through_the_socket() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--ebpf=false",
+    ]);
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_attribution_mode", &[("mode", "socket")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(agent.log_text().contains("mode=socket"));
+
+    let sock = agent.socket_path();
+    let mut child = Command::new(&starter)
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--",
+            starter.to_str().unwrap(),
+            "workload",
+            "--spin",
+            "1",
+            "--sleep",
+            "1",
+        ])
+        .spawn()
+        .unwrap();
+    let master = child.id();
+    let mut id = String::new();
+    agent.wait_for(WAIT, "the socket-registered container", || {
+        let m = agent.metrics();
+        match container_id(&m, "starter", &starter.display().to_string()) {
+            Some(i) => {
+                id = i;
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(
+        id.starts_with(&format!("{master}-")),
+        "the master ({master}) registers the container: {id}"
+    );
+    // The workload (forked by the master before it connected) is in the
+    // container's cgroup, not only the master.
+    let workload =
+        std::fs::read_to_string(format!("/proc/{master}/task/{master}/children")).unwrap();
+    for pid in workload.split_whitespace() {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        assert!(
+            cg.contains(&format!("apptheus-{id}")),
+            "child {pid} not placed: {cg}"
+        );
+    }
+    assert!(child.wait().unwrap().success());
+    // The container ends with the connection, with its CPU counted.
+    agent.wait_for(
+        WAIT,
+        "the container's final CPU and its cgroups removed",
+        || {
+            let m = agent.metrics();
+            value(
+                &m,
+                "apptheus_container_cpu_usage_seconds_total",
+                &[("container_id", &id)],
+            )
+            .is_some_and(|v| v >= 0.9)
+                && our_cgroup_dirs().is_empty()
+        },
+    );
+}
+
+#[test]
+fn an_untrusted_caller_is_rejected_and_nothing_is_registered() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let other = trust.starter("not-trusted");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--ebpf=false",
+    ]);
+    let sock = agent.socket_path();
+    assert!(
+        run(Command::new(&other).args(["--socket", sock.to_str().unwrap(), "--", "/bin/true"]))
+            .success()
+    );
+    agent.wait_for(WAIT, "the rejection to be counted", || {
+        value(
+            &agent.metrics(),
+            "apptheus_socket_connections_total",
+            &[("result", "rejected")],
+        ) == Some(1.0)
+    });
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_containers_started_total", &[]),
+        Some(0.0),
+        "{m}"
+    );
+}
