@@ -34,7 +34,7 @@ packages=(
   gcc libc6-dev pkg-config ca-certificates
 )
 if [ "$want_test" = 1 ]; then
-  packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2)
+  packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3)
 fi
 
 missing=()

@@ -92,6 +92,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     metrics.set_mode(mode);
     tracing::info!(mode, "attribution mode");
 
+    // Service managers often start daemons with a soft limit of 1024
+    // descriptors; the socket's connection cap fits what we get.
+    match socket::raise_fd_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     // A socket held by another live apptheus is a start error.
     let socket = socket::bind(&args.socket_path).await?;
     tracing::info!(path = %socket.path().display(), "monitoring socket ready (mode 0666: callers are verified, nothing is read from them)");
