@@ -96,6 +96,12 @@ pub struct Args {
     #[arg(long = "ebpf", value_name = "MODE", value_enum, default_value = "auto")]
     pub ebpf: EbpfMode,
 
+    /// Export the kernel's run-time statistics of apptheus' programs
+    /// (apptheus_ebpf_program_run_seconds_total, apptheus_ebpf_program_runs_total).
+    /// The kernel then times every program run, which costs a little.
+    #[arg(long = "ebpf.stats", value_name = "BOOL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ebpf_stats: bool,
+
     /// Only log messages at this level or above.
     #[arg(
         long = "log.level",

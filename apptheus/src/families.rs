@@ -83,6 +83,27 @@ impl Families {
     }
 }
 
+/// The kernel's statistics of our programs (`--ebpf.stats`).
+pub fn program_stats(stats: &[crate::kernel::stats::ProgramStats]) -> Vec<MetricFamily> {
+    let mut f = Families::default();
+    for s in stats {
+        let labels = [("program", s.program.as_str())];
+        f.counter(
+            "apptheus_ebpf_program_run_seconds_total",
+            "Time the kernel spent running the program, from its BPF run-time statistics.",
+            &labels,
+            s.run_time.as_secs_f64(),
+        );
+        f.counter(
+            "apptheus_ebpf_program_runs_total",
+            "Times the kernel ran the program.",
+            &labels,
+            s.runs as f64,
+        );
+    }
+    f.into_vec()
+}
+
 /// Every per-container family, for every container in the registry.
 pub fn build(registry: &Registry) -> Vec<MetricFamily> {
     let mut f = Families::default();

@@ -49,6 +49,8 @@ pub struct Agent {
     trusted_tx: watch::Sender<TrustedSet>,
     /// Monitoring-socket connections and the container each belongs to.
     socket_conns: HashMap<ConnId, u64>,
+    /// Held open while the kernel keeps BPF run-time statistics.
+    bpf_stats: Option<std::os::fd::OwnedFd>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -155,7 +157,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         pending_removal: Vec::new(),
         trusted_tx,
         socket_conns: HashMap::new(),
+        bpf_stats: None,
     };
+    if agent.args.ebpf_stats && agent.kernel.is_some() {
+        match crate::kernel::stats::enable() {
+            Ok(fd) => agent.bpf_stats = Some(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "--ebpf.stats: the kernel refused BPF run-time statistics (Linux 5.8+ needed)")
+            }
+        }
+    }
     agent.adopt_existing();
     let result = agent.main_loop(ready, socket_events).await;
     for t in http_tasks {
@@ -247,7 +258,11 @@ impl Agent {
             }
             tracing::debug!(container_id = %c.id, "series removed after the grace period");
         }
-        self.metrics.publish(families::build(&self.registry));
+        let mut families = families::build(&self.registry);
+        if let (Some(k), Some(_)) = (&self.kernel, &self.bpf_stats) {
+            families.extend(families::program_stats(&k.program_stats()));
+        }
+        self.metrics.publish(families);
         self.metrics.containers.set(self.registry.len() as i64);
         if let Some(k) = &self.kernel {
             let lost = k.stat(Stat::EventsLost);

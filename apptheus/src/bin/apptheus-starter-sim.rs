@@ -6,7 +6,7 @@
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
-//!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS]
+//!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
@@ -133,6 +133,8 @@ fn workload(args: &[String]) -> ExitCode {
         get("--threads") as usize,
         get("--execs") as usize,
     );
+    let timings = args.iter().any(|a| a == "--timings");
+    let t0 = Instant::now();
     for _ in 0..forks {
         // SAFETY: single-threaded at this point; the child exits at once.
         match unsafe { fork() } {
@@ -142,17 +144,26 @@ fn workload(args: &[String]) -> ExitCode {
             Err(e) => eprintln!("fork: {e}"),
         }
     }
+    let t1 = Instant::now();
     for _ in 0..execs {
         match std::process::Command::new("/bin/true").status() {
             Ok(_) => {}
             Err(e) => eprintln!("exec /bin/true: {e}"),
         }
     }
-    let handles: Vec<_> = (0..threads)
-        .map(|_| std::thread::spawn(|| std::hint::black_box(1)))
-        .collect();
-    for h in handles {
-        let _ = h.join();
+    let t2 = Instant::now();
+    for _ in 0..threads {
+        // Created and joined one at a time: a thread create/join storm.
+        let _ = std::thread::spawn(|| std::hint::black_box(1)).join();
+    }
+    if timings {
+        let t3 = Instant::now();
+        println!(
+            "forks_ns={} execs_ns={} threads_ns={}",
+            (t1 - t0).as_nanos(),
+            (t2 - t1).as_nanos(),
+            (t3 - t2).as_nanos()
+        );
     }
     let mib = get("--alloc-mib") as usize;
     let mut memory: Vec<u8> = Vec::new();

@@ -1,6 +1,7 @@
 //! Loading the kernel programs, and the user-space side of their maps.
 pub mod events;
 pub mod offsets;
+pub mod stats;
 
 use std::{collections::BTreeSet, path::Path};
 
