@@ -1,4 +1,5 @@
 //! Developer chores: `cargo xtask <command>`.
+mod bench;
 mod build_ebpf;
 
 use clap::{Parser, Subcommand};
@@ -15,10 +16,14 @@ enum Command {
     /// Build the kernel programs (apptheus-ebpf) for bpfel-unknown-none, with
     /// BTF, and check the object.
     BuildEbpf(build_ebpf::Options),
+    /// Measure overhead, attribution latency, scale and accuracy (root);
+    /// results to BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(o) => build_ebpf::run(&o).map(|path| println!("{}", path.display())),
+        Command::Bench(o) => bench::run(&o),
     }
 }

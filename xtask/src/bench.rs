@@ -1,0 +1,704 @@
+//! `cargo xtask bench`: what the agent costs and how well it measures, on
+//! the real kernel, with the release build, written to BENCHMARKS.md.
+//! `--smoke` runs every benchmark with tiny sizes (part of the test suite,
+//! so they don't rot) and writes target/bench-smoke.md instead.
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::build_ebpf::workspace_root;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Tiny sizes, results to target/bench-smoke.md (a check that the
+    /// benchmarks still run, not a measurement).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+struct Sizes {
+    rounds: usize,
+    forks: usize,
+    execs: usize,
+    threads: usize,
+    placements: usize,
+    scale: Vec<usize>,
+    scrapes: usize,
+    cpu_window: Duration,
+    spin_secs: f64,
+    alloc_mib: usize,
+}
+
+impl Sizes {
+    fn new(smoke: bool) -> Self {
+        if smoke {
+            Self {
+                rounds: 1,
+                forks: 20,
+                execs: 20,
+                threads: 20,
+                placements: 5,
+                scale: vec![5],
+                scrapes: 5,
+                cpu_window: Duration::from_secs(2),
+                spin_secs: 0.3,
+                alloc_mib: 16,
+            }
+        } else {
+            Self {
+                rounds: 6,
+                forks: 3000,
+                execs: 2000,
+                threads: 5000,
+                placements: 300,
+                scale: vec![10, 1000],
+                scrapes: 300,
+                cpu_window: Duration::from_secs(30),
+                spin_secs: 5.0,
+                alloc_mib: 512,
+            }
+        }
+    }
+}
+
+pub fn run(o: &Options) -> anyhow::Result<()> {
+    if !is_root() {
+        let msg =
+            "SKIPPED: cargo xtask bench needs root (it loads kernel programs and creates cgroups)";
+        if std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            bail!("{msg}; APPTHEUS_REQUIRE_PRIVILEGED=1 forbids skipping");
+        }
+        eprintln!("{msg}");
+        return Ok(());
+    }
+    let root = workspace_root();
+    let profile = if o.smoke { "debug" } else { "release" };
+    let mut build = Command::new("cargo");
+    build
+        .current_dir(&root)
+        .args(["build", "--package", "apptheus", "--bins"]);
+    if !o.smoke {
+        build.arg("--release");
+    }
+    if !build.status()?.success() {
+        bail!("building apptheus failed");
+    }
+    let bin = root.join("target").join(profile);
+    let sizes = Sizes::new(o.smoke);
+    let trust = TrustDir::new(&bin.join("apptheus-starter-sim"))?;
+    let ctx = Ctx {
+        agent: bin.join("apptheus"),
+        starter: trust.starter.clone(),
+    };
+
+    let mut report = Report::default();
+    overhead(&ctx, &sizes, &mut report)?;
+    placement(&ctx, &sizes, &mut report)?;
+    scale(&ctx, &sizes, &mut report)?;
+    accuracy(&ctx, &sizes, &mut report)?;
+
+    let text = report.markdown(o.smoke, profile);
+    if o.smoke {
+        let out = root.join("target/bench-smoke.md");
+        std::fs::write(&out, &text)?;
+        println!(
+            "{text}\nbench smoke run: every benchmark ran ({})",
+            out.display()
+        );
+    } else {
+        let out = root.join("BENCHMARKS.md");
+        write_section(&out, &text)?;
+        println!("{text}\nwritten to {}", out.display());
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+struct Ctx {
+    agent: PathBuf,
+    starter: PathBuf,
+}
+
+/// A root-owned directory with a copy of the starter simulator.
+struct TrustDir {
+    dir: PathBuf,
+    starter: PathBuf,
+}
+
+impl TrustDir {
+    fn new(sim: &Path) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("apptheus-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let starter = dir.join("starter");
+        std::fs::copy(sim, &starter).with_context(|| format!("copying {}", sim.display()))?;
+        Ok(Self { dir, starter })
+    }
+}
+
+impl Drop for TrustDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Agent {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _sock: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A private directory for the agent's socket, removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Agent {
+    fn start(ctx: &Ctx, extra: &[&str]) -> anyhow::Result<Self> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sock =
+            std::env::temp_dir().join(format!("apptheus-bench-sock-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&sock)?;
+        let mut child = Command::new(&ctx.agent)
+            .arg(format!("--trust.path={}", ctx.starter.display()))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .arg(format!(
+                "--socket.path={}",
+                sock.join("gateway.sock").display()
+            ))
+            .arg("--log.level=debug")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the agent")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let found = log.lock().ok().and_then(|l| {
+                l.iter()
+                    .find(|l| l.contains("serving metrics"))
+                    .and_then(|l| l.split("address=").nth(1))
+                    .and_then(|s| s.split_whitespace().next())
+                    .map(str::to_string)
+            });
+            if let Some(a) = found {
+                break a;
+            }
+            if Instant::now() > deadline || child.try_wait()?.is_some() {
+                bail!(
+                    "the agent did not start: {:?}",
+                    log.lock().map(|l| l.join("\n"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let agent = Self {
+            child,
+            addr,
+            log,
+            _sock: tempdir::Dir(sock),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(&agent.addr, "/-/ready").map(|(s, _)| s) != Ok(200) {
+            if Instant::now() > deadline {
+                bail!("the agent did not become ready");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(agent)
+    }
+
+    fn metrics(&self) -> anyhow::Result<String> {
+        Ok(http_get(&self.addr, "/metrics")
+            .map_err(|e| anyhow!("scrape: {e}"))?
+            .1)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+fn value(metrics: &str, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let n = series.split('{').next()?;
+            let ok = n == name
+                && label.is_none_or(|(k, want)| series.contains(&format!("{k}=\"{want}\"")));
+            if ok { v.parse().ok() } else { None }
+        })
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+#[derive(Default)]
+struct Report {
+    overhead: Vec<(String, f64, f64, f64, &'static str)>,
+    program_costs: Vec<(String, f64, u64)>,
+    placement: Option<(usize, f64, f64)>,
+    scale: Vec<(usize, f64, f64, f64, f64)>,
+    idle_rss_mb: f64,
+    accuracy: Vec<(String, f64, f64, f64, &'static str)>,
+}
+
+/// Storms inside an attributed container, agent loaded vs not, alternating.
+fn overhead(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let run_storm = || -> anyhow::Result<[f64; 3]> {
+        let out = Command::new(&ctx.starter)
+            .args(["--no-namespaces", "--"])
+            .arg(&ctx.starter)
+            .args(["workload", "--timings", "--forks", &s.forks.to_string()])
+            .args([
+                "--execs",
+                &s.execs.to_string(),
+                "--threads",
+                &s.threads.to_string(),
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let get = |k: &str| -> anyhow::Result<f64> {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(k))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| anyhow!("no {k} in workload output: {text}"))
+        };
+        Ok([get("forks_ns=")?, get("execs_ns=")?, get("threads_ns=")?])
+    };
+    let mut off = [0.0f64; 3];
+    let mut on = [0.0f64; 3];
+    for round in 0..s.rounds {
+        for loaded in if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            if loaded {
+                let _agent = Agent::start(ctx, &[])?;
+                let t = run_storm()?;
+                (0..3).for_each(|i| on[i] += t[i]);
+            } else {
+                let t = run_storm()?;
+                (0..3).for_each(|i| off[i] += t[i]);
+            }
+        }
+    }
+    for (i, (name, target)) in [
+        ("fork storm", 3.0),
+        ("exec storm", 1.0),
+        ("thread create/join storm", 3.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pct = (on[i] / off[i] - 1.0) * 100.0;
+        let per_op =
+            |t: f64| t / s.rounds as f64 / [s.forks, s.execs, s.threads][i] as f64 / 1000.0;
+        r.overhead.push((
+            name.to_string(),
+            per_op(off[i]),
+            per_op(on[i]),
+            pct,
+            if pct <= target { "met" } else { "missed" },
+        ));
+    }
+    // Program costs, in a run of their own: the statistics themselves
+    // cost a little and must not weigh on the comparison above.
+    let agent = Agent::start(ctx, &["--ebpf.stats"])?;
+    run_storm()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = agent.metrics()?;
+    let mut programs: Vec<String> = m
+        .lines()
+        .filter(|l| l.starts_with("apptheus_ebpf_program_runs_total{"))
+        .filter_map(|l| {
+            l.split("program=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
+    programs.sort();
+    for prog in programs {
+        let secs = value(
+            &m,
+            "apptheus_ebpf_program_run_seconds_total",
+            Some(("program", &prog)),
+        )
+        .unwrap_or(0.0);
+        let runs = value(
+            &m,
+            "apptheus_ebpf_program_runs_total",
+            Some(("program", &prog)),
+        )
+        .unwrap_or(0.0) as u64;
+        r.program_costs.push((prog, secs, runs));
+    }
+    Ok(())
+}
+
+/// From the starter's exec to every task in the container's cgroups, as
+/// the agent measures it (CLOCK_BOOTTIME of the exec, seen by the kernel).
+fn placement(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let agent = Agent::start(ctx, &[])?;
+    for _ in 0..s.placements {
+        Command::new(&ctx.starter)
+            .args(["--no-namespaces", "--", "/bin/sleep", "0.05"])
+            .status()?;
+        // An idle machine: one container at a time.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut v: Vec<f64> = agent
+        .log
+        .lock()
+        .map_err(|_| anyhow!("log lock"))?
+        .iter()
+        .filter(|l| l.contains("container placed"))
+        .filter_map(|l| {
+            l.split("seconds=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    if v.is_empty() {
+        bail!("no placement was logged");
+    }
+    let n = v.len();
+    r.placement = Some((
+        n,
+        percentile(&mut v, 0.5) * 1e3,
+        percentile(&mut v, 0.99) * 1e3,
+    ));
+    Ok(())
+}
+
+fn proc_stat(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Ok((ticks / 100.0, rss_kb / 1024.0))
+}
+
+/// Scrape latency, agent CPU and memory with N real containers.
+fn scale(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let agent = Agent::start(ctx, &["--monitor.interval=1s"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    r.idle_rss_mb = proc_stat(agent.pid())?.1;
+    drop(agent);
+    for &n in &s.scale {
+        let agent = Agent::start(ctx, &["--monitor.interval=1s"])?;
+        let mut children = Vec::with_capacity(n);
+        for _ in 0..n {
+            children.push(
+                Command::new(&ctx.starter)
+                    .args(["--no-namespaces", "--", "/bin/sleep", "3600"])
+                    .stdin(Stdio::null())
+                    .spawn()?,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 10);
+        while value(&agent.metrics()?, "apptheus_containers", None) != Some(n as f64) {
+            if Instant::now() > deadline {
+                bail!("{n} containers were not all tracked in time");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // CPU over a window with 1 s sampling and a scrape every 15 s.
+        let (cpu0, _) = proc_stat(agent.pid())?;
+        let t0 = Instant::now();
+        while t0.elapsed() < s.cpu_window {
+            agent.metrics()?;
+            std::thread::sleep(Duration::from_secs(15).min(s.cpu_window));
+        }
+        let (cpu1, rss) = proc_stat(agent.pid())?;
+        let cpu_pct = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+        let mut lat = Vec::with_capacity(s.scrapes);
+        for _ in 0..s.scrapes {
+            let t = Instant::now();
+            agent.metrics()?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        r.scale.push((
+            n,
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99),
+            rss,
+            cpu_pct,
+        ));
+        for c in &mut children {
+            let _ = c.kill();
+        }
+        // The sleeps are the masters' children: end them too.
+        let _ = Command::new("pkill")
+            .args(["-f", "^/bin/sleep 3600$"])
+            .status();
+        for mut c in children {
+            let _ = c.wait();
+        }
+    }
+    Ok(())
+}
+
+/// Reported CPU and memory against the workload's own truth.
+fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let agent = Agent::start(
+        ctx,
+        &["--monitor.interval=100ms", "--monitor.grace-period=5m"],
+    )?;
+    let rusage_children = || -> f64 {
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to a properly sized struct.
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    };
+    let before = rusage_children();
+    let status = Command::new(&ctx.starter)
+        .args(["--no-namespaces", "--"])
+        .arg(&ctx.starter)
+        .args(["workload", "--spin", &s.spin_secs.to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("CPU workload failed");
+    }
+    let truth = rusage_children() - before;
+    let cpu = wait_final(&agent, "apptheus_container_cpu_usage_seconds_total")?;
+    r.accuracy.push((
+        "CPU seconds vs rusage".into(),
+        truth,
+        cpu,
+        (cpu - truth).abs() / truth * 100.0,
+        if (cpu - truth).abs() / truth <= 0.01 {
+            "met (<= 1%)"
+        } else {
+            "missed (> 1%)"
+        },
+    ));
+
+    let mut child = Command::new(&ctx.starter)
+        .args(["--no-namespaces", "--"])
+        .arg(&ctx.starter)
+        .args([
+            "workload",
+            "--delay",
+            "0.3",
+            "--alloc-mib",
+            &s.alloc_mib.to_string(),
+            "--sleep",
+            "3",
+        ])
+        .spawn()?;
+    let want = (s.alloc_mib << 20) as f64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut best = 0.0f64;
+    while Instant::now() < deadline && child.try_wait()?.is_none() {
+        let m = agent.metrics()?;
+        let rss = m
+            .lines()
+            .filter(|l| l.starts_with("apptheus_container_memory_rss_bytes{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .fold(0.0f64, f64::max);
+        best = best.max(rss);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.wait();
+    r.accuracy.push((
+        format!("memory (rss) vs {} MiB touched", s.alloc_mib),
+        want / 1048576.0,
+        best / 1048576.0,
+        (best - want).abs() / want * 100.0,
+        if (best - want).abs() / want <= 0.03 {
+            "met (<= 3%)"
+        } else {
+            "missed (> 3%)"
+        },
+    ));
+    Ok(())
+}
+
+/// The final value of `metric` of the one container that ran.
+fn wait_final(agent: &Agent, metric: &str) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = agent.metrics()?;
+        if value(&m, "apptheus_container_tasks", None) == Some(0.0)
+            && let Some(v) = value(&m, metric, None)
+        {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("no final {metric}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Report {
+    fn markdown(&self, smoke: bool, profile: &str) -> String {
+        let mut o = String::new();
+        let sh = |c: &str, a: &[&str]| {
+            Command::new(c)
+                .args(a)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        o.push_str(
+            "<!-- bench:begin (written by `cargo xtask bench`) -->\n## Agent benchmarks\n\n",
+        );
+        o.push_str(&format!(
+            "Reproduce: `sudo cargo xtask bench`{}. Machine: {}, {} cores, {} MiB, Linux {}, {} build, {}.\n\n",
+            if smoke { " --smoke (tiny sizes: not a measurement)" } else { "" },
+            cpu,
+            sh("nproc", &[]),
+            sh("sh", &["-c", "awk '/MemTotal/{print int($2/1024)}' /proc/meminfo"]),
+            sh("uname", &["-r"]),
+            profile,
+            sh("date", &["-u", "+%Y-%m-%d"]),
+        ));
+        o.push_str("### Overhead on workloads inside an attributed container (agent loaded vs not, alternating rounds)\n\n| workload | without agent (us/op) | with agent (us/op) | slower by | target |\n|---|---|---|---|---|\n");
+        for (n, a, b, p, t) in &self.overhead {
+            o.push_str(&format!("| {n} | {a:.2} | {b:.2} | {p:+.2}% | {t} |\n"));
+        }
+        o.push_str("\n### Cost of each kernel program per event (kernel BPF statistics, `--ebpf.stats`)\n\n| program | runs | total | per run |\n|---|---|---|---|\n");
+        for (p, secs, runs) in &self.program_costs {
+            let per = if *runs > 0 {
+                secs / *runs as f64 * 1e9
+            } else {
+                f64::NAN
+            };
+            o.push_str(&format!(
+                "| {p} | {runs} | {:.3} ms | {per:.0} ns |\n",
+                secs * 1e3
+            ));
+        }
+        if let Some((n, p50, p99)) = self.placement {
+            o.push_str(&format!(
+                "\n### Attribution latency: starter exec to all tasks in the container's cgroups\n\n{n} containers, one at a time: p50 {p50:.2} ms, p99 {p99:.2} ms (target p99 <= 5 ms: {}).\n",
+                if p99 <= 5.0 { "met" } else { "missed" }
+            ));
+        }
+        o.push_str(&format!(
+            "\n### Scale (real containers: the starter simulator running sleep)\n\nIdle agent resident memory: {:.1} MiB (target <= 12 MB).\n\n| containers | scrape p50 | scrape p99 | agent RSS | agent CPU (1 s sampling, 15 s scrape) |\n|---|---|---|---|---|\n",
+            self.idle_rss_mb
+        ));
+        for (n, p50, p99, rss, cpu) in &self.scale {
+            o.push_str(&format!(
+                "| {n} | {p50:.2} ms | {p99:.2} ms | {rss:.1} MiB | {cpu:.2}% of a core |\n"
+            ));
+        }
+        o.push_str("\n### Accuracy\n\n| what | truth | reported | error | target |\n|---|---|---|---|---|\n");
+        for (n, t, v, e, ok) in &self.accuracy {
+            o.push_str(&format!("| {n} | {t:.3} | {v:.3} | {e:.2}% | {ok} |\n"));
+        }
+        o.push_str("<!-- bench:end -->\n");
+        o
+    }
+}
+
+/// Replaces the section between the bench markers, keeping the rest of
+/// the file (other sections are written by hand or by other tools).
+fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
+    let new = match (old.find("<!-- bench:begin"), old.find("<!-- bench:end -->")) {
+        (Some(a), Some(b)) if b > a => {
+            let end = b + "<!-- bench:end -->\n".len().min(old.len() - b);
+            format!("{}{}{}", &old[..a], section, &old[end..])
+        }
+        _ => format!("{}\n{}", old.trim_end(), "\n".to_string() + section),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
