@@ -447,6 +447,63 @@ fn tls_and_basic_auth_with_a_real_prometheus() {
 }
 
 #[test]
+fn a_bad_web_config_stops_the_start_with_an_error_naming_the_file() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+    )
+    .unwrap();
+    let child = Command::new(AGENT)
+        .arg(format!("--trust.path={}", starter.display()))
+        .arg(format!("--web.config.file={}", web.display()))
+        .arg("--web.listen-address=127.0.0.1:0")
+        .arg(format!(
+            "--socket.path={}",
+            dir.path().join("gateway.sock").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    let mut agent = Proc {
+        child,
+        addr: String::new(),
+        _dir: None,
+    };
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = agent.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent started anyway");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    agent
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("web config file {}", web.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing.crt"), "{stderr}");
+}
+
+#[test]
 fn pushgateway_receives_pushes_and_failures_are_counted_with_backoff() {
     if !privileged() {
         return;

@@ -282,6 +282,125 @@ mod tests {
         );
     }
 
+    /// A CA, a server certificate for localhost and a client certificate
+    /// it issued, and a client certificate from nobody in particular.
+    struct Pki {
+        dir: tempfile::TempDir,
+        client: (CertificateDer<'static>, PrivateKeyDer<'static>),
+        stranger: (CertificateDer<'static>, PrivateKeyDer<'static>),
+        roots: Arc<RootCertStore>,
+    }
+
+    fn pki() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "apptheus test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(vec!["prometheus".to_string()]).unwrap();
+        client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        let stranger = rcgen::generate_simple_self_signed(vec!["prometheus".into()]).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.crt"), server.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let key = |k: &KeyPair| PrivateKeyDer::try_from(k.serialize_der()).unwrap();
+        Pki {
+            dir,
+            client: (client.der().clone(), key(&client_key)),
+            stranger: (stranger.cert.der().clone(), key(&stranger.signing_key)),
+            roots: Arc::new(roots),
+        }
+    }
+
+    /// Whether the server accepts a handshake from a client presenting
+    /// `cert` (or none), limited to `versions`.
+    async fn accepted(
+        server: Arc<ServerConfig>,
+        pki: &Pki,
+        cert: Option<&(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> bool {
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(pki.roots.clone());
+        let client = match cert {
+            Some((c, k)) => builder
+                .with_client_auth_cert(vec![c.clone()], k.clone_key())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (s, _c) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(server).accept(a),
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b),
+        );
+        s.is_ok()
+    }
+
+    #[tokio::test]
+    async fn client_certificates_are_enforced_in_real_handshakes() {
+        let pki = pki();
+        let both: &[&'static SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let tls12: &[&'static SupportedProtocolVersion] = &[&rustls::version::TLS12];
+        let config = |auth: &str| {
+            server_config(&settings(
+                pki.dir.path(),
+                &format!("  client_auth_type: {auth}\n  client_ca_file: ca.crt\n"),
+            ))
+            .unwrap()
+        };
+        let (good, stranger) = (Some(&pki.client), Some(&pki.stranger));
+
+        let c = config("RequireAndVerifyClientCert");
+        assert!(accepted(c.clone(), &pki, good, both).await);
+        assert!(accepted(c.clone(), &pki, good, tls12).await);
+        assert!(!accepted(c.clone(), &pki, None, both).await);
+        assert!(!accepted(c.clone(), &pki, stranger, both).await);
+
+        let c = config("VerifyClientCertIfGiven");
+        assert!(accepted(c.clone(), &pki, None, both).await);
+        assert!(accepted(c.clone(), &pki, good, both).await);
+        assert!(!accepted(c.clone(), &pki, stranger, both).await);
+
+        let any = |auth: &str| {
+            server_config(&settings(
+                pki.dir.path(),
+                &format!("  client_auth_type: {auth}\n"),
+            ))
+            .unwrap()
+        };
+        let c = any("RequireAnyClientCert");
+        assert!(!accepted(c.clone(), &pki, None, both).await);
+        assert!(accepted(c.clone(), &pki, stranger, both).await);
+        let c = any("RequestClientCert");
+        assert!(accepted(c.clone(), &pki, None, both).await);
+
+        let c = any("NoClientCert\n  min_version: TLS13");
+        assert!(accepted(c.clone(), &pki, None, both).await);
+        assert!(!accepted(c, &pki, None, tls12).await);
+    }
+
     #[test]
     fn inline_certificates() {
         let (cert, key) = self_signed();
