@@ -10,6 +10,9 @@ pub const MAX_TRUSTED_FILES: u32 = 256;
 pub const MAX_TASKS: u32 = 262_144;
 /// Containers alive (or exited, awaiting their final sample) at one time.
 pub const MAX_CONTAINERS: u32 = 16_384;
+/// Containers with a run-queue latency histogram at one time (a per-CPU,
+/// preallocated map: 192 bytes per container and CPU).
+pub const MAX_RUNQ_CONTAINERS: u32 = 1024;
 /// Size of the event ring buffer. An event is 64 bytes (+8 header), so this
 /// holds about 14,000 events between two reads.
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
@@ -26,6 +29,15 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_STATS: &str = "STATS";
 /// Name of the global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
+/// Name of the map from task id to the CLOCK_BOOTTIME of its wakeup
+/// (run-queue latency collector).
+pub const MAP_RUNQ_START: &str = "RUNQ_START";
+/// Name of the per-CPU map from container id to its run-queue latency
+/// histogram ([`RunqHistogram`]).
+pub const MAP_RUNQ: &str = "RUNQ";
+/// Name of the map from cgroup2 id (the inode of the container's cgroup2
+/// directory) to container id (network collector).
+pub const MAP_CGROUPS: &str = "CGROUPS";
 
 /// Identity of an executable file: the device of its filesystem, in the
 /// kernel's internal `dev_t` encoding (`major << 20 | minor`, see
@@ -71,6 +83,19 @@ pub struct ContainerState {
     pub exited: u32,
     /// The trusted file that was executed.
     pub starter: FileId,
+    /// Tasks of the container chosen as OOM victims (`mark_victim`).
+    pub oom_kills: u64,
+    /// Bytes and packets received by the container's sockets (cgroup_skb
+    /// ingress; IP headers included).
+    pub net_rx_bytes: u64,
+    pub net_rx_packets: u64,
+    /// Bytes and packets sent by the container's sockets (cgroup_skb egress).
+    pub net_tx_bytes: u64,
+    pub net_tx_packets: u64,
+    /// Bytes returned by read-like syscalls on regular files.
+    pub fs_read_bytes: u64,
+    /// Bytes returned by write-like syscalls on regular files.
+    pub fs_write_bytes: u64,
 }
 
 /// What an [`Event`] reports.
@@ -81,6 +106,8 @@ pub enum EventKind {
     ContainerStarted = 1,
     /// The last task of a container exited.
     ContainerExited = 2,
+    /// A task of a container was chosen as an OOM victim.
+    OomKill = 3,
 }
 
 impl EventKind {
@@ -88,6 +115,7 @@ impl EventKind {
         match v {
             1 => Some(Self::ContainerStarted),
             2 => Some(Self::ContainerExited),
+            3 => Some(Self::OomKill),
             _ => None,
         }
     }
@@ -99,7 +127,8 @@ impl EventKind {
 pub struct Event {
     /// An [`EventKind`] as u32.
     pub kind: u32,
-    /// Thread-group id of the task concerned.
+    /// Thread-group id of the task concerned (for `OomKill`: the victim's
+    /// task id).
     pub tgid: u32,
     /// Container id (the `CONTAINERS` key).
     pub container: u64,
@@ -109,12 +138,17 @@ pub struct Event {
     pub gid: u32,
     /// For `ContainerStarted`: the trusted file.
     pub file: FileId,
-    pub _reserved: [u64; 2],
+    /// For `OomKill`: the victim's command (`task_struct.comm`), NUL-padded;
+    /// all zeroes when the kernel's tracepoint gives only a pid.
+    pub comm: [u8; TASK_COMM_LEN],
 }
+
+/// Length of `task_struct.comm`, the terminating NUL included.
+pub const TASK_COMM_LEN: usize = 16;
 
 pub const EVENT_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<ContainerState>() == 80);
+const _: () = assert!(core::mem::size_of::<ContainerState>() == 136);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
 
 /// Indexes of the per-CPU `STATS` array.
@@ -127,8 +161,10 @@ pub enum Stat {
     TasksMapFull = 1,
     /// Trusted execs that could not start a container because `CONTAINERS` was full.
     ContainersMapFull = 2,
+    /// Run-queue latency observations dropped because `RUNQ` was full.
+    RunqMapFull = 3,
 }
-pub const STAT_COUNT: u32 = 3;
+pub const STAT_COUNT: u32 = 4;
 
 /// Field offsets in kernel structures, resolved by user space from the
 /// running kernel's BTF (there is no CO-RE for Rust eBPF programs).
@@ -142,15 +178,118 @@ pub struct Offsets {
     pub inode_ino: u32,
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// task_struct.comm (OOM collector: the victim's command).
+    pub task_comm: u32,
+    /// task_struct.files, files_struct.fdt, fdtable.max_fds, fdtable.fd,
+    /// inode.i_mode (file I/O collector: is the descriptor a regular file?).
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub inode_mode: u32,
+    /// pt_regs.orig_ax and pt_regs.di (x86_64; file I/O collector: the
+    /// syscall number and its first argument at syscall exit).
+    pub regs_orig_ax: u32,
+    pub regs_di: u32,
     pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
 
 /// Configuration handed to the kernel programs at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub offsets: Offsets,
+    /// Non-zero when the `mark_victim` tracepoint's first argument is the
+    /// victim's pid (`TP_PROTO(int pid)`, kernels before 6.8) rather than its
+    /// `struct task_struct *`.
+    pub oom_arg_is_pid: u32,
+    pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
+
+/// Run-queue latency histogram buckets: slot 0 holds latencies below 1 us,
+/// slot `s` (1..=20) those in [2^(s-1), 2^s) us, the last slot those of
+/// 2^20 us (about 1.05 s) and more. As a Prometheus histogram: `le` of slot
+/// `s` is 2^s microseconds, for s in 0..=20, then +Inf.
+pub const RUNQ_BUCKETS: usize = 21;
+/// Slots in a [`RunqHistogram`]: the finite buckets and the overflow.
+pub const RUNQ_SLOTS: usize = RUNQ_BUCKETS + 1;
+
+/// A container's run-queue latency histogram (one per CPU in the kernel's
+/// per-CPU map; user space sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunqHistogram {
+    /// Observations per slot (not cumulative), see [`RUNQ_BUCKETS`].
+    pub slots: [u64; RUNQ_SLOTS],
+    /// Sum of the observed latencies, in nanoseconds.
+    pub sum_ns: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 192);
+
+/// The histogram slot of a latency of `ns` nanoseconds (see
+/// [`RUNQ_BUCKETS`]): the bit length of the latency in whole microseconds,
+/// capped at the overflow slot. Branch-light and loop-free, for the kernel.
+#[inline(always)]
+pub const fn runq_slot(ns: u64) -> usize {
+    let mut us = ns / 1000;
+    let mut bits = 0usize;
+    if us >= 1 << 32 {
+        us >>= 32;
+        bits += 32;
+    }
+    if us >= 1 << 16 {
+        us >>= 16;
+        bits += 16;
+    }
+    if us >= 1 << 8 {
+        us >>= 8;
+        bits += 8;
+    }
+    if us >= 1 << 4 {
+        us >>= 4;
+        bits += 4;
+    }
+    if us >= 1 << 2 {
+        us >>= 2;
+        bits += 2;
+    }
+    if us >= 1 << 1 {
+        us >>= 1;
+        bits += 1;
+    }
+    bits += us as usize;
+    if bits > RUNQ_BUCKETS {
+        RUNQ_BUCKETS
+    } else {
+        bits
+    }
+}
+
+/// Which way bytes go in a syscall the file I/O collector counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoDirection {
+    Read,
+    Write,
+}
+
+/// The read-like and write-like syscalls, by their x86_64 numbers: read,
+/// pread64, readv, preadv, preadv2 / write, pwrite64, writev, pwritev,
+/// pwritev2.
+#[inline(always)]
+pub const fn x86_64_io_syscall(nr: u64) -> Option<IoDirection> {
+    match nr {
+        0 | 17 | 19 | 295 | 327 => Some(IoDirection::Read),
+        1 | 18 | 20 | 296 | 328 => Some(IoDirection::Write),
+        _ => None,
+    }
+}
+
+/// `S_IFMT` and `S_IFREG` of `inode.i_mode`.
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFREG: u16 = 0o100000;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -163,6 +302,8 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RunqHistogram {}
 }
 
 #[cfg(test)]
@@ -178,10 +319,48 @@ mod tests {
 
     #[test]
     fn event_kinds_round_trip() {
-        for k in [EventKind::ContainerStarted, EventKind::ContainerExited] {
+        for k in [
+            EventKind::ContainerStarted,
+            EventKind::ContainerExited,
+            EventKind::OomKill,
+        ] {
             assert_eq!(EventKind::from_u32(k as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
         assert_eq!(EventKind::from_u32(99), None);
+    }
+
+    #[test]
+    fn runq_slots_are_log2_microseconds() {
+        assert_eq!(runq_slot(0), 0);
+        assert_eq!(runq_slot(999), 0, "below 1 us");
+        assert_eq!(runq_slot(1_000), 1, "[1, 2) us");
+        assert_eq!(runq_slot(1_999), 1);
+        assert_eq!(runq_slot(2_000), 2, "[2, 4) us");
+        assert_eq!(runq_slot(3_999), 2);
+        assert_eq!(runq_slot(4_000), 3);
+        assert_eq!(runq_slot(1_000_000), 10, "1 ms in [512, 1024) us");
+        assert_eq!(runq_slot(1_048_575_999), 20, "just below 2^20 us");
+        assert_eq!(runq_slot(1_048_576_000), RUNQ_BUCKETS, "2^20 us overflows");
+        assert_eq!(runq_slot(u64::MAX), RUNQ_BUCKETS);
+        // Every slot s < RUNQ_BUCKETS holds only latencies below 2^s us,
+        // which is what a cumulative `le` bound needs.
+        for s in 0..RUNQ_BUCKETS {
+            let le_ns = (1u64 << s) * 1000;
+            assert_eq!(runq_slot(le_ns - 1), s, "slot {s}");
+            assert!(runq_slot(le_ns) > s, "slot {s}");
+        }
+    }
+
+    #[test]
+    fn io_syscalls_of_x86_64() {
+        assert_eq!(x86_64_io_syscall(0), Some(IoDirection::Read));
+        assert_eq!(x86_64_io_syscall(1), Some(IoDirection::Write));
+        assert_eq!(x86_64_io_syscall(327), Some(IoDirection::Read));
+        assert_eq!(x86_64_io_syscall(328), Some(IoDirection::Write));
+        // openat, close, sendfile, recvfrom, sendto: not counted.
+        for nr in [257, 3, 40, 45, 44] {
+            assert_eq!(x86_64_io_syscall(nr), None, "{nr}");
+        }
     }
 }

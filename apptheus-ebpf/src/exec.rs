@@ -1,6 +1,6 @@
 //! sched_process_exec: recognise a trusted starter by the identity of the
 //! executed file, and start a container for it.
-use apptheus_common::{ContainerState, Event, EventKind, FileId, Stat};
+use apptheus_common::{ContainerState, Event, EventKind, FileId, Stat, TASK_COMM_LEN};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
@@ -94,7 +94,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         uid: state.uid,
         gid: state.gid,
         file,
-        _reserved: [0; 2],
+        comm: [0; TASK_COMM_LEN],
     });
     Ok(())
 }

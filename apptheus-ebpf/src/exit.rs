@@ -7,7 +7,7 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{atomic_add, boot_ns, emit},
-    maps::{CONTAINERS, TASKS},
+    maps::{CONTAINERS, RUNQ_START, TASKS},
 };
 
 /// TP_PROTO(struct task_struct *p) (6.16+ adds `bool group_dead`, unused)
@@ -26,6 +26,8 @@ fn try_exit() {
         return;
     };
     let _ = TASKS.remove(&tid);
+    // A wakeup the run-queue latency collector saw but no switch-in followed.
+    let _ = RUNQ_START.remove(&tid);
     let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
         return;
     };

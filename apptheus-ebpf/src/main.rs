@@ -10,6 +10,11 @@ mod exit;
 mod fork;
 mod kernel;
 mod maps;
+mod net;
+mod oom;
+mod switch;
+mod sys_exit;
+mod wakeup;
 
 #[cfg(not(test))]
 #[panic_handler]

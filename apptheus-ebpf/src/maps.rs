@@ -1,11 +1,11 @@
 //! The maps and globals shared by the programs and with user space.
 use apptheus_common::{
-    Config, ContainerState, EVENT_RING_BYTES, FileId, MAX_CONTAINERS, MAX_TASKS, MAX_TRUSTED_FILES,
-    STAT_COUNT,
+    Config, ContainerState, EVENT_RING_BYTES, FileId, MAX_CONTAINERS, MAX_RUNQ_CONTAINERS,
+    MAX_TASKS, MAX_TRUSTED_FILES, RunqHistogram, STAT_COUNT,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// The trusted starters, by file identity. Written only by user space.
@@ -28,6 +28,23 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// Run-queue latency collector: task id -> CLOCK_MONOTONIC (ns) of its
+/// wakeup (or preemption), for tasks of containers only. Removed when the
+/// task is switched in or exits. User space shrinks it to one entry when
+/// the collector is off.
+#[map]
+pub static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TASKS, 0);
+
+/// Run-queue latency collector: container id -> histogram, per CPU.
+#[map]
+pub static RUNQ: PerCpuHashMap<u64, RunqHistogram> =
+    PerCpuHashMap::with_max_entries(MAX_RUNQ_CONTAINERS, 0);
+
+/// Network collector: cgroup2 id of a container's cgroup -> container id.
+/// Written only by user space, when it places a container.
+#[map]
+pub static CGROUPS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
+
 /// Filled in by user space at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 pub static CONFIG: Config = Config {
@@ -39,6 +56,16 @@ pub static CONFIG: Config = Config {
         inode_ino: 0,
         inode_sb: 0,
         sb_dev: 0,
+        task_comm: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        inode_mode: 0,
+        regs_orig_ax: 0,
+        regs_di: 0,
         _pad: 0,
     },
+    oom_arg_is_pid: 0,
+    _pad: 0,
 };

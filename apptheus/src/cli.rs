@@ -130,6 +130,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub push: crate::push::PushArgs,
+
+    #[command(flatten)]
+    pub collectors: crate::collectors::CollectorArgs,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

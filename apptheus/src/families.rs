@@ -2,9 +2,26 @@
 //! registry and its samples in, Prometheus families out.
 use std::{collections::BTreeMap, time::UNIX_EPOCH};
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 
 use crate::registry::{Container, Registry};
+
+mod kernel;
+pub use kernel::runq_buckets;
+
+fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(k.to_string());
+            l.set_value(v.to_string());
+            l
+        })
+        .collect()
+}
 
 /// Accumulates samples by family name, keeping HELP and TYPE.
 #[derive(Default)]
@@ -13,6 +30,21 @@ pub struct Families {
 }
 
 impl Families {
+    fn family(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: MetricType,
+    ) -> &mut MetricFamily {
+        self.families.entry(name).or_insert_with(|| {
+            let mut mf = MetricFamily::default();
+            mf.set_name(name.to_string());
+            mf.set_help(help.to_string());
+            mf.set_field_type(kind);
+            mf
+        })
+    }
+
     fn push(
         &mut self,
         name: &'static str,
@@ -21,25 +53,9 @@ impl Families {
         labels: &[(&str, &str)],
         value: f64,
     ) {
-        let mf = self.families.entry(name).or_insert_with(|| {
-            let mut mf = MetricFamily::default();
-            mf.set_name(name.to_string());
-            mf.set_help(help.to_string());
-            mf.set_field_type(kind);
-            mf
-        });
+        let mf = self.family(name, help, kind);
         let mut m = Metric::default();
-        m.set_label(
-            labels
-                .iter()
-                .map(|(k, v)| {
-                    let mut l = LabelPair::default();
-                    l.set_name(k.to_string());
-                    l.set_value(v.to_string());
-                    l
-                })
-                .collect(),
-        );
+        m.set_label(label_pairs(labels));
         match kind {
             MetricType::COUNTER => {
                 let mut c = Counter::default();
@@ -76,6 +92,39 @@ impl Families {
         value: f64,
     ) {
         self.push(name, help, MetricType::GAUGE, labels, value);
+    }
+
+    /// A histogram sample: (upper bound, cumulative count) per finite
+    /// bucket (+Inf is implied by `count`), the count and the sum.
+    pub fn histogram(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: f64,
+    ) {
+        let mut h = Histogram::default();
+        h.set_sample_count(count);
+        h.set_sample_sum(sum);
+        h.set_bucket(
+            buckets
+                .iter()
+                .map(|(le, n)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*le);
+                    b.set_cumulative_count(*n);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = Metric::default();
+        m.set_label(label_pairs(labels));
+        m.set_histogram(h);
+        self.family(name, help, MetricType::HISTOGRAM)
+            .mut_metric()
+            .push(m);
     }
 
     pub fn into_vec(self) -> Vec<MetricFamily> {
@@ -174,8 +223,12 @@ fn container(f: &mut Families, c: &Container) {
             &id,
             k.live_tasks as f64,
         );
+        kernel::add(f, &id, k);
     }
-    crate::cgroup::families::add(f, &id, &sample.cgroup);
+    // The kernel's OOM kill count, when its collector runs, replaces the
+    // cgroup's (which is lost with the cgroup): one family, one source.
+    let kernel_counts_oom = sample.kernel.is_some_and(|k| k.oom_kills.is_some());
+    crate::cgroup::families::add_beside_kernel(f, &id, &sample.cgroup, kernel_counts_oom);
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod build_info;
 pub mod cgroup;
 pub mod cli;
+pub mod collectors;
 pub mod duration;
 pub mod environ;
 pub mod exposition;

@@ -29,7 +29,8 @@ pub enum Phase {
     Exited { at: Instant },
 }
 
-/// The kernel programs' counters for a container.
+/// The kernel programs' counters for a container. The collectors' values
+/// are None when the collector is off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
     pub execs: u64,
@@ -37,6 +38,26 @@ pub struct KernelCounters {
     pub threads_created: u64,
     pub process_exits: u64,
     pub live_tasks: u64,
+    pub oom_kills: Option<u64>,
+    pub network: Option<NetCounters>,
+    pub fs: Option<FsCounters>,
+    pub runq: Option<apptheus_common::RunqHistogram>,
+}
+
+/// The network collector's counters (IP headers included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
+/// The file I/O collector's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsCounters {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
 }
 
 /// The latest statistics of a container.

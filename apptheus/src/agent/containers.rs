@@ -10,10 +10,23 @@ use crate::{
         placement::{self, Placer},
         stats::ContainerCgroups,
     },
+    collectors::Collector,
     environ,
-    registry::{self, Container, KernelCounters, Phase, Source},
+    registry::{self, Container, FsCounters, KernelCounters, NetCounters, Phase, Source},
     users,
 };
+
+/// What the kernel programs are loaded with: the collectors asked for, and
+/// the cgroup2 mount the network collector attaches to.
+pub(super) fn kernel_options(
+    args: &crate::cli::Args,
+    host: &crate::preflight::Host,
+) -> crate::kernel::Options {
+    crate::kernel::Options {
+        collectors: args.collectors.selected(),
+        cgroup2: host.layout.v2.clone(),
+    }
+}
 
 /// What is known of a container when it is first seen.
 pub struct NewContainer {
@@ -123,10 +136,50 @@ impl Agent {
                 false
             }
         };
+        self.register_cgroup(key, &id, &cg);
         if let Some(c) = self.registry.get_mut(key) {
             c.cgroups = Some(cg);
             c.placed = placed;
         }
+    }
+
+    /// Tells the network collector which cgroup2 id is the container's:
+    /// the inode number of its cgroup2 directory.
+    fn register_cgroup(&mut self, key: u64, id: &str, cg: &ContainerCgroups) {
+        let Some(k) = self.kernel.as_mut() else {
+            return;
+        };
+        if !k.collectors().contains(Collector::Network) {
+            return;
+        }
+        let Some(dir) = &cg.v2 else {
+            return;
+        };
+        let result = std::fs::metadata(dir)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map_err(|e| e.to_string())
+            .and_then(|ino| k.register_cgroup(key, ino).map_err(|e| e.to_string()));
+        if let Err(e) = result {
+            tracing::warn!(container_id = %id, dir = %dir.display(), error = %e,
+                "cannot hand the container's cgroup to the network collector; its network statistics will be missing");
+        }
+    }
+
+    /// The kernel chose a task of a container as an OOM victim.
+    pub(super) fn on_oom_kill(&mut self, key: u64, pid: u32, comm: &str) {
+        // Kernels before 6.8 give only the pid; the task may still be there.
+        let comm = if comm.is_empty() {
+            std::fs::read_to_string(self.args.procfs.join(pid.to_string()).join("comm"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        } else {
+            comm.to_string()
+        };
+        let id = self
+            .registry
+            .get(key)
+            .map_or_else(|| format!("(unknown key {key})"), |c| c.id.clone());
+        tracing::warn!(container_id = %id, pid, comm = %comm, "OOM killer chose a task of the container");
     }
 
     /// A container's last task is gone: final sample, cgroups removed, then
@@ -178,13 +231,28 @@ impl Agent {
         let kernel = self
             .kernel
             .as_ref()
-            .and_then(|k| k.container(key))
-            .map(|s| KernelCounters {
-                execs: s.execs,
-                forks: s.forks,
-                threads_created: s.threads_created,
-                process_exits: s.process_exits,
-                live_tasks: s.live_tasks,
+            .and_then(|k| k.container(key).map(|s| (k, s)))
+            .map(|(k, s)| {
+                let on = k.collectors();
+                KernelCounters {
+                    execs: s.execs,
+                    forks: s.forks,
+                    threads_created: s.threads_created,
+                    process_exits: s.process_exits,
+                    live_tasks: s.live_tasks,
+                    oom_kills: on.contains(Collector::Oom).then_some(s.oom_kills),
+                    network: on.contains(Collector::Network).then_some(NetCounters {
+                        rx_bytes: s.net_rx_bytes,
+                        rx_packets: s.net_rx_packets,
+                        tx_bytes: s.net_tx_bytes,
+                        tx_packets: s.net_tx_packets,
+                    }),
+                    fs: on.contains(Collector::Fsio).then_some(FsCounters {
+                        read_bytes: s.fs_read_bytes,
+                        write_bytes: s.fs_write_bytes,
+                    }),
+                    runq: k.runq_histogram(key),
+                }
             });
         let Some(c) = self.registry.get_mut(key) else {
             return;

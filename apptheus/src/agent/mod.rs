@@ -79,7 +79,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = AgentMetrics::new();
     let kernel = match args.ebpf {
         EbpfMode::False => None,
-        mode => match Kernel::load(&host.btf, &trusted.ids()) {
+        mode => match Kernel::load(
+            &host.btf,
+            &trusted.ids(),
+            &containers::kernel_options(&args, &host),
+        ) {
             Ok(k) => Some(k),
             Err(e) if mode == EbpfMode::Auto => {
                 tracing::warn!(error = %e, "kernel programs unavailable; attributing through the monitoring socket alone");
@@ -240,6 +244,12 @@ impl Agent {
                 cgroups: None,
             }),
             KernelEvent::Exited { container, .. } => self.end_container(container),
+            KernelEvent::OomKill {
+                container,
+                pid,
+                comm,
+                ..
+            } => self.on_oom_kill(container, pid, &comm),
         }
     }
 

@@ -3,6 +3,19 @@
 use crate::{cgroup::stats::CgroupStats, families::Families};
 
 pub fn add(f: &mut Families, id: &[(&str, &str)], s: &CgroupStats) {
+    add_beside_kernel(f, id, s, false);
+}
+
+/// [`add`], leaving out the cgroup's OOM kill count when the kernel
+/// programs count OOM kills (`kernel_counts_oom_kills`): the family is
+/// theirs then.
+pub fn add_beside_kernel(
+    f: &mut Families,
+    id: &[(&str, &str)],
+    s: &CgroupStats,
+    kernel_counts_oom_kills: bool,
+) {
+    let skip_oom_kills = kernel_counts_oom_kills;
     if let Some(cpu) = &s.cpu {
         f.counter(
             "apptheus_container_cpu_usage_seconds_total",
@@ -87,10 +100,18 @@ pub fn add(f: &mut Families, id: &[(&str, &str)], s: &CgroupStats) {
                 v as f64,
             );
         }
-        if let Some(v) = m.oom_kills {
+        if let Some(v) = m.oom_kills.filter(|_| !skip_oom_kills) {
             f.counter(
                 "apptheus_container_memory_oom_kills_total",
                 "Processes of the container killed by the OOM killer.",
+                id,
+                v as f64,
+            );
+        }
+        if let Some(v) = m.major_faults {
+            f.counter(
+                "apptheus_container_major_page_faults_total",
+                "Page faults of the container that needed I/O (memory.stat pgmajfault).",
                 id,
                 v as f64,
             );

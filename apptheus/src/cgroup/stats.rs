@@ -54,6 +54,9 @@ pub struct MemoryStats {
     pub limit_bytes: Option<u64>,
     pub oom_events: Option<u64>,
     pub oom_kills: Option<u64>,
+    /// Major page faults (memory.stat pgmajfault; v1: total_pgmajfault,
+    /// which includes the cgroups below).
+    pub major_faults: Option<u64>,
     /// Whether the cgroup is stopped in the OOM handler (v1 only:
     /// memory.oom_control's under_oom, with oom_kill_disable set).
     pub under_oom: Option<bool>,

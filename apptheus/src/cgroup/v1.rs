@@ -75,6 +75,7 @@ pub fn memory(dir: &Path, rd: &mut Reader) -> Option<MemoryStats> {
         m.working_set_bytes = rd
             .ok(&stat_path, kv.require("total_inactive_file"))
             .map(|inactive| usage.saturating_sub(inactive));
+        m.major_faults = rd.ok(&stat_path, kv.get("total_pgmajfault")).flatten();
     }
     m.max_usage_bytes = rd.required(&dir.join("memory.max_usage_in_bytes"), parse::single_u64);
     m.limit_bytes = rd.min_limit_upwards(dir, "memory.limit_in_bytes", parse::v1_limit, |p| {

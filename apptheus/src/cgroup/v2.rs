@@ -49,6 +49,7 @@ pub fn memory(dir: &Path, rd: &mut Reader) -> Option<MemoryStats> {
         m.working_set_bytes = rd
             .ok(&stat_path, kv.require("inactive_file"))
             .map(|inactive| usage.saturating_sub(inactive));
+        m.major_faults = rd.ok(&stat_path, kv.get("pgmajfault")).flatten();
     }
     // memory.peak: Linux 5.19 and later.
     m.max_usage_bytes = rd.optional(&dir.join("memory.peak"), parse::single_u64);

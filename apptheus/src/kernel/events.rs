@@ -1,11 +1,11 @@
 //! Events from the kernel programs: decoding (pure) and the async reader
 //! that wakes on the ring buffer's descriptor.
-use apptheus_common::{EVENT_SIZE, Event, EventKind, FileId};
+use apptheus_common::{EVENT_SIZE, Event, EventKind, FileId, TASK_COMM_LEN};
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 /// A decoded kernel event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelEvent {
     Started {
         container: u64,
@@ -19,6 +19,25 @@ pub enum KernelEvent {
         container: u64,
         boot_ns: u64,
     },
+    /// A task of the container was chosen as an OOM victim.
+    OomKill {
+        container: u64,
+        /// The victim's task id.
+        pid: u32,
+        /// Its command; empty when the kernel's tracepoint gives only a pid.
+        comm: String,
+        boot_ns: u64,
+    },
+}
+
+/// A NUL-padded `task_struct.comm` as text (lossy, control characters
+/// dropped: the command is chosen by the container's user).
+pub fn comm_text(comm: &[u8; TASK_COMM_LEN]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end])
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +67,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }),
         Some(EventKind::ContainerExited) => Ok(KernelEvent::Exited {
             container: ev.container,
+            boot_ns: ev.boot_ns,
+        }),
+        Some(EventKind::OomKill) => Ok(KernelEvent::OomKill {
+            container: ev.container,
+            pid: ev.tgid,
+            comm: comm_text(&ev.comm),
             boot_ns: ev.boot_ns,
         }),
         None => Err(DecodeError::Kind(ev.kind)),
@@ -106,7 +131,7 @@ mod tests {
             uid: 1000,
             gid: 100,
             file,
-            _reserved: [0; 2],
+            comm: [0; TASK_COMM_LEN],
         };
         assert_eq!(
             decode(&bytes(&ev)),
@@ -132,6 +157,31 @@ mod tests {
                 boot_ns: 9
             })
         );
+    }
+
+    #[test]
+    fn oom_kill_carries_the_victim() {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..7].copy_from_slice(b"stress\n");
+        let ev = Event {
+            kind: EventKind::OomKill as u32,
+            tgid: 4321,
+            container: 7,
+            boot_ns: 11,
+            comm,
+            ..Event::default()
+        };
+        assert_eq!(
+            decode(&bytes(&ev)),
+            Ok(KernelEvent::OomKill {
+                container: 7,
+                pid: 4321,
+                comm: "stress".into(),
+                boot_ns: 11
+            })
+        );
+        assert_eq!(comm_text(&[b'x'; TASK_COMM_LEN]), "x".repeat(16));
+        assert_eq!(comm_text(&[0; TASK_COMM_LEN]), "");
     }
 
     #[test]

@@ -1,19 +1,34 @@
 //! Loading the kernel programs, and the user-space side of their maps.
+pub mod collectors;
 pub mod events;
 pub mod offsets;
 pub mod stats;
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use apptheus_common::{
-    Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CONTAINERS, MAP_EVENTS, MAP_STATS,
-    MAP_TASKS, MAP_TRUSTED, STAT_COUNT, Stat,
+    Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
+    MAP_RUNQ, MAP_STATS, MAP_TASKS, MAP_TRUSTED, RunqHistogram, STAT_COUNT, Stat,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
 };
+
+use crate::collectors::{Collector, Collectors};
+
+/// What to load beyond container attribution.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The kernel collectors asked for.
+    pub collectors: Collectors,
+    /// Where cgroup2 is mounted (the network collector attaches to its root).
+    pub cgroup2: Option<PathBuf>,
+}
 
 /// The kernel object, built by build.rs from apptheus-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apptheus"));
@@ -66,23 +81,57 @@ pub struct Kernel {
     containers: HashMap<MapData, u64, ContainerState>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
+    runq: PerCpuHashMap<MapData, u64, RunqHistogram>,
+    cgroups: HashMap<MapData, u64, u64>,
+    /// Container id -> the cgroup2 id registered for it in `cgroups`.
+    cgroup_ids: BTreeMap<u64, u64>,
+    /// The collectors whose programs are attached.
+    active: Collectors,
 }
 
 impl Kernel {
-    /// Resolves offsets from `btf_path`, loads and attaches the programs,
-    /// and fills the trusted set.
-    pub fn load(btf_path: &Path, trusted: &BTreeSet<FileId>) -> Result<Self, KernelError> {
+    /// Resolves offsets from `btf_path`, loads and attaches the programs
+    /// (those of the collectors in `opts` that this kernel supports), and
+    /// fills the trusted set. A collector that cannot run here is left out
+    /// with a warning; attribution itself failing is an error.
+    pub fn load(
+        btf_path: &Path,
+        trusted: &BTreeSet<FileId>,
+        opts: &Options,
+    ) -> Result<Self, KernelError> {
         let btf_file = offsets::load_btf(btf_path)?;
-        let offsets = offsets::resolve(&btf_file)?;
-        tracing::debug!(?offsets, "kernel struct offsets from BTF");
+        let mut config = Config {
+            offsets: offsets::resolve(&btf_file)?,
+            ..Config::default()
+        };
+        let mut wanted = Collectors::NONE;
+        for c in opts.collectors.iter() {
+            match offsets::resolve_collector(&btf_file, c) {
+                Ok(needs) => {
+                    offsets::merge(&mut config.offsets, &needs.offsets);
+                    if c == Collector::Oom {
+                        config.oom_arg_is_pid = u32::from(needs.oom_arg_is_pid);
+                    }
+                    wanted.insert(c);
+                }
+                Err(e) => {
+                    tracing::warn!(collector = %c, error = %e, "kernel collector not supported by this kernel; disabled")
+                }
+            }
+        }
+        tracing::debug!(?config, "kernel struct offsets from BTF");
         let btf =
             Btf::parse_file(btf_path, aya::Endianness::default()).map_err(KernelError::Btf)?;
-        let config = Config { offsets };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(&btf)
-            .override_global(GLOBAL_CONFIG, &config, true)
-            .load(OBJECT)
-            .map_err(KernelError::Load)?;
+            .override_global(GLOBAL_CONFIG, &config, true);
+        for c in Collector::ALL.into_iter().filter(|c| !wanted.contains(*c)) {
+            for map in collectors::maps(c) {
+                loader.map_max_entries(map, 1);
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
@@ -101,6 +150,16 @@ impl Kernel {
                     source,
                 })?;
         }
+        let mut active = Collectors::NONE;
+        for c in wanted.iter() {
+            match collectors::attach(&mut ebpf, &btf, c, opts.cgroup2.as_deref()) {
+                Ok(()) => active.insert(c),
+                Err(e) => {
+                    tracing::warn!(collector = %c, error = %e, "kernel collector cannot be attached; disabled")
+                }
+            }
+        }
+        tracing::info!(collectors = %active, "kernel collectors");
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(KernelError::Missing(name))
         };
@@ -109,7 +168,13 @@ impl Kernel {
         let containers = take(&mut ebpf, MAP_CONTAINERS)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
         let events = take(&mut ebpf, MAP_EVENTS)?;
+        let runq = take(&mut ebpf, MAP_RUNQ)?;
+        let cgroups = take(&mut ebpf, MAP_CGROUPS)?;
         let mut kernel = Self {
+            runq: PerCpuHashMap::try_from(runq).map_err(map_err(MAP_RUNQ))?,
+            cgroups: HashMap::try_from(cgroups).map_err(map_err(MAP_CGROUPS))?,
+            cgroup_ids: BTreeMap::new(),
+            active,
             trusted: HashMap::try_from(trusted_map).map_err(map_err(MAP_TRUSTED))?,
             tasks: HashMap::try_from(tasks).map_err(map_err(MAP_TASKS))?,
             containers: HashMap::try_from(containers).map_err(map_err(MAP_CONTAINERS))?,
@@ -173,6 +238,54 @@ impl Kernel {
     /// Forgets a container once its final sample is taken.
     pub fn forget(&mut self, cid: u64) {
         let _ = self.containers.remove(&cid);
+        let _ = self.runq.remove(&cid);
+        self.unregister_cgroup(cid);
+    }
+
+    /// The collectors whose programs are attached.
+    pub fn collectors(&self) -> Collectors {
+        self.active
+    }
+
+    /// Tells the network collector that sockets of cgroup2 id `cgroup_id`
+    /// (the inode of the container's cgroup2 directory) belong to `cid`.
+    pub fn register_cgroup(&mut self, cid: u64, cgroup_id: u64) -> Result<(), KernelError> {
+        if !self.active.contains(Collector::Network) {
+            return Ok(());
+        }
+        if let Some(old) = self.cgroup_ids.insert(cid, cgroup_id)
+            && old != cgroup_id
+        {
+            let _ = self.cgroups.remove(&old);
+        }
+        self.cgroups
+            .insert(&cgroup_id, &cid, 0)
+            .map_err(map_err(MAP_CGROUPS))
+    }
+
+    fn unregister_cgroup(&mut self, cid: u64) {
+        if let Some(id) = self.cgroup_ids.remove(&cid) {
+            let _ = self.cgroups.remove(&id);
+        }
+    }
+
+    /// A container's run-queue latency histogram, summed over CPUs; None
+    /// when the collector is off. A container that has not waited yet has
+    /// an empty histogram.
+    pub fn runq_histogram(&self, cid: u64) -> Option<RunqHistogram> {
+        if !self.active.contains(Collector::Runqlat) {
+            return None;
+        }
+        let mut sum = RunqHistogram::default();
+        if let Ok(per_cpu) = self.runq.get(&cid, 0) {
+            for h in per_cpu.iter() {
+                for (s, v) in sum.slots.iter_mut().zip(h.slots) {
+                    *s += v;
+                }
+                sum.sum_ns += h.sum_ns;
+            }
+        }
+        Some(sum)
     }
 
     /// The container task `tid` belongs to, if any.
