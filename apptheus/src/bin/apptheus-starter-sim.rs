@@ -7,6 +7,12 @@
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
+//!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--pingpong N]
+//!
+//! `--net-send` sends BYTES over a TCP connection to HOST:PORT; `--file-io`
+//! writes a file of BYTES at PATH, reads it back and removes it;
+//! `--pingpong` passes a byte N times back and forth between two threads
+//! through pipes (two wakeups and context switches per round).
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
@@ -182,10 +188,89 @@ fn workload(args: &[String]) -> ExitCode {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
     }
+    if let Err(e) = kernel_workloads(args) {
+        eprintln!("workload: {e}");
+        return ExitCode::FAILURE;
+    }
     let sleep = get("--sleep");
     if sleep > 0.0 {
         std::thread::sleep(Duration::from_secs_f64(sleep));
     }
     std::hint::black_box(&memory);
     ExitCode::SUCCESS
+}
+
+/// The workloads of the kernel collectors' tests: network, file I/O,
+/// context switches.
+fn kernel_workloads(args: &[String]) -> std::io::Result<()> {
+    use std::io::{Error, Read as _, Write as _};
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let bad = |what: &str| Error::new(std::io::ErrorKind::InvalidInput, what.to_string());
+    let chunk = vec![0x5au8; 64 << 10];
+    if let Some(spec) = value("--net-send") {
+        let (addr, bytes) = spec
+            .rsplit_once(':')
+            .ok_or_else(|| bad("HOST:PORT:BYTES"))?;
+        let mut left: usize = bytes.parse().map_err(|_| bad("BYTES"))?;
+        let mut s = std::net::TcpStream::connect(addr)?;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        // Wait for the peer to close: every byte was received.
+        let _ = s.read(&mut [0u8; 1])?;
+    }
+    if let Some(spec) = value("--file-io") {
+        let (path, bytes) = spec.rsplit_once(':').ok_or_else(|| bad("PATH:BYTES"))?;
+        let total: usize = bytes.parse().map_err(|_| bad("BYTES"))?;
+        let mut f = std::fs::File::create(path)?;
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            f.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        drop(f);
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; chunk.len()];
+        let mut read = 0;
+        loop {
+            match f.read(&mut buf)? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        std::fs::remove_file(path)?;
+        if read != total {
+            return Err(bad("file read back short"));
+        }
+    }
+    if let Some(n) = value("--pingpong") {
+        let rounds: usize = n.parse().map_err(|_| bad("N"))?;
+        let (ping_r, ping_w) = nix::unistd::pipe().map_err(Error::from)?;
+        let (pong_r, pong_w) = nix::unistd::pipe().map_err(Error::from)?;
+        let (mut ping_r, mut ping_w) = (std::fs::File::from(ping_r), std::fs::File::from(ping_w));
+        let (mut pong_r, mut pong_w) = (std::fs::File::from(pong_r), std::fs::File::from(pong_w));
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut b = [0u8; 1];
+            for _ in 0..rounds {
+                ping_r.read_exact(&mut b)?;
+                pong_w.write_all(&b)?;
+            }
+            Ok(())
+        });
+        let mut b = [1u8; 1];
+        for _ in 0..rounds {
+            ping_w.write_all(&b)?;
+            pong_r.read_exact(&mut b)?;
+        }
+        echo.join().map_err(|_| bad("echo thread panicked"))??;
+    }
+    Ok(())
 }

@@ -1,0 +1,333 @@
+//! The kernel collectors on the real kernel (root, BTF): OOM kills,
+//! network bytes, file I/O bytes, run-queue latency, against workloads of
+//! known size run by the starter simulator inside a container.
+mod common;
+
+use std::{
+    io::Read as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const MIB: u64 = 1 << 20;
+
+/// Runs `starter -- starter workload <args>`, optionally from inside a v1
+/// memory cgroup, and waits for it.
+fn run_workload(starter: &Path, memory_parent: Option<&Path>, args: &[&str]) -> bool {
+    let workload = format!(
+        "{} -- {} workload {}",
+        starter.display(),
+        starter.display(),
+        args.join(" ")
+    );
+    let script = match memory_parent {
+        Some(p) => format!("echo $$ > {}/cgroup.procs && exec {workload}", p.display()),
+        None => format!("exec {workload}"),
+    };
+    Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Waits until the container of `starter` has ended (no task left) and
+/// returns its id and the final scrape.
+fn final_scrape(agent: &Agent, starter: &Path) -> (String, String) {
+    let s = starter.display().to_string();
+    let mut out = None;
+    agent.wait_for(WAIT, &format!("the container of {s} to end"), || {
+        let m = agent.metrics();
+        let done = container_id(&m, "starter", &s).filter(|id| {
+            value(&m, "apptheus_container_tasks", &[("container_id", id)]) == Some(0.0)
+        });
+        out = done.map(|id| (id, m));
+        out.is_some()
+    });
+    out.unwrap()
+}
+
+fn get(m: &str, name: &str, id: &str) -> Option<f64> {
+    value(m, name, &[("container_id", id)])
+}
+
+/// A v1 memory cgroup with a limit, removed on drop.
+struct MemoryLimit(PathBuf);
+
+impl MemoryLimit {
+    /// None where the memory controller is not a v1 hierarchy at
+    /// /sys/fs/cgroup/memory (this test's OOM set-up is for v1 and hybrid).
+    fn new(bytes: u64) -> Option<Self> {
+        let root = Path::new("/sys/fs/cgroup/memory");
+        if !root.join("memory.limit_in_bytes").exists() {
+            return None;
+        }
+        let dir = root.join(format!("akm-{}", unique()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string());
+        Some(Self(dir))
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn oom_kill_is_counted_by_the_kernel_and_logged() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let Some(limit) = MemoryLimit::new(64 * MIB) else {
+        apptheus::testing::skip("a v1 memory hierarchy at /sys/fs/cgroup/memory");
+        return;
+    };
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    // 256 MiB under a 64 MiB limit: the OOM killer picks the workload.
+    assert!(!run_workload(
+        &starter,
+        Some(&limit.0),
+        &["--delay", "0.3", "--alloc-mib", "256"]
+    ));
+    let (id, m) = final_scrape(&agent, &starter);
+    let family = "apptheus_container_memory_oom_kills_total";
+    assert_eq!(get(&m, family, &id), Some(1.0), "{m}");
+    // The kernel's count replaces the cgroup's: one series, not two.
+    assert_eq!(
+        m.matches(&format!("{family}{{container_id=\"{id}\"}}"))
+            .count(),
+        1,
+        "{m}"
+    );
+    let log = agent.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("OOM killer chose"))
+        .unwrap_or_else(|| panic!("no OOM log line:\n{log}"));
+    assert!(line.contains(&format!("container_id={id}")), "{line}");
+    assert!(line.contains("comm=starter"), "{line}");
+    assert!(line.contains("pid="), "{line}");
+}
+
+#[test]
+fn network_bytes_match_a_known_loopback_transfer() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    assert!(
+        agent.log_text().contains("collectors=oom,network,fsio"),
+        "{}",
+        agent.log_text()
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => return n,
+                k => n += k as u64,
+            }
+        }
+    });
+    const N: u64 = 16 * MIB;
+    // The delay lets the agent place the container before the socket is
+    // created: a socket belongs to the cgroup its creator was in then.
+    assert!(run_workload(
+        &starter,
+        None,
+        &["--delay", "0.3", "--net-send", &format!("{addr}:{N}")]
+    ));
+    assert_eq!(receiver.join().unwrap(), N);
+    let (id, m) = final_scrape(&agent, &starter);
+    let tx = get(&m, "apptheus_container_network_transmit_bytes_total", &id).unwrap() as u64;
+    let tx_packets =
+        get(&m, "apptheus_container_network_transmit_packets_total", &id).unwrap() as u64;
+    let rx = get(&m, "apptheus_container_network_receive_bytes_total", &id).unwrap() as u64;
+    let rx_packets =
+        get(&m, "apptheus_container_network_receive_packets_total", &id).unwrap() as u64;
+    // Payload plus IP and TCP headers: a few percent at most.
+    assert!(tx >= N && tx <= N + N / 20, "sent {N}, counted {tx}\n{m}");
+    assert!(tx_packets >= 2, "{m}");
+    // What came back is the handshake and the ACKs: headers only.
+    assert!(rx > 0 && rx < N / 20, "received {rx}\n{m}");
+    assert!(rx_packets >= 1, "{m}");
+}
+
+#[test]
+fn file_bytes_match_a_known_file_workload_and_sockets_are_not_files() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::io::copy(&mut s, &mut std::io::sink()).unwrap()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data");
+    const FILE: u64 = 24 * MIB;
+    const NET: u64 = 32 * MIB;
+    // Socket writes and pipe reads/writes are not file I/O.
+    assert!(run_workload(
+        &starter,
+        None,
+        &[
+            "--delay",
+            "0.3",
+            "--file-io",
+            &format!("{}:{FILE}", file.display()),
+            "--net-send",
+            &format!("{addr}:{NET}"),
+            "--pingpong",
+            "2000",
+        ]
+    ));
+    receiver.join().unwrap();
+    let (id, m) = final_scrape(&agent, &starter);
+    let written = get(&m, "apptheus_container_fs_write_bytes_total", &id).unwrap() as u64;
+    let read = get(&m, "apptheus_container_fs_read_bytes_total", &id).unwrap() as u64;
+    assert!(
+        (FILE..FILE + MIB).contains(&written),
+        "wrote {FILE}, counted {written}\n{m}"
+    );
+    // The dynamic loader and the C library read a few files of their own.
+    assert!(
+        (FILE..FILE + MIB).contains(&read),
+        "read {FILE}, counted {read}\n{m}"
+    );
+    // memory.stat's pgmajfault, from the container's memory cgroup.
+    if Path::new("/sys/fs/cgroup/memory/memory.stat").exists() {
+        assert!(
+            get(&m, "apptheus_container_major_page_faults_total", &id).is_some(),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn runqueue_latency_histogram_observes_a_busy_container() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--collector.runqlat",
+    ]);
+    const ROUNDS: u64 = 5000;
+    assert!(run_workload(
+        &starter,
+        None,
+        &["--delay", "0.3", "--pingpong", &ROUNDS.to_string()]
+    ));
+    let (id, m) = final_scrape(&agent, &starter);
+    let name = "apptheus_container_runqueue_latency_seconds";
+    let count = get(&m, &format!("{name}_count"), &id).unwrap();
+    // Every round wakes each thread once; a wakeup that finds its task
+    // still on the CPU is no wait, so not every one is an observation.
+    assert!(count >= ROUNDS as f64 / 2.0, "{count} observations\n{m}");
+    let inf = value(
+        &m,
+        &format!("{name}_bucket"),
+        &[("container_id", &id), ("le", "+Inf")],
+    );
+    assert_eq!(inf, Some(count), "{m}");
+    let mut last = 0.0;
+    let mut buckets = 0;
+    for line in m
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{container_id=\"{id}\"")))
+    {
+        let v: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+        assert!(v >= last, "buckets must be cumulative: {line}\n{m}");
+        last = v;
+        buckets += 1;
+    }
+    assert_eq!(buckets, 22, "1 us .. 2^20 us and +Inf\n{m}");
+    assert!(m.contains("le=\"0.000001\"") && m.contains("le=\"1.048576\""));
+    let sum = get(&m, &format!("{name}_sum"), &id).unwrap();
+    assert!(sum > 0.0 && sum < 5.0, "{sum}\n{m}");
+}
+
+#[test]
+fn collectors_switched_off_are_not_attached_and_leave_no_family() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--no-collector.network",
+        "--no-collector.fsio",
+        "--no-collector.oom",
+        "--ebpf.stats",
+    ]);
+    assert!(
+        agent.log_text().contains("collectors=none"),
+        "{}",
+        agent.log_text()
+    );
+    // --ebpf.stats lists the programs this agent has loaded.
+    let m = agent.metrics();
+    let loaded = |p: &str| {
+        m.contains(&format!(
+            "apptheus_ebpf_program_runs_total{{program=\"{p}\"}}"
+        ))
+    };
+    assert!(loaded("apptheus_exec"), "{m}");
+    for absent in [
+        "apptheus_netin",
+        "apptheus_netout",
+        "apptheus_fsio",
+        "apptheus_oom",
+        "apptheus_switch",
+        "apptheus_wake",
+    ] {
+        assert!(!loaded(absent), "{absent} is loaded\n{m}");
+    }
+    assert!(run_workload(&starter, None, &["--delay", "0.2"]));
+    let (_, m) = final_scrape(&agent, &starter);
+    for absent in [
+        "apptheus_container_network_transmit_bytes_total",
+        "apptheus_container_fs_read_bytes_total",
+        "apptheus_container_runqueue_latency_seconds",
+    ] {
+        assert!(!m.contains(absent), "{absent} present\n{m}");
+    }
+}
