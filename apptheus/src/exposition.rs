@@ -80,6 +80,55 @@ pub fn encode(families: &[MetricFamily], format: Format) -> Result<Vec<u8>, Enco
 /// OpenMetrics 1.0.0 text. Counters are named without `_total` in their
 /// TYPE and HELP lines, with it on samples.
 pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
+    let mut out = encode_openmetrics_body(families);
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Families encoded in both formats once, for many scrapes.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    pub families: Vec<MetricFamily>,
+    pub text: Vec<u8>,
+    /// OpenMetrics without the closing `# EOF`.
+    pub openmetrics_body: Vec<u8>,
+}
+
+impl Encoded {
+    pub fn new(families: Vec<MetricFamily>) -> Result<Self, EncodeError> {
+        let text = encode(&families, Format::Text)?;
+        let openmetrics_body = encode_openmetrics_body(&families).into_bytes();
+        Ok(Self {
+            families,
+            text,
+            openmetrics_body,
+        })
+    }
+}
+
+/// `own` (encoded now) followed by `cached` (encoded at sampling time).
+pub fn encode_with(
+    own: &[MetricFamily],
+    cached: &Encoded,
+    format: Format,
+) -> Result<Vec<u8>, EncodeError> {
+    match format {
+        Format::Text => {
+            let mut out = encode(own, Format::Text)?;
+            out.extend_from_slice(&cached.text);
+            Ok(out)
+        }
+        Format::OpenMetrics => {
+            let mut out = encode_openmetrics_body(own).into_bytes();
+            out.extend_from_slice(&cached.openmetrics_body);
+            out.extend_from_slice(b"# EOF\n");
+            Ok(out)
+        }
+    }
+}
+
+/// OpenMetrics families without the closing `# EOF` line.
+fn encode_openmetrics_body(families: &[MetricFamily]) -> String {
     let mut out = String::with_capacity(16 * 1024);
     for mf in families {
         if mf.metric.is_empty() {
@@ -175,7 +224,6 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
             }
         }
     }
-    out.push_str("# EOF\n");
     out
 }
 

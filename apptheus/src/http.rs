@@ -272,7 +272,7 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         let format = exposition::negotiate(accept);
-        let body = match exposition::encode(&self.metrics.gather(), format) {
+        let body = match self.metrics.encode(format) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "encoding metrics failed");

@@ -7,7 +7,10 @@ use prometheus::{
     Registry, proto::MetricFamily,
 };
 
-use crate::build_info;
+use crate::{
+    build_info,
+    exposition::{self, EncodeError, Encoded, Format},
+};
 
 /// Results of a connection to the monitoring socket, for
 /// `apptheus_socket_connections_total{result}`.
@@ -26,7 +29,7 @@ pub struct AgentMetrics {
     pub pushes: IntCounterVec,
     pub push_failures: IntCounterVec,
     /// The latest per-container families, replaced whole at each sample.
-    containers_families: RwLock<Arc<Vec<MetricFamily>>>,
+    containers_families: RwLock<Arc<Encoded>>,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -136,7 +139,7 @@ impl AgentMetrics {
             placement_seconds,
             pushes,
             push_failures,
-            containers_families: RwLock::new(Arc::new(Vec::new())),
+            containers_families: RwLock::new(Arc::new(Encoded::default())),
         })
     }
 
@@ -147,26 +150,42 @@ impl AgentMetrics {
         }
     }
 
-    /// Replaces the per-container families with a new sample.
+    /// Replaces the per-container families with a new sample, encoded
+    /// once here so that scrapes only copy bytes.
     pub fn publish(&self, families: Vec<MetricFamily>) {
+        let encoded = match Encoded::new(families) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "encoding the container sample failed; keeping the previous one");
+                return;
+            }
+        };
         let mut guard = self
             .containers_families
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = Arc::new(families);
+        *guard = Arc::new(encoded);
+    }
+
+    fn containers(&self) -> Arc<Encoded> {
+        self.containers_families
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Everything to expose, sorted by name.
     pub fn gather(&self) -> Vec<MetricFamily> {
         let mut all = self.registry.gather();
-        let containers = self
-            .containers_families
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        all.extend(containers.iter().cloned());
+        all.extend(self.containers().families.iter().cloned());
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
+    }
+
+    /// The exposition in `format`: the agent's own metrics encoded now,
+    /// the containers' as encoded at the last sample.
+    pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
+        exposition::encode_with(&self.registry.gather(), &self.containers(), format)
     }
 }
 
@@ -203,5 +222,35 @@ mod tests {
             .map(|l| (l.name().to_string(), l.value().to_string()))
             .collect();
         assert!(labels.contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
+    }
+
+    #[test]
+    fn a_published_sample_is_served_in_both_formats_with_one_eof() {
+        let m = AgentMetrics::new();
+        let mut f = crate::families::Families::default();
+        f.gauge(
+            "apptheus_container_pids",
+            "Pids.",
+            &[("container_id", "1-2")],
+            3.0,
+        );
+        m.publish(f.into_vec());
+        let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
+        assert!(text.contains("apptheus_build_info{"), "{text}");
+        assert!(
+            text.contains("apptheus_container_pids{container_id=\"1-2\"} 3\n"),
+            "{text}"
+        );
+        let om = String::from_utf8(m.encode(Format::OpenMetrics).unwrap()).unwrap();
+        assert!(
+            om.contains("apptheus_container_pids{container_id=\"1-2\"} 3\n"),
+            "{om}"
+        );
+        assert_eq!(om.matches("# EOF").count(), 1);
+        assert!(om.ends_with("# EOF\n"));
+        // A new sample replaces the old one whole.
+        m.publish(Vec::new());
+        let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
+        assert!(!text.contains("apptheus_container_pids"), "{text}");
     }
 }
