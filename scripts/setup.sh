@@ -5,6 +5,9 @@
 #   scripts/setup.sh            build + run requirements
 #   scripts/setup.sh --test     also what the test suite starts for real
 #                               (Prometheus, Pushgateway, crun, runc, stress-ng)
+#                               and what --package installs
+#   scripts/setup.sh --package  also what `cargo xtask package` and its test
+#                               need (cargo-deb, dpkg-dev, debootstrap)
 #
 # Facts behind the pins are in README.md ("Building from source").
 set -euo pipefail
@@ -12,12 +15,15 @@ set -euo pipefail
 TOOLCHAIN=1.98.0
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
+CARGO_DEB_VERSION=3.8.0
 
 want_test=0
+want_package=0
 for arg in "$@"; do
   case "$arg" in
-    --test) want_test=1 ;;
-    *) echo "setup.sh: unknown argument '$arg' (expected --test)" >&2; exit 2 ;;
+    --test) want_test=1; want_package=1 ;;
+    --package) want_package=1 ;;
+    *) echo "setup.sh: unknown argument '$arg' (expected --test or --package)" >&2; exit 2 ;;
   esac
 done
 
@@ -35,6 +41,9 @@ packages=(
 )
 if [ "$want_test" = 1 ]; then
   packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3)
+fi
+if [ "$want_package" = 1 ]; then
+  packages+=(dpkg-dev debootstrap)
 fi
 
 missing=()
@@ -85,6 +94,18 @@ if [ "$have_linker" != "$BPF_LINKER_VERSION" ]; then
   LLVM_PREFIX="/usr/lib/llvm-${LLVM_MAJOR}" \
     cargo "+$TOOLCHAIN" install "bpf-linker@$BPF_LINKER_VERSION" --locked \
       --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+# --- cargo-deb (cargo xtask package) -----------------------------------------
+if [ "$want_package" = 1 ]; then
+  have_deb=""
+  if [ -x "$cargo_bin/cargo-deb" ]; then
+    have_deb=$("$cargo_bin/cargo-deb" --version 2>/dev/null | awk '{print $2}')
+  fi
+  if [ "$have_deb" != "$CARGO_DEB_VERSION" ]; then
+    log "installing cargo-deb $CARGO_DEB_VERSION (about two minutes)"
+    cargo "+$TOOLCHAIN" install "cargo-deb@$CARGO_DEB_VERSION" --locked
+  fi
 fi
 
 log "ready: Rust $TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION (LLVM $LLVM_MAJOR)"

@@ -1,6 +1,7 @@
 //! Developer chores: `cargo xtask <command>`.
 mod bench;
 mod build_ebpf;
+mod package;
 
 use clap::{Parser, Subcommand};
 
@@ -19,11 +20,14 @@ enum Command {
     /// Measure overhead, attribution latency, scale and accuracy (root);
     /// results to BENCHMARKS.md.
     Bench(bench::Options),
+    /// Build the Debian package (cargo-deb): binary, systemd unit, defaults, man page.
+    Package(package::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(o) => build_ebpf::run(&o).map(|path| println!("{}", path.display())),
         Command::Bench(o) => bench::run(&o),
+        Command::Package(o) => package::run(&o).map(|deb| println!("{}", deb.display())),
     }
 }
