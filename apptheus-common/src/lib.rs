@@ -19,7 +19,7 @@ pub const EVENT_RING_BYTES: u32 = 1 << 20;
 
 /// Name of the map holding the trusted set.
 pub const MAP_TRUSTED: &str = "TRUSTED";
-/// Name of the map from task id to container id.
+/// Name of the map from task id to [`TaskEntry`] (its container).
 pub const MAP_TASKS: &str = "TASKS";
 /// Name of the map from container id to its kernel-side state.
 pub const MAP_CONTAINERS: &str = "CONTAINERS";
@@ -29,9 +29,6 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_STATS: &str = "STATS";
 /// Name of the global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
-/// Name of the map from task id to the CLOCK_BOOTTIME of its wakeup
-/// (run-queue latency collector).
-pub const MAP_RUNQ_START: &str = "RUNQ_START";
 /// Name of the per-CPU map from container id to its run-queue latency
 /// histogram ([`RunqHistogram`]).
 pub const MAP_RUNQ: &str = "RUNQ";
@@ -55,6 +52,19 @@ pub struct FileId {
 pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
     ((major as u64) << 20) | (minor as u64 & 0xfffff)
 }
+
+/// What the kernel keeps per attributed task (the `TASKS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskEntry {
+    /// Container id (the `CONTAINERS` key).
+    pub container: u64,
+    /// Run-queue latency collector: CLOCK_MONOTONIC (ns) when the task
+    /// last became runnable and has not run since; 0 otherwise. Kept here
+    /// so that a wakeup costs one lookup and a store, no map update.
+    pub runq_since: u64,
+}
+const _: () = assert!(core::mem::size_of::<TaskEntry>() == 16);
 
 /// Per-container state kept by the kernel programs. Counters are only ever
 /// added to with atomic adds, so they are exact across CPUs.
@@ -304,6 +314,8 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RunqHistogram {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskEntry {}
 }
 
 #[cfg(test)]

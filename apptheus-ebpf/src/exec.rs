@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, bump, config, emit, read_at},
+    kernel::{atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at},
     maps::{CONTAINERS, TASKS, TRUSTED},
 };
 
@@ -29,17 +29,15 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
     // A non-leader thread that execs takes over the leader's pid; its entry
     // moves with it (the old leader's exit has already been seen).
-    if old_pid != tid {
-        // SAFETY: the value is copied out before the map is touched again.
-        if let Some(cid) = unsafe { TASKS.get(&old_pid) }.copied() {
-            let _ = TASKS.insert(&tid, &cid, 0);
-            let _ = TASKS.remove(&old_pid);
-        }
+    if old_pid != tid
+        && let Some(cid) = container_of(old_pid)
+    {
+        let _ = attribute(tid, cid);
+        let _ = TASKS.remove(&old_pid);
     }
 
     // Already in a container: a nested starter stays part of the outer one.
-    // SAFETY: as above.
-    if let Some(cid) = unsafe { TASKS.get(&tid) }.copied() {
+    if let Some(cid) = container_of(tid) {
         if let Some(st) = CONTAINERS.get_ptr_mut(&cid) {
             // SAFETY: st points into a live map value.
             atomic_add(unsafe { &raw mut (*st).execs }, 1);
@@ -80,7 +78,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         bump(Stat::ContainersMapFull);
         return Ok(());
     }
-    if TASKS.insert(&tid, &cid, 0).is_err() {
+    if attribute(tid, cid).is_err() {
         bump(Stat::TasksMapFull);
         state.live_tasks = 0;
         state.exited = 1;

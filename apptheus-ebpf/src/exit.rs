@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, emit},
-    maps::{CONTAINERS, RUNQ_START, TASKS},
+    kernel::{atomic_add, boot_ns, container_of, emit},
+    maps::{CONTAINERS, TASKS},
 };
 
 /// TP_PROTO(struct task_struct *p) (6.16+ adds `bool group_dead`, unused)
@@ -21,13 +21,10 @@ fn try_exit() {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(cid) = (unsafe { TASKS.get(&tid) }).copied() else {
+    let Some(cid) = container_of(tid) else {
         return;
     };
     let _ = TASKS.remove(&tid);
-    // A wakeup the run-queue latency collector saw but no switch-in followed.
-    let _ = RUNQ_START.remove(&tid);
     let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
         return;
     };

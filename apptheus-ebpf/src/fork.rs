@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, bump, config, read_at},
-    maps::{CONTAINERS, TASKS},
+    kernel::{atomic_add, attribute, bump, config, container_of, read_at},
+    maps::CONTAINERS,
 };
 
 /// TP_PROTO(struct task_struct *parent, struct task_struct *child)
@@ -20,8 +20,7 @@ pub fn apptheus_fork(ctx: BtfTracePointContext) -> i32 {
 
 fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent_tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(cid) = (unsafe { TASKS.get(&parent_tid) }).copied() else {
+    let Some(cid) = container_of(parent_tid) else {
         return Ok(());
     };
     let off = config().offsets;
@@ -30,7 +29,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let child_tgid: i32 = read_at(child, off.task_tgid)?;
     let child_pid = child_pid as u32;
 
-    if TASKS.insert(&child_pid, &cid, 0).is_err() {
+    if attribute(child_pid, cid).is_err() {
         bump(Stat::TasksMapFull);
         return Ok(());
     }

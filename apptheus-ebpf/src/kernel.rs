@@ -1,10 +1,10 @@
 //! Small helpers over the kernel's interfaces: reading struct fields at
 //! offsets resolved from BTF, atomic counters, and events.
-use apptheus_common::{Config, Event, Stat};
+use apptheus_common::{Config, Event, Stat, TaskEntry};
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{CONFIG, EVENTS, STATS};
+use crate::maps::{CONFIG, EVENTS, STATS, TASKS};
 
 /// The configuration user space handed in.
 #[inline(always)]
@@ -13,6 +13,23 @@ pub fn config() -> Config {
     // program runs; the volatile read stops the compiler from folding in the
     // compile-time zeroes.
     unsafe { core::ptr::read_volatile(&raw const CONFIG) }
+}
+
+/// The container task `tid` belongs to, if any.
+#[inline(always)]
+pub fn container_of(tid: u32) -> Option<u64> {
+    // SAFETY: the value is copied out at once.
+    unsafe { TASKS.get(&tid) }.map(|e| e.container)
+}
+
+/// Attributes task `tid` to container `cid`.
+#[inline(always)]
+pub fn attribute(tid: u32, cid: u64) -> Result<(), i32> {
+    let entry = TaskEntry {
+        container: cid,
+        runq_since: 0,
+    };
+    TASKS.insert(&tid, &entry, 0).map(drop)
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

@@ -1,7 +1,7 @@
 //! The maps and globals shared by the programs and with user space.
 use apptheus_common::{
     Config, ContainerState, EVENT_RING_BYTES, FileId, MAX_CONTAINERS, MAX_RUNQ_CONTAINERS,
-    MAX_TASKS, MAX_TRUSTED_FILES, RunqHistogram, STAT_COUNT,
+    MAX_TASKS, MAX_TRUSTED_FILES, RunqHistogram, STAT_COUNT, TaskEntry,
 };
 use aya_ebpf::{
     macros::map,
@@ -12,9 +12,9 @@ use aya_ebpf::{
 #[map]
 pub static TRUSTED: HashMap<FileId, u8> = HashMap::with_max_entries(MAX_TRUSTED_FILES, 0);
 
-/// Task id (a thread's pid) -> container id.
+/// Task id (a thread's pid) -> its container (and run-queue timestamp).
 #[map]
-pub static TASKS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TASKS, 0);
+pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TASKS, 0);
 
 /// Container id -> its state and counters.
 #[map]
@@ -27,13 +27,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 /// Agent-level counters, indexed by `apptheus_common::Stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-
-/// Run-queue latency collector: task id -> CLOCK_MONOTONIC (ns) of its
-/// wakeup (or preemption), for tasks of containers only. Removed when the
-/// task is switched in or exits. User space shrinks it to one entry when
-/// the collector is off.
-#[map]
-pub static RUNQ_START: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TASKS, 0);
 
 /// Run-queue latency collector: container id -> histogram, per CPU.
 #[map]

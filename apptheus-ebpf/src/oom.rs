@@ -5,8 +5,8 @@ use apptheus_common::{Event, EventKind, TASK_COMM_LEN};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    kernel::{atomic_add, boot_ns, config, emit, read_at},
-    maps::{CONTAINERS, TASKS},
+    kernel::{atomic_add, boot_ns, config, container_of, emit, read_at},
+    maps::CONTAINERS,
 };
 
 /// TP_PROTO(struct task_struct *task, uid_t uid) since Linux 6.8;
@@ -29,8 +29,7 @@ fn try_oom(ctx: &BtfTracePointContext) -> Result<(), i64> {
         let pid: i32 = read_at(task, cfg.offsets.task_pid)?;
         pid as u32
     };
-    // SAFETY: the value is copied out at once.
-    let Some(cid) = (unsafe { TASKS.get(&tid) }).copied() else {
+    let Some(cid) = container_of(tid) else {
         return Ok(());
     };
     let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {

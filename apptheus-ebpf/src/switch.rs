@@ -11,7 +11,7 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{bump, config, read_at},
-    maps::{RUNQ, RUNQ_START, TASKS},
+    maps::{RUNQ, TASKS},
 };
 
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next)
@@ -31,24 +31,30 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
         // `current` is still `prev` here. Preempted, it stays runnable: its
         // wait for the CPU starts now.
         let prev = bpf_get_current_pid_tgid() as u32;
-        // SAFETY: only the presence of the entry is used.
-        if unsafe { TASKS.get(&prev) }.is_some() {
-            let _ = RUNQ_START.insert(&prev, &now, 0);
+        if let Some(entry) = TASKS.get_ptr_mut(&prev) {
+            // SAFETY: entry points into a live map value; an aligned
+            // 8-byte store is atomic.
+            unsafe { (*entry).runq_since = now };
         }
     }
     let next: *const u8 = ctx.arg(2);
     let pid: i32 = read_at(next, config().offsets.task_pid)?;
-    let tid = pid as u32;
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(start) = (unsafe { RUNQ_START.get(&tid) }).copied() else {
+    let Some(entry) = TASKS.get_ptr_mut(&(pid as u32)) else {
         return Ok(());
     };
-    let _ = RUNQ_START.remove(&tid);
-    // SAFETY: the value is copied out at once.
-    let Some(cid) = (unsafe { TASKS.get(&tid) }).copied() else {
-        return Ok(());
+    // SAFETY: entry points into a live map value. A wakeup racing on
+    // another CPU can only be one of a task already running: losing it
+    // loses no wait.
+    let (since, cid) = unsafe {
+        let since = (*entry).runq_since;
+        if since != 0 {
+            (*entry).runq_since = 0;
+        }
+        (since, (*entry).container)
     };
-    observe(cid, now.saturating_sub(start));
+    if since != 0 {
+        observe(cid, now.saturating_sub(since));
+    }
     Ok(())
 }
 

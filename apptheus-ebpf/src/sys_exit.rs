@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, config, read_at},
-    maps::{CONTAINERS, TASKS},
+    kernel::{atomic_add, config, container_of, read_at},
+    maps::CONTAINERS,
 };
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
@@ -34,8 +34,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: the value is copied out at once.
-    let Some(cid) = (unsafe { TASKS.get(&tid) }).copied() else {
+    let Some(cid) = container_of(tid) else {
         return Ok(());
     };
     // Every counted syscall takes the descriptor first.

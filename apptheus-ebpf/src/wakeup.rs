@@ -1,10 +1,11 @@
 //! sched_wakeup and sched_wakeup_new (run-queue latency collector): a task
-//! of a container becomes runnable; remember when, until it runs.
+//! of a container becomes runnable; remember when, in its `TASKS` entry,
+//! until it runs.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     kernel::{config, read_at},
-    maps::{RUNQ_START, TASKS},
+    maps::TASKS,
 };
 
 /// TP_PROTO(struct task_struct *p)
@@ -24,14 +25,11 @@ pub fn apptheus_waken(ctx: BtfTracePointContext) -> i32 {
 fn try_wakeup(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let task: *const u8 = ctx.arg(0);
     let pid: i32 = read_at(task, config().offsets.task_pid)?;
-    let tid = pid as u32;
-    // SAFETY: only the presence of the entry is used.
-    if unsafe { TASKS.get(&tid) }.is_none() {
+    let Some(entry) = TASKS.get_ptr_mut(&(pid as u32)) else {
         return Ok(());
-    }
-    // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // A full map only loses this observation.
-    let _ = RUNQ_START.insert(&tid, &now, 0);
+    };
+    // SAFETY: a helper without arguments or side effects; entry points
+    // into a live map value, and an aligned 8-byte store is atomic.
+    unsafe { (*entry).runq_since = bpf_ktime_get_ns() };
     Ok(())
 }

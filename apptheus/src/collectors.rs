@@ -41,8 +41,8 @@ impl Collector {
     /// README, "Kernel collectors").
     pub const fn default_enabled(self) -> bool {
         match self {
-            Collector::Oom | Collector::Network | Collector::Fsio => true,
-            Collector::Runqlat => false,
+            Collector::Oom | Collector::Network => true,
+            Collector::Fsio | Collector::Runqlat => false,
         }
     }
 }
@@ -129,7 +129,8 @@ pub struct CollectorArgs {
     no_network: bool,
 
     /// Bytes read from and written to regular files per container, page
-    /// cache included (a program at every syscall exit; x86_64). [default: on]
+    /// cache included (a program at every syscall exit of every task; x86_64).
+    /// [default: off]
     #[arg(long = "collector.fsio", overrides_with = "no_fsio")]
     fsio: bool,
     /// Disable the fsio collector.
@@ -193,9 +194,9 @@ mod tests {
         let s = parse(&[]);
         assert!(s.contains(Collector::Oom));
         assert!(s.contains(Collector::Network));
-        assert!(s.contains(Collector::Fsio));
+        assert!(!s.contains(Collector::Fsio));
         assert!(!s.contains(Collector::Runqlat));
-        assert_eq!(s.to_string(), "oom,network,fsio");
+        assert_eq!(s.to_string(), "oom,network");
     }
 
     #[test]
@@ -205,13 +206,11 @@ mod tests {
         assert!(!s.contains(Collector::Network));
         let s = parse(&["--no-collector.fsio", "--collector.fsio"]);
         assert!(s.contains(Collector::Fsio));
+        let s = parse(&["--collector.fsio", "--no-collector.fsio"]);
+        assert!(!s.contains(Collector::Fsio));
         let s = parse(&["--collector.runqlat", "--no-collector.runqlat"]);
         assert!(!s.contains(Collector::Runqlat));
-        let s = parse(&[
-            "--no-collector.oom",
-            "--no-collector.network",
-            "--no-collector.fsio",
-        ]);
+        let s = parse(&["--no-collector.oom", "--no-collector.network"]);
         assert_eq!(s, Collectors::NONE);
         assert_eq!(s.to_string(), "none");
     }

@@ -137,7 +137,7 @@ fn network_bytes_match_a_known_loopback_transfer() {
     let starter = trust.starter("starter");
     let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
     assert!(
-        agent.log_text().contains("collectors=oom,network,fsio"),
+        agent.log_text().contains("collectors=oom,network"),
         "{}",
         agent.log_text()
     );
@@ -172,7 +172,7 @@ fn network_bytes_match_a_known_loopback_transfer() {
     let rx_packets =
         get(&m, "apptheus_container_network_receive_packets_total", &id).unwrap() as u64;
     // Payload plus IP and TCP headers: a few percent at most.
-    assert!(tx >= N && tx <= N + N / 20, "sent {N}, counted {tx}\n{m}");
+    assert!((N..=N + N / 20).contains(&tx), "sent {N}, counted {tx}\n{m}");
     assert!(tx_packets >= 2, "{m}");
     // What came back is the handshake and the ACKs: headers only.
     assert!(rx > 0 && rx < N / 20, "received {rx}\n{m}");
@@ -187,7 +187,10 @@ fn file_bytes_match_a_known_file_workload_and_sockets_are_not_files() {
     let _serial = serial();
     let trust = TrustDir::new();
     let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--collector.fsio",
+    ]);
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -294,7 +297,6 @@ fn collectors_switched_off_are_not_attached_and_leave_no_family() {
     let agent = Agent::start(&[
         &format!("--trust.path={}", starter.display()),
         "--no-collector.network",
-        "--no-collector.fsio",
         "--no-collector.oom",
         "--ebpf.stats",
     ]);

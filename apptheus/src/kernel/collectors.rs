@@ -4,7 +4,7 @@
 //! agent.
 use std::{fs::File, path::Path};
 
-use apptheus_common::{MAP_CGROUPS, MAP_RUNQ, MAP_RUNQ_START};
+use apptheus_common::{MAP_CGROUPS, MAP_RUNQ};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -99,7 +99,7 @@ pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
 pub const fn maps(c: Collector) -> &'static [&'static str] {
     match c {
         Collector::Network => &[MAP_CGROUPS],
-        Collector::Runqlat => &[MAP_RUNQ_START, MAP_RUNQ],
+        Collector::Runqlat => &[MAP_RUNQ],
         Collector::Oom | Collector::Fsio => &[],
     }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
-    MAP_RUNQ, MAP_STATS, MAP_TASKS, MAP_TRUSTED, RunqHistogram, STAT_COUNT, Stat,
+    MAP_RUNQ, MAP_STATS, MAP_TASKS, MAP_TRUSTED, RunqHistogram, STAT_COUNT, Stat, TaskEntry,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -77,7 +77,7 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError
 pub struct Kernel {
     _ebpf: Ebpf,
     trusted: HashMap<MapData, FileId, u8>,
-    tasks: HashMap<MapData, u32, u64>,
+    tasks: HashMap<MapData, u32, TaskEntry>,
     containers: HashMap<MapData, u64, ContainerState>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
@@ -230,7 +230,11 @@ impl Kernel {
             .map_err(map_err(MAP_CONTAINERS))?;
         for tid in tids {
             // A task already attributed keeps its container.
-            let _ = self.tasks.insert(tid, &cid, aya_noexist());
+            let entry = TaskEntry {
+                container: cid,
+                runq_since: 0,
+            };
+            let _ = self.tasks.insert(tid, &entry, aya_noexist());
         }
         Ok(())
     }
@@ -290,7 +294,7 @@ impl Kernel {
 
     /// The container task `tid` belongs to, if any.
     pub fn container_of(&self, tid: u32) -> Option<u64> {
-        self.tasks.get(&tid, 0).ok()
+        self.tasks.get(&tid, 0).ok().map(|e| e.container)
     }
 
     /// The tasks the kernel attributes to container `cid`.
@@ -298,14 +302,18 @@ impl Kernel {
         self.tasks
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, c)| *c == cid)
+            .filter(|(_, e)| e.container == cid)
             .map(|(t, _)| t)
             .collect()
     }
 
     /// The tasks attributed to each container, from the kernel's map.
     pub fn tasks(&self) -> Vec<(u32, u64)> {
-        self.tasks.iter().filter_map(Result::ok).collect()
+        self.tasks
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(t, e)| (t, e.container))
+            .collect()
     }
 
     /// Drops task entries of tasks that no longer exist (their exit was

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Measures what the kernel collectors cost (root; stress-ng, python3):
+#  1. per event: the kernel's BPF run-time statistics of each program
+#     (run_time_ns / run_cnt, through the agent's --ebpf.stats), for
+#     workloads run inside a container and outside any;
+#  2. the slowdown of hot-path benchmarks run inside a container, agent
+#     with the collector on vs off, runs alternated, medians compared.
+# Prints Markdown for BENCHMARKS.md, section "Kernel program costs".
+#
+#   sudo scripts/bench-kernel-collectors.sh [TARGET_DIR] [REPS]
+set -euo pipefail
+
+TARGET=${1:-target}
+REPS=${2:-5}
+AGENT=$TARGET/debug/apptheus
+SIM=$TARGET/debug/apptheus-starter-sim
+[ -x "$AGENT" ] && [ -x "$SIM" ] || { echo "build first: cargo build -p apptheus" >&2; exit 1; }
+command -v stress-ng >/dev/null || { echo "stress-ng missing (apt-get install stress-ng)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/apptheus-bench-XXXXXX)
+chmod 755 "$WORK"
+STARTER=$WORK/starter
+cp "$SIM" "$STARTER"
+chmod 755 "$STARTER"
+# An untrusted copy, to run the simulator's workloads without starting a
+# container.
+COPY=$WORK/sim
+cp "$SIM" "$COPY"
+PORT=19391
+AGENT_PID=
+cleanup() {
+    [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+start_agent() {
+    "$AGENT" --trust.path="$STARTER" --web.listen-address=127.0.0.1:$PORT \
+        --socket.path="$WORK/gateway.sock" --monitor.interval=1s "$@" \
+        >"$WORK/agent.log" 2>&1 &
+    AGENT_PID=$!
+    for _ in $(seq 200); do
+        curl -sf "127.0.0.1:$PORT/-/ready" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    cat "$WORK/agent.log" >&2
+    exit 1
+}
+stop_agent() {
+    kill "$AGENT_PID"
+    wait "$AGENT_PID" 2>/dev/null || true
+    AGENT_PID=
+}
+
+# "program run_seconds runs" for each program, from --ebpf.stats.
+program_stats() {
+    curl -s "127.0.0.1:$PORT/metrics" | awk '
+        /^apptheus_ebpf_program_run_seconds_total\{/ { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10); t[p] = $NF }
+        /^apptheus_ebpf_program_runs_total\{/ { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10); n[p] = $NF }
+        END { for (p in t) print p, t[p], n[p] }' | sort
+}
+
+# ns per run and runs of each program between two program_stats outputs.
+per_run() {
+    join <(echo "$1") <(echo "$2") | awk '{
+        runs = $5 - $3; t = $4 - $2
+        if (runs > 0) printf "%s %.0f %d\n", $1, t * 1e9 / runs, runs }'
+}
+
+in_container() { "$STARTER" -- "$@"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
+
+# Workloads. Each prints one number: a rate (higher is better) or seconds.
+switch_rate() { # context switches per second, stress-ng's pipe method
+    "$@" stress-ng --switch 2 -t 4 --metrics-brief 2>&1 | awk '$4 == "switch" && $5 ~ /^[0-9]+$/ { print $9 }'
+}
+sock_rate() { # stress-ng's TCP loopback socket stressor, small messages
+    "$@" stress-ng --sock 1 -t 4 --metrics-brief 2>&1 | awk '$4 == "sock" && $5 ~ /^[0-9]+$/ { print $9 }'
+}
+syscall_seconds() { # 4M read+write syscalls on /dev/zero -> /dev/null
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" dd if=/dev/zero of=/dev/null bs=1 count=2000000 status=none
+    t1=$(date +%s.%N)
+    elapsed "$t0" "$t1"
+}
+file_seconds() { # 256 MiB written to and read back from the page cache, 4 KiB at a time
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" sh -c "dd if=/dev/zero of=$WORK/f bs=4k count=65536 status=none && dd if=$WORK/f of=/dev/null bs=4k status=none && rm $WORK/f"
+    t1=$(date +%s.%N)
+    elapsed "$t0" "$t1"
+}
+net_seconds() { # 1 GiB over loopback TCP
+    python3 -c '
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 19392)); s.listen(1); print("ready", flush=True)
+c, _ = s.accept()
+while c.recv(1 << 20): pass
+c.close()' >"$WORK/listener" &
+    local lp=$! t0 t1
+    for _ in $(seq 100); do grep -q ready "$WORK/listener" 2>/dev/null && break; sleep 0.05; done
+    t0=$(date +%s.%N)
+    "$@" "$COPY" workload --net-send 127.0.0.1:19392:1073741824
+    t1=$(date +%s.%N)
+    wait $lp
+    elapsed "$t0" "$t1"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+echo "## Kernel program costs"
+echo
+echo "Measured by \`scripts/bench-kernel-collectors.sh\` on $(uname -r), $(nproc) CPUs,"
+echo "$(date -u +%Y-%m-%d). Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo
+
+# 1. Per-event costs.
+start_agent --collector.runqlat --collector.fsio --ebpf.stats
+echo "### Per event (BPF run-time statistics: run_time_ns / run_cnt)"
+echo
+echo "| workload | where | program | runs | ns per run |"
+echo "|---|---|---|---|---|"
+for w in switch_rate syscall_seconds file_seconds net_seconds sock_rate; do
+    for where in container host; do
+        before=$(program_stats)
+        if [ $where = container ]; then $w in_container >/dev/null; else $w >/dev/null; fi
+        after=$(program_stats)
+        per_run "$before" "$after" | while read -r p ns runs; do
+            [ "$runs" -ge 100 ] || continue
+            echo "| $w | $where | $p | $runs | $ns |"
+        done
+    done
+done
+stop_agent
+echo
+
+# 2. Slowdown, collector on vs off, inside a container (the other
+# collectors at their defaults).
+echo "### Slowdown inside a container, collector on vs off ($REPS alternated runs each, medians)"
+echo
+echo "| collector | benchmark | off | on | slowdown |"
+echo "|---|---|---|---|---|"
+compare() { # collector workload higher_is_better
+    local c=$1 w=$2 better=$3 off on
+    : >"$WORK/off"
+    : >"$WORK/on"
+    for _ in $(seq "$REPS"); do
+        start_agent --no-collector."$c"
+        $w in_container >>"$WORK/off"
+        stop_agent
+        start_agent --collector."$c"
+        $w in_container >>"$WORK/on"
+        stop_agent
+    done
+    off=$(median <"$WORK/off")
+    on=$(median <"$WORK/on")
+    slow=$(awk -v off="$off" -v on="$on" -v b="$better" \
+        'BEGIN { printf "%.1f", (b == "higher" ? off / on - 1 : on / off - 1) * 100 }')
+    echo "| $c | $w | $off | $on | $slow % |"
+}
+compare runqlat switch_rate higher
+compare fsio syscall_seconds lower
+compare fsio file_seconds lower
+compare network net_seconds lower
+compare network sock_rate higher
