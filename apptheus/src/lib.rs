@@ -12,6 +12,7 @@ pub mod families;
 pub mod http;
 pub mod kernel;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod preflight;
 pub mod proctree;

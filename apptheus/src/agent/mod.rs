@@ -94,6 +94,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         },
     };
+    // Loading parsed the kernel's BTF twice (offsets, then aya): tens of
+    // MiB freed but kept by the allocator; give them back.
+    crate::memory::release_free_heap();
     let mode = if kernel.is_some() { "ebpf" } else { "socket" };
     metrics.set_mode(mode);
     tracing::info!(mode, "attribution mode");
