@@ -537,16 +537,23 @@ fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         t(ru.ru_utime) + t(ru.ru_stime)
     };
     let before = rusage_children();
-    let status = Command::new(&ctx.starter)
+    let mut child = Command::new(&ctx.starter)
         .args(["--no-namespaces", "--"])
         .arg(&ctx.starter)
-        .args(["workload", "--spin", &s.spin_secs.to_string()])
-        .status()?;
-    if !status.success() {
+        .args([
+            "workload",
+            "--delay",
+            "0.3",
+            "--spin",
+            &s.spin_secs.to_string(),
+        ])
+        .spawn()?;
+    let pid = child.id();
+    if !child.wait()?.success() {
         bail!("CPU workload failed");
     }
     let truth = rusage_children() - before;
-    let cpu = wait_final(&agent, "apptheus_container_cpu_usage_seconds_total")?;
+    let cpu = wait_final(&agent, pid, "apptheus_container_cpu_usage_seconds_total")?;
     r.accuracy.push((
         "CPU seconds vs rusage".into(),
         truth,
@@ -573,13 +580,16 @@ fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         ])
         .spawn()?;
     let want = (s.alloc_mib << 20) as f64;
+    let prefix = format!("container_id=\"{}-", child.id());
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut best = 0.0f64;
     while Instant::now() < deadline && child.try_wait()?.is_none() {
         let m = agent.metrics()?;
         let rss = m
             .lines()
-            .filter(|l| l.starts_with("apptheus_container_memory_rss_bytes{"))
+            .filter(|l| {
+                l.starts_with("apptheus_container_memory_rss_bytes{") && l.contains(&prefix)
+            })
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .fold(0.0f64, f64::max);
         best = best.max(rss);
@@ -600,13 +610,19 @@ fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The final value of `metric` of the one container that ran.
-fn wait_final(agent: &Agent, metric: &str) -> anyhow::Result<f64> {
+/// The final value of `metric` of the container whose starter was `pid`.
+fn wait_final(agent: &Agent, pid: u32, metric: &str) -> anyhow::Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let prefix = format!("container_id=\"{pid}-");
     loop {
         let m = agent.metrics()?;
-        if value(&m, "apptheus_container_tasks", None) == Some(0.0)
-            && let Some(v) = value(&m, metric, None)
+        let of = |name: &str| {
+            m.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&prefix))
+                .find_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        };
+        if of("apptheus_container_tasks") == Some(0.0)
+            && let Some(v) = of(metric)
         {
             return Ok(v);
         }
