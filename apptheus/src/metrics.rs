@@ -63,7 +63,7 @@ impl AgentMetrics {
         ));
         let containers_started = must(IntCounter::new(
             "apptheus_containers_started_total",
-            "Containers seen starting since the agent started.",
+            "Containers seen starting since the agent started (not those adopted from an earlier run).",
         ));
         let ebpf_events_lost = must(IntCounter::new(
             "apptheus_ebpf_events_lost_total",

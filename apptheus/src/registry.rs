@@ -104,7 +104,6 @@ pub fn parse_container_id(id: &str) -> Option<(u32, u64)> {
 #[derive(Debug, Default)]
 pub struct Registry {
     containers: BTreeMap<u64, Container>,
-    started_total: u64,
 }
 
 impl Registry {
@@ -113,7 +112,6 @@ impl Registry {
         if self.containers.contains_key(&c.key) {
             return false;
         }
-        self.started_total += 1;
         self.containers.insert(c.key, c);
         true
     }
@@ -174,11 +172,6 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty()
     }
-
-    /// Containers registered since the agent started.
-    pub fn started_total(&self) -> u64 {
-        self.started_total
-    }
 }
 
 /// Wall-clock time of a CLOCK_BOOTTIME instant.
@@ -233,7 +226,7 @@ mod tests {
         assert!(r.insert(container(1, 10)));
         assert!(!r.insert(container(1, 10)), "a key is registered once");
         assert!(r.insert(container(2, 20)));
-        assert_eq!(r.started_total(), 2);
+        assert_eq!(r.len(), 2);
         assert_eq!(r.by_starter_pid(20).map(|c| c.key), Some(2));
 
         let t0 = Instant::now();

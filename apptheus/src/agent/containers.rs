@@ -61,7 +61,8 @@ impl Agent {
             cgroups: n.cgroups,
             placed: false,
         };
-        if self.registry.insert(c) {
+        // Adopted containers started before this agent did.
+        if self.registry.insert(c) && n.source != Source::Adopted {
             self.metrics.containers_started.inc();
         }
         // Placement first: until its tasks are inside, a container's memory
@@ -296,10 +297,16 @@ impl Agent {
             .running()
             .filter(|c| c.placed)
             .filter(|c| {
-                c.cgroups
-                    .as_ref()
-                    .and_then(|cg| Placer::dirs(cg).into_iter().next())
-                    .is_some_and(|d| placement::procs(&d).is_empty())
+                // The sample just taken counted the cgroup's threads; read
+                // cgroup.procs only where it could not.
+                match c.sample.as_ref().and_then(|s| s.cgroup.threads) {
+                    Some(threads) => threads == 0,
+                    None => c
+                        .cgroups
+                        .as_ref()
+                        .and_then(|cg| Placer::dirs(cg).into_iter().next())
+                        .is_some_and(|d| placement::procs(&d).is_empty()),
+                }
             })
             .map(|c| c.key)
             .collect();
