@@ -26,4 +26,6 @@ RUSTC_BOOTSTRAP=1 CARGO_ENCODED_RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
 step "cargo xtask build-ebpf (object with BTF)"
 cargo xtask build-ebpf
 step "cargo test"
-cargo test --workspace --locked --no-fail-fast
+cargo test --locked --no-fail-fast
+step "cargo xtask bench --smoke (every benchmark, tiny sizes)"
+cargo xtask bench --smoke
