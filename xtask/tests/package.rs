@@ -273,6 +273,288 @@ fn chroot(root: &Path, args: &[&str]) -> String {
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
 }
 
+/// Capability numbers (linux/capability.h) of the names a unit may list.
+fn cap_bit(name: &str) -> u32 {
+    match name {
+        "chown" => 0,
+        "dac_override" => 1,
+        "dac_read_search" => 2,
+        "fowner" => 3,
+        "kill" => 5,
+        "net_admin" => 12,
+        "sys_ptrace" => 19,
+        "sys_admin" => 21,
+        "sys_resource" => 24,
+        "perfmon" => 38,
+        "bpf" => 39,
+        other => panic!("add CAP_{} to cap_bit()", other.to_uppercase()),
+    }
+}
+
+/// The root booted with its own systemd (systemd-nspawn: a private network,
+/// and a volatile overlay, so that booting writes nothing into the root).
+/// Halted on drop.
+struct Booted {
+    nspawn: Child,
+    init: u32,
+    /// Whether nspawn's state directory on the host predates the test.
+    had_state: bool,
+}
+
+const NSPAWN_STATE: &str = "/run/systemd/nspawn";
+
+impl Booted {
+    /// A command run inside, in every namespace of the container.
+    fn exec(&self, args: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg("--target")
+            .arg(self.init.to_string())
+            .arg("--all")
+            .arg("--")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn out(&self, args: &[&str]) -> String {
+        let o = self.exec(args);
+        assert!(o.status.success(), "{args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// GET from inside the container's network namespace.
+    fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let ns = format!("/proc/{}/ns/net", self.init);
+        let path = path.to_string();
+        std::thread::spawn(move || {
+            let f = fs::File::open(ns).ok()?;
+            // SAFETY: setns on this thread only, with a descriptor we own.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) } != 0
+            {
+                return None;
+            }
+            http_get("127.0.0.1:9091", &path)
+        })
+        .join()
+        .ok()
+        .flatten()
+    }
+
+    fn journal(&self) -> String {
+        self.out(&["journalctl", "--no-pager", "-u", "apptheus"])
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        // SAFETY: kill on our own unreaped child. nspawn halts the
+        // container on SIGTERM.
+        unsafe { libc::kill(self.nspawn.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.nspawn.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        if !self.had_state {
+            // nspawn's own state on the host, made by this test.
+            let _ = fs::remove_dir_all(NSPAWN_STATE);
+        }
+    }
+}
+
+/// The child process of `parent` (the container's init).
+fn child_of(parent: u32) -> Option<u32> {
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The installed package under the root's own systemd, as on a node: the
+/// unit enabled by the package starts at boot with its hardening, with an
+/// Apptainer starter at its default place (a root-owned copy of sleep bound
+/// in), serves metrics, attributes a container, reloads and stops. (Cgroup
+/// placement cannot be checked here: the agent runs in the container's PID
+/// namespace and the v1 hierarchies are read-only; the chroot run above
+/// checked it with the unit's capabilities.)
+fn under_systemd(root: &Path, work: &Path, caps: &[String]) {
+    if !Path::new("/usr/bin/systemd-nspawn").exists() {
+        apptheus::testing::skip("systemd-nspawn (systemd-container: scripts/setup.sh --test)");
+        return;
+    }
+    let starter = work.join("starter");
+    fs::copy("/usr/bin/sleep", &starter).unwrap();
+    let had_state = Path::new(NSPAWN_STATE).exists();
+    let machine = format!("apptheus-pkg-{}", std::process::id());
+    let log = fs::File::create(work.join("nspawn.log")).unwrap();
+    let nspawn = Command::new("systemd-nspawn")
+        .arg("--directory")
+        .arg(root)
+        .args(["--machine", &machine, "--keep-unit", "--register=no"])
+        .args([
+            "--capability=all",
+            "--system-call-filter=bpf perf_event_open",
+        ])
+        .args(["--private-network", "--volatile=overlay"])
+        .arg(format!(
+            "--bind-ro={}:/usr/libexec/apptainer/bin/starter",
+            starter.display()
+        ))
+        .args(["--boot", "--console=passive"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let nspawn_pid = nspawn.id();
+    let mut booted = Booted {
+        nspawn,
+        init: 0,
+        had_state,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    booted.init = loop {
+        if let Some(pid) = child_of(nspawn_pid) {
+            break pid;
+        }
+        assert!(
+            booted.nspawn.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "systemd-nspawn did not start: {}",
+            fs::read_to_string(work.join("nspawn.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Until systemd answers and the boot is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = booted.exec(&["systemctl", "is-system-running"]);
+        let state = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if state == "running" || state == "degraded" {
+            eprintln!("booted: {state}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "boot did not finish: {state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        booted.out(&["systemctl", "is-enabled", "apptheus"]),
+        "enabled"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while booted
+        .exec(&["systemctl", "is-active", "--quiet", "apptheus"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "apptheus is not active: {}\n{}",
+            booted.out(&["systemctl", "status", "--no-pager", "apptheus"]),
+            booted.journal()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The unit's hardening is in force on the running agent.
+    let main = booted.out(&[
+        "systemctl",
+        "show",
+        "--property=MainPID",
+        "--value",
+        "apptheus",
+    ]);
+    let status = booted.out(&["cat", &format!("/proc/{main}/status")]);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let mask: u64 = caps
+        .iter()
+        .map(|c| 1u64 << cap_bit(c.trim_start_matches('+')))
+        .sum();
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("CapBnd:"), format!("{mask:016x}"), "{status}");
+    assert_eq!(field("CapEff:"), format!("{mask:016x}"), "{status}");
+    let mounts = booted.out(&["cat", &format!("/proc/{main}/mountinfo")]);
+    let root_opts = mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 5 && f[4] == "/")
+        .map(|f| f[5].to_string())
+        .last()
+        .unwrap_or_default();
+    assert!(
+        root_opts.starts_with("ro"),
+        "ProtectSystem=strict: / is {root_opts}"
+    );
+
+    // Metrics, the kernel programs, and a container of the default starter.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, m)) = booted.http_get("/metrics")
+            && sample(&m, "apptheus_attribution_mode", "mode=\"ebpf\"") == Some(1.0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics:\n{}",
+            booted.journal()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // RuntimeDirectory= made /run/apptheus, writable under ProtectSystem.
+    booted.out(&["test", "-S", "/run/apptheus/gateway.sock"]);
+    booted.out(&[
+        "systemd-run",
+        "--unit=apptheus-test-container",
+        "/usr/libexec/apptainer/bin/starter",
+        "30",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, m) = booted.http_get("/metrics").unwrap_or_default();
+        if m.contains("starter=\"/usr/libexec/apptainer/bin/starter\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no container:\n{m}\n{}",
+            booted.journal()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Reload (ExecReload: /bin/kill -HUP) and stop (RuntimeDirectory goes).
+    booted.out(&["systemctl", "reload", "apptheus"]);
+    booted.out(&["systemctl", "stop", "apptheus"]);
+    let journal = booted.journal();
+    assert!(
+        journal.contains("SIGHUP: trusted starters unchanged"),
+        "{journal}"
+    );
+    assert!(journal.contains("message=stopped"), "{journal}");
+    assert!(booted.exec(&["test", "-e", "/run/apptheus"]).status.code() == Some(1));
+}
+
 #[test]
 fn package_installs_runs_and_purges_cleanly() {
     if !privileged() {
@@ -490,6 +772,9 @@ fn package_installs_runs_and_purges_cleanly() {
     assert!(status.success(), "agent: {status}\n{}", agent.log());
     drop(agent);
     eprintln!("agent ran and stopped: {:?}", started.elapsed());
+
+    under_systemd(&root, work.path(), &caps);
+    eprintln!("ran under the root's systemd: {:?}", started.elapsed());
 
     // Remove: the conffile stays, the rest goes.
     chroot(&root, &["dpkg", "--remove", "apptheus"]);

@@ -218,7 +218,9 @@ impl Agent {
                 },
                 Some(ev) = socket_events.recv() => self.on_socket_event(ev),
                 _ = tick.tick() => {
-                    self.sample();
+                    // Sampling reads thousands of cgroup files: let the
+                    // runtime move HTTP and socket work off this thread.
+                    tokio::task::block_in_place(|| self.sample());
                     ready.store(true, Ordering::Release);
                 }
                 _ = sighup.recv() => self.reload_trust(),

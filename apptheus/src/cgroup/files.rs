@@ -67,17 +67,35 @@ enum Outcome {
     Absent,
 }
 
+/// Size of the first read of a file: larger than any cgroup statistics file.
+const FIRST_READ: usize = 16 * 1024;
+
 fn read_text(path: &Path) -> Result<Outcome, Problem> {
     let file = match fs::File::open(path) {
         Ok(f) => f,
         Err(e) if is_absent(&e) => return Ok(Outcome::Absent),
         Err(e) => return Err(Problem::Io(e)),
     };
-    let mut bytes = Vec::new();
-    match file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes) {
-        Ok(_) => {}
+    // One read() returns a whole cgroup file when the buffer is larger
+    // than it (seq_file); only a file that fills the buffer is read on to
+    // its end. This saves the EOF read on every file of every sample.
+    let mut bytes = vec![0u8; FIRST_READ];
+    let mut file = file;
+    let first = match file.read(&mut bytes) {
+        Ok(n) => n,
         Err(e) if is_absent(&e) => return Ok(Outcome::Absent),
         Err(e) => return Err(Problem::Io(e)),
+    };
+    bytes.truncate(first);
+    if first == FIRST_READ {
+        match file
+            .take(MAX_FILE_BYTES + 1 - FIRST_READ as u64)
+            .read_to_end(&mut bytes)
+        {
+            Ok(_) => {}
+            Err(e) if is_absent(&e) => return Ok(Outcome::Absent),
+            Err(e) => return Err(Problem::Io(e)),
+        }
     }
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(Problem::TooLarge);
@@ -181,11 +199,20 @@ impl Reader {
         let mut cur = dir;
         for _ in 0..MAX_DEPTH {
             let Some(parent) = cur.parent() else { break };
-            let path = parent.join(name);
-            if !path.exists() || !applies_above(parent) {
+            if !applies_above(parent) {
                 break;
             }
-            if let Some(v) = self.optional(&path, parse).flatten() {
+            // Where the file stops existing is the hierarchy's root.
+            let path = parent.join(name);
+            let text = match read_text(&path) {
+                Ok(Outcome::Text(t)) => t,
+                Ok(Outcome::Absent) => break,
+                Err(p) => {
+                    self.warn(&path, p);
+                    break;
+                }
+            };
+            if let Some(v) = self.ok(&path, parse(&text)).flatten() {
                 min = Some(min.map_or(v, |m: u64| m.min(v)));
             }
             cur = parent;
