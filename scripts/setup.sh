@@ -7,7 +7,8 @@
 #                               (Prometheus, Pushgateway, crun, runc, stress-ng)
 #                               and what --package installs
 #   scripts/setup.sh --package  also what `cargo xtask package` and its test
-#                               need (cargo-deb, dpkg-dev, debootstrap)
+#                               need (cargo-deb, dpkg-dev, debootstrap,
+#                               systemd-nspawn)
 #
 # Facts behind the pins are in README.md ("Building from source").
 set -euo pipefail
@@ -43,7 +44,7 @@ if [ "$want_test" = 1 ]; then
   packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3)
 fi
 if [ "$want_package" = 1 ]; then
-  packages+=(dpkg-dev debootstrap)
+  packages+=(dpkg-dev debootstrap systemd-container)
 fi
 
 missing=()

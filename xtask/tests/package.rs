@@ -494,12 +494,13 @@ fn under_systemd(root: &Path, work: &Path, caps: &[String]) {
     assert_eq!(field("CapBnd:"), format!("{mask:016x}"), "{status}");
     assert_eq!(field("CapEff:"), format!("{mask:016x}"), "{status}");
     let mounts = booted.out(&["cat", &format!("/proc/{main}/mountinfo")]);
+    // The last mount on / is the one the agent sees.
     let root_opts = mounts
         .lines()
+        .rev()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|f| f.len() > 5 && f[4] == "/")
+        .find(|f| f.len() > 5 && f[4] == "/")
         .map(|f| f[5].to_string())
-        .last()
         .unwrap_or_default();
     assert!(
         root_opts.starts_with("ro"),
