@@ -11,7 +11,7 @@
 set -euo pipefail
 
 TARGET=${1:-target}
-REPS=${2:-5}
+REPS=${2:-7}
 AGENT=$TARGET/debug/apptheus
 SIM=$TARGET/debug/apptheus-starter-sim
 [ -x "$AGENT" ] && [ -x "$SIM" ] || { echo "build first: cargo build -p apptheus" >&2; exit 1; }
@@ -28,15 +28,18 @@ COPY=$WORK/sim
 cp "$SIM" "$COPY"
 PORT=19391
 AGENT_PID=
+LISTENER_PID=
 cleanup() {
     [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+    [ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
+INTERVAL=1s
 start_agent() {
     "$AGENT" --trust.path="$STARTER" --web.listen-address=127.0.0.1:$PORT \
-        --socket.path="$WORK/gateway.sock" --monitor.interval=1s "$@" \
+        --socket.path="$WORK/gateway.sock" --monitor.interval="$INTERVAL" "$@" \
         >"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
     for _ in $(seq 200); do
@@ -52,8 +55,10 @@ stop_agent() {
     AGENT_PID=
 }
 
-# "program run_seconds runs" for each program, from --ebpf.stats.
+# "program run_seconds runs" for each program, from --ebpf.stats (taken
+# at each sample: wait for the next one).
 program_stats() {
+    sleep 0.3
     curl -s "127.0.0.1:$PORT/metrics" | awk '
         /^apptheus_ebpf_program_run_seconds_total\{/ { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10); t[p] = $NF }
         /^apptheus_ebpf_program_runs_total\{/ { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10); n[p] = $NF }
@@ -68,47 +73,54 @@ per_run() {
 }
 
 in_container() { "$STARTER" -- "$@"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
 
-# Workloads. Each prints one number: a rate (higher is better) or seconds.
-switch_rate() { # context switches per second, stress-ng's pipe method
-    "$@" stress-ng --switch 2 -t 4 --metrics-brief 2>&1 | awk '$4 == "switch" && $5 ~ /^[0-9]+$/ { print $9 }'
+# Workloads. Each prints one number: a rate (higher is better) or CPU
+# seconds (user + system, of the workload and its children; lower is
+# better). CPU time, not wall time: this machine is shared, and what the
+# programs cost is CPU time in the workload's context.
+TIMEFORMAT='%3U %3S'
+cpu_seconds() { # the command's user + system seconds; a failure ends the script
+    local t
+    if ! t=$({ time "$@" >/dev/null 2>"$WORK/err"; } 2>&1); then
+        echo "benchmark command failed: $*" >&2
+        cat "$WORK/err" >&2
+        kill $$
+    fi
+    echo "$t" | awk '{ printf "%.3f\n", $1 + $2 }'
 }
-sock_rate() { # stress-ng's TCP loopback socket stressor, small messages
-    "$@" stress-ng --sock 1 -t 4 --metrics-brief 2>&1 | awk '$4 == "sock" && $5 ~ /^[0-9]+$/ { print $9 }'
+switch_rate() { # context switches per CPU second, stress-ng's pipe method
+    "$@" stress-ng --switch 2 -t 3 --metrics-brief 2>&1 | awk '$4 == "switch" && $5 ~ /^[0-9]+$/ { print $10 }'
+}
+sock_rate() { # stress-ng's TCP loopback socket stressor, ops per CPU second
+    "$@" stress-ng --sock 1 -t 3 --metrics-brief 2>&1 | awk '$4 == "sock" && $5 ~ /^[0-9]+$/ { print $10 }'
 }
 syscall_seconds() { # 4M read+write syscalls on /dev/zero -> /dev/null
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" dd if=/dev/zero of=/dev/null bs=1 count=2000000 status=none
-    t1=$(date +%s.%N)
-    elapsed "$t0" "$t1"
+    cpu_seconds "$@" dd if=/dev/zero of=/dev/null bs=1 count=2000000 status=none
 }
 file_seconds() { # 256 MiB written to and read back from the page cache, 4 KiB at a time
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" sh -c "dd if=/dev/zero of=$WORK/f bs=4k count=65536 status=none && dd if=$WORK/f of=/dev/null bs=4k status=none && rm $WORK/f"
-    t1=$(date +%s.%N)
-    elapsed "$t0" "$t1"
+    cpu_seconds "$@" sh -c "dd if=/dev/zero of=$WORK/f bs=4k count=65536 status=none && dd if=$WORK/f of=/dev/null bs=4k status=none && rm $WORK/f"
 }
-net_seconds() { # 1 GiB over loopback TCP
-    python3 -c '
-import socket, sys
+# A loopback TCP sink for net_seconds, for the whole run.
+NET_PORT=19392
+python3 -S -c '
+import socket
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 19392)); s.listen(1); print("ready", flush=True)
-c, _ = s.accept()
-while c.recv(1 << 20): pass
-c.close()' >"$WORK/listener" &
-    local lp=$! t0 t1
-    for _ in $(seq 100); do grep -q ready "$WORK/listener" 2>/dev/null && break; sleep 0.05; done
-    t0=$(date +%s.%N)
-    "$@" "$COPY" workload --net-send 127.0.0.1:19392:1073741824
-    t1=$(date +%s.%N)
-    wait $lp
-    elapsed "$t0" "$t1"
+s.bind(("127.0.0.1", '$NET_PORT')); s.listen(4); print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    while c.recv(1 << 20): pass
+    c.close()' >"$WORK/listener" &
+LISTENER_PID=$!
+for _ in $(seq 600); do grep -q ready "$WORK/listener" 2>/dev/null && break; sleep 0.05; done
+grep -q ready "$WORK/listener" || { echo "the TCP sink did not start" >&2; exit 1; }
+net_seconds() { # 1 GiB over loopback TCP, the sender's CPU time
+    cpu_seconds "$@" "$COPY" workload --net-send 127.0.0.1:$NET_PORT:1073741824
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+best() { # the least disturbed run: the highest rate or the fewest seconds
+    if [ "$1" = higher ]; then sort -g | tail -1; else sort -g | head -1; fi
+}
 
 echo "## Kernel program costs"
 echo
@@ -117,6 +129,7 @@ echo "$(date -u +%Y-%m-%d). Load average at start: $(cut -d' ' -f1-3 /proc/loada
 echo
 
 # 1. Per-event costs.
+INTERVAL=100ms
 start_agent --collector.runqlat --collector.fsio --ebpf.stats
 echo "### Per event (BPF run-time statistics: run_time_ns / run_cnt)"
 echo
@@ -134,14 +147,18 @@ for w in switch_rate syscall_seconds file_seconds net_seconds sock_rate; do
     done
 done
 stop_agent
+INTERVAL=1s
 echo
 
 # 2. Slowdown, collector on vs off, inside a container (the other
 # collectors at their defaults).
-echo "### Slowdown inside a container, collector on vs off ($REPS alternated runs each, medians)"
+echo "### Slowdown inside a container, collector on vs off ($REPS alternated runs each)"
 echo
-echo "| collector | benchmark | off | on | slowdown |"
-echo "|---|---|---|---|---|"
+echo "Rates are per CPU second (stress-ng's usr+sys column), times are CPU seconds"
+echo "(user + system) of the benchmark; \"best\" compares the least disturbed runs."
+echo
+echo "| collector | benchmark | off (median) | on (median) | slowdown (median) | off (best) | on (best) | slowdown (best) |"
+echo "|---|---|---|---|---|---|---|---|"
 compare() { # collector workload higher_is_better
     local c=$1 w=$2 better=$3 off on
     : >"$WORK/off"
@@ -156,9 +173,13 @@ compare() { # collector workload higher_is_better
     done
     off=$(median <"$WORK/off")
     on=$(median <"$WORK/on")
-    slow=$(awk -v off="$off" -v on="$on" -v b="$better" \
-        'BEGIN { printf "%.1f", (b == "higher" ? off / on - 1 : on / off - 1) * 100 }')
-    echo "| $c | $w | $off | $on | $slow % |"
+    boff=$(best "$better" <"$WORK/off")
+    bon=$(best "$better" <"$WORK/on")
+    slow() {
+        awk -v off="$1" -v on="$2" -v b="$better" \
+            'BEGIN { printf "%.1f", (b == "higher" ? off / on - 1 : on / off - 1) * 100 }'
+    }
+    echo "| $c | $w | $off | $on | $(slow "$off" "$on") % | $boff | $bon | $(slow "$boff" "$bon") % |"
 }
 compare runqlat switch_rate higher
 compare fsio syscall_seconds lower

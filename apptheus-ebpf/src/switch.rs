@@ -23,9 +23,15 @@ pub fn apptheus_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
+/// CLOCK_MONOTONIC in nanoseconds, read only when a container's task is
+/// involved (most switches on a node are not theirs).
+#[inline(always)]
+fn now() -> u64 {
     // SAFETY: a helper without arguments or side effects.
-    let now = unsafe { bpf_ktime_get_ns() };
+    unsafe { bpf_ktime_get_ns() }
+}
+
+fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let preempt: u64 = ctx.arg(0);
     if preempt != 0 {
         // `current` is still `prev` here. Preempted, it stays runnable: its
@@ -34,7 +40,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
         if let Some(entry) = TASKS.get_ptr_mut(&prev) {
             // SAFETY: entry points into a live map value; an aligned
             // 8-byte store is atomic.
-            unsafe { (*entry).runq_since = now };
+            unsafe { (*entry).runq_since = now() };
         }
     }
     let next: *const u8 = ctx.arg(2);
@@ -53,7 +59,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
         (since, (*entry).container)
     };
     if since != 0 {
-        observe(cid, now.saturating_sub(since));
+        observe(cid, now().saturating_sub(since));
     }
     Ok(())
 }
