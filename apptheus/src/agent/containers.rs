@@ -197,6 +197,7 @@ impl Agent {
         if !self.registry.mark_exited(key, Instant::now()) {
             return;
         }
+        self.publish_soon = true;
         let Some(c) = self.registry.get(key) else {
             return;
         };

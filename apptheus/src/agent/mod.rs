@@ -51,7 +51,18 @@ pub struct Agent {
     socket_conns: HashMap<ConnId, u64>,
     /// Held open while the kernel keeps BPF run-time statistics.
     bpf_stats: Option<std::os::fd::OwnedFd>,
+    /// The last error re-resolving the trusted paths, said once.
+    trust_error: Option<String>,
+    /// A container ended since the last publication: its final sample
+    /// must be served before the next sampling tick, however far.
+    publish_soon: bool,
 }
+
+/// How soon after a container ends its final sample is served.
+const FINAL_SAMPLE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How often the trusted paths are re-resolved without a SIGHUP.
+const TRUST_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let trusted = TrustedSet::resolve(&args.trusted_paths())?;
@@ -165,6 +176,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         trusted_tx,
         socket_conns: HashMap::new(),
         bpf_stats: None,
+        trust_error: None,
+        publish_soon: false,
     };
     if agent.args.ebpf_stats && agent.kernel.is_some() {
         match crate::kernel::stats::enable() {
@@ -209,6 +222,11 @@ impl Agent {
         let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
         let mut tick = tokio::time::interval(self.args.monitor_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut final_samples = tokio::time::interval(FINAL_SAMPLE_DELAY);
+        final_samples.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trust_check = tokio::time::interval(TRUST_RECHECK);
+        trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        trust_check.tick().await;
         let mut events_open = true;
         loop {
             tokio::select! {
@@ -223,7 +241,11 @@ impl Agent {
                     tokio::task::block_in_place(|| self.sample());
                     ready.store(true, Ordering::Release);
                 }
-                _ = sighup.recv() => self.reload_trust(),
+                _ = final_samples.tick(), if self.publish_soon => {
+                    tokio::task::block_in_place(|| self.publish());
+                }
+                _ = sighup.recv() => self.reload_trust("SIGHUP"),
+                _ = trust_check.tick() => self.reload_trust("trusted path changed"),
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
             }
@@ -273,12 +295,7 @@ impl Agent {
             }
             tracing::debug!(container_id = %c.id, "series removed after the grace period");
         }
-        let mut families = families::build(&self.registry);
-        if let (Some(k), Some(_)) = (&self.kernel, &self.bpf_stats) {
-            families.extend(families::program_stats(&k.program_stats()));
-        }
-        self.metrics.publish(families);
-        self.metrics.containers.set(self.registry.len() as i64);
+        self.publish();
         if let Some(k) = &self.kernel {
             let lost = k.stat(Stat::EventsLost);
             if lost > self.lost_seen {
@@ -289,6 +306,17 @@ impl Agent {
         self.metrics
             .sample_duration
             .set(started.elapsed().as_secs_f64());
+    }
+
+    /// Makes the registry's current state what scrapes see.
+    fn publish(&mut self) {
+        self.publish_soon = false;
+        let mut families = families::build(&self.registry);
+        if let (Some(k), Some(_)) = (&self.kernel, &self.bpf_stats) {
+            families.extend(families::program_stats(&k.program_stats()));
+        }
+        self.metrics.publish(families);
+        self.metrics.containers.set(self.registry.len() as i64);
     }
 
     /// Recovers from lost events: the kernel's map is the truth.
@@ -328,22 +356,35 @@ impl Agent {
         }
     }
 
-    fn reload_trust(&mut self) {
+    /// Re-resolves the trusted paths (on SIGHUP, and every
+    /// [`TRUST_RECHECK`]: a package upgrade replaces the file at the path).
+    fn reload_trust(&mut self, reason: &str) {
         match TrustedSet::resolve(&self.args.trusted_paths()) {
-            Ok(t) if t == self.trusted => tracing::info!("SIGHUP: trusted starters unchanged"),
+            Ok(t) if t == self.trusted => {
+                self.trust_error = None;
+                if reason == "SIGHUP" {
+                    tracing::info!("SIGHUP: trusted starters unchanged");
+                }
+            }
             Ok(t) => {
+                self.trust_error = None;
                 if let Some(k) = self.kernel.as_mut()
                     && let Err(e) = k.set_trusted(&t.ids())
                 {
                     tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
                     return;
                 }
-                tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "SIGHUP: trusted starters changed");
+                tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "{reason}: trusted starters changed");
                 self.trusted_tx.send_replace(t.clone());
                 self.trusted = t;
             }
             Err(e) => {
-                tracing::error!(error = %e, "SIGHUP: cannot resolve trusted starters; keeping the old set")
+                // Said once per distinct problem, not at every re-check.
+                let text = e.to_string();
+                if self.trust_error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "{reason}: cannot resolve trusted starters; keeping the old set");
+                    self.trust_error = Some(text);
+                }
             }
         }
     }

@@ -1,0 +1,205 @@
+//! Containers' lives as an administrator sees them: bursts of starts,
+//! short-lived containers, series that go after the grace period, trusted
+//! binaries replaced by a package upgrade.
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn two_hundred_starts_a_second_with_fork_storms_lose_nothing() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--monitor.grace-period=5m",
+    ]);
+
+    // 4 threads x 100 containers, each forking 20 processes and creating
+    // 20 threads, paced at 200 starts per second overall.
+    let per_thread = 100;
+    let threads = 4;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let starter = starter.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    let due = Duration::from_millis(5 * (i * threads + t) as u64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    Command::new(&starter)
+                        .args(["--no-namespaces", "--"])
+                        .arg(&starter)
+                        .args(["workload", "--forks", "20", "--threads", "20"])
+                        .spawn()
+                        .expect("start a container")
+                        .wait()
+                        .expect("wait");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let total = (per_thread * threads) as f64;
+    let ended = format!("starter=\"{}\"", starter.display());
+    agent.wait_for(
+        WAIT,
+        "every container to be seen and sampled at its end",
+        || {
+            let m = agent.metrics();
+            value(&m, "apptheus_containers_started_total", &[]) == Some(total)
+                && m.lines()
+                    .filter(|l| l.starts_with("apptheus_container_info{") && l.contains(&ended))
+                    .count()
+                    == per_thread * threads
+        },
+    );
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_ebpf_events_lost_total", &[]),
+        Some(0.0),
+        "{m}"
+    );
+    // Every container counted its 21 forks (the master's and 20) and its
+    // 20 threads: nothing escaped.
+    // (Only this test's containers: another agent's running containers may
+    // have been adopted at start.)
+    let ours: Vec<String> = m
+        .lines()
+        .filter(|l| l.starts_with("apptheus_container_info{"))
+        .filter(|l| l.contains(&format!("starter=\"{}\"", starter.display())))
+        .filter_map(|l| {
+            Some(
+                l.split("container_id=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()?
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(ours.len(), per_thread * threads, "{m}");
+    let wrong: Vec<(String, Option<f64>)> = ours
+        .iter()
+        .map(|id| {
+            (
+                id.clone(),
+                value(
+                    &m,
+                    "apptheus_container_forks_total",
+                    &[("container_id", id)],
+                ),
+            )
+        })
+        .filter(|(_, f)| *f != Some(21.0))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "containers with wrong fork counts: {wrong:?}\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().matches("container exited").count() >= per_thread * threads);
+}
+
+#[test]
+fn a_short_lived_container_shows_its_final_values_then_its_series_go() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    // Samples every 5 s: the container lives between two of them.
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--monitor.interval=5s",
+        "--monitor.grace-period=3s",
+    ]);
+    // Let the first sample pass.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut child = Command::new(&starter)
+        .args(["--no-namespaces", "--"])
+        .arg(&starter)
+        .args([
+            "workload",
+            "--delay",
+            "0.05",
+            "--spin",
+            "0.2",
+            "--alloc-mib",
+            "32",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    let id = format!("{pid}-");
+    let mut cpu = None;
+    agent.wait_for(
+        Duration::from_secs(3),
+        "the final sample of the short-lived container",
+        || {
+            let m = agent.metrics();
+            let line = |name: &str| {
+                m.lines()
+                    .find(|l| l.starts_with(&format!("{name}{{container_id=\"{id}")))
+                    .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            };
+            cpu = line("apptheus_container_cpu_usage_seconds_total");
+            cpu.is_some() && line("apptheus_container_memory_max_usage_bytes").is_some()
+        },
+    );
+    assert!(cpu.unwrap() >= 0.15, "final CPU {cpu:?}");
+    let m = agent.metrics();
+    let max = m
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "apptheus_container_memory_max_usage_bytes{{container_id=\"{id}"
+            ))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .unwrap();
+    assert!(max >= 30.0 * 1024.0 * 1024.0, "max usage {max}\n{m}");
+
+    // Gone after the grace period (plus up to one sampling interval).
+    agent.wait_for(Duration::from_secs(12), "the series to go", || {
+        !agent.metrics().contains(&format!("container_id=\"{id}"))
+    });
+}
+
+#[test]
+fn a_starter_replaced_on_disk_is_followed_without_a_signal() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let new = trust.starter("starter.dpkg-new");
+    std::fs::rename(&new, &starter).unwrap();
+    agent.wait_for(WAIT, "the replaced starter to be noticed", || {
+        agent
+            .log_text()
+            .contains("trusted path changed: trusted starters changed")
+    });
+    assert!(run(Command::new(&starter).args(["--no-namespaces", "--", "/bin/true"])).success());
+    agent.wait_for(WAIT, "the new starter to be attributed", || {
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
+    });
+}
