@@ -36,6 +36,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# GET through bash's /dev/tcp: the response, headers included.
+http_get() {
+    exec 3<>"/dev/tcp/127.0.0.1/$PORT" || return 1
+    printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$1" >&3
+    cat <&3
+    exec 3>&-
+}
+
 INTERVAL=1s
 start_agent() {
     "$AGENT" --trust.path="$STARTER" --web.listen-address=127.0.0.1:$PORT \
@@ -43,7 +51,7 @@ start_agent() {
         >"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
     for _ in $(seq 200); do
-        curl -sf "127.0.0.1:$PORT/-/ready" >/dev/null 2>&1 && return 0
+        http_get /-/ready 2>/dev/null | head -1 | grep -q ' 200 ' && return 0
         sleep 0.05
     done
     cat "$WORK/agent.log" >&2
@@ -59,7 +67,7 @@ stop_agent() {
 # at each sample: wait for the next one).
 program_stats() {
     sleep 0.3
-    curl -s "127.0.0.1:$PORT/metrics" | awk '
+    http_get /metrics | awk '
         /^apptheus_ebpf_program_run_seconds_total\{/ { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10); t[p] = $NF }
         /^apptheus_ebpf_program_runs_total\{/ { match($0, /program="[^"]*"/); p = substr($0, RSTART + 9, RLENGTH - 10); n[p] = $NF }
         END { for (p in t) print p, t[p], n[p] }' | sort
