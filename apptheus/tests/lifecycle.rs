@@ -146,7 +146,9 @@ fn a_short_lived_container_shows_its_final_values_then_its_series_go() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    let before = children_cpu_seconds();
     assert!(child.wait().unwrap().success());
+    let truth = children_cpu_seconds() - before;
     let id = format!("{pid}-");
     let mut cpu = None;
     agent.wait_for(
@@ -163,7 +165,12 @@ fn a_short_lived_container_shows_its_final_values_then_its_series_go() {
             cpu.is_some() && line("apptheus_container_memory_max_usage_bytes").is_some()
         },
     );
-    assert!(cpu.unwrap() >= 0.15, "final CPU {cpu:?}");
+    // Its whole CPU time but the few milliseconds before placement.
+    let cpu = cpu.unwrap();
+    assert!(
+        cpu >= truth * 0.8 && cpu <= truth * 1.02,
+        "final CPU {cpu}, rusage {truth}"
+    );
     let m = agent.metrics();
     let max = m
         .lines()
@@ -202,4 +209,11 @@ fn a_starter_replaced_on_disk_is_followed_without_a_signal() {
     agent.wait_for(WAIT, "the new starter to be attributed", || {
         value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
     });
+}
+
+/// CPU seconds of this process's reaped children, from getrusage.
+fn children_cpu_seconds() -> f64 {
+    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(r.user_time()) + t(r.system_time())
 }

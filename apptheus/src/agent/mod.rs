@@ -53,6 +53,9 @@ pub struct Agent {
     bpf_stats: Option<std::os::fd::OwnedFd>,
     /// The last error re-resolving the trusted paths, said once.
     trust_error: Option<String>,
+    /// Containers whose master closed its monitoring-socket connection,
+    /// and since when.
+    closing: HashMap<u64, Instant>,
     /// A container ended since the last publication: its final sample
     /// must be served before the next sampling tick, however far.
     publish_soon: bool,
@@ -178,6 +181,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bpf_stats: None,
         trust_error: None,
         publish_soon: false,
+        closing: HashMap::new(),
     };
     if agent.args.ebpf_stats && agent.kernel.is_some() {
         match crate::kernel::stats::enable() {
@@ -241,8 +245,11 @@ impl Agent {
                     tokio::task::block_in_place(|| self.sample());
                     ready.store(true, Ordering::Release);
                 }
-                _ = final_samples.tick(), if self.publish_soon => {
-                    tokio::task::block_in_place(|| self.publish());
+                _ = final_samples.tick(), if self.publish_soon || !self.closing.is_empty() => {
+                    self.end_closing();
+                    if self.publish_soon {
+                        tokio::task::block_in_place(|| self.publish());
+                    }
                 }
                 _ = sighup.recv() => self.reload_trust("SIGHUP"),
                 _ = trust_check.tick() => self.reload_trust("trusted path changed"),

@@ -1,6 +1,8 @@
 //! Connections of Apptainer's starters to the monitoring socket: one more
 //! witness of a container the kernel already attributes, or, without the
 //! kernel programs, the way containers are found at all.
+use std::time::{Duration, Instant};
+
 use super::{Agent, containers::NewContainer};
 use crate::{
     registry::{self, Source},
@@ -70,10 +72,43 @@ impl Agent {
             SocketEvent::Disconnected { conn } => {
                 if let Some(key) = self.socket_conns.remove(&conn) {
                     // The master closes its connection when the container
-                    // is cleaned up: the container ends.
-                    self.end_container(key);
+                    // is cleaned up, just before it exits itself: the
+                    // container ends once its last tasks are gone, or
+                    // after CLOSE_SETTLE at the latest.
+                    self.closing.insert(key, Instant::now());
+                    self.end_closing();
                 }
             }
         }
     }
+
+    /// Ends the containers whose master closed its connection, once their
+    /// tasks are gone (so the final sample has everything) or after
+    /// [`CLOSE_SETTLE`].
+    pub(super) fn end_closing(&mut self) {
+        let procfs = &self.args.procfs;
+        let done: Vec<u64> = self
+            .closing
+            .iter()
+            .filter(|(key, since)| {
+                let gone = match self.kernel.as_ref().and_then(|k| k.container(**key)) {
+                    Some(st) => st.live_tasks == 0,
+                    None => self
+                        .registry
+                        .get(**key)
+                        .is_none_or(|c| !procfs.join(c.starter_pid.to_string()).exists()),
+                };
+                gone || since.elapsed() >= CLOSE_SETTLE
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in done {
+            self.closing.remove(&key);
+            self.end_container(key);
+        }
+    }
 }
+
+/// Longest wait, after a master closed its connection, for its container's
+/// last tasks to exit before the container is ended anyway.
+const CLOSE_SETTLE: Duration = Duration::from_secs(2);
