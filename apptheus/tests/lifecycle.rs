@@ -66,6 +66,11 @@ fn two_hundred_starts_a_second_with_fork_storms_lose_nothing() {
                     .filter(|l| l.starts_with("apptheus_container_info{") && l.contains(&ended))
                     .count()
                     == per_thread * threads
+                && agent.log_text().matches("container exited").count() >= per_thread * threads
+                && m.lines()
+                    .filter(|l| l.starts_with("apptheus_container_forks_total{"))
+                    .count()
+                    >= per_thread * threads
         },
     );
     let m = agent.metrics();

@@ -156,8 +156,16 @@ fn an_untrusted_caller_is_rejected_and_nothing_is_registered() {
     ]);
     let sock = agent.socket_path();
     assert!(
-        run(Command::new(&other).args(["--socket", sock.to_str().unwrap(), "--", "/bin/true"]))
-            .success()
+        // Alive long enough to be verified (a caller gone before that is
+        // counted as an error, not a rejection).
+        run(Command::new(&other).args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "--",
+            "/bin/sleep",
+            "1"
+        ]))
+        .success()
     );
     agent.wait_for(WAIT, "the rejection to be counted", || {
         value(
