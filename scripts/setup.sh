@@ -41,7 +41,8 @@ packages=(
   gcc libc6-dev pkg-config ca-certificates
 )
 if [ "$want_test" = 1 ]; then
-  packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3)
+  packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3
+    qemu-system-x86)
 fi
 if [ "$want_package" = 1 ]; then
   packages+=(dpkg-dev debootstrap systemd-container)

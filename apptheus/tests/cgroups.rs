@@ -1,6 +1,7 @@
-//! Per-container cgroups on the real kernel (root; this machine's hybrid
-//! layout): placement beneath the original cgroup, limits that still hold,
-//! statistics against the truth, adoption after a crash, no leaks.
+//! Per-container cgroups on the real kernel (root; any cgroup layout:
+//! `cargo xtask vm-test` runs them under v1, hybrid and v2): placement
+//! beneath the original cgroup, limits that still hold, statistics against
+//! the truth, adoption after a crash, no leaks.
 mod common;
 
 use std::{
@@ -14,20 +15,30 @@ use common::*;
 const WAIT: Duration = Duration::from_secs(30);
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// A v1 memory cgroup made for a test, removed on drop.
+/// A memory cgroup (v1 or v2) made for a test, removed on drop.
 struct ParentCgroup(PathBuf);
 
 impl ParentCgroup {
-    fn memory(limit: Option<u64>) -> Self {
-        let dir = Path::new("/sys/fs/cgroup/memory").join(format!("atest-{}", unique()));
-        std::fs::create_dir(&dir).expect("create a v1 memory cgroup");
+    fn memory(mc: &MemoryController, limit: Option<u64>) -> Self {
+        let dir = mc.root.join(format!("atest-{}", unique()));
+        std::fs::create_dir(&dir).expect("create a memory cgroup");
         if let Some(l) = limit {
-            std::fs::write(dir.join("memory.limit_in_bytes"), l.to_string()).unwrap();
+            std::fs::write(dir.join(mc.limit_file()), l.to_string()).unwrap();
             // No swap to escape to, where the kernel accounts swap.
-            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), l.to_string());
+            let (file, value) = mc.swap_limit(l);
+            let _ = std::fs::write(dir.join(file), value);
         }
         Self(dir)
     }
+}
+
+/// The memory controller, or the test's skip (a failure in CI).
+fn memory_controller() -> Option<MemoryController> {
+    let mc = MemoryController::find();
+    if mc.is_none() {
+        apptheus::testing::skip("a memory controller in this cgroup layout");
+    }
+    mc
 }
 
 impl Drop for ParentCgroup {
@@ -81,11 +92,14 @@ fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
     if !privileged() {
         return;
     }
+    let Some(mc) = memory_controller() else {
+        return;
+    };
     let _serial = serial();
     let trust = TrustDir::new();
     let starter = trust.starter("starter");
     let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
-    let parent = ParentCgroup::memory(Some(64 << 20));
+    let parent = ParentCgroup::memory(&mc, Some(64 << 20));
 
     // Within the limit: runs, and is placed beneath the parent.
     let mut child = spawn_in(
@@ -93,27 +107,25 @@ fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
         &starter,
         &["--alloc-mib", "8", "--sleep", "2"],
     );
-    let id = wait_container(&agent, &starter, "apptheus_container_memory_usage_bytes");
+    // CPU statistics exist in every layout: the container's cgroups have
+    // been sampled once it has them.
+    let id = wait_container(
+        &agent,
+        &starter,
+        "apptheus_container_cpu_usage_seconds_total",
+    );
     let starter_pid = child.id();
-    let cgroup = std::fs::read_to_string(format!("/proc/{starter_pid}/cgroup")).unwrap();
     let parent_rel = format!("/{}", parent.0.file_name().unwrap().to_string_lossy());
-    let memory_line = cgroup
-        .lines()
-        .find(|l| l.split(':').nth(1) == Some("memory"))
-        .unwrap();
+    let memory_line = mc.cgroup_of(starter_pid).unwrap();
     assert!(
         memory_line.ends_with(&format!("{parent_rel}/apptheus-{id}")),
         "the container must sit beneath {parent_rel}: {memory_line}"
     );
     let m = agent.metrics();
-    assert_eq!(
-        value(
-            &m,
-            "apptheus_container_memory_limit_bytes",
-            &[("container_id", &id)]
-        ),
-        Some((64u64 << 20) as f64),
-        "the enclosing limit is the one in force\n{m}"
+    let limit = value(
+        &m,
+        "apptheus_container_memory_limit_bytes",
+        &[("container_id", &id)],
     );
     assert!(child.wait().unwrap().success());
 
@@ -127,6 +139,12 @@ fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
     assert!(
         !status.success(),
         "a 256 MiB allocation under a 64 MiB limit must fail"
+    );
+    assert_eq!(
+        limit,
+        Some((64u64 << 20) as f64),
+        "the enclosing limit is the one in force (none at all: the container's cgroup \
+         has no memory statistics)\n{m}"
     );
 }
 
@@ -168,17 +186,28 @@ fn cpu_seconds_match_the_workloads_rusage() {
         .unwrap_or(0.0);
         value(&m, "apptheus_container_tasks", &[("container_id", &id)]) == Some(0.0)
     });
+    // What ran before the agent placed the container (for at most its
+    // placement latency, which the agent reports, on every CPU) is charged
+    // to the cgroup it started in: a millisecond or two on a real machine,
+    // far more under the software emulation of `cargo xtask vm-test`.
+    let placement = value(
+        &agent.metrics(),
+        "apptheus_container_placement_seconds_sum",
+        &[],
+    )
+    .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let error = (reported - truth).abs() / truth;
     assert!(
-        error <= 0.02,
-        "reported {reported:.3} s, rusage {truth:.3} s: {:.2}% off",
+        reported <= truth * 1.02 && reported >= truth * 0.98 - placement * cpus,
+        "reported {reported:.3} s, rusage {truth:.3} s: {:.2}% off (placement took {placement:.3} s)",
         error * 100.0
     );
 }
 
 #[test]
 fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
-    if !privileged() {
+    if !privileged() || memory_controller().is_none() {
         return;
     }
     let _serial = serial();
@@ -194,7 +223,23 @@ fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
         &starter,
         &["--delay", "0.3", "--alloc-mib", "200", "--sleep", "3"],
     );
-    let id = wait_container(&agent, &starter, "apptheus_container_memory_rss_bytes");
+    let id = wait_container(
+        &agent,
+        &starter,
+        "apptheus_container_cpu_usage_seconds_total",
+    );
+    let m = agent.metrics();
+    if value(
+        &m,
+        "apptheus_container_memory_rss_bytes",
+        &[("container_id", &id)],
+    )
+    .is_none()
+    {
+        // Leave nothing running for the tests after this one.
+        let _ = child.wait();
+        panic!("no memory statistics for the container: its cgroup has no memory controller\n{m}");
+    }
     let mut rss = 0.0;
     agent.wait_for(WAIT, "rss to reach the allocation", || {
         rss = value(
@@ -235,7 +280,9 @@ fn a_restarted_agent_adopts_running_containers_and_leaves_nothing_behind() {
     let starter = trust.starter("starter");
     let flag = format!("--trust.path={}", starter.display());
     let mut first = Agent::start(&[&flag]);
-    let mut child = spawn_in(None, &starter, &["--sleep", "4"]);
+    // Long enough to outlive the restart, however slow the machine.
+    let sleep = format!("{}", 4.0 * time_scale());
+    let mut child = spawn_in(None, &starter, &["--sleep", &sleep]);
     let id = wait_container(&first, &starter, "apptheus_container_tasks");
 
     // A crash: no clean-up possible.

@@ -1,6 +1,7 @@
 //! Developer chores: `cargo xtask <command>`.
 mod bench;
 mod build_ebpf;
+mod vm;
 mod package;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ enum Command {
     /// Build the kernel programs (apptheus-ebpf) for bpfel-unknown-none, with
     /// BTF, and check the object.
     BuildEbpf(build_ebpf::Options),
+    /// Run the privileged integration tests in VMs: kernels x cgroup layouts.
+    VmTest(vm::Options),
     /// Measure overhead, attribution latency, scale and accuracy (root);
     /// results to BENCHMARKS.md.
     Bench(bench::Options),
@@ -27,6 +30,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(o) => build_ebpf::run(&o).map(|path| println!("{}", path.display())),
+        Command::VmTest(o) => vm::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::Package(o) => package::run(&o).map(|deb| println!("{}", deb.display())),
     }

@@ -15,6 +15,23 @@ use std::{
 pub const AGENT: &str = env!("CARGO_BIN_EXE_apptheus");
 pub const STARTER_SIM: &str = env!("CARGO_BIN_EXE_apptheus-starter-sim");
 
+/// How many times slower than a real machine this one runs: 1, unless
+/// APPTHEUS_TEST_TIME_SCALE says otherwise (the VMs of `cargo xtask
+/// vm-test` run under software emulation, about ten times slower). Time
+/// limits are multiplied by it; nothing the tests measure is.
+pub fn time_scale() -> f64 {
+    std::env::var("APPTHEUS_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 1.0)
+        .unwrap_or(1.0)
+}
+
+/// A time limit, stretched by [`time_scale`].
+pub fn scaled(d: Duration) -> Duration {
+    d.mul_f64(time_scale())
+}
+
 /// Tests that run an agent take this lock: two agents would adopt each
 /// other's cgroups.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -113,7 +130,7 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + scaled(Duration::from_secs(30));
         let addr = loop {
             if let Some(a) = log
                 .lock()
@@ -172,7 +189,7 @@ impl Agent {
 
     /// Polls `f` until true, or fails the test showing the agent's log.
     pub fn wait_for(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         while !f() {
             assert!(
                 Instant::now() < deadline,
@@ -191,7 +208,7 @@ impl Agent {
     /// SIGTERM, and the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
@@ -215,7 +232,7 @@ pub fn http_get(
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(scaled(Duration::from_secs(10))))?;
     let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -303,4 +320,72 @@ pub fn our_cgroup_dirs() -> Vec<PathBuf> {
     let mut out = Vec::new();
     walk(Path::new("/sys/fs/cgroup"), &mut out, 0);
     out
+}
+
+/// Where this host's memory controller is: the v1 `memory` hierarchy
+/// (hybrid and pure v1 layouts), or the cgroup2 mount when its root hands
+/// `memory` to its children (pure v2). Read from /proc/self/mountinfo, so
+/// it works on any layout and any mount point.
+pub struct MemoryController {
+    pub root: PathBuf,
+    pub v2: bool,
+}
+
+impl MemoryController {
+    /// None when no hierarchy offers the memory controller (e.g. kernels
+    /// built without CONFIG_MEMCG_V1 under a v1 or hybrid layout).
+    pub fn find() -> Option<Self> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            let (root, mountpoint) = (*left.get(3)?, PathBuf::from(left.get(4)?));
+            let (fstype, options) = (*right.first()?, *right.get(2)?);
+            if root != "/" {
+                return None;
+            }
+            let v1_memory = fstype == "cgroup" && options.split(',').any(|o| o == "memory");
+            let v2_memory = fstype == "cgroup2"
+                && std::fs::read_to_string(mountpoint.join("cgroup.subtree_control"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+            (v1_memory || v2_memory).then_some(Self {
+                root: mountpoint,
+                v2: v2_memory,
+            })
+        })
+    }
+
+    pub fn limit_file(&self) -> &'static str {
+        if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        }
+    }
+
+    /// The file that keeps memory from escaping to swap, and its value for
+    /// a limit of `limit` bytes.
+    pub fn swap_limit(&self, limit: u64) -> (&'static str, String) {
+        if self.v2 {
+            ("memory.swap.max", "0".into())
+        } else {
+            ("memory.memsw.limit_in_bytes", limit.to_string())
+        }
+    }
+
+    /// The cgroup of `pid` in this hierarchy, from /proc/<pid>/cgroup.
+    pub fn cgroup_of(&self, pid: u32) -> Option<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        text.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            let ours = if self.v2 {
+                controllers.is_empty()
+            } else {
+                controllers.split(',').any(|c| c == "memory")
+            };
+            ours.then(|| path.to_string())
+        })
+    }
 }
