@@ -1,8 +1,8 @@
 //! Developer chores: `cargo xtask <command>`.
 mod bench;
 mod build_ebpf;
-mod vm;
 mod package;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
