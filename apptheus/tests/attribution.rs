@@ -194,3 +194,104 @@ fn unshare_as_a_trusted_launcher() {
         "{m}"
     );
 }
+
+/// An OCI bundle whose root is an empty directory with the host's `/usr`
+/// bind-mounted read-only (and `/bin`, `/lib`... as the host has them:
+/// symlinks into usr on merged-usr systems, bind mounts otherwise).
+fn oci_bundle(dir: &Path, script: &str) {
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+    std::fs::create_dir_all(rootfs.join("proc")).unwrap();
+    let mut mounts = vec![
+        serde_json::json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        serde_json::json!({"destination": "/usr", "type": "bind", "source": "/usr",
+            "options": ["rbind", "ro", "nosuid", "nodev"]}),
+    ];
+    for top in ["bin", "sbin", "lib", "lib64", "lib32"] {
+        let host = Path::new("/").join(top);
+        match std::fs::read_link(&host) {
+            Ok(target) => std::os::unix::fs::symlink(target, rootfs.join(top)).unwrap(),
+            Err(_) if host.is_dir() => {
+                std::fs::create_dir(rootfs.join(top)).unwrap();
+                mounts.push(serde_json::json!({"destination": host, "type": "bind",
+                    "source": host, "options": ["rbind", "ro", "nosuid", "nodev"]}));
+            }
+            Err(_) => {}
+        }
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["/bin/sh", "-c", script],
+            "env": ["PATH=/usr/bin:/bin"],
+            "cwd": "/",
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "apptheus-test",
+        "mounts": mounts,
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]},
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+/// runc, from Debian's package, trusted as a starter: each `runc run` is a
+/// container, and everything the workload does inside runc's namespaces is
+/// counted. runc's own work (its re-exec, `runc init`, nsexec's clones) is
+/// the same in both runs, so the difference between a workload running
+/// /bin/true ten times and one running it no times is exactly ten execs
+/// and ten forks.
+#[test]
+fn runc_as_a_trusted_launcher() {
+    if !privileged() {
+        return;
+    }
+    let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+    let Some(runc) = runc else {
+        apptheus::testing::skip("runc (Debian package runc; scripts/setup.sh --test installs it)");
+        return;
+    };
+    let _serial = serial();
+    let mut counts = Vec::new();
+    for (n, trues) in [0usize, 10].into_iter().enumerate() {
+        // An agent per run: its only container is runc's.
+        let agent = Agent::start(&[&format!("--trust.path={}", runc.display())]);
+        let bundle = tempfile::Builder::new()
+            .prefix("apptheus-oci-")
+            .tempdir()
+            .unwrap();
+        oci_bundle(
+            bundle.path(),
+            &format!("{}exit 0", "/bin/true; ".repeat(trues)),
+        );
+        let name = format!("apptheus-test-{}-{n}", std::process::id());
+        let status = run(Command::new(runc)
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(&name));
+        assert!(status.success(), "runc run failed");
+        let id = wait_counter(&agent, runc, "apptheus_container_tasks", 0.0);
+        let m = agent.metrics();
+        let get = |metric| {
+            value(&m, metric, &[("container_id", &id)])
+                .unwrap_or_else(|| panic!("{metric} for {id} in\n{m}"))
+        };
+        counts.push((
+            get("apptheus_container_execs_total"),
+            get("apptheus_container_forks_total"),
+        ));
+    }
+    eprintln!("runc containers (execs, forks): {counts:?}");
+    let (execs0, forks0) = counts[0];
+    let (execs10, forks10) = counts[1];
+    assert!(
+        execs0 >= 1.0,
+        "the workload's sh was not counted: {counts:?}"
+    );
+    assert_eq!(execs10 - execs0, 10.0, "{counts:?}");
+    assert_eq!(forks10 - forks0, 10.0, "{counts:?}");
+}

@@ -107,6 +107,15 @@ pub static UNDER_EMULATION: &[Skip] = &[
     },
 ];
 
+/// Never run in the VMs: they need what the initramfs does not carry.
+pub static HOST_ONLY: &[Skip] = &[Skip {
+    test: "attribution::runc_as_a_trusted_launcher",
+    why: "needs runc (a Go binary with its own libraries) and an OCI bundle built on the \
+          host's /usr, which the busybox initramfs does not have; attribution by file \
+          identity and whole-tree tracking are checked by the other attribution tests in \
+          every cell, and runc itself adds nothing kernel-specific",
+}];
+
 /// Left out with `--quick` (CI), for time.
 pub static SLOW: &[Skip] = &[Skip {
     test: "cgroups::a_thousand_container_cycles_leave_no_cgroup_behind",

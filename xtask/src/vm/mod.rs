@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    exceptions::{EXCEPTIONS, SLOW, Skip, UNDER_EMULATION},
+    exceptions::{EXCEPTIONS, HOST_ONLY, SLOW, Skip, UNDER_EMULATION},
     json::Json,
     kernels::Kernel,
     report::Verdict,
@@ -238,7 +238,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
 /// The tests of `tests` left out of this run.
 fn skipped(o: &Options, tests: &[String]) -> Vec<&'static Skip> {
-    let mut out: Vec<&'static Skip> = Vec::new();
+    let mut out: Vec<&'static Skip> = HOST_ONLY.iter().collect();
     if !o.all_tests {
         out.extend(UNDER_EMULATION);
     }
