@@ -120,6 +120,15 @@ pub struct Args {
     )]
     pub log_format: LogFormat,
 
+    /// On cgroup v2, once a container's tasks have left its starter's cgroup
+    /// and no other process is left there, enable the memory, io, pids and
+    /// cpu controllers in that cgroup's cgroup.subtree_control, so that the
+    /// container's own cgroup has those statistics (limits on the starter's
+    /// cgroup keep holding; apptheus disables them again when the cgroup has
+    /// no child left). false: never write a cgroup.subtree_control.
+    #[arg(long = "cgroup.enable-controllers", value_name = "BOOL", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub cgroup_enable_controllers: bool,
+
     /// procfs mount point.
     #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
     pub procfs: PathBuf,

@@ -127,7 +127,39 @@ fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
         "apptheus_container_memory_limit_bytes",
         &[("container_id", &id)],
     );
+    let subtree_control = parent.0.join("cgroup.subtree_control");
+    if mc.v2 {
+        // Pure v2: placement emptied the starter's cgroup, which then gives
+        // the container's cgroup every controller it can; the statistics
+        // come from the container's own cgroup.
+        let available = std::fs::read_to_string(parent.0.join("cgroup.controllers")).unwrap();
+        let own = parent.0.join(format!("apptheus-{id}"));
+        for (controller, file) in [
+            ("memory", "memory.current"),
+            ("pids", "pids.current"),
+            ("io", "io.stat"),
+        ] {
+            if available.split_whitespace().any(|c| c == controller) {
+                assert!(
+                    own.join(file).exists(),
+                    "{controller}: no {file} in {}",
+                    own.display()
+                );
+            }
+        }
+        assert!(
+            value(&m, "apptheus_container_pids", &[("container_id", &id)]).is_some(),
+            "{m}"
+        );
+    }
     assert!(child.wait().unwrap().success());
+    if mc.v2 {
+        // ...and takes them back once the container is gone, so that the
+        // starter's cgroup can hold processes again.
+        agent.wait_for(WAIT, "the starter's cgroup to be as it was", || {
+            std::fs::read_to_string(&subtree_control).is_ok_and(|s| s.trim().is_empty())
+        });
+    }
 
     // Past the limit: the enclosing cgroup's limit still stops it.
     let mut child = spawn_in(
@@ -207,19 +239,25 @@ fn cpu_seconds_match_the_workloads_rusage() {
 
 #[test]
 fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
-    if !privileged() || memory_controller().is_none() {
+    if !privileged() {
         return;
     }
+    let Some(mc) = memory_controller() else {
+        return;
+    };
     let _serial = serial();
     let trust = TrustDir::new();
     let starter = trust.starter("starter");
     let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    // The starter alone in its cgroup, as under `srun apptainer ...`: on
+    // cgroup v2 the container's cgroup then gets the memory controller.
+    let parent = ParentCgroup::memory(&mc, None);
 
     // Memory touched before the agent has placed the container stays
     // charged to the enclosing cgroup (cgroup v1 does not move charges);
     // the delay stands for Apptainer's own set-up time before its workload.
     let mut child = spawn_in(
-        None,
+        Some(&parent),
         &starter,
         &["--delay", "0.3", "--alloc-mib", "200", "--sleep", "3"],
     );

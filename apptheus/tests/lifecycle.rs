@@ -136,13 +136,16 @@ fn a_short_lived_container_shows_its_final_values_then_its_series_go() {
     ]);
     // Let the first sample pass.
     std::thread::sleep(Duration::from_millis(200));
+    // The delay (Apptainer's set-up) lets placement finish before the
+    // workload spins; software emulation (vm-test) stretches placement.
+    let delay = format!("{}", 0.05 * time_scale());
     let mut child = Command::new(&starter)
         .args(["--no-namespaces", "--"])
         .arg(&starter)
         .args([
             "workload",
             "--delay",
-            "0.05",
+            &delay,
             "--spin",
             "0.2",
             "--alloc-mib",

@@ -66,6 +66,11 @@ fn without_ebpf_the_whole_tree_is_attributed_through_the_socket() {
     assert!(agent.log_text().contains("mode=socket"));
 
     let sock = agent.socket_path();
+    // The delay stands for Apptainer's set-up before the workload runs: the
+    // master connects and is placed meanwhile, even under the software
+    // emulation of `cargo xtask vm-test`, where the time from the fork to
+    // the connection (which placement_seconds does not cover) was seen to
+    // take from 0.1 s to over 0.3 s.
     let mut child = Command::new(&starter)
         .args([
             "--socket",
@@ -73,6 +78,8 @@ fn without_ebpf_the_whole_tree_is_attributed_through_the_socket() {
             "--",
             starter.to_str().unwrap(),
             "workload",
+            "--delay",
+            "1",
             "--spin",
             "1",
             "--sleep",

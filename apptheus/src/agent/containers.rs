@@ -1,12 +1,13 @@
 //! A container's life in the agent: registered, placed in its cgroups,
 //! sampled, ended (final sample, cgroups removed), expired.
-use std::time::Instant;
+use std::{path::Path, time::Instant};
 
 use apptheus_common::{ContainerState, FileId};
 
 use super::Agent;
 use crate::{
     cgroup::{
+        delegation,
         placement::{self, Placer},
         stats::ContainerCgroups,
     },
@@ -126,6 +127,9 @@ impl Agent {
                     self.metrics.placement_seconds.observe(elapsed.max(0.0));
                     tracing::debug!(container_id = %id, moved = p.moved, passes = p.passes,
                         seconds = elapsed, "container placed");
+                    if let Some(dir) = &cg.v2 {
+                        self.delegate(&id, dir);
+                    }
                 } else {
                     tracing::warn!(container_id = %id, passes = p.passes,
                         "container still forking tasks outside its cgroup; will retry");
@@ -142,6 +146,59 @@ impl Agent {
             c.cgroups = Some(cg);
             c.placed = placed;
         }
+    }
+
+    /// cgroup v2: gives the container's cgroup the controllers its
+    /// statistics need, if its parent (the starter's cgroup) can.
+    fn delegate(&mut self, id: &str, dir: &Path) {
+        if !self.args.cgroup_enable_controllers {
+            return;
+        }
+        let Some(parent) = dir.parent() else { return };
+        // Never the root cgroup: that would change the whole host.
+        if self
+            .placer
+            .as_ref()
+            .and_then(|p| p.v2_root())
+            .is_none_or(|root| root == parent)
+        {
+            return;
+        }
+        match delegation::enable(parent) {
+            Ok(enabled) if enabled.is_empty() => {}
+            Ok(enabled) => {
+                tracing::info!(container_id = %id, cgroup = %parent.display(), controllers = ?enabled,
+                    "enabled controllers in the starter's cgroup for the container's statistics");
+                let entry = self.delegated.entry(parent.to_path_buf()).or_default();
+                entry.extend(enabled);
+            }
+            Err(e @ delegation::DelegationError::Occupied { .. }) => {
+                tracing::info!(container_id = %id, reason = %e,
+                    "the container's cgroup gets no memory, io or pids controller; those statistics are left out for it");
+            }
+            Err(e) => {
+                tracing::warn!(container_id = %id, error = %e,
+                    "cannot enable controllers for the container's cgroup; its memory, io and pids statistics are left out");
+            }
+        }
+    }
+
+    /// Disables the controllers apptheus enabled in starters' cgroups
+    /// that have no child cgroup left.
+    fn release_delegated(&mut self) {
+        self.delegated
+            .retain(|parent, controllers| match delegation::release(parent, controllers) {
+                Ok(released) => {
+                    if released {
+                        tracing::debug!(cgroup = %parent.display(), controllers = ?controllers, "disabled the controllers apptheus had enabled");
+                    }
+                    !released
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %parent.display(), error = %e, "cannot disable the controllers apptheus had enabled");
+                    false
+                }
+            });
     }
 
     /// Tells the network collector which cgroup2 id is the container's:
@@ -213,6 +270,7 @@ impl Agent {
             tracing::debug!(container_id = %id, dirs = ?busy, "cgroups still busy; removal retried at the next sample");
             self.pending_removal.extend(busy);
         }
+        self.release_delegated();
     }
 
     /// Retries removal of cgroups that were busy (tasks not yet reaped).
@@ -226,6 +284,9 @@ impl Agent {
                     true
                 }
             });
+        if !self.delegated.is_empty() {
+            self.release_delegated();
+        }
     }
 
     /// Reads the kernel counters and cgroup statistics of one container.

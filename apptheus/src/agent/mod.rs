@@ -59,6 +59,10 @@ pub struct Agent {
     /// A container ended since the last publication: its final sample
     /// must be served before the next sampling tick, however far.
     publish_soon: bool,
+    /// Starters' cgroups (cgroup v2) where apptheus enabled controllers
+    /// for a container's cgroup, and which: disabled again once they have
+    /// no child cgroup left.
+    delegated: std::collections::BTreeMap<std::path::PathBuf, Vec<String>>,
 }
 
 /// How soon after a container ends its final sample is served.
@@ -182,6 +186,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         trust_error: None,
         publish_soon: false,
         closing: HashMap::new(),
+        delegated: Default::default(),
     };
     if agent.args.ebpf_stats && agent.kernel.is_some() {
         match crate::kernel::stats::enable() {

@@ -1,4 +1,5 @@
 //! cgroups: the host's layout, a cgroup per container, and its statistics.
+pub mod delegation;
 pub mod families;
 pub mod files;
 pub mod layout;

@@ -110,6 +110,14 @@ impl Placer {
         }
     }
 
+    /// Where cgroup2 is mounted, if it is.
+    pub fn v2_root(&self) -> Option<&Path> {
+        self.hierarchies
+            .iter()
+            .find(|h| h.is_v2())
+            .map(|h| h.mountpoint.as_path())
+    }
+
     fn proc_cgroups(&self, pid: u32) -> Result<procfile::ProcCgroups, PlaceError> {
         let text = std::fs::read_to_string(self.procfs.join(pid.to_string()).join("cgroup"))
             .map_err(|source| PlaceError::ProcCgroup { pid, source })?;

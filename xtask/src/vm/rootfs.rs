@@ -1,6 +1,6 @@
 //! The VMs' root filesystem, one initramfs for every kernel and layout:
-//! busybox for the init script, the tools the tests run (sh, true, unshare,
-//! python3 with its standard library) with the shared libraries `ldd`
+//! busybox for the init script, the tools the tests run (sh, true, sleep,
+//! unshare, python3 with its standard library) with the shared libraries `ldd`
 //! names, and the test binaries, the agent and the starter simulator at
 //! the absolute paths compiled into the tests (debug info stripped).
 //! Rebuilt only when an input changes (size, mtime or content).
@@ -39,6 +39,10 @@ const APPLETS: &[&str] = &[
     "date", "ip", "dmesg", "grep", "awk", "tail", "head", "uname", "tr", "sed", "stat", "rm",
     "sync", "wc", "find", "ps",
 ];
+
+/// What the tests run by path, besides python3 (grep the tests for
+/// `Command::new` when adding one).
+const TOOLS: &[&str] = &["/bin/sh", "/bin/true", "/bin/sleep", "/usr/bin/unshare"];
 
 /// Parts of python's standard library the tests never import.
 const PYTHON_SKIP: &[&str] = &[
@@ -348,8 +352,7 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<bool> {
     t.data("/etc/hosts", 0o644, "127.0.0.1 localhost\n::1 localhost\n");
     t.data("/etc/hostname", 0o644, "apptheus-vm\n");
 
-    // What the tests run by name or path.
-    for tool in ["/bin/sh", "/bin/true", "/usr/bin/unshare"] {
+    for tool in TOOLS {
         t.elf(Path::new(tool))
             .with_context(|| format!("{tool} is needed in the VM"))?;
     }
