@@ -29,3 +29,5 @@ step "cargo test"
 cargo test --locked --no-fail-fast
 step "cargo xtask bench --smoke (every benchmark, tiny sizes)"
 cargo xtask bench --smoke
+step "cargo xtask vm-test --quick (privileged tests in VMs: Linux 5.10, 6.1, 6.12 x cgroup v1, hybrid, v2)"
+cargo xtask vm-test --quick --jobs 2
