@@ -95,11 +95,15 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    pub fn new(families: Vec<MetricFamily>) -> Result<Self, EncodeError> {
-        let text = encode(&families, Format::Text)?;
-        let openmetrics_body = encode_openmetrics_body(&families).into_bytes();
+    /// Encodes `families`, keeping them only if `keep`.
+    pub fn new(families: Vec<MetricFamily>, keep: bool) -> Result<Self, EncodeError> {
+        let mut text = encode(&families, Format::Text)?;
+        let mut openmetrics_body = encode_openmetrics_body(&families).into_bytes();
+        // Held until the next sample: without the slack of their growth.
+        text.shrink_to_fit();
+        openmetrics_body.shrink_to_fit();
         Ok(Self {
-            families,
+            families: if keep { families } else { Vec::new() },
             text,
             openmetrics_body,
         })

@@ -30,6 +30,9 @@ pub struct AgentMetrics {
     pub push_failures: IntCounterVec,
     /// The latest per-container families, replaced whole at each sample.
     containers_families: RwLock<Arc<Encoded>>,
+    /// Whether the container families are kept next to their encodings
+    /// (pushing needs them; scrapes only need the bytes).
+    keep_families: std::sync::atomic::AtomicBool,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -140,6 +143,7 @@ impl AgentMetrics {
             pushes,
             push_failures,
             containers_families: RwLock::new(Arc::new(Encoded::default())),
+            keep_families: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -150,10 +154,21 @@ impl AgentMetrics {
         }
     }
 
+    /// Nothing pushes: [`AgentMetrics::gather`] need not include the
+    /// containers, whose families then are not kept once encoded (at
+    /// 10,000 containers they take more memory than their encodings).
+    pub fn scrapes_only(&self) {
+        self.keep_families
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Replaces the per-container families with a new sample, encoded
     /// once here so that scrapes only copy bytes.
     pub fn publish(&self, families: Vec<MetricFamily>) {
-        let encoded = match Encoded::new(families) {
+        let keep = self
+            .keep_families
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let encoded = match Encoded::new(families, keep) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(error = %e, "encoding the container sample failed; keeping the previous one");
@@ -164,7 +179,15 @@ impl AgentMetrics {
             .containers_families
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = Arc::new(encoded);
+        let old = std::mem::replace(&mut *guard, Arc::new(encoded));
+        drop(guard);
+        // Large samples leave large freed buffers behind; glibc keeps them
+        // unless asked (the threshold keeps small nodes from paying for it).
+        let large = old.text.len() > 4 << 20;
+        drop(old);
+        if large {
+            crate::memory::release_free_heap();
+        }
     }
 
     fn containers(&self) -> Arc<Encoded> {
@@ -174,7 +197,8 @@ impl AgentMetrics {
             .clone()
     }
 
-    /// Everything to expose, sorted by name.
+    /// Everything to expose, sorted by name; the containers' families are
+    /// left out after [`AgentMetrics::scrapes_only`].
     pub fn gather(&self) -> Vec<MetricFamily> {
         let mut all = self.registry.gather();
         all.extend(self.containers().families.iter().cloned());
@@ -252,5 +276,36 @@ mod tests {
         m.publish(Vec::new());
         let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
         assert!(!text.contains("apptheus_container_pids"), "{text}");
+    }
+
+    #[test]
+    fn without_pushing_the_sample_is_served_but_not_gathered() {
+        let publish = |m: &AgentMetrics| {
+            let mut f = crate::families::Families::default();
+            f.gauge(
+                "apptheus_container_pids",
+                "Pids.",
+                &[("container_id", "1-2")],
+                3.0,
+            );
+            m.publish(f.into_vec());
+        };
+        let gathered = |m: &AgentMetrics| {
+            m.gather()
+                .iter()
+                .any(|f| f.name() == "apptheus_container_pids")
+        };
+        let pushing = AgentMetrics::new();
+        publish(&pushing);
+        assert!(gathered(&pushing));
+        let m = AgentMetrics::new();
+        m.scrapes_only();
+        publish(&m);
+        assert!(!gathered(&m));
+        let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
+        assert!(
+            text.contains("apptheus_container_pids{container_id=\"1-2\"} 3\n"),
+            "{text}"
+        );
     }
 }

@@ -320,6 +320,10 @@ impl Agent {
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
+        // Ended while a sample was under way: its final sample is taken.
+        if c.phase != Phase::Running {
+            return;
+        }
         let mut sample = c.sample.take().unwrap_or_default();
         if kernel.is_some() {
             sample.kernel = kernel;

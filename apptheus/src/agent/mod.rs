@@ -68,6 +68,10 @@ pub struct Agent {
 /// How soon after a container ends its final sample is served.
 const FINAL_SAMPLE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Containers sampled between two looks at pending kernel events (a
+/// container's sample takes a few hundred microseconds).
+const EVENTS_EVERY: usize = 16;
+
 /// How often the trusted paths are re-resolved without a SIGHUP.
 const TRUST_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -168,7 +172,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
     // Pushing (optional) runs in its own tasks: it never delays sampling.
-    let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
+    let push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
+    if push_tasks.is_empty() {
+        metrics.scrapes_only();
+    }
 
     let placer = Some(Placer::new(&host.layout, &args.procfs));
     let mut agent = Agent {
@@ -247,7 +254,7 @@ impl Agent {
                 _ = tick.tick() => {
                     // Sampling reads thousands of cgroup files: let the
                     // runtime move HTTP and socket work off this thread.
-                    tokio::task::block_in_place(|| self.sample());
+                    tokio::task::block_in_place(|| self.sample(&mut events));
                     ready.store(true, Ordering::Release);
                 }
                 _ = final_samples.tick(), if self.publish_soon || !self.closing.is_empty() => {
@@ -292,11 +299,19 @@ impl Agent {
         }
     }
 
-    fn sample(&mut self) {
+    /// Samples every running container. Kernel events that arrive
+    /// meanwhile are handled between containers, so that a sample of
+    /// thousands of containers does not hold up the placement of new ones.
+    fn sample(&mut self, events: &mut mpsc::Receiver<KernelEvent>) {
         let started = Instant::now();
         self.reconcile();
         let keys: Vec<u64> = self.registry.running().map(|c| c.key).collect();
-        for key in keys {
+        for (i, key) in keys.into_iter().enumerate() {
+            if i % EVENTS_EVERY == EVENTS_EVERY - 1 {
+                while let Ok(ev) = events.try_recv() {
+                    self.on_kernel_event(ev);
+                }
+            }
             self.sample_container(key);
         }
         self.end_empty_containers();
