@@ -1,6 +1,51 @@
-//! A process tree from /proc, for attribution without the kernel programs
-//! (socket mode): the starter's descendants, found by parent pid.
+//! A process tree from /proc: the starter's descendants, for attribution
+//! without the kernel programs (socket mode) and as placement's first,
+//! cheap guess of a container's tasks.
 use std::{collections::BTreeMap, path::Path};
+
+/// Processes a tree walk collects at most.
+const MAX_TREE: usize = 1_000_000;
+
+/// `root` and its descendants through the kernel's per-thread `children`
+/// files (/proc/<pid>/task/<tid>/children): work in proportion to the tree,
+/// not to every process on the node. None when the kernel has no such
+/// files (CONFIG_PROC_CHILDREN unset) or `root` is gone.
+pub fn tree_by_children(procfs: &Path, root: u32) -> Option<Vec<u32>> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() && out.len() < MAX_TREE {
+        let pid = out[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(procfs.join(pid.to_string()).join("task")) else {
+            if pid == root {
+                return None;
+            }
+            continue;
+        };
+        let mut any_children_file = false;
+        for t in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(t.path().join("children")) else {
+                continue;
+            };
+            any_children_file = true;
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok())
+                    .filter(|c| *c != root),
+            );
+        }
+        if pid == root && !any_children_file {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// `root` and its descendants: [`tree_by_children`] where the kernel
+/// allows, else [`descendants`].
+pub fn tree(procfs: &Path, root: u32) -> Vec<u32> {
+    tree_by_children(procfs, root).unwrap_or_else(|| descendants(procfs, root))
+}
 
 /// Parses the parent pid out of /proc/<pid>/stat text. The command name
 /// (field 2) may hold spaces and parentheses, so fields are counted from
@@ -32,7 +77,7 @@ pub fn descendants(procfs: &Path, root: u32) -> Vec<u32> {
     }
     let mut out = vec![root];
     let mut i = 0;
-    while i < out.len() && out.len() < 1_000_000 {
+    while i < out.len() && out.len() < MAX_TREE {
         if let Some(c) = children.get(&out[i]) {
             out.extend(c.iter().copied().filter(|p| *p != root));
         }
@@ -65,5 +110,56 @@ mod tests {
         let _ = child.wait();
         assert_eq!(d[0], me);
         assert!(d.contains(&child.id()), "{d:?}");
+    }
+
+    fn fixture(tree: &[(u32, u32, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (pid, tid, children) in tree {
+            let task = d.path().join(format!("{pid}/task/{tid}"));
+            std::fs::create_dir_all(&task).unwrap();
+            std::fs::write(task.join("children"), children).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn tree_by_children_follows_every_threads_children() {
+        // 10 forks 11 from its main thread and 12 from thread 15; 11 forks
+        // 13; 14 is not ours; a bogus entry and a loop back to the root
+        // are ignored.
+        let d = fixture(&[
+            (10, 10, "11 "),
+            (10, 15, "12 x 10"),
+            (11, 11, "13\n"),
+            (12, 12, ""),
+            (14, 14, "16"),
+        ]);
+        let mut t = tree_by_children(d.path(), 10).unwrap();
+        t.sort_unstable();
+        assert_eq!(t, [10, 11, 12, 13]);
+        // 13 has no /proc entry (exited meanwhile): still listed, as the
+        // kernel listed it; placing it finds it gone.
+    }
+
+    #[test]
+    fn tree_by_children_is_none_without_the_kernels_children_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("10/task/10")).unwrap();
+        assert_eq!(tree_by_children(d.path(), 10), None);
+        assert_eq!(tree_by_children(d.path(), 99), None);
+    }
+
+    #[test]
+    fn tree_finds_own_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id();
+        let t = tree(Path::new("/proc"), me);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(t[0], me);
+        assert!(t.contains(&child.id()), "{t:?}");
     }
 }

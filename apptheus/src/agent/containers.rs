@@ -8,7 +8,7 @@ use super::Agent;
 use crate::{
     cgroup::{
         delegation,
-        placement::{self, Placer},
+        placement::{self, Placed, Placer},
         stats::ContainerCgroups,
     },
     collectors::Collector,
@@ -116,10 +116,20 @@ impl Agent {
         };
         let kernel = self.kernel.as_ref();
         let procfs = self.args.procfs.clone();
-        let result = placer.place(&cg, || match kernel {
-            Some(k) => k.tasks_of(key),
-            None => crate::proctree::descendants(&procfs, starter_pid),
-        });
+        // First the starter's process tree (work in proportion to the
+        // container); the kernel's map of every attributed task on the
+        // node is walked only if that left a task outside, e.g. one
+        // re-parented away (daemonized).
+        let mut result = placer.place(&cg, || crate::proctree::tree(&procfs, starter_pid));
+        if let (Ok(first), Some(k)) = (&result, kernel)
+            && !(first.complete && all_inside(k, key, &cg))
+        {
+            result = placer.place(&cg, || k.tasks_of(key)).map(|p| Placed {
+                moved: p.moved + first.moved,
+                passes: p.passes + first.passes,
+                complete: p.complete,
+            });
+        }
         let placed = match result {
             Ok(p) => {
                 let elapsed = registry::boot_time_now().as_secs_f64() - boot_ns as f64 / 1e9;
@@ -447,4 +457,15 @@ fn owner_uid(procfs: &std::path::Path, pid: u32, tids: &[u32]) -> u32 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Whether the container's cgroup holds as many tasks as the kernel
+/// attributes to the container (then none is left outside).
+fn all_inside(k: &crate::kernel::Kernel, key: u64, cg: &ContainerCgroups) -> bool {
+    let Some(state) = k.container(key) else {
+        return false;
+    };
+    Placer::dirs(cg)
+        .first()
+        .is_some_and(|d| placement::threads(d).len() as u64 == state.live_tasks)
 }

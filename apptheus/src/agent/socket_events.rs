@@ -43,7 +43,7 @@ impl Agent {
                         }
                         if let Some(k) = self.kernel.as_mut() {
                             // Follow the tree from here on in the kernel too.
-                            let tids = crate::proctree::descendants(&self.args.procfs, pid);
+                            let tids = crate::proctree::tree(&self.args.procfs, pid);
                             let state = apptheus_common::ContainerState {
                                 start_boot_ns: boot_ns,
                                 starter_tgid: pid,
