@@ -706,7 +706,7 @@ impl Report {
             "<!-- bench:begin (written by `cargo xtask bench`) -->\n## Agent benchmarks\n\n",
         );
         o.push_str(&format!(
-            "Reproduce: `sudo cargo xtask bench`{}. Machine: {}, {} cores, {} MiB, Linux {}, {} build, {}; load average at the end of the run: {}.\n\n",
+            "Reproduce: `sudo cargo xtask bench`{}. Machine: {}, {} cores, {} MiB, Linux {}, {} build, {}; load average at the end of the run: {}; cgroup mounts with `favordynmods`: {}.\n\n",
             if smoke { " --smoke (tiny sizes: not a measurement)" } else { "" },
             cpu,
             sh("nproc", &[]),
@@ -715,6 +715,7 @@ impl Report {
             profile,
             sh("date", &["-u", "+%Y-%m-%d"]),
             sh("cut", &["-d", " ", "-f", "1-3", "/proc/loadavg"]),
+            favordynmods(),
         ));
         o.push_str("### Overhead on workloads inside an attributed container (agent loaded vs not, alternating rounds)\n\n| workload | without agent (us/op) | with agent (us/op) | slower by | target |\n|---|---|---|---|---|\n");
         for (n, a, b, p, t) in &self.overhead {
@@ -756,6 +757,27 @@ impl Report {
         }
         o.push_str("<!-- bench:end -->\n");
         o
+    }
+}
+
+/// Which cgroup mounts have `favordynmods` (it makes cgroup migrations
+/// skip an RCU grace period, and so changes placement latency), or "none".
+fn favordynmods() -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let with: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3
+                && f[2].starts_with("cgroup")
+                && f[3].split(',').any(|o| o == "favordynmods"))
+            .then_some(f[1])
+        })
+        .collect();
+    if with.is_empty() {
+        "none".into()
+    } else {
+        with.join(", ")
     }
 }
 
