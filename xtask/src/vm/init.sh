@@ -23,7 +23,8 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+# /tmp stays the initramfs' own directory (mode 1777): a tmpfs mounted
+# there would hide test binaries of a workspace under /tmp.
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mount -t bpf -o mode=700 bpf /sys/fs/bpf
 ip link set lo up
