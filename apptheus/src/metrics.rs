@@ -248,9 +248,8 @@ mod tests {
         assert!(labels.contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
     }
 
-    #[test]
-    fn a_published_sample_is_served_in_both_formats_with_one_eof() {
-        let m = AgentMetrics::new();
+    /// Publishes a sample of one container with 3 pids.
+    fn publish_pids(m: &AgentMetrics) {
         let mut f = crate::families::Families::default();
         f.gauge(
             "apptheus_container_pids",
@@ -259,6 +258,12 @@ mod tests {
             3.0,
         );
         m.publish(f.into_vec());
+    }
+
+    #[test]
+    fn a_published_sample_is_served_in_both_formats_with_one_eof() {
+        let m = AgentMetrics::new();
+        publish_pids(&m);
         let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
         assert!(text.contains("apptheus_build_info{"), "{text}");
         assert!(
@@ -280,27 +285,17 @@ mod tests {
 
     #[test]
     fn without_pushing_the_sample_is_served_but_not_gathered() {
-        let publish = |m: &AgentMetrics| {
-            let mut f = crate::families::Families::default();
-            f.gauge(
-                "apptheus_container_pids",
-                "Pids.",
-                &[("container_id", "1-2")],
-                3.0,
-            );
-            m.publish(f.into_vec());
-        };
         let gathered = |m: &AgentMetrics| {
             m.gather()
                 .iter()
                 .any(|f| f.name() == "apptheus_container_pids")
         };
         let pushing = AgentMetrics::new();
-        publish(&pushing);
+        publish_pids(&pushing);
         assert!(gathered(&pushing));
         let m = AgentMetrics::new();
         m.scrapes_only();
-        publish(&m);
+        publish_pids(&m);
         assert!(!gathered(&m));
         let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
         assert!(

@@ -218,10 +218,3 @@ fn a_starter_replaced_on_disk_is_followed_without_a_signal() {
         value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
     });
 }
-
-/// CPU seconds of this process's reaped children, from getrusage.
-fn children_cpu_seconds() -> f64 {
-    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
-    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-    t(r.user_time()) + t(r.system_time())
-}
