@@ -396,18 +396,3 @@ pub fn children_cpu_seconds() -> f64 {
     let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
     t(r.user_time()) + t(r.system_time())
 }
-
-/// CPU seconds (user and system) a live process has used so far, from
-/// /proc/<pid>/stat; 0 if it is gone.
-pub fn process_cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    // After the command: state (field 3) first, utime (14) and stime (15).
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / apptheus::cgroup::stats::user_hz() as f64
-}
