@@ -103,7 +103,12 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         sleeper: trust.sleeper.clone(),
     };
 
-    let mut report = Report::default();
+    let mut report = Report {
+        load_before: std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+        ..Report::default()
+    };
     let wanted = |name: &str| o.only.is_empty() || o.only.iter().any(|n| n == name);
     if wanted("overhead") {
         overhead(&ctx, &sizes, &mut report)?;
@@ -344,6 +349,8 @@ struct Report {
     accuracy: Vec<(String, f64, f64, f64, &'static str)>,
     /// What could not be measured, and why.
     notes: Vec<String>,
+    /// /proc/loadavg's three averages when the run began.
+    load_before: String,
 }
 
 /// Storms inside an attributed container, agent loaded vs not, alternating.
@@ -706,7 +713,7 @@ impl Report {
             "<!-- bench:begin (written by `cargo xtask bench`) -->\n## Agent benchmarks\n\n",
         );
         o.push_str(&format!(
-            "Reproduce: `sudo cargo xtask bench`{}. Machine: {}, {} cores, {} MiB, Linux {}, {} build, {}; load average at the end of the run: {}; cgroup mounts with `favordynmods`: {}.\n\n",
+            "Reproduce: `sudo cargo xtask bench`{}. Machine: {}, {} cores, {} MiB, Linux {}, {} build, {}; load average when the run began: {}; cgroup mounts with `favordynmods`: {}.\n\n",
             if smoke { " --smoke (tiny sizes: not a measurement)" } else { "" },
             cpu,
             sh("nproc", &[]),
@@ -714,7 +721,7 @@ impl Report {
             sh("uname", &["-r"]),
             profile,
             sh("date", &["-u", "+%Y-%m-%d"]),
-            sh("cut", &["-d", " ", "-f", "1-3", "/proc/loadavg"]),
+            self.load_before,
             favordynmods(),
         ));
         o.push_str("### Overhead on workloads inside an attributed container (agent loaded vs not, alternating rounds)\n\n| workload | without agent (us/op) | with agent (us/op) | slower by | target |\n|---|---|---|---|---|\n");
