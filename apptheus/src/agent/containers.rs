@@ -294,13 +294,19 @@ impl Agent {
                     true
                 }
             });
-        if !self.delegated.is_empty() {
-            self.release_delegated();
-        }
+        self.release_delegated();
     }
 
     /// Reads the kernel counters and cgroup statistics of one container.
     pub(super) fn sample_container(&mut self, key: u64) {
+        // Ended while a sample was under way: its final sample is taken.
+        if self
+            .registry
+            .get(key)
+            .is_none_or(|c| c.phase != Phase::Running)
+        {
+            return;
+        }
         let kernel = self
             .kernel
             .as_ref()
@@ -330,10 +336,6 @@ impl Agent {
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
-        // Ended while a sample was under way: its final sample is taken.
-        if c.phase != Phase::Running {
-            return;
-        }
         let mut sample = c.sample.take().unwrap_or_default();
         if kernel.is_some() {
             sample.kernel = kernel;
