@@ -3,8 +3,9 @@
 #  1. per event: the kernel's BPF run-time statistics of each program
 #     (run_time_ns / run_cnt, through the agent's --ebpf.stats), for
 #     workloads run inside a container and outside any;
-#  2. the slowdown of hot-path benchmarks run inside a container, agent
-#     with the collector on vs off, runs alternated, medians compared.
+#  2. the slowdown of hot-path benchmarks run inside a container (and,
+#     for runqlat, outside any), agent with the collector on vs off, runs
+#     alternated, medians compared.
 # Prints Markdown for BENCHMARKS.md, section "Kernel program costs".
 #
 #   sudo scripts/bench-kernel-collectors.sh [TARGET_DIR] [REPS]
@@ -158,25 +159,29 @@ stop_agent
 INTERVAL=1s
 echo
 
-# 2. Slowdown, collector on vs off, inside a container (the other
-# collectors at their defaults).
-echo "### Slowdown inside a container, collector on vs off ($REPS alternated runs each)"
+# 2. Slowdown, collector on vs off, with the benchmark inside a container
+# (the collector's full path) and outside any (what every other task on
+# the node pays while the collector is on); the other collectors at their
+# defaults.
+echo "### Slowdown, collector on vs off ($REPS alternated runs each)"
 echo
 echo "Rates are per CPU second (stress-ng's usr+sys column), times are CPU seconds"
 echo "(user + system) of the benchmark; \"best\" compares the least disturbed runs."
+echo "\"container\": the benchmark runs in a container; \"host\": in none."
 echo
-echo "| collector | benchmark | off (median) | on (median) | slowdown (median) | off (best) | on (best) | slowdown (best) |"
-echo "|---|---|---|---|---|---|---|---|"
-compare() { # collector workload higher_is_better
-    local c=$1 w=$2 better=$3 off on
+echo "| collector | benchmark | where | off (median) | on (median) | slowdown (median) | off (best) | on (best) | slowdown (best) |"
+echo "|---|---|---|---|---|---|---|---|---|"
+compare() { # collector workload higher_is_better container|host
+    local c=$1 w=$2 better=$3 where=$4 off on run=
+    [ "$where" = container ] && run=in_container
     : >"$WORK/off"
     : >"$WORK/on"
     for _ in $(seq "$REPS"); do
         start_agent --no-collector."$c"
-        $w in_container >>"$WORK/off"
+        $w $run >>"$WORK/off"
         stop_agent
         start_agent --collector."$c"
-        $w in_container >>"$WORK/on"
+        $w $run >>"$WORK/on"
         stop_agent
     done
     off=$(median <"$WORK/off")
@@ -187,10 +192,11 @@ compare() { # collector workload higher_is_better
         awk -v off="$1" -v on="$2" -v b="$better" \
             'BEGIN { printf "%.1f", (b == "higher" ? off / on - 1 : on / off - 1) * 100 }'
     }
-    echo "| $c | $w | $off | $on | $(slow "$off" "$on") % | $boff | $bon | $(slow "$boff" "$bon") % |"
+    echo "| $c | $w | $where | $off | $on | $(slow "$off" "$on") % | $boff | $bon | $(slow "$boff" "$bon") % |"
 }
-compare runqlat switch_rate higher
-compare fsio syscall_seconds lower
-compare fsio file_seconds lower
-compare network net_seconds lower
-compare network sock_rate higher
+compare runqlat switch_rate higher container
+compare runqlat switch_rate higher host
+compare fsio syscall_seconds lower container
+compare fsio file_seconds lower container
+compare network net_seconds lower container
+compare network sock_rate higher container

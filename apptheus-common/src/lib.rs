@@ -35,6 +35,13 @@ pub const MAP_RUNQ: &str = "RUNQ";
 /// Name of the map from cgroup2 id (the inode of the container's cgroup2
 /// directory) to container id (network collector).
 pub const MAP_CGROUPS: &str = "CGROUPS";
+/// Name of the array indexed by task id (a thread's pid) holding its
+/// container id, 0 for a task in no container (run-queue latency
+/// collector: the one lookup every context switch on the node pays).
+pub const MAP_RUNQ_PIDS: &str = "RUNQ_PIDS";
+/// Largest `RUNQ_PIDS` table: the kernel's PID_MAX_LIMIT on 64-bit
+/// machines (`kernel.pid_max` can be raised to it, not beyond).
+pub const MAX_RUNQ_PIDS: u32 = 4_194_304;
 
 /// Identity of an executable file: the device of its filesystem, in the
 /// kernel's internal `dev_t` encoding (`major << 20 | minor`, see
@@ -59,12 +66,8 @@ pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
 pub struct TaskEntry {
     /// Container id (the `CONTAINERS` key).
     pub container: u64,
-    /// Run-queue latency collector: CLOCK_MONOTONIC (ns) when the task
-    /// last became runnable and has not run since; 0 otherwise. Kept here
-    /// so that a wakeup costs one lookup and a store, no map update.
-    pub runq_since: u64,
 }
-const _: () = assert!(core::mem::size_of::<TaskEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<TaskEntry>() == 8);
 
 /// Per-container state kept by the kernel programs. Counters are only ever
 /// added to with atomic adds, so they are exact across CPUs.
@@ -201,9 +204,17 @@ pub struct Offsets {
     /// syscall number and its first argument at syscall exit).
     pub regs_orig_ax: u32,
     pub regs_di: u32,
+    /// task_struct.sched_info.last_queued, task_struct.se.cfs_rq,
+    /// cfs_rq.rq, rq.clock (run-queue latency collector: when the kernel
+    /// queued the task, and its run queue's clock at the switch, the two
+    /// values the kernel's own run_delay accounting subtracts).
+    pub task_last_queued: u32,
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 64);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 80);
 
 /// Configuration handed to the kernel programs at load time.
 #[repr(C)]
@@ -216,7 +227,7 @@ pub struct Config {
     pub oom_arg_is_pid: u32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 88);
 
 /// Run-queue latency histogram buckets: slot 0 holds latencies below 1 us,
 /// slot `s` (1..=20) those in [2^(s-1), 2^s) us, the last slot those of

@@ -9,8 +9,10 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at},
-    maps::{CONTAINERS, TASKS, TRUSTED},
+    kernel::{
+        atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at, unattribute,
+    },
+    maps::{CONTAINERS, TRUSTED},
 };
 
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
@@ -32,8 +34,8 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if old_pid != tid
         && let Some(cid) = container_of(old_pid)
     {
+        unattribute(old_pid);
         let _ = attribute(tid, cid);
-        let _ = TASKS.remove(&old_pid);
     }
 
     // Already in a container: a nested starter stays part of the outer one.

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, container_of, emit},
-    maps::{CONTAINERS, TASKS},
+    kernel::{atomic_add, boot_ns, container_of, emit, unattribute},
+    maps::CONTAINERS,
 };
 
 /// TP_PROTO(struct task_struct *p) (6.16+ adds `bool group_dead`, unused)
@@ -24,7 +24,7 @@ fn try_exit() {
     let Some(cid) = container_of(tid) else {
         return;
     };
-    let _ = TASKS.remove(&tid);
+    unattribute(tid);
     let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
         return;
     };

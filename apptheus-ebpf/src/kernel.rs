@@ -4,7 +4,7 @@ use apptheus_common::{Config, Event, Stat, TaskEntry};
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{CONFIG, EVENTS, STATS, TASKS};
+use crate::maps::{CONFIG, EVENTS, RUNQ_PIDS, STATS, TASKS};
 
 /// The configuration user space handed in.
 #[inline(always)]
@@ -25,11 +25,29 @@ pub fn container_of(tid: u32) -> Option<u64> {
 /// Attributes task `tid` to container `cid`.
 #[inline(always)]
 pub fn attribute(tid: u32, cid: u64) -> Result<(), i32> {
-    let entry = TaskEntry {
-        container: cid,
-        runq_since: 0,
-    };
-    TASKS.insert(&tid, &entry, 0).map(drop)
+    let entry = TaskEntry { container: cid };
+    TASKS.insert(&tid, &entry, 0)?;
+    set_runq_pid(tid, cid);
+    Ok(())
+}
+
+/// Forgets task `tid`'s attribution.
+#[inline(always)]
+pub fn unattribute(tid: u32) {
+    let _ = TASKS.remove(&tid);
+    set_runq_pid(tid, 0);
+}
+
+/// Records `tid`'s container (0: none) in the run-queue latency
+/// collector's table; nothing when the table is off (one entry) or `tid`
+/// lies past its end.
+#[inline(always)]
+fn set_runq_pid(tid: u32, cid: u64) {
+    if let Some(slot) = RUNQ_PIDS.get_ptr_mut(tid) {
+        // SAFETY: slot points into a live array element; an aligned 8-byte
+        // store is atomic for the readers on other CPUs.
+        unsafe { core::ptr::write_volatile(slot, cid) };
+    }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

@@ -14,7 +14,6 @@ mod net;
 mod oom;
 mod switch;
 mod sys_exit;
-mod wakeup;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,7 +5,7 @@ use apptheus_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// The trusted starters, by file identity. Written only by user space.
@@ -33,6 +33,14 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 pub static RUNQ: PerCpuHashMap<u64, RunqHistogram> =
     PerCpuHashMap::with_max_entries(MAX_RUNQ_CONTAINERS, 0);
 
+/// Run-queue latency collector: task id -> container id (0: none). An
+/// array, so that the lookup every context switch on the node pays is an
+/// index, not a hash. User space sizes it to `kernel.pid_max` when the
+/// collector is on and to one entry when it is off; a task id past its end
+/// is looked up in `TASKS` instead.
+#[map]
+pub static RUNQ_PIDS: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Network collector: cgroup2 id of a container's cgroup -> container id.
 /// Written only by user space, when it places a container.
 #[map]
@@ -57,6 +65,10 @@ pub static CONFIG: Config = Config {
         inode_mode: 0,
         regs_orig_ax: 0,
         regs_di: 0,
+        task_last_queued: 0,
+        task_cfs_rq: 0,
+        cfs_rq_rq: 0,
+        rq_clock: 0,
         _pad: 0,
     },
     oom_arg_is_pid: 0,

@@ -8,11 +8,15 @@
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--pingpong N]
+//!       [--schedstat PATH]
 //!
 //! `--net-send` sends BYTES over a TCP connection to HOST:PORT; `--file-io`
 //! writes a file of BYTES at PATH, reads it back and removes it;
 //! `--pingpong` passes a byte N times back and forth between two threads
-//! through pipes (two wakeups and context switches per round).
+//! through pipes (two wakeups and context switches per round); with
+//! `--schedstat`, it then writes to PATH what the kernel accounted to those
+//! two threads' waits on the run queue (/proc/thread-self/schedstat):
+//! "RUN_DELAY_NS TIMESLICES", summed over both.
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
@@ -257,20 +261,40 @@ fn kernel_workloads(args: &[String]) -> std::io::Result<()> {
         let (pong_r, pong_w) = nix::unistd::pipe().map_err(Error::from)?;
         let (mut ping_r, mut ping_w) = (std::fs::File::from(ping_r), std::fs::File::from(ping_w));
         let (mut pong_r, mut pong_w) = (std::fs::File::from(pong_r), std::fs::File::from(pong_w));
-        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let echo = std::thread::spawn(move || -> std::io::Result<(u64, u64)> {
             let mut b = [0u8; 1];
             for _ in 0..rounds {
                 ping_r.read_exact(&mut b)?;
                 pong_w.write_all(&b)?;
             }
-            Ok(())
+            thread_schedstat()
         });
         let mut b = [1u8; 1];
         for _ in 0..rounds {
             ping_w.write_all(&b)?;
             pong_r.read_exact(&mut b)?;
         }
-        echo.join().map_err(|_| bad("echo thread panicked"))??;
+        let (echo_delay, echo_slices) = echo.join().map_err(|_| bad("echo thread panicked"))??;
+        if let Some(path) = value("--schedstat") {
+            let (delay, slices) = thread_schedstat()?;
+            std::fs::write(
+                path,
+                format!("{} {}\n", delay + echo_delay, slices + echo_slices),
+            )?;
+        }
     }
     Ok(())
+}
+
+/// The calling thread's run-queue delay (ns) and number of time slices,
+/// fields 2 and 3 of /proc/thread-self/schedstat.
+fn thread_schedstat() -> std::io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let mut f = text.split_whitespace().skip(1).map(str::parse::<u64>);
+    match (f.next(), f.next()) {
+        (Some(Ok(delay)), Some(Ok(slices))) => Ok((delay, slices)),
+        _ => Err(std::io::Error::other(format!(
+            "unexpected /proc/thread-self/schedstat: {text:?}"
+        ))),
+    }
 }

@@ -4,7 +4,7 @@
 //! agent.
 use std::{fs::File, path::Path};
 
-use apptheus_common::{MAP_CGROUPS, MAP_RUNQ};
+use apptheus_common::{MAP_CGROUPS, MAP_RUNQ, MAP_RUNQ_PIDS};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -86,11 +86,7 @@ pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
             ("apptheus_netout", Hook::Skb(SkbDirection::Egress)),
         ],
         Collector::Fsio => &[("apptheus_fsio", Hook::Raw("sys_exit"))],
-        Collector::Runqlat => &[
-            ("apptheus_wake", Hook::Btf("sched_wakeup")),
-            ("apptheus_waken", Hook::Btf("sched_wakeup_new")),
-            ("apptheus_switch", Hook::Btf("sched_switch")),
-        ],
+        Collector::Runqlat => &[("apptheus_switch", Hook::Btf("sched_switch"))],
     }
 }
 
@@ -99,7 +95,7 @@ pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
 pub const fn maps(c: Collector) -> &'static [&'static str] {
     match c {
         Collector::Network => &[MAP_CGROUPS],
-        Collector::Runqlat => &[MAP_RUNQ],
+        Collector::Runqlat => &[MAP_RUNQ, MAP_RUNQ_PIDS],
         Collector::Oom | Collector::Fsio => &[],
     }
 }

@@ -11,11 +11,12 @@ use std::{
 
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
-    MAP_RUNQ, MAP_STATS, MAP_TASKS, MAP_TRUSTED, RunqHistogram, STAT_COUNT, Stat, TaskEntry,
+    MAP_RUNQ, MAP_RUNQ_PIDS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAX_RUNQ_PIDS, RunqHistogram,
+    STAT_COUNT, Stat, TaskEntry,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePoint,
 };
 
@@ -82,6 +83,9 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     runq: PerCpuHashMap<MapData, u64, RunqHistogram>,
+    /// Task id -> container id, for the run-queue latency collector (one
+    /// entry when it is off).
+    runq_pids: Array<MapData, u64>,
     cgroups: HashMap<MapData, u64, u64>,
     /// Container id -> the cgroup2 id registered for it in `cgroups`.
     cgroup_ids: BTreeMap<u64, u64>,
@@ -131,6 +135,14 @@ impl Kernel {
                 loader.map_max_entries(map, 1);
             }
         }
+        if wanted.contains(Collector::Runqlat) {
+            let pids = runq_pid_table_size(std::fs::read_to_string(PID_MAX).ok().as_deref());
+            tracing::debug!(
+                entries = pids,
+                "run-queue latency collector: task table sized to kernel.pid_max"
+            );
+            loader.map_max_entries(MAP_RUNQ_PIDS, pids);
+        }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         for (program, tracepoint) in PROGRAMS {
             let prog: &mut BtfTracePoint = ebpf
@@ -169,9 +181,11 @@ impl Kernel {
         let stats = take(&mut ebpf, MAP_STATS)?;
         let events = take(&mut ebpf, MAP_EVENTS)?;
         let runq = take(&mut ebpf, MAP_RUNQ)?;
+        let runq_pids = take(&mut ebpf, MAP_RUNQ_PIDS)?;
         let cgroups = take(&mut ebpf, MAP_CGROUPS)?;
         let mut kernel = Self {
             runq: PerCpuHashMap::try_from(runq).map_err(map_err(MAP_RUNQ))?,
+            runq_pids: Array::try_from(runq_pids).map_err(map_err(MAP_RUNQ_PIDS))?,
             cgroups: HashMap::try_from(cgroups).map_err(map_err(MAP_CGROUPS))?,
             cgroup_ids: BTreeMap::new(),
             active,
@@ -228,13 +242,14 @@ impl Kernel {
         self.containers
             .insert(&cid, &state, 0)
             .map_err(map_err(MAP_CONTAINERS))?;
-        for tid in tids {
+        for &tid in tids {
             // A task already attributed keeps its container.
-            let entry = TaskEntry {
-                container: cid,
-                runq_since: 0,
-            };
-            let _ = self.tasks.insert(tid, &entry, aya_noexist());
+            let entry = TaskEntry { container: cid };
+            if self.tasks.insert(&tid, &entry, aya_noexist()).is_ok() {
+                // Past the end of the table (or the collector off: one
+                // entry) the kernel looks in `tasks` instead.
+                let _ = self.runq_pids.set(tid, &cid, 0);
+            }
         }
         Ok(())
     }
@@ -320,6 +335,7 @@ impl Kernel {
     /// missed, e.g. attributed while the agent restarted).
     pub fn remove_task(&mut self, tid: u32) {
         let _ = self.tasks.remove(&tid);
+        let _ = self.runq_pids.set(tid, &0, 0);
     }
 
     /// An agent-level counter, summed over CPUs.
@@ -332,7 +348,36 @@ impl Kernel {
     }
 }
 
+/// Where the kernel's largest task id is set.
+const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+
+/// Entries of the run-queue latency collector's task table, from the
+/// contents of /proc/sys/kernel/pid_max (task ids are below it): the
+/// 64-bit kernel's limit when unreadable.
+fn runq_pid_table_size(pid_max: Option<&str>) -> u32 {
+    pid_max
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .map_or(MAX_RUNQ_PIDS, |n| n.min(MAX_RUNQ_PIDS))
+}
+
 /// BPF_NOEXIST, as aya's insert takes raw flags.
 const fn aya_noexist() -> u64 {
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runq_pid_table_follows_pid_max_within_the_kernel_limit() {
+        assert_eq!(runq_pid_table_size(Some("32768\n")), 32_768);
+        assert_eq!(runq_pid_table_size(Some("4194304\n")), MAX_RUNQ_PIDS);
+        // Unreadable or nonsense: the largest a 64-bit kernel allows.
+        for bad in [None, Some(""), Some("0\n"), Some("lots"), Some("-1")] {
+            assert_eq!(runq_pid_table_size(bad), MAX_RUNQ_PIDS, "{bad:?}");
+        }
+        assert_eq!(runq_pid_table_size(Some("99999999")), MAX_RUNQ_PIDS);
+    }
 }

@@ -90,9 +90,17 @@ pub fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, Offs
             n.offsets.inode_mode = member_offset(btf, "inode", "i_mode")?;
         }
         Collector::Runqlat => {
-            for tp in ["sched_wakeup", "sched_wakeup_new", "sched_switch"] {
-                tracepoint_params(btf, tp)?;
-            }
+            tracepoint_params(btf, "sched_switch")?;
+            // CONFIG_SCHED_INFO (sched_info) and CONFIG_FAIR_GROUP_SCHED
+            // (se.cfs_rq, cfs_rq.rq), both on in the common distributions'
+            // kernels; without them this resolution fails and the collector
+            // is left out with the missing field named.
+            n.offsets.task_last_queued = member_offset(btf, "task_struct", "sched_info")?
+                + member_offset(btf, "sched_info", "last_queued")?;
+            n.offsets.task_cfs_rq = member_offset(btf, "task_struct", "se")?
+                + member_offset(btf, "sched_entity", "cfs_rq")?;
+            n.offsets.cfs_rq_rq = member_offset(btf, "cfs_rq", "rq")?;
+            n.offsets.rq_clock = member_offset(btf, "rq", "clock")?;
         }
         Collector::Network => {}
     }
@@ -115,6 +123,10 @@ pub fn merge(into: &mut Offsets, from: &Offsets) {
     pick(&mut into.inode_mode, from.inode_mode);
     pick(&mut into.regs_orig_ax, from.regs_orig_ax);
     pick(&mut into.regs_di, from.regs_di);
+    pick(&mut into.task_last_queued, from.task_last_queued);
+    pick(&mut into.task_cfs_rq, from.task_cfs_rq);
+    pick(&mut into.cfs_rq_rq, from.cfs_rq_rq);
+    pick(&mut into.rq_clock, from.rq_clock);
 }
 
 /// The parameters of a tracepoint's prototype, after the leading `void *`
@@ -268,6 +280,14 @@ mod tests {
             }
             if c == Collector::Oom {
                 assert!(n.offsets.task_comm > 0);
+            }
+            if c == Collector::Runqlat {
+                // last_queued lies inside task_struct's sched_info, and the
+                // run queue's clock inside struct rq, past its lock.
+                let sched_info = member_offset(&btf, "task_struct", "sched_info").unwrap();
+                assert!(n.offsets.task_last_queued > sched_info);
+                assert!(n.offsets.task_cfs_rq > 0 && n.offsets.cfs_rq_rq > 0);
+                assert!(n.offsets.rq_clock > 0);
             }
         }
         // sched_switch starts with `bool preempt`, then two tasks.
