@@ -35,11 +35,11 @@ pub const MAP_RUNQ: &str = "RUNQ";
 /// Name of the map from cgroup2 id (the inode of the container's cgroup2
 /// directory) to container id (network collector).
 pub const MAP_CGROUPS: &str = "CGROUPS";
-/// Name of the array indexed by task id (a thread's pid) holding its
-/// container id, 0 for a task in no container (run-queue latency
+/// Name of the array marking which task ids (a thread's pid) belong to a
+/// container, one byte per task id, eight to an element (run-queue latency
 /// collector: the one lookup every context switch on the node pays).
 pub const MAP_RUNQ_PIDS: &str = "RUNQ_PIDS";
-/// Largest `RUNQ_PIDS` table: the kernel's PID_MAX_LIMIT on 64-bit
+/// Task ids that `RUNQ_PIDS` can hold: the kernel's PID_MAX_LIMIT on 64-bit
 /// machines (`kernel.pid_max` can be raised to it, not beyond).
 pub const MAX_RUNQ_PIDS: u32 = 4_194_304;
 
@@ -66,8 +66,19 @@ pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
 pub struct TaskEntry {
     /// Container id (the `CONTAINERS` key).
     pub container: u64,
+    /// Run-queue latency collector: the task's `sched_info.run_delay` (the
+    /// kernel's total of its waits, ns) as of its last observed wait, or
+    /// [`RUN_DELAY_UNKNOWN`]. A wait the kernel accounted in pieces (the
+    /// task was moved to another CPU's queue while waiting) is the growth
+    /// since then.
+    pub run_delay_seen: u64,
 }
-const _: () = assert!(core::mem::size_of::<TaskEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<TaskEntry>() == 16);
+
+/// [`TaskEntry::run_delay_seen`] of a task whose earlier waits the
+/// programs did not follow (attributed at exec, or adopted): its first
+/// observation counts only the last piece of its wait.
+pub const RUN_DELAY_UNKNOWN: u64 = u64::MAX;
 
 /// Per-container state kept by the kernel programs. Counters are only ever
 /// added to with atomic adds, so they are exact across CPUs.
@@ -209,10 +220,11 @@ pub struct Offsets {
     /// queued the task, and its run queue's clock at the switch, the two
     /// values the kernel's own run_delay accounting subtracts).
     pub task_last_queued: u32,
+    /// task_struct.sched_info.run_delay.
+    pub task_run_delay: u32,
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
-    pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Offsets>() == 80);
 

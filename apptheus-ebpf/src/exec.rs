@@ -1,6 +1,8 @@
 //! sched_process_exec: recognise a trusted starter by the identity of the
 //! executed file, and start a container for it.
-use apptheus_common::{ContainerState, Event, EventKind, FileId, Stat, TASK_COMM_LEN};
+use apptheus_common::{
+    ContainerState, Event, EventKind, FileId, RUN_DELAY_UNKNOWN, Stat, TASK_COMM_LEN,
+};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
@@ -35,7 +37,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         && let Some(cid) = container_of(old_pid)
     {
         unattribute(old_pid);
-        let _ = attribute(tid, cid);
+        let _ = attribute(tid, cid, RUN_DELAY_UNKNOWN);
     }
 
     // Already in a container: a nested starter stays part of the outer one.
@@ -80,7 +82,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         bump(Stat::ContainersMapFull);
         return Ok(());
     }
-    if attribute(tid, cid).is_err() {
+    if attribute(tid, cid, RUN_DELAY_UNKNOWN).is_err() {
         bump(Stat::TasksMapFull);
         state.live_tasks = 0;
         state.exited = 1;

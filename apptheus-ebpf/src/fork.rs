@@ -29,7 +29,9 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let child_tgid: i32 = read_at(child, off.task_tgid)?;
     let child_pid = child_pid as u32;
 
-    if attribute(child_pid, cid).is_err() {
+    // A new task has waited for nothing yet (the scheduler zeroes its
+    // sched_info at fork).
+    if attribute(child_pid, cid, 0).is_err() {
         bump(Stat::TasksMapFull);
         return Ok(());
     }

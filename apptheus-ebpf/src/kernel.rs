@@ -22,10 +22,15 @@ pub fn container_of(tid: u32) -> Option<u64> {
     unsafe { TASKS.get(&tid) }.map(|e| e.container)
 }
 
-/// Attributes task `tid` to container `cid`.
+/// Attributes task `tid` to container `cid`. `run_delay_seen` is the
+/// task's run-queue delay so far when known (0 for a new task), else
+/// `RUN_DELAY_UNKNOWN`.
 #[inline(always)]
-pub fn attribute(tid: u32, cid: u64) -> Result<(), i32> {
-    let entry = TaskEntry { container: cid };
+pub fn attribute(tid: u32, cid: u64, run_delay_seen: u64) -> Result<(), i32> {
+    let entry = TaskEntry {
+        container: cid,
+        run_delay_seen,
+    };
     TASKS.insert(&tid, &entry, 0)?;
     set_runq_pid(tid, cid);
     Ok(())
@@ -38,16 +43,30 @@ pub fn unattribute(tid: u32) {
     set_runq_pid(tid, 0);
 }
 
-/// Records `tid`'s container (0: none) in the run-queue latency
-/// collector's table; nothing when the table is off (one entry) or `tid`
+/// Marks `tid` as a container's task (or not) in the run-queue latency
+/// collector's table; nothing when the table is off (one element) or `tid`
 /// lies past its end.
 #[inline(always)]
 fn set_runq_pid(tid: u32, cid: u64) {
-    if let Some(slot) = RUNQ_PIDS.get_ptr_mut(tid) {
-        // SAFETY: slot points into a live array element; an aligned 8-byte
-        // store is atomic for the readers on other CPUs.
-        unsafe { core::ptr::write_volatile(slot, cid) };
+    if let Some(word) = RUNQ_PIDS.get_ptr_mut(tid >> 3) {
+        // SAFETY: word points to a live 8-byte array element; a byte store
+        // inside it leaves the other seven tasks' bytes alone.
+        unsafe {
+            core::ptr::write_volatile(
+                (word as *mut u8).wrapping_add((tid & 7) as usize),
+                u8::from(cid != 0),
+            )
+        };
     }
+}
+
+/// Whether task `tid` is a container's according to the run-queue latency
+/// collector's table; None when `tid` lies past its end.
+#[inline(always)]
+pub fn runq_pid(tid: u32) -> Option<bool> {
+    RUNQ_PIDS
+        .get(tid >> 3)
+        .map(|&word| (word >> ((tid & 7) * 8)) & 0xff != 0)
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

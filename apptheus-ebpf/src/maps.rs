@@ -33,11 +33,12 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 pub static RUNQ: PerCpuHashMap<u64, RunqHistogram> =
     PerCpuHashMap::with_max_entries(MAX_RUNQ_CONTAINERS, 0);
 
-/// Run-queue latency collector: task id -> container id (0: none). An
-/// array, so that the lookup every context switch on the node pays is an
-/// index, not a hash. User space sizes it to `kernel.pid_max` when the
-/// collector is on and to one entry when it is off; a task id past its end
-/// is looked up in `TASKS` instead.
+/// Run-queue latency collector: which task ids belong to a container, one
+/// byte each (non-zero: in a container), eight to an element, so that the
+/// lookup every context switch on the node pays is an index, not a hash.
+/// User space sizes it to `kernel.pid_max` when the collector is on and to
+/// one element when it is off; a task id past its end is looked up in
+/// `TASKS` instead.
 #[map]
 pub static RUNQ_PIDS: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -66,10 +67,10 @@ pub static CONFIG: Config = Config {
         regs_orig_ax: 0,
         regs_di: 0,
         task_last_queued: 0,
+        task_run_delay: 0,
         task_cfs_rq: 0,
         cfs_rq_rq: 0,
         rq_clock: 0,
-        _pad: 0,
     },
     oom_arg_is_pid: 0,
     _pad: 0,

@@ -8,13 +8,15 @@
 //! fires just before the kernel does the same subtraction for the task's
 //! `run_delay` (/proc/<pid>/schedstat), so no wakeup hook is needed, and
 //! the one program costs every other context switch on the node one array
-//! lookup.
-use apptheus_common::{RunqHistogram, Stat, runq_slot};
+//! lookup. A task moved to another CPU's queue while waiting has the
+//! earlier part of its wait already in `run_delay`; the growth of
+//! `run_delay` since the task's last observed wait adds it back.
+use apptheus_common::{RUN_DELAY_UNKNOWN, RunqHistogram, Stat, runq_slot};
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    kernel::{bump, config, container_of},
-    maps::{RUNQ, RUNQ_PIDS},
+    kernel::{bump, config, runq_pid},
+    maps::{RUNQ, TASKS},
 };
 
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next)
@@ -43,24 +45,38 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let next: *const u8 = ctx.arg(2);
     let pid: i32 = field(next, off.task_pid);
     let pid = pid as u32;
-    let cid = match RUNQ_PIDS.get(pid) {
-        Some(&cid) => cid,
-        // A pid past the table (kernel.pid_max raised after the agent
-        // started): the slower lookup.
-        None => container_of(pid).unwrap_or(0),
-    };
-    if cid == 0 {
+    // The filter: a task id past the table (kernel.pid_max raised after
+    // the agent started) goes on to the attribution map's lookup.
+    if runq_pid(pid) == Some(false) {
         return Ok(());
     }
+    let Some(entry) = TASKS.get_ptr_mut(&pid) else {
+        return Ok(());
+    };
     let queued: u64 = field(next, off.task_last_queued);
     if queued == 0 {
-        // Not queued by the scheduler since it last ran (its first run).
+        // Not queued by the scheduler since it last ran.
         return Ok(());
     }
     let cfs_rq: *const u8 = field(next, off.task_cfs_rq);
     let rq: *const u8 = field(cfs_rq, off.cfs_rq_rq);
     let clock: u64 = field(rq, off.rq_clock);
-    observe(cid, clock.saturating_sub(queued));
+    let last_piece = clock.saturating_sub(queued);
+    // What the kernel added to run_delay since the last observed wait:
+    // the earlier pieces of this wait, if it was moved between CPUs'
+    // queues while waiting (each move accounts the piece so far).
+    let run_delay: u64 = field(next, off.task_run_delay);
+    // SAFETY: entry points into a live map value; the task is being
+    // switched in on this CPU only, so nothing else writes its entry.
+    let (cid, seen) = unsafe { ((*entry).container, (*entry).run_delay_seen) };
+    let earlier = if seen == RUN_DELAY_UNKNOWN {
+        0
+    } else {
+        run_delay.saturating_sub(seen)
+    };
+    // SAFETY: as above.
+    unsafe { (*entry).run_delay_seen = run_delay + last_piece };
+    observe(cid, earlier + last_piece);
     Ok(())
 }
 

@@ -328,13 +328,13 @@ fn runqueue_latency_histogram_observes_a_busy_container() {
         count <= slices + 500.0,
         "{count} observations for {slices} time slices of the threads\n{m}"
     );
-    // The waits observed are the kernel's own, at the moment it accounts
-    // them: the two threads' part of the sum is their run_delay, except
-    // for waits cut short by a move to another CPU's queue (the kernel
-    // adds those partial waits to run_delay without a switch-in).
+    // The waits observed are the kernel's own, pieces included (a wait
+    // moved to another CPU's queue is accounted in two): the two threads'
+    // part of the sum is exactly their run_delay; the rest of the
+    // container adds a little.
     let delay = delay_ns / 1e9;
     assert!(
-        sum >= delay * 0.8 && sum < delay + 0.5,
+        sum >= delay * 0.99 && sum < delay + 0.5,
         "sum {sum} s, the threads' run_delay {delay} s\n{m}"
     );
     let inf = value(

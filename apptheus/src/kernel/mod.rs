@@ -11,8 +11,8 @@ use std::{
 
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
-    MAP_RUNQ, MAP_RUNQ_PIDS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAX_RUNQ_PIDS, RunqHistogram,
-    STAT_COUNT, Stat, TaskEntry,
+    MAP_RUNQ, MAP_RUNQ_PIDS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAX_RUNQ_PIDS, RUN_DELAY_UNKNOWN,
+    RunqHistogram, STAT_COUNT, Stat, TaskEntry,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -83,8 +83,8 @@ pub struct Kernel {
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
     runq: PerCpuHashMap<MapData, u64, RunqHistogram>,
-    /// Task id -> container id, for the run-queue latency collector (one
-    /// entry when it is off).
+    /// Which task ids are containers', a byte each, eight to an element,
+    /// for the run-queue latency collector (one element when it is off).
     runq_pids: Array<MapData, u64>,
     cgroups: HashMap<MapData, u64, u64>,
     /// Container id -> the cgroup2 id registered for it in `cgroups`.
@@ -138,10 +138,10 @@ impl Kernel {
         if wanted.contains(Collector::Runqlat) {
             let pids = runq_pid_table_size(std::fs::read_to_string(PID_MAX).ok().as_deref());
             tracing::debug!(
-                entries = pids,
+                task_ids = pids,
                 "run-queue latency collector: task table sized to kernel.pid_max"
             );
-            loader.map_max_entries(MAP_RUNQ_PIDS, pids);
+            loader.map_max_entries(MAP_RUNQ_PIDS, pids.div_ceil(8));
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         for (program, tracepoint) in PROGRAMS {
@@ -244,11 +244,12 @@ impl Kernel {
             .map_err(map_err(MAP_CONTAINERS))?;
         for &tid in tids {
             // A task already attributed keeps its container.
-            let entry = TaskEntry { container: cid };
+            let entry = TaskEntry {
+                container: cid,
+                run_delay_seen: RUN_DELAY_UNKNOWN,
+            };
             if self.tasks.insert(&tid, &entry, aya_noexist()).is_ok() {
-                // Past the end of the table (or the collector off: one
-                // entry) the kernel looks in `tasks` instead.
-                let _ = self.runq_pids.set(tid, &cid, 0);
+                self.mark_runq_pid(tid, true);
             }
         }
         Ok(())
@@ -335,7 +336,23 @@ impl Kernel {
     /// missed, e.g. attributed while the agent restarted).
     pub fn remove_task(&mut self, tid: u32) {
         let _ = self.tasks.remove(&tid);
-        let _ = self.runq_pids.set(tid, &0, 0);
+        self.mark_runq_pid(tid, false);
+    }
+
+    /// Sets task `tid`'s byte in the run-queue latency collector's table
+    /// (nothing past its end: the kernel looks in `tasks` there). The
+    /// element is rewritten whole, so a kernel program changing one of its
+    /// seven other bytes at the same moment can lose that change; that
+    /// only leaves such a task's waits unobserved (its entry in `tasks`
+    /// still decides whose they are), and this runs only for adopted and
+    /// stale tasks.
+    fn mark_runq_pid(&mut self, tid: u32, in_container: bool) {
+        let Ok(word) = self.runq_pids.get(&(tid >> 3), 0) else {
+            return;
+        };
+        let _ = self
+            .runq_pids
+            .set(tid >> 3, &set_byte(word, tid & 7, in_container), 0);
     }
 
     /// An agent-level counter, summed over CPUs.
@@ -361,6 +378,13 @@ fn runq_pid_table_size(pid_max: Option<&str>) -> u32 {
         .map_or(MAX_RUNQ_PIDS, |n| n.min(MAX_RUNQ_PIDS))
 }
 
+/// `word` with byte `i` (little-endian order, as the kernel programs
+/// address it) set to 1 or 0.
+fn set_byte(word: u64, i: u32, on: bool) -> u64 {
+    let shift = (i & 7) * 8;
+    (word & !(0xff << shift)) | (u64::from(on) << shift)
+}
+
 /// BPF_NOEXIST, as aya's insert takes raw flags.
 const fn aya_noexist() -> u64 {
     1
@@ -379,5 +403,18 @@ mod tests {
             assert_eq!(runq_pid_table_size(bad), MAX_RUNQ_PIDS, "{bad:?}");
         }
         assert_eq!(runq_pid_table_size(Some("99999999")), MAX_RUNQ_PIDS);
+    }
+
+    #[test]
+    fn runq_pid_bytes_are_set_and_cleared_alone() {
+        let w = set_byte(0, 0, true);
+        assert_eq!(w, 1);
+        let w = set_byte(w, 7, true);
+        assert_eq!(w, 1 | 1 << 56);
+        // As the kernel reads task 8k+7's byte: little-endian order.
+        assert_eq!(w.to_le_bytes()[7], 1);
+        assert_eq!(set_byte(w, 0, false), 1 << 56);
+        assert_eq!(set_byte(u64::MAX, 3, false), u64::MAX & !(0xff << 24));
+        assert_eq!(set_byte(u64::MAX, 3, true), u64::MAX & !(0xfe << 24));
     }
 }

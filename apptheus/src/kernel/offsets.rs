@@ -95,8 +95,10 @@ pub fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, Offs
             // (se.cfs_rq, cfs_rq.rq), both on in the common distributions'
             // kernels; without them this resolution fails and the collector
             // is left out with the missing field named.
-            n.offsets.task_last_queued = member_offset(btf, "task_struct", "sched_info")?
-                + member_offset(btf, "sched_info", "last_queued")?;
+            let sched_info = member_offset(btf, "task_struct", "sched_info")?;
+            n.offsets.task_last_queued =
+                sched_info + member_offset(btf, "sched_info", "last_queued")?;
+            n.offsets.task_run_delay = sched_info + member_offset(btf, "sched_info", "run_delay")?;
             n.offsets.task_cfs_rq = member_offset(btf, "task_struct", "se")?
                 + member_offset(btf, "sched_entity", "cfs_rq")?;
             n.offsets.cfs_rq_rq = member_offset(btf, "cfs_rq", "rq")?;
@@ -124,6 +126,7 @@ pub fn merge(into: &mut Offsets, from: &Offsets) {
     pick(&mut into.regs_orig_ax, from.regs_orig_ax);
     pick(&mut into.regs_di, from.regs_di);
     pick(&mut into.task_last_queued, from.task_last_queued);
+    pick(&mut into.task_run_delay, from.task_run_delay);
     pick(&mut into.task_cfs_rq, from.task_cfs_rq);
     pick(&mut into.cfs_rq_rq, from.cfs_rq_rq);
     pick(&mut into.rq_clock, from.rq_clock);
@@ -286,6 +289,8 @@ mod tests {
                 // run queue's clock inside struct rq, past its lock.
                 let sched_info = member_offset(&btf, "task_struct", "sched_info").unwrap();
                 assert!(n.offsets.task_last_queued > sched_info);
+                assert!(n.offsets.task_run_delay > sched_info);
+                assert_ne!(n.offsets.task_run_delay, n.offsets.task_last_queued);
                 assert!(n.offsets.task_cfs_rq > 0 && n.offsets.cfs_rq_rq > 0);
                 assert!(n.offsets.rq_clock > 0);
             }
