@@ -13,8 +13,7 @@ pub enum Collector {
     Network,
     /// Bytes read from and written to regular files (raw tracepoint `sys_exit`).
     Fsio,
-    /// Run-queue latency histogram (tp_btf `sched_wakeup`, `sched_wakeup_new`,
-    /// `sched_switch`).
+    /// Run-queue latency histogram (tp_btf `sched_switch`).
     Runqlat,
 }
 
@@ -137,8 +136,8 @@ pub struct CollectorArgs {
     #[arg(long = "no-collector.fsio", overrides_with = "fsio")]
     no_fsio: bool,
 
-    /// Run-queue latency histogram per container (programs at every wakeup
-    /// and context switch). [default: off]
+    /// Run-queue latency histogram per container (a program at every
+    /// context switch). [default: off]
     #[arg(long = "collector.runqlat", overrides_with = "no_runqlat")]
     runqlat: bool,
     /// Disable the runqlat collector.
