@@ -262,6 +262,27 @@ pub struct RunqHistogram {
 }
 const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 192);
 
+/// One observed run-queue wait of a task being switched in, and the
+/// task's new [`TaskEntry::run_delay_seen`]. `last_piece` is the run
+/// queue's clock minus `sched_info.last_queued`, `run_delay` the task's
+/// `sched_info.run_delay` before the kernel adds `last_piece` to it, and
+/// `seen` its value after the previous observed wait (or
+/// [`RUN_DELAY_UNKNOWN`]): what the kernel added in between is the earlier
+/// pieces of this wait (accounted when the task was moved off another
+/// CPU's queue).
+#[inline(always)]
+pub const fn runq_wait(last_piece: u64, run_delay: u64, seen: u64) -> (u64, u64) {
+    let earlier = if seen == RUN_DELAY_UNKNOWN || run_delay < seen {
+        0
+    } else {
+        run_delay - seen
+    };
+    (
+        earlier.saturating_add(last_piece),
+        run_delay.saturating_add(last_piece),
+    )
+}
+
 /// The histogram slot of a latency of `ns` nanoseconds (see
 /// [`RUNQ_BUCKETS`]): the bit length of the latency in whole microseconds,
 /// capped at the overflow slot. Branch-light and loop-free, for the kernel.
@@ -343,6 +364,23 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn runq_wait_adds_the_pieces_accounted_at_a_move() {
+        // A task that has waited 100 ns before, now waits 30 ns: 30.
+        assert_eq!(runq_wait(30, 100, 100), (30, 130));
+        // Moved while waiting: 20 ns accounted on the old CPU's queue,
+        // then 30 on this one: one wait of 50.
+        assert_eq!(runq_wait(30, 120, 100), (50, 150));
+        // Unknown history (attributed at exec, adopted): the last piece.
+        assert_eq!(runq_wait(30, 5_000, RUN_DELAY_UNKNOWN), (30, 5_030));
+        // A run_delay below what was seen (not the kernel's doing, but no
+        // underflow): the last piece.
+        assert_eq!(runq_wait(30, 90, 100), (30, 120));
+        // The following wait starts from what this one left.
+        let (_, seen) = runq_wait(30, 120, 100);
+        assert_eq!(runq_wait(10, seen, seen), (10, 160));
+    }
     use super::*;
 
     #[test]

@@ -11,7 +11,7 @@
 //! lookup. A task moved to another CPU's queue while waiting has the
 //! earlier part of its wait already in `run_delay`; the growth of
 //! `run_delay` since the task's last observed wait adds it back.
-use apptheus_common::{RUN_DELAY_UNKNOWN, RunqHistogram, Stat, runq_slot};
+use apptheus_common::{RunqHistogram, Stat, runq_slot, runq_wait};
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
@@ -61,22 +61,14 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let cfs_rq: *const u8 = field(next, off.task_cfs_rq);
     let rq: *const u8 = field(cfs_rq, off.cfs_rq_rq);
     let clock: u64 = field(rq, off.rq_clock);
-    let last_piece = clock.saturating_sub(queued);
-    // What the kernel added to run_delay since the last observed wait:
-    // the earlier pieces of this wait, if it was moved between CPUs'
-    // queues while waiting (each move accounts the piece so far).
     let run_delay: u64 = field(next, off.task_run_delay);
     // SAFETY: entry points into a live map value; the task is being
     // switched in on this CPU only, so nothing else writes its entry.
     let (cid, seen) = unsafe { ((*entry).container, (*entry).run_delay_seen) };
-    let earlier = if seen == RUN_DELAY_UNKNOWN {
-        0
-    } else {
-        run_delay.saturating_sub(seen)
-    };
+    let (wait, seen) = runq_wait(clock.saturating_sub(queued), run_delay, seen);
     // SAFETY: as above.
-    unsafe { (*entry).run_delay_seen = run_delay + last_piece };
-    observe(cid, earlier + last_piece);
+    unsafe { (*entry).run_delay_seen = seen };
+    observe(cid, wait);
     Ok(())
 }
 
