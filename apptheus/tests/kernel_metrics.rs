@@ -391,7 +391,6 @@ fn collectors_switched_off_are_not_attached_and_leave_no_family() {
         "apptheus_fsio",
         "apptheus_oom",
         "apptheus_switch",
-        "apptheus_wake",
     ] {
         assert!(!loaded(absent), "{absent} is loaded\n{m}");
     }
