@@ -43,6 +43,32 @@ pub const MAP_RUNQ_PIDS: &str = "RUNQ_PIDS";
 /// machines (`kernel.pid_max` can be raised to it, not beyond).
 pub const MAX_RUNQ_PIDS: u32 = 4_194_304;
 
+/// The `RUNQ_PIDS` element holding task `tid`'s byte.
+#[inline(always)]
+pub const fn runq_pids_element(tid: u32) -> u32 {
+    tid >> 3
+}
+
+/// Which byte of its element (in memory order) is task `tid`'s.
+#[inline(always)]
+pub const fn runq_pids_byte(tid: u32) -> u32 {
+    tid & 7
+}
+
+/// Whether task `tid` is marked in its `RUNQ_PIDS` element `word`, read as
+/// a little-endian u64 (the order BPF and x86 share).
+#[inline(always)]
+pub const fn runq_pids_marked(word: u64, tid: u32) -> bool {
+    (word >> (runq_pids_byte(tid) * 8)) & 0xff != 0
+}
+
+/// `word` with task `tid`'s byte set to 1 or 0, the others untouched.
+#[inline(always)]
+pub const fn runq_pids_mark(word: u64, tid: u32, in_container: bool) -> u64 {
+    let shift = runq_pids_byte(tid) * 8;
+    (word & !(0xff << shift)) | ((in_container as u64) << shift)
+}
+
 /// Identity of an executable file: the device of its filesystem, in the
 /// kernel's internal `dev_t` encoding (`major << 20 | minor`, see
 /// [`kernel_dev`]), and its inode number.
@@ -272,10 +298,10 @@ const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 192);
 /// CPU's queue).
 #[inline(always)]
 pub const fn runq_wait(last_piece: u64, run_delay: u64, seen: u64) -> (u64, u64) {
-    let earlier = if seen == RUN_DELAY_UNKNOWN || run_delay < seen {
+    let earlier = if seen == RUN_DELAY_UNKNOWN {
         0
     } else {
-        run_delay - seen
+        run_delay.saturating_sub(seen)
     };
     (
         earlier.saturating_add(last_piece),
@@ -364,6 +390,7 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn runq_wait_adds_the_pieces_accounted_at_a_move() {
@@ -381,7 +408,22 @@ mod tests {
         let (_, seen) = runq_wait(30, 120, 100);
         assert_eq!(runq_wait(10, seen, seen), (10, 160));
     }
-    use super::*;
+
+    #[test]
+    fn runq_pid_bytes_are_set_and_cleared_alone() {
+        let w = runq_pids_mark(0, 8, true);
+        assert_eq!(w, 1);
+        let w = runq_pids_mark(w, 15, true);
+        assert_eq!(w, 1 | 1 << 56);
+        // Task 8k+7 is the last byte of element k in memory.
+        assert_eq!(runq_pids_element(15), 1);
+        assert_eq!(w.to_le_bytes()[runq_pids_byte(15) as usize], 1);
+        assert!(runq_pids_marked(w, 15) && runq_pids_marked(w, 8));
+        assert!(!runq_pids_marked(w, 9));
+        assert_eq!(runq_pids_mark(w, 8, false), 1 << 56);
+        assert_eq!(runq_pids_mark(u64::MAX, 3, false), !(0xff << 24));
+        assert_eq!(runq_pids_mark(u64::MAX, 3, true), !(0xfe << 24));
+    }
 
     #[test]
     fn kernel_dev_matches_mkdev() {

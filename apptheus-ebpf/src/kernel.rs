@@ -1,6 +1,8 @@
 //! Small helpers over the kernel's interfaces: reading struct fields at
 //! offsets resolved from BTF, atomic counters, and events.
-use apptheus_common::{Config, Event, Stat, TaskEntry};
+use apptheus_common::{
+    Config, Event, Stat, TaskEntry, runq_pids_byte, runq_pids_element, runq_pids_marked,
+};
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -14,6 +16,19 @@ pub fn config() -> Config {
     // compile-time zeroes.
     unsafe { core::ptr::read_volatile(&raw const CONFIG) }
 }
+
+/// One field of the configuration's offsets, read alone: copying the whole
+/// [`Config`] costs a dozen loads, too many for a path every context switch
+/// on the node takes.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: as in `config()`: a plain static the loader rewrites
+        // before the program runs, read volatile so the compile-time zero is
+        // not folded in.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::CONFIG.offsets.$field) }
+    };
+}
+pub(crate) use offset;
 
 /// The container task `tid` belongs to, if any.
 #[inline(always)]
@@ -32,7 +47,7 @@ pub fn attribute(tid: u32, cid: u64, run_delay_seen: u64) -> Result<(), i32> {
         run_delay_seen,
     };
     TASKS.insert(&tid, &entry, 0)?;
-    set_runq_pid(tid, cid);
+    set_runq_pid(tid, true);
     Ok(())
 }
 
@@ -40,21 +55,21 @@ pub fn attribute(tid: u32, cid: u64, run_delay_seen: u64) -> Result<(), i32> {
 #[inline(always)]
 pub fn unattribute(tid: u32) {
     let _ = TASKS.remove(&tid);
-    set_runq_pid(tid, 0);
+    set_runq_pid(tid, false);
 }
 
 /// Marks `tid` as a container's task (or not) in the run-queue latency
 /// collector's table; nothing when the table is off (one element) or `tid`
 /// lies past its end.
 #[inline(always)]
-fn set_runq_pid(tid: u32, cid: u64) {
-    if let Some(word) = RUNQ_PIDS.get_ptr_mut(tid >> 3) {
+fn set_runq_pid(tid: u32, in_container: bool) {
+    if let Some(word) = RUNQ_PIDS.get_ptr_mut(runq_pids_element(tid)) {
         // SAFETY: word points to a live 8-byte array element; a byte store
         // inside it leaves the other seven tasks' bytes alone.
         unsafe {
             core::ptr::write_volatile(
-                (word as *mut u8).wrapping_add((tid & 7) as usize),
-                u8::from(cid != 0),
+                (word as *mut u8).wrapping_add(runq_pids_byte(tid) as usize),
+                u8::from(in_container),
             )
         };
     }
@@ -65,8 +80,8 @@ fn set_runq_pid(tid: u32, cid: u64) {
 #[inline(always)]
 pub fn runq_pid(tid: u32) -> Option<bool> {
     RUNQ_PIDS
-        .get(tid >> 3)
-        .map(|&word| (word >> ((tid & 7) * 8)) & 0xff != 0)
+        .get(runq_pids_element(tid))
+        .map(|&word| runq_pids_marked(word, tid))
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

@@ -15,7 +15,7 @@ use apptheus_common::{RunqHistogram, Stat, runq_slot, runq_wait};
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    kernel::{bump, config, runq_pid},
+    kernel::{bump, config, offset, runq_pid},
     maps::{RUNQ, TASKS},
 };
 
@@ -41,9 +41,8 @@ fn field<T: Copy>(base: *const u8, offset: u32) -> T {
 }
 
 fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
-    let off = config().offsets;
     let next: *const u8 = ctx.arg(2);
-    let pid: i32 = field(next, off.task_pid);
+    let pid: i32 = field(next, offset!(task_pid));
     let pid = pid as u32;
     // The filter: a task id past the table (kernel.pid_max raised after
     // the agent started) goes on to the attribution map's lookup.
@@ -53,6 +52,7 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let Some(entry) = TASKS.get_ptr_mut(&pid) else {
         return Ok(());
     };
+    let off = config().offsets;
     let queued: u64 = field(next, off.task_last_queued);
     if queued == 0 {
         // Not queued by the scheduler since it last ran.

@@ -12,7 +12,7 @@ use std::{
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
     MAP_RUNQ, MAP_RUNQ_PIDS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAX_RUNQ_PIDS, RUN_DELAY_UNKNOWN,
-    RunqHistogram, STAT_COUNT, Stat, TaskEntry,
+    RunqHistogram, STAT_COUNT, Stat, TaskEntry, runq_pids_element, runq_pids_mark,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -347,12 +347,13 @@ impl Kernel {
     /// still decides whose they are), and this runs only for adopted and
     /// stale tasks.
     fn mark_runq_pid(&mut self, tid: u32, in_container: bool) {
-        let Ok(word) = self.runq_pids.get(&(tid >> 3), 0) else {
+        let element = runq_pids_element(tid);
+        let Ok(word) = self.runq_pids.get(&element, 0) else {
             return;
         };
         let _ = self
             .runq_pids
-            .set(tid >> 3, &set_byte(word, tid & 7, in_container), 0);
+            .set(element, &runq_pids_mark(word, tid, in_container), 0);
     }
 
     /// An agent-level counter, summed over CPUs.
@@ -378,13 +379,6 @@ fn runq_pid_table_size(pid_max: Option<&str>) -> u32 {
         .map_or(MAX_RUNQ_PIDS, |n| n.min(MAX_RUNQ_PIDS))
 }
 
-/// `word` with byte `i` (little-endian order, as the kernel programs
-/// address it) set to 1 or 0.
-fn set_byte(word: u64, i: u32, on: bool) -> u64 {
-    let shift = (i & 7) * 8;
-    (word & !(0xff << shift)) | (u64::from(on) << shift)
-}
-
 /// BPF_NOEXIST, as aya's insert takes raw flags.
 const fn aya_noexist() -> u64 {
     1
@@ -403,18 +397,5 @@ mod tests {
             assert_eq!(runq_pid_table_size(bad), MAX_RUNQ_PIDS, "{bad:?}");
         }
         assert_eq!(runq_pid_table_size(Some("99999999")), MAX_RUNQ_PIDS);
-    }
-
-    #[test]
-    fn runq_pid_bytes_are_set_and_cleared_alone() {
-        let w = set_byte(0, 0, true);
-        assert_eq!(w, 1);
-        let w = set_byte(w, 7, true);
-        assert_eq!(w, 1 | 1 << 56);
-        // As the kernel reads task 8k+7's byte: little-endian order.
-        assert_eq!(w.to_le_bytes()[7], 1);
-        assert_eq!(set_byte(w, 0, false), 1 << 56);
-        assert_eq!(set_byte(u64::MAX, 3, false), !(0xff << 24));
-        assert_eq!(set_byte(u64::MAX, 3, true), !(0xfe << 24));
     }
 }
