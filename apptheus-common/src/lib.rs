@@ -17,8 +17,15 @@ pub const MAX_RUNQ_CONTAINERS: u32 = 1024;
 /// holds about 14,000 events between two reads.
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 
-/// Name of the map holding the trusted set.
+/// Name of the map holding the trusted set: file identity to its role
+/// ([`TRUST_STARTER`] or [`TRUST_LAUNCHER`]).
 pub const MAP_TRUSTED: &str = "TRUSTED";
+/// A trusted starter: its exec starts a container.
+pub const TRUST_STARTER: u8 = 1;
+/// Apptainer's command-line tool, which execs a starter shortly after it
+/// starts: its exec is reported ([`EventKind::LauncherExec`]) so user space
+/// can prepare for the placement, and attributes nothing.
+pub const TRUST_LAUNCHER: u8 = 2;
 /// Name of the map from task id to [`TaskEntry`] (its container).
 pub const MAP_TASKS: &str = "TASKS";
 /// Name of the map from container id to its kernel-side state.
@@ -158,6 +165,9 @@ pub enum EventKind {
     ContainerExited = 2,
     /// A task of a container was chosen as an OOM victim.
     OomKill = 3,
+    /// A trusted launcher (Apptainer's command-line tool) was executed by a
+    /// task not in a container.
+    LauncherExec = 4,
 }
 
 impl EventKind {
@@ -166,6 +176,7 @@ impl EventKind {
             1 => Some(Self::ContainerStarted),
             2 => Some(Self::ContainerExited),
             3 => Some(Self::OomKill),
+            4 => Some(Self::LauncherExec),
             _ => None,
         }
     }

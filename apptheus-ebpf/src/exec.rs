@@ -1,7 +1,9 @@
 //! sched_process_exec: recognise a trusted starter by the identity of the
-//! executed file, and start a container for it.
+//! executed file, and start a container for it; report the exec of a
+//! trusted launcher (Apptainer's command-line tool).
 use apptheus_common::{
     ContainerState, Event, EventKind, FileId, RUN_DELAY_UNKNOWN, Stat, TASK_COMM_LEN,
+    TRUST_LAUNCHER,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -50,13 +52,26 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
 
     let file = executed_file(ctx)?;
-    // SAFETY: a u8 marker, read immediately.
-    if unsafe { TRUSTED.get(&file) }.is_none() {
+    // SAFETY: a u8 value, copied out immediately.
+    let Some(role) = (unsafe { TRUSTED.get(&file) }).copied() else {
         return Ok(());
-    }
+    };
 
     let now = boot_ns();
     let uid_gid = bpf_get_current_uid_gid();
+    if role == TRUST_LAUNCHER {
+        emit(&Event {
+            kind: EventKind::LauncherExec as u32,
+            tgid,
+            container: 0,
+            boot_ns: now,
+            uid: uid_gid as u32,
+            gid: (uid_gid >> 32) as u32,
+            file,
+            comm: [0; TASK_COMM_LEN],
+        });
+        return Ok(());
+    }
     let mut state = ContainerState {
         live_tasks: 1,
         execs: 1,

@@ -51,6 +51,14 @@ pub struct Args {
     #[arg(long = "trust.path", value_name = "PATHS", action = ArgAction::Append)]
     pub trust_path: Vec<String>,
 
+    /// Apptainer's command-line tools, separated by ';' and/or given several
+    /// times: their exec announces a starter (see --cgroup.prewarm). Trusted
+    /// by file identity too, but grant nothing. Default: <prefix>/bin/apptainer
+    /// and <prefix>/bin/singularity for each starter under
+    /// <prefix>/libexec/apptainer/bin, those that exist.
+    #[arg(long = "trust.launcher", value_name = "PATHS", action = ArgAction::Append)]
+    pub trust_launcher: Vec<String>,
+
     /// Unix socket that Apptainer's starter connects to with `allow monitoring = yes`.
     #[arg(
         long = "socket.path",
@@ -129,6 +137,14 @@ pub struct Args {
     #[arg(long = "cgroup.enable-controllers", value_name = "BOOL", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub cgroup_enable_controllers: bool,
 
+    /// When a launcher (--trust.launcher) is executed, take the kernel's
+    /// cgroup migration lock every 2 ms until its starter runs (at most 1 s),
+    /// so that placing the container does not first wait for an RCU grace
+    /// period (10-30 ms on an idle node). Forks and exits on the node are a
+    /// little slower inside those windows. false: never.
+    #[arg(long = "cgroup.prewarm", value_name = "BOOL", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub cgroup_prewarm: bool,
+
     /// procfs mount point.
     #[arg(long = "path.procfs", value_name = "PATH", default_value = "/proc")]
     pub procfs: PathBuf,
@@ -163,17 +179,27 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Paths given as `a;b` and/or repeated, blanks dropped.
+fn split_paths(given: &[String]) -> Vec<PathBuf> {
+    given
+        .iter()
+        .flat_map(|s| s.split(';'))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
 impl Args {
     /// The trusted paths as given: every `--trust.path`, split on ';',
     /// blanks dropped. Empty when none was given.
     pub fn trusted_paths(&self) -> Vec<PathBuf> {
-        self.trust_path
-            .iter()
-            .flat_map(|s| s.split(';'))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .collect()
+        split_paths(&self.trust_path)
+    }
+
+    /// The launchers as given (`--trust.launcher`), like [`Self::trusted_paths`].
+    pub fn launcher_paths(&self) -> Vec<PathBuf> {
+        split_paths(&self.trust_launcher)
     }
 }
 
@@ -195,6 +221,9 @@ mod tests {
         assert_eq!(a.ebpf, EbpfMode::Auto);
         assert_eq!(parse(&["--ebpf=false"]).unwrap().ebpf, EbpfMode::False);
         assert!(a.trusted_paths().is_empty());
+        assert!(a.launcher_paths().is_empty());
+        assert!(a.cgroup_prewarm);
+        assert!(!parse(&["--cgroup.prewarm=false"]).unwrap().cgroup_prewarm);
     }
 
     #[test]

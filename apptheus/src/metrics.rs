@@ -25,6 +25,10 @@ pub struct AgentMetrics {
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
     pub placement_seconds: Histogram,
+    /// Launcher execs that opened a cgroup warm-up window, and the lock
+    /// takings inside windows (cgroup::prewarm).
+    pub prewarm_windows: IntCounter,
+    pub prewarm_writes: IntCounter,
     /// Pushes that succeeded / failed, by target (pushgateway, remote_write).
     pub pushes: IntCounterVec,
     pub push_failures: IntCounterVec,
@@ -102,6 +106,14 @@ impl AgentMetrics {
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         ));
+        let prewarm_windows = must(IntCounter::new(
+            "apptheus_cgroup_prewarm_windows_total",
+            "Warm-up windows opened by the exec of an Apptainer launcher (--cgroup.prewarm).",
+        ));
+        let prewarm_writes = must(IntCounter::new(
+            "apptheus_cgroup_prewarm_writes_total",
+            "Times the cgroup migration lock was taken inside warm-up windows (--cgroup.prewarm).",
+        ));
         let pushes = must(IntCounterVec::new(
             Opts::new(
                 "apptheus_pushes_total",
@@ -125,6 +137,8 @@ impl AgentMetrics {
             Box::new(sample_duration.clone()),
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
+            Box::new(prewarm_windows.clone()),
+            Box::new(prewarm_writes.clone()),
             Box::new(pushes.clone()),
             Box::new(push_failures.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -140,6 +154,8 @@ impl AgentMetrics {
             sample_duration,
             mode,
             placement_seconds,
+            prewarm_windows,
+            prewarm_writes,
             pushes,
             push_failures,
             containers_families: RwLock::new(Arc::new(Encoded::default())),

@@ -40,6 +40,13 @@ pub enum TrustError {
         DEFAULT_STARTERS.join(", ")
     )]
     NoneFound,
+    #[error("launcher {path} does not exist ({source}); fix --trust.launcher")]
+    LauncherMissing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("launcher {path} is not a regular file; fix --trust.launcher")]
+    LauncherNotAFile { path: PathBuf },
 }
 
 /// A trusted starter: the path it was named by, and the file's identity.
@@ -114,6 +121,85 @@ impl TrustedSet {
     /// Whether `id` is one of the trusted files.
     pub fn contains(&self, id: &FileId) -> bool {
         self.files.iter().any(|f| f.id == *id)
+    }
+}
+
+/// Where Apptainer's command-line tools are for starters installed as
+/// `<prefix>/libexec/apptainer/bin/<starter>` (or `.../singularity/bin/`):
+/// `<prefix>/bin/apptainer` and `<prefix>/bin/singularity`, without
+/// duplicates. Starters elsewhere suggest no launcher.
+pub fn default_launchers(starters: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for starter in starters {
+        let Some(bin) = starter.parent() else {
+            continue;
+        };
+        let project = bin.parent();
+        let libexec = project.and_then(Path::parent);
+        let prefix = libexec.and_then(Path::parent);
+        let named = |p: Option<&Path>, names: &[&str]| {
+            p.and_then(Path::file_name)
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| names.contains(&n))
+        };
+        if !(bin.file_name().is_some_and(|n| n == "bin")
+            && named(project, &["apptainer", "singularity"])
+            && named(libexec, &["libexec"]))
+        {
+            continue;
+        }
+        let Some(prefix) = prefix else {
+            continue;
+        };
+        for tool in ["apptainer", "singularity"] {
+            let p = prefix.join("bin").join(tool);
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+impl TrustedSet {
+    /// Resolves the launchers (Apptainer's command-line tools): those
+    /// given, each of which must exist, or with none given those of
+    /// [`default_launchers`] for `starters` that exist. Their exec only
+    /// prepares a placement (see `cgroup::prewarm`), so unlike a starter a
+    /// launcher need not be safe from replacement.
+    pub fn resolve_launchers(given: &[PathBuf], starters: &TrustedSet) -> Result<Self, TrustError> {
+        let mut files = Vec::new();
+        if given.is_empty() {
+            let paths: Vec<PathBuf> = starters.files.iter().map(|f| f.path.clone()).collect();
+            for path in default_launchers(&paths) {
+                if let Ok(meta) = std::fs::metadata(&path)
+                    && meta.is_file()
+                {
+                    files.push(TrustedFile {
+                        id: file_id(&meta),
+                        path,
+                    });
+                }
+            }
+        } else {
+            for path in given {
+                let meta =
+                    std::fs::metadata(path).map_err(|source| TrustError::LauncherMissing {
+                        path: path.clone(),
+                        source,
+                    })?;
+                if !meta.is_file() {
+                    return Err(TrustError::LauncherNotAFile { path: path.clone() });
+                }
+                files.push(TrustedFile {
+                    id: file_id(&meta),
+                    path: path.clone(),
+                });
+            }
+        }
+        files.sort();
+        files.dedup();
+        Ok(Self { files })
     }
 }
 
@@ -202,6 +288,58 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("/nonexistent/apptheus/starter"), "{msg}");
         assert!(msg.contains("--trust.path"), "{msg}");
+    }
+
+    #[test]
+    fn launchers_are_the_tools_of_the_starters_prefix() {
+        let got = default_launchers(&[
+            PathBuf::from("/usr/libexec/apptainer/bin/starter"),
+            PathBuf::from("/usr/libexec/apptainer/bin/starter-suid"),
+            PathBuf::from("/opt/sing/libexec/singularity/bin/starter"),
+            PathBuf::from("/tmp/x/starter"),
+            PathBuf::from("starter"),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/usr/bin/apptainer"),
+                PathBuf::from("/usr/bin/singularity"),
+                PathBuf::from("/opt/sing/bin/apptainer"),
+                PathBuf::from("/opt/sing/bin/singularity"),
+            ]
+        );
+    }
+
+    #[test]
+    fn launchers_given_must_exist_and_defaults_may_be_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("libexec/apptainer/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::write(bin.join("starter"), b"x").unwrap();
+        let cli = dir.path().join("bin/apptainer");
+        std::fs::write(&cli, b"y").unwrap();
+        let starters = TrustedSet {
+            files: vec![TrustedFile {
+                path: bin.join("starter"),
+                id: file_id(&std::fs::metadata(bin.join("starter")).unwrap()),
+            }],
+        };
+        // bin/singularity is absent: left out without an error.
+        let found = TrustedSet::resolve_launchers(&[], &starters).unwrap();
+        assert_eq!(found.files.len(), 1);
+        assert_eq!(found.files[0].path, cli);
+        let err = TrustedSet::resolve_launchers(&[dir.path().join("bin/singularity")], &starters)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bin/singularity") && err.contains("--trust.launcher"),
+            "{err}"
+        );
+        let err = TrustedSet::resolve_launchers(&[dir.path().join("bin")], &starters)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -386,3 +386,121 @@ fn a_thousand_container_cycles_leave_no_cgroup_behind() {
         value(&agent.metrics(), "apptheus_containers", &[]) == Some(0.0)
     });
 }
+
+/// The cgroups of every thread of process `pid`, sorted.
+fn thread_cgroups(pid: u32) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("cgroup")).ok())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Apptainer's command-line tool execs the starter some time after it
+/// starts. The agent recognises the tool (`<prefix>/bin/apptainer`, found
+/// from the starter's path) and takes the cgroup migration lock until the
+/// starter comes, so that placement finds it warm; doing so moves none of
+/// the agent's threads, and stops when the tool exits without a starter.
+#[test]
+fn a_launch_through_apptainers_cli_is_prepared_and_moves_nothing() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let trust = TrustDir::new();
+    let prefix = trust.dir.path();
+    std::fs::create_dir_all(prefix.join("libexec/apptainer/bin")).unwrap();
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    let starter = trust.starter("libexec/apptainer/bin/starter");
+    let cli = trust.starter("bin/apptainer");
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    assert!(
+        agent
+            .log_text()
+            .contains(&format!("launchers=\"{}", cli.display())),
+        "the launcher next to the starter is trusted:\n{}",
+        agent.log_text()
+    );
+    let threads_before = thread_cgroups(agent.child.id());
+    let counter = |name: &str| value(&agent.metrics(), name, &[]).unwrap_or(-1.0);
+    assert_eq!(counter("apptheus_cgroup_prewarm_windows_total"), 0.0);
+
+    // `apptainer exec`: 0.2 s of preparation, then the starter in its place.
+    let mut child = Command::new(&cli)
+        .args(["launch", "--after", "0.2"])
+        .arg(&starter)
+        .args(["--no-namespaces", "--", "/bin/sleep", "1"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    agent.wait_for(WAIT, "the container's placement", || {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
+    });
+    assert_eq!(counter("apptheus_cgroup_prewarm_windows_total"), 1.0);
+    let writes = counter("apptheus_cgroup_prewarm_writes_total");
+    assert!(writes >= 1.0, "the lock was taken ahead of the starter");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        thread_cgroups(agent.child.id()),
+        threads_before,
+        "the warm-up moved none of the agent's threads"
+    );
+    // The window closed with the starter's exec: no more lock taking.
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    assert_eq!(counter("apptheus_cgroup_prewarm_writes_total"), writes);
+
+    // `apptainer --version`: a launcher that never execs a starter opens a
+    // window that closes when it exits, and starts no container.
+    let started = counter("apptheus_containers_started_total");
+    let status = Command::new(&cli)
+        .args(["launch", "--after", "0.1", "/bin/true"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    agent.wait_for(WAIT, "a second window", || {
+        counter("apptheus_cgroup_prewarm_windows_total") == 2.0
+    });
+    std::thread::sleep(scaled(Duration::from_millis(100)));
+    let after_exit = counter("apptheus_cgroup_prewarm_writes_total");
+    assert!(after_exit > writes, "the second window took the lock");
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    assert_eq!(
+        counter("apptheus_cgroup_prewarm_writes_total"),
+        after_exit,
+        "the window ended with the launcher"
+    );
+    assert_eq!(counter("apptheus_containers_started_total"), started);
+    drop(agent);
+
+    // Switched off: the launcher is ignored, the container still placed.
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--cgroup.prewarm=false",
+    ]);
+    let mut child = Command::new(&cli)
+        .args(["launch", "--after", "0.05"])
+        .arg(&starter)
+        .args(["--no-namespaces", "--", "/bin/sleep", "0.5"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    agent.wait_for(WAIT, "the container's placement", || {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
+    });
+    assert!(child.wait().unwrap().success());
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_cgroup_prewarm_windows_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&m, "apptheus_cgroup_prewarm_writes_total", &[]),
+        Some(0.0)
+    );
+}

@@ -23,6 +23,9 @@ enum Command {
     /// Measure overhead, attribution latency, scale and accuracy (root);
     /// results to BENCHMARKS.md.
     Bench(bench::Options),
+    /// Run the placement benchmark in VMs with default-kernel cgroup mounts
+    /// (software emulation: compare its variants with each other).
+    VmBench(vm::bench::Options),
     /// Build the Debian package (cargo-deb): binary, systemd unit, defaults, man page.
     Package(package::Options),
 }
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf(o) => build_ebpf::run(&o).map(|path| println!("{}", path.display())),
         Command::VmTest(o) => vm::run(&o),
         Command::Bench(o) => bench::run(&o),
+        Command::VmBench(o) => vm::bench::run(&o),
         Command::Package(o) => package::run(&o).map(|deb| println!("{}", deb.display())),
     }
 }

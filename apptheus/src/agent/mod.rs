@@ -42,6 +42,8 @@ pub struct Agent {
     placer: Option<Placer>,
     registry: Registry,
     trusted: TrustedSet,
+    /// Apptainer's command-line tools (cgroup::prewarm).
+    launchers: TrustedSet,
     lost_seen: u64,
     /// cgroup directories whose removal failed (tasks not yet reaped).
     pending_removal: Vec<std::path::PathBuf>,
@@ -78,6 +80,14 @@ const TRUST_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let trusted = TrustedSet::resolve(&args.trusted_paths())?;
     tracing::info!(starters = %trusted.describe(), "trusting starters");
+    let launchers = TrustedSet::resolve_launchers(&args.launcher_paths(), &trusted)?;
+    if launchers.files.is_empty() {
+        tracing::info!(
+            "no Apptainer launcher found (--trust.launcher): placements are not prepared ahead"
+        );
+    } else {
+        tracing::info!(launchers = %launchers.describe(), "trusting launchers");
+    }
 
     let host = match preflight::check(&args.procfs, &args.sysfs, args.ebpf != EbpfMode::False) {
         Ok(h) => h,
@@ -104,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         mode => match Kernel::load(
             &host.btf,
             &trusted.ids(),
+            &launchers.ids(),
             &containers::kernel_options(&args, &host),
         ) {
             Ok(k) => Some(k),
@@ -185,6 +196,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         placer,
         registry: Registry::default(),
         trusted,
+        launchers,
         lost_seen: 0,
         pending_removal: Vec::new(),
         trusted_tx,
@@ -225,8 +237,9 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let (tx, mut events) = mpsc::channel::<KernelEvent>(4096);
         if let Some(ring) = self.kernel.as_mut().and_then(Kernel::take_events) {
+            let prewarm = self.spawn_prewarm();
             tokio::spawn(async move {
-                if let Err(e) = crate::kernel::events::read_events(ring, tx).await {
+                if let Err(e) = crate::kernel::events::read_events(ring, tx, prewarm).await {
                     tracing::error!(error = %e, "reading kernel events stopped");
                 }
             });
@@ -271,6 +284,25 @@ impl Agent {
         }
     }
 
+    /// Starts the cgroup warm-up thread, unless --cgroup.prewarm=false.
+    fn spawn_prewarm(&self) -> Option<crate::cgroup::prewarm::Handle> {
+        if !self.args.cgroup_prewarm {
+            return None;
+        }
+        let placer = self.placer.clone()?;
+        let counters = crate::cgroup::prewarm::Counters {
+            windows: self.metrics.prewarm_windows.clone(),
+            writes: self.metrics.prewarm_writes.clone(),
+        };
+        match crate::cgroup::prewarm::Handle::spawn(placer, counters) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the cgroup warm-up thread; placements may wait for an RCU grace period");
+                None
+            }
+        }
+    }
+
     fn on_kernel_event(&mut self, ev: KernelEvent) {
         match ev {
             KernelEvent::Started {
@@ -296,6 +328,7 @@ impl Agent {
                 comm,
                 ..
             } => self.on_oom_kill(container, pid, &comm),
+            KernelEvent::LauncherExec { .. } => {}
         }
     }
 
@@ -386,24 +419,34 @@ impl Agent {
     /// Re-resolves the trusted paths (on SIGHUP, and every
     /// [`TRUST_RECHECK`]: a package upgrade replaces the file at the path).
     fn reload_trust(&mut self, reason: &str) {
-        match TrustedSet::resolve(&self.args.trusted_paths()) {
-            Ok(t) if t == self.trusted => {
+        let resolved = TrustedSet::resolve(&self.args.trusted_paths()).and_then(|t| {
+            let l = TrustedSet::resolve_launchers(&self.args.launcher_paths(), &t)?;
+            Ok((t, l))
+        });
+        match resolved {
+            Ok((t, l)) if t == self.trusted && l == self.launchers => {
                 self.trust_error = None;
                 if reason == "SIGHUP" {
                     tracing::info!("SIGHUP: trusted starters unchanged");
                 }
             }
-            Ok(t) => {
+            Ok((t, l)) => {
                 self.trust_error = None;
                 if let Some(k) = self.kernel.as_mut()
-                    && let Err(e) = k.set_trusted(&t.ids())
+                    && let Err(e) = k.set_trusted(&t.ids(), &l.ids())
                 {
                     tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
                     return;
                 }
-                tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "{reason}: trusted starters changed");
-                self.trusted_tx.send_replace(t.clone());
-                self.trusted = t;
+                if l != self.launchers {
+                    tracing::info!(before = %self.launchers.describe(), after = %l.describe(), "{reason}: launchers changed");
+                    self.launchers = l;
+                }
+                if t != self.trusted {
+                    tracing::info!(before = %self.trusted.describe(), after = %t.describe(), "{reason}: trusted starters changed");
+                    self.trusted_tx.send_replace(t.clone());
+                    self.trusted = t;
+                }
             }
             Err(e) => {
                 // Said once per distinct problem, not at every re-check.

@@ -5,6 +5,7 @@
 //! socket, keeps the connection open, and waits for the container.
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
+//!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--pingpong N]
@@ -17,6 +18,10 @@
 //! `--schedstat`, it then writes to PATH what the kernel accounted to those
 //! two threads' waits on the run queue (/proc/thread-self/schedstat):
 //! "RUN_DELAY_NS TIMESLICES", summed over both.
+//!
+//! `launch` stands in for Apptainer's command-line tool: after SECS of
+//! preparation (default 0.03) it execs STARTER in its place, as
+//! `apptainer exec` does.
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
@@ -35,8 +40,10 @@ use nix::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("workload") {
-        return workload(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("workload") => return workload(&args[1..]),
+        Some("launch") => return launch(&args[1..]),
+        _ => {}
     }
     let mut socket = None;
     let mut namespaces = true;
@@ -78,6 +85,37 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn launch(args: &[String]) -> ExitCode {
+    let mut after = 0.03;
+    let mut rest = args;
+    if rest.first().map(String::as_str) == Some("--after") {
+        match rest.get(1).and_then(|v| v.parse::<f64>().ok()) {
+            Some(v) if v >= 0.0 && v.is_finite() => after = v,
+            _ => {
+                eprintln!("launch: --after needs a number of seconds");
+                return ExitCode::from(2);
+            }
+        }
+        rest = &rest[2..];
+    }
+    if rest.is_empty() {
+        eprintln!("usage: apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]");
+        return ExitCode::from(2);
+    }
+    std::thread::sleep(Duration::from_secs_f64(after));
+    let Ok(argv) = rest
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        eprintln!("argument with a NUL byte");
+        return ExitCode::from(2);
+    };
+    let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
+    eprintln!("exec {}: {e}", rest[0]);
+    ExitCode::from(127)
 }
 
 fn container(cmd: &[String], namespaces: bool) -> ExitCode {

@@ -5,6 +5,7 @@ pub mod files;
 pub mod layout;
 pub mod parse;
 pub mod placement;
+pub mod prewarm;
 pub mod procfile;
 pub mod stats;
 pub mod v1;

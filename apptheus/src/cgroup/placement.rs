@@ -169,6 +169,39 @@ impl Placer {
         Ok(out)
     }
 
+    /// The file through which thread `tid` of the agent would be moved into
+    /// the cgroup it is in now: `tasks` in a v1 hierarchy (there are no
+    /// placement rules there), else cgroup2's `cgroup.threads`. Writing the
+    /// thread's id there moves nothing, but takes the kernel's cgroup
+    /// migration lock like any placement does (see [`super::prewarm`]).
+    pub fn own_thread_file(&self, tid: u32) -> Result<PathBuf, PlaceError> {
+        let path = self
+            .procfs
+            .join("self")
+            .join("task")
+            .join(tid.to_string())
+            .join("cgroup");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| PlaceError::ProcCgroup { pid: tid, source })?;
+        let cgs = procfile::parse(&text);
+        let h = self
+            .hierarchies
+            .iter()
+            .find(|h| !h.is_v2())
+            .or_else(|| self.hierarchies.first())
+            .ok_or_else(|| PlaceError::NotInHierarchy {
+                pid: tid,
+                hierarchy: "any".into(),
+            })?;
+        let dir = self
+            .dir_of(h, &cgs)
+            .ok_or_else(|| PlaceError::NotInHierarchy {
+                pid: tid,
+                hierarchy: h.name(),
+            })?;
+        Ok(dir.join(if h.is_v2() { "cgroup.threads" } else { "tasks" }))
+    }
+
     /// The container's directories, one per hierarchy.
     pub fn dirs(cg: &ContainerCgroups) -> Vec<PathBuf> {
         let set: BTreeSet<&PathBuf> = cg.v2.iter().chain(cg.v1.values()).collect();
@@ -350,6 +383,41 @@ mod tests {
             );
         }
         layout
+    }
+
+    /// The agent's own thread is "moved" into the cgroup it is in: a v1
+    /// hierarchy's `tasks` file when there is one, cgroup2's
+    /// `cgroup.threads` on a pure v2 host.
+    #[test]
+    fn own_thread_file_names_the_threads_current_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let procfs = root.path().join("proc");
+        let task = procfs.join("self/task/31");
+        std::fs::create_dir_all(&task).unwrap();
+        std::fs::write(
+            task.join("cgroup"),
+            "4:cpu,cpuacct:/system.slice/apptheus.service\n3:memory:/system.slice\n0::/system.slice/apptheus.service\n",
+        )
+        .unwrap();
+        let placer = Placer::new(&hybrid(root.path()), &procfs);
+        let file = placer.own_thread_file(31).unwrap();
+        assert_eq!(
+            file,
+            root.path()
+                .join("cpu,cpuacct/system.slice/apptheus.service/tasks")
+        );
+        let v2_only = Layout {
+            v2: Some(root.path().join("unified")),
+            v1: BTreeMap::new(),
+        };
+        let placer = Placer::new(&v2_only, &procfs);
+        assert_eq!(
+            placer.own_thread_file(31).unwrap(),
+            root.path()
+                .join("unified/system.slice/apptheus.service/cgroup.threads")
+        );
+        let err = placer.own_thread_file(32).unwrap_err().to_string();
+        assert!(err.contains("32"), "{err}");
     }
 
     /// On a fixture tree: directories land beneath the starter's cgroups,

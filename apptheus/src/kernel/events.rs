@@ -28,6 +28,11 @@ pub enum KernelEvent {
         comm: String,
         boot_ns: u64,
     },
+    /// A trusted launcher (Apptainer's command-line tool) was executed.
+    LauncherExec {
+        tgid: u32,
+        boot_ns: u64,
+    },
 }
 
 /// A NUL-padded `task_struct.comm` as text (lossy, control characters
@@ -75,14 +80,21 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             comm: comm_text(&ev.comm),
             boot_ns: ev.boot_ns,
         }),
+        Some(EventKind::LauncherExec) => Ok(KernelEvent::LauncherExec {
+            tgid: ev.tgid,
+            boot_ns: ev.boot_ns,
+        }),
         None => Err(DecodeError::Kind(ev.kind)),
     }
 }
 
 /// Reads the ring buffer until `tx` closes, waking on its descriptor.
+/// Launches and starts go to the cgroup warm-up first, straight from here
+/// (a busy main loop must not delay it); launches go nowhere else.
 pub async fn read_events(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<KernelEvent>,
+    prewarm: Option<crate::cgroup::prewarm::Handle>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map descriptor, which stays open and
     // unchanged until the RingBuf (owned by the AsyncFd) is dropped.
@@ -94,6 +106,8 @@ pub async fn read_events(
         let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             match decode(&item) {
+                Ok(ev) if prewarm.as_ref().is_some_and(|p| p.observe(&ev)) => {}
+                Ok(KernelEvent::LauncherExec { .. }) => {}
                 Ok(ev) => batch.push(ev),
                 Err(e) => tracing::warn!(error = %e, "dropping malformed kernel event"),
             }
@@ -182,6 +196,23 @@ mod tests {
         );
         assert_eq!(comm_text(&[b'x'; TASK_COMM_LEN]), "x".repeat(16));
         assert_eq!(comm_text(&[0; TASK_COMM_LEN]), "");
+    }
+
+    #[test]
+    fn launcher_exec_carries_its_pid() {
+        let ev = Event {
+            kind: EventKind::LauncherExec as u32,
+            tgid: 555,
+            boot_ns: 13,
+            ..Event::default()
+        };
+        assert_eq!(
+            decode(&bytes(&ev)),
+            Ok(KernelEvent::LauncherExec {
+                tgid: 555,
+                boot_ns: 13
+            })
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::{
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
     MAP_RUNQ, MAP_RUNQ_PIDS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAX_RUNQ_PIDS, RUN_DELAY_UNKNOWN,
-    RunqHistogram, STAT_COUNT, Stat, TaskEntry, runq_pids_element, runq_pids_mark,
+    RunqHistogram, STAT_COUNT, Stat, TRUST_LAUNCHER, TRUST_STARTER, TaskEntry, runq_pids_element,
+    runq_pids_mark,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -96,11 +97,12 @@ pub struct Kernel {
 impl Kernel {
     /// Resolves offsets from `btf_path`, loads and attaches the programs
     /// (those of the collectors in `opts` that this kernel supports), and
-    /// fills the trusted set. A collector that cannot run here is left out
+    /// fills the trusted set (starters and launchers). A collector that cannot run here is left out
     /// with a warning; attribution itself failing is an error.
     pub fn load(
         btf_path: &Path,
-        trusted: &BTreeSet<FileId>,
+        starters: &BTreeSet<FileId>,
+        launchers: &BTreeSet<FileId>,
         opts: &Options,
     ) -> Result<Self, KernelError> {
         let btf_file = offsets::load_btf(btf_path)?;
@@ -196,7 +198,7 @@ impl Kernel {
             events: Some(RingBuf::try_from(events).map_err(map_err(MAP_EVENTS))?),
             _ebpf: ebpf,
         };
-        kernel.set_trusted(trusted)?;
+        kernel.set_trusted(starters, launchers)?;
         Ok(kernel)
     }
 
@@ -205,15 +207,27 @@ impl Kernel {
         self.events.take()
     }
 
-    /// Makes the kernel's trusted set exactly `wanted`.
-    pub fn set_trusted(&mut self, wanted: &BTreeSet<FileId>) -> Result<(), KernelError> {
-        let current: BTreeSet<FileId> = self.trusted.keys().filter_map(Result::ok).collect();
-        for id in wanted.difference(&current) {
-            self.trusted
-                .insert(id, &1, 0)
-                .map_err(map_err(MAP_TRUSTED))?;
+    /// Makes the kernel's trusted set exactly `starters` and `launchers`
+    /// (a file in both is a starter).
+    pub fn set_trusted(
+        &mut self,
+        starters: &BTreeSet<FileId>,
+        launchers: &BTreeSet<FileId>,
+    ) -> Result<(), KernelError> {
+        let wanted: BTreeMap<FileId, u8> = launchers
+            .iter()
+            .map(|id| (*id, TRUST_LAUNCHER))
+            .chain(starters.iter().map(|id| (*id, TRUST_STARTER)))
+            .collect();
+        let current: BTreeMap<FileId, u8> = self.trusted.iter().filter_map(Result::ok).collect();
+        for (id, role) in &wanted {
+            if current.get(id) != Some(role) {
+                self.trusted
+                    .insert(id, role, 0)
+                    .map_err(map_err(MAP_TRUSTED))?;
+            }
         }
-        for id in current.difference(wanted) {
+        for id in current.keys().filter(|id| !wanted.contains_key(id)) {
             self.trusted.remove(id).map_err(map_err(MAP_TRUSTED))?;
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! it); layouts are pure v1, hybrid and pure v2. One initramfs holds the
 //! test binaries at the paths compiled into them; the kernel command line
 //! picks the layout. See `init.sh` for what runs inside.
+pub mod bench;
 mod cpio;
 mod exceptions;
 mod json;
