@@ -431,7 +431,7 @@ fn a_launch_through_apptainers_cli_is_prepared_and_moves_nothing() {
     let mut child = Command::new(&cli)
         .args(["launch", "--after", "0.2"])
         .arg(&starter)
-        .args(["--no-namespaces", "--", "/bin/sleep", "1"])
+        .args(["--no-namespaces", "--", "/bin/sleep", "2"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
@@ -441,17 +441,22 @@ fn a_launch_through_apptainers_cli_is_prepared_and_moves_nothing() {
             .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
     });
     assert_eq!(counter("apptheus_cgroup_prewarm_windows_total"), 1.0);
+    assert!(
+        counter("apptheus_cgroup_prewarm_writes_total") >= 1.0,
+        "the lock was taken ahead of the starter"
+    );
+    // The window closes shortly after the starter's exec (the container
+    // still runs): no more lock taking.
+    std::thread::sleep(scaled(Duration::from_millis(300)));
     let writes = counter("apptheus_cgroup_prewarm_writes_total");
-    assert!(writes >= 1.0, "the lock was taken ahead of the starter");
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    assert_eq!(counter("apptheus_cgroup_prewarm_writes_total"), writes);
     assert!(child.wait().unwrap().success());
     assert_eq!(
         thread_cgroups(agent.child.id()),
         threads_before,
         "the warm-up moved none of the agent's threads"
     );
-    // The window closed with the starter's exec: no more lock taking.
-    std::thread::sleep(scaled(Duration::from_millis(300)));
-    assert_eq!(counter("apptheus_cgroup_prewarm_writes_total"), writes);
 
     // `apptainer --version`: a launcher that never execs a starter opens a
     // window that closes when it exits, and starts no container.

@@ -14,7 +14,8 @@
 //! reports the tool's exec (a "launcher", trusted by file identity like the
 //! starters); from then until its starter runs, the tool exits, or
 //! [`WINDOW`] passes, a thread here takes the lock every [`POKE_EVERY`] by
-//! "moving" itself into the cgroup it is already in. When the starter
+//! "moving" itself into the cgroup it is already in (and for
+//! [`AFTER_START`] more, while the starter is placed). When the starter
 //! arrives the lock is quick to take, and placement skips the wait. Forks
 //! and exits on the node take the slower path only inside these windows.
 use std::{
@@ -31,6 +32,10 @@ use crate::kernel::events::KernelEvent;
 
 /// How long after a launcher's exec its starter is waited for.
 pub const WINDOW: Duration = Duration::from_secs(1);
+/// How long the lock is still kept warm after the starter's exec: its
+/// placement (a few writes, each of which would otherwise wait again once a
+/// grace period has passed without one) runs meanwhile.
+pub const AFTER_START: Duration = Duration::from_millis(50);
 /// How often the lock is taken inside a window: well under the shortest
 /// grace period (a few jiffies: 4 ms a jiffy at HZ=250).
 pub const POKE_EVERY: Duration = Duration::from_millis(2);
@@ -66,9 +71,12 @@ impl Windows {
         opened
     }
 
-    /// Process `tgid` executed a starter: its launcher needs nothing more.
-    pub fn started(&mut self, tgid: u32) {
-        self.pending.remove(&tgid);
+    /// Process `tgid` executed a starter at `now`: its launcher's window
+    /// ends [`AFTER_START`] later, once the placement has had its lock.
+    pub fn started(&mut self, tgid: u32, now: Instant) {
+        if let Some(deadline) = self.pending.get_mut(&tgid) {
+            *deadline = (*deadline).min(now + AFTER_START);
+        }
     }
 
     /// Whether the lock should be kept warm at `now`; forgets launchers
@@ -165,7 +173,7 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
                     tracing::debug!(launcher = tgid, "cgroup warm-up window opened");
                 }
             }
-            Msg::Started(tgid) => windows.started(tgid),
+            Msg::Started(tgid) => windows.started(tgid, now),
         };
         match first {
             Ok(m) => apply(m),
@@ -237,10 +245,14 @@ mod tests {
             "a second launcher joins the open window"
         );
         assert!(w.active(t0 + Duration::from_millis(5), |_| true));
-        w.started(10);
-        assert!(w.active(t0 + Duration::from_millis(5), |_| true));
-        w.started(11);
-        assert!(!w.active(t0 + Duration::from_millis(5), |_| true));
+        let t1 = t0 + Duration::from_millis(10);
+        w.started(10, t1);
+        w.started(11, t1);
+        w.started(12, t1);
+        // The placement that follows still finds the lock warm.
+        assert!(w.active(t1 + AFTER_START - Duration::from_millis(1), |_| true));
+        assert!(!w.active(t1 + AFTER_START, |_| true));
+        assert!(w.is_empty());
     }
 
     #[test]
