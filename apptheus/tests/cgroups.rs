@@ -398,6 +398,31 @@ fn thread_cgroups(pid: u32) -> Vec<String> {
     out
 }
 
+/// Runs `cli launch --after AFTER starter -- /bin/sleep SECS` (as
+/// `apptainer exec` runs the starter) and waits until the agent has placed
+/// the container; returns the process, whose pid is the starter's.
+fn launch_and_wait_placed(
+    agent: &Agent,
+    cli: &Path,
+    starter: &Path,
+    after: &str,
+    secs: &str,
+) -> std::process::Child {
+    let child = Command::new(cli)
+        .args(["launch", "--after", after])
+        .arg(starter)
+        .args(["--no-namespaces", "--", "/bin/sleep", secs])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    agent.wait_for(WAIT, "the container's placement", || {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
+    });
+    child
+}
+
 /// Apptainer's command-line tool execs the starter some time after it
 /// starts. The agent recognises the tool (`<prefix>/bin/apptainer`, found
 /// from the starter's path) and takes the cgroup migration lock until the
@@ -428,18 +453,7 @@ fn a_launch_through_apptainers_cli_is_prepared_and_moves_nothing() {
     assert_eq!(counter("apptheus_cgroup_prewarm_windows_total"), 0.0);
 
     // `apptainer exec`: 0.2 s of preparation, then the starter in its place.
-    let mut child = Command::new(&cli)
-        .args(["launch", "--after", "0.2"])
-        .arg(&starter)
-        .args(["--no-namespaces", "--", "/bin/sleep", "2"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    agent.wait_for(WAIT, "the container's placement", || {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
-    });
+    let mut child = launch_and_wait_placed(&agent, &cli, &starter, "0.2", "2");
     assert_eq!(counter("apptheus_cgroup_prewarm_windows_total"), 1.0);
     assert!(
         counter("apptheus_cgroup_prewarm_writes_total") >= 1.0,
@@ -486,18 +500,7 @@ fn a_launch_through_apptainers_cli_is_prepared_and_moves_nothing() {
         &format!("--trust.path={}", starter.display()),
         "--cgroup.prewarm=false",
     ]);
-    let mut child = Command::new(&cli)
-        .args(["launch", "--after", "0.05"])
-        .arg(&starter)
-        .args(["--no-namespaces", "--", "/bin/sleep", "0.5"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    agent.wait_for(WAIT, "the container's placement", || {
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
-    });
+    let mut child = launch_and_wait_placed(&agent, &cli, &starter, "0.05", "0.5");
     assert!(child.wait().unwrap().success());
     let m = agent.metrics();
     assert_eq!(

@@ -105,7 +105,17 @@ fn launch(args: &[String]) -> ExitCode {
         return ExitCode::from(2);
     }
     std::thread::sleep(Duration::from_secs_f64(after));
-    let Ok(argv) = rest
+    // By path, as Apptainer's tool execs the starter.
+    exec(rest, |argv| nix::unistd::execv(&argv[0], argv))
+}
+
+/// Replaces this process with `cmd` through `how` (execv or execvp);
+/// returns only on failure, with the exit status to use.
+fn exec(
+    cmd: &[String],
+    how: impl Fn(&[CString]) -> nix::Result<std::convert::Infallible>,
+) -> ExitCode {
+    let Ok(argv) = cmd
         .iter()
         .map(|a| CString::new(a.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
@@ -113,8 +123,8 @@ fn launch(args: &[String]) -> ExitCode {
         eprintln!("argument with a NUL byte");
         return ExitCode::from(2);
     };
-    let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
-    eprintln!("exec {}: {e}", rest[0]);
+    let e = how(&argv).unwrap_err();
+    eprintln!("exec {}: {e}", cmd[0]);
     ExitCode::from(127)
 }
 
@@ -141,17 +151,7 @@ fn container(cmd: &[String], namespaces: bool) -> ExitCode {
             }
         }
     }
-    let Ok(argv) = cmd
-        .iter()
-        .map(|a| CString::new(a.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-    else {
-        eprintln!("argument with a NUL byte");
-        return ExitCode::from(2);
-    };
-    let e = execvp(&argv[0], &argv).unwrap_err();
-    eprintln!("exec {}: {e}", cmd[0]);
-    ExitCode::from(127)
+    exec(cmd, |argv| execvp(&argv[0], argv))
 }
 
 fn exit_code(status: nix::Result<WaitStatus>) -> ExitCode {
