@@ -97,6 +97,28 @@ impl TrustedSet {
         Ok(Self { files })
     }
 
+    /// Resolves the launchers (Apptainer's command-line tools): those
+    /// given, each of which must exist, or with none given those of
+    /// [`default_launchers`] for `starters` that exist. Their exec only
+    /// prepares a placement (see `cgroup::prewarm`), so unlike a starter a
+    /// launcher need not be safe from replacement.
+    pub fn resolve_launchers(given: &[PathBuf], starters: &TrustedSet) -> Result<Self, TrustError> {
+        let mut files = if given.is_empty() {
+            default_launchers(starters.files.iter().map(|f| f.path.as_path()))
+                .into_iter()
+                .filter_map(|p| launcher(p).ok())
+                .collect()
+        } else {
+            given
+                .iter()
+                .map(|p| launcher(p.clone()))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        files.sort();
+        files.dedup();
+        Ok(Self { files })
+    }
+
     /// The distinct file identities, as the kernel map holds them.
     pub fn ids(&self) -> BTreeSet<FileId> {
         self.files.iter().map(|f| f.id).collect()
@@ -128,7 +150,7 @@ impl TrustedSet {
 /// `<prefix>/libexec/apptainer/bin/<starter>` (or `.../singularity/bin/`):
 /// `<prefix>/bin/apptainer` and `<prefix>/bin/singularity`, without
 /// duplicates. Starters elsewhere suggest no launcher.
-pub fn default_launchers(starters: &[PathBuf]) -> Vec<PathBuf> {
+pub fn default_launchers<'a>(starters: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for starter in starters {
         let Some(bin) = starter.parent() else {
@@ -161,45 +183,15 @@ pub fn default_launchers(starters: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-impl TrustedSet {
-    /// Resolves the launchers (Apptainer's command-line tools): those
-    /// given, each of which must exist, or with none given those of
-    /// [`default_launchers`] for `starters` that exist. Their exec only
-    /// prepares a placement (see `cgroup::prewarm`), so unlike a starter a
-    /// launcher need not be safe from replacement.
-    pub fn resolve_launchers(given: &[PathBuf], starters: &TrustedSet) -> Result<Self, TrustError> {
-        let mut files = Vec::new();
-        if given.is_empty() {
-            let paths: Vec<PathBuf> = starters.files.iter().map(|f| f.path.clone()).collect();
-            for path in default_launchers(&paths) {
-                if let Ok(meta) = std::fs::metadata(&path)
-                    && meta.is_file()
-                {
-                    files.push(TrustedFile {
-                        id: file_id(&meta),
-                        path,
-                    });
-                }
-            }
-        } else {
-            for path in given {
-                let meta =
-                    std::fs::metadata(path).map_err(|source| TrustError::LauncherMissing {
-                        path: path.clone(),
-                        source,
-                    })?;
-                if !meta.is_file() {
-                    return Err(TrustError::LauncherNotAFile { path: path.clone() });
-                }
-                files.push(TrustedFile {
-                    id: file_id(&meta),
-                    path: path.clone(),
-                });
-            }
-        }
-        files.sort();
-        files.dedup();
-        Ok(Self { files })
+/// A launcher: a regular file at `path` (symlinks followed).
+fn launcher(path: PathBuf) -> Result<TrustedFile, TrustError> {
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(TrustedFile {
+            id: file_id(&meta),
+            path,
+        }),
+        Ok(_) => Err(TrustError::LauncherNotAFile { path }),
+        Err(source) => Err(TrustError::LauncherMissing { path, source }),
     }
 }
 
@@ -292,13 +284,16 @@ mod tests {
 
     #[test]
     fn launchers_are_the_tools_of_the_starters_prefix() {
-        let got = default_launchers(&[
-            PathBuf::from("/usr/libexec/apptainer/bin/starter"),
-            PathBuf::from("/usr/libexec/apptainer/bin/starter-suid"),
-            PathBuf::from("/opt/sing/libexec/singularity/bin/starter"),
-            PathBuf::from("/tmp/x/starter"),
-            PathBuf::from("starter"),
-        ]);
+        let got = default_launchers(
+            [
+                "/usr/libexec/apptainer/bin/starter",
+                "/usr/libexec/apptainer/bin/starter-suid",
+                "/opt/sing/libexec/singularity/bin/starter",
+                "/tmp/x/starter",
+                "starter",
+            ]
+            .map(Path::new),
+        );
         assert_eq!(
             got,
             vec![

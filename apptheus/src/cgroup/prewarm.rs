@@ -124,21 +124,16 @@ impl Handle {
         Ok(Self { tx })
     }
 
-    /// Looks at a kernel event; returns true if it was for the warm-up
-    /// alone (a launcher's exec), false if the agent must handle it.
-    pub fn observe(&self, ev: &KernelEvent) -> bool {
-        let (msg, consumed) = match ev {
-            KernelEvent::LauncherExec { tgid, .. } => (Msg::Launched(*tgid), true),
-            KernelEvent::Started { tgid, .. } => (Msg::Started(*tgid), false),
-            _ => return false,
+    /// Passes on a launcher's exec or a starter's.
+    pub fn observe(&self, ev: &KernelEvent) {
+        let msg = match ev {
+            KernelEvent::LauncherExec { tgid, .. } => Msg::Launched(*tgid),
+            KernelEvent::Started { tgid, .. } => Msg::Started(*tgid),
+            _ => return,
         };
-        match self.tx.try_send(msg) {
-            Ok(()) | Err(TrySendError::Full(_)) => {}
-            Err(TrySendError::Disconnected(_)) => {
-                tracing::debug!("the cgroup warm-up thread has stopped");
-            }
+        if let Err(TrySendError::Disconnected(_)) = self.tx.try_send(msg) {
+            tracing::debug!("the cgroup warm-up thread has stopped");
         }
-        consumed
     }
 }
 
@@ -157,7 +152,6 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
     let tid = u32::try_from(nix::unistd::gettid().as_raw()).unwrap_or(0);
     let mut windows = Windows::default();
     let mut last_poke: Option<Instant> = None;
-    let mut failed = false;
     loop {
         let first = if windows.is_empty() {
             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
@@ -183,11 +177,6 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
         while let Ok(m) = rx.try_recv() {
             apply(m);
         }
-        if failed {
-            // Keep draining so senders never see a full queue for long.
-            windows = Windows::default();
-            continue;
-        }
         if !windows.active(Instant::now(), alive) {
             last_poke = None;
             continue;
@@ -209,7 +198,7 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cgroup warm-up disabled: taking the cgroup migration lock failed; placements may wait for an RCU grace period (see --cgroup.prewarm)");
-                failed = true;
+                return;
             }
         }
         last_poke = Some(started);

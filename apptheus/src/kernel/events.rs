@@ -106,9 +106,15 @@ pub async fn read_events(
         let mut batch = Vec::new();
         while let Some(item) = ring.next() {
             match decode(&item) {
-                Ok(ev) if prewarm.as_ref().is_some_and(|p| p.observe(&ev)) => {}
-                Ok(KernelEvent::LauncherExec { .. }) => {}
-                Ok(ev) => batch.push(ev),
+                Ok(ev) => {
+                    if let Some(p) = &prewarm {
+                        p.observe(&ev);
+                    }
+                    // A launcher's exec concerns the warm-up alone.
+                    if !matches!(ev, KernelEvent::LauncherExec { .. }) {
+                        batch.push(ev);
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "dropping malformed kernel event"),
             }
         }

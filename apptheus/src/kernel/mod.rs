@@ -97,8 +97,9 @@ pub struct Kernel {
 impl Kernel {
     /// Resolves offsets from `btf_path`, loads and attaches the programs
     /// (those of the collectors in `opts` that this kernel supports), and
-    /// fills the trusted set (starters and launchers). A collector that cannot run here is left out
-    /// with a warning; attribution itself failing is an error.
+    /// fills the trusted set (starters and launchers). A collector that
+    /// cannot run here is left out with a warning; attribution itself
+    /// failing is an error.
     pub fn load(
         btf_path: &Path,
         starters: &BTreeSet<FileId>,
