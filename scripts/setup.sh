@@ -35,6 +35,29 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+# --- Disk space --------------------------------------------------------------
+# Measured from a fresh clone (README.md, "Disk space"): the test suite's
+# builds, its VM images and the toolchain's downloads peak near TEST_DISK_GB.
+# What an earlier run left in target/ counts towards it.
+BUILD_DISK_GB=3
+TEST_DISK_GB=6
+repo=$(cd "$(dirname "$0")/.." && pwd)
+target_dir="${CARGO_TARGET_DIR:-$repo/target}"
+need_gb=$BUILD_DISK_GB
+[ "$want_test" = 1 ] && need_gb=$TEST_DISK_GB
+probe="$target_dir"
+while [ ! -e "$probe" ]; do probe=$(dirname "$probe"); done
+avail_kb=$(df -Pk "$probe" | awk 'NR == 2 { print $4 }')
+have_kb=0
+[ -d "$target_dir" ] && have_kb=$(du -sk "$target_dir" 2>/dev/null | awk '{ print $1 }')
+need_kb=$(( need_gb * 1024 * 1024 - have_kb ))
+if [ "$need_kb" -gt 0 ] && [ "$avail_kb" -lt "$need_kb" ]; then
+  log "not enough free disk space: $(( avail_kb / 1024 )) MiB free on the file system of $probe,"
+  log "about $(( need_kb / 1024 )) MiB more is needed (${need_gb} GiB in all for target/)."
+  log "free some space there, or point CARGO_TARGET_DIR at a larger file system"
+  exit 1
+fi
+
 # --- Debian packages ---------------------------------------------------------
 packages=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" libzstd-dev zlib1g-dev
