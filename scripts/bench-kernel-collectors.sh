@@ -5,17 +5,24 @@
 #     workloads run inside a container and outside any;
 #  2. the slowdown of hot-path benchmarks run inside a container (and,
 #     for runqlat, outside any), agent with the collector on vs off, runs
-#     alternated, medians compared.
+#     alternated, medians compared; and, as "switch-baseline", the same
+#     for a sched_switch program that returns at once
+#     (examples/switch_baseline.rs): the part of runqlat's cost that any
+#     program on that hook pays.
 # Prints Markdown for BENCHMARKS.md, section "Kernel program costs".
 #
 #   sudo scripts/bench-kernel-collectors.sh [TARGET_DIR] [REPS]
+#
+# ONLY="runqlat switch-baseline" (say) limits part 2 to those collectors.
 set -euo pipefail
 
 TARGET=${1:-target}
 REPS=${2:-7}
 AGENT=$TARGET/debug/apptheus
 SIM=$TARGET/debug/apptheus-starter-sim
-[ -x "$AGENT" ] && [ -x "$SIM" ] || { echo "build first: cargo build -p apptheus" >&2; exit 1; }
+BASELINE=$TARGET/debug/examples/switch_baseline
+[ -x "$AGENT" ] && [ -x "$SIM" ] && [ -x "$BASELINE" ] ||
+    { echo "build first: cargo build -p apptheus --bins --examples" >&2; exit 1; }
 command -v stress-ng >/dev/null || { echo "stress-ng missing (apt-get install stress-ng)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/apptheus-bench-XXXXXX)
@@ -30,8 +37,10 @@ cp "$SIM" "$COPY"
 PORT=19391
 AGENT_PID=
 LISTENER_PID=
+BASELINE_PID=
 cleanup() {
     [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null || true
+    [ -n "$BASELINE_PID" ] && kill "$BASELINE_PID" 2>/dev/null && wait "$BASELINE_PID" 2>/dev/null || true
     [ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null || true
     rm -rf "$WORK"
 }
@@ -62,6 +71,24 @@ stop_agent() {
     kill "$AGENT_PID"
     wait "$AGENT_PID" 2>/dev/null || true
     AGENT_PID=
+}
+# The "collector" switch-baseline: a sched_switch program that returns at
+# once (examples/switch_baseline.rs), next to an agent with runqlat off.
+start_baseline() {
+    "$BASELINE" >"$WORK/baseline" 2>&1 &
+    BASELINE_PID=$!
+    for _ in $(seq 200); do
+        grep -q attached "$WORK/baseline" && return 0
+        kill -0 "$BASELINE_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    cat "$WORK/baseline" >&2
+    exit 1
+}
+stop_baseline() {
+    kill "$BASELINE_PID"
+    wait "$BASELINE_PID" 2>/dev/null || true
+    BASELINE_PID=
 }
 
 # "program run_seconds runs" for each program, from --ebpf.stats (taken
@@ -173,10 +200,22 @@ echo "| collector | benchmark | where | off (median) | on (median) | slowdown (m
 echo "|---|---|---|---|---|---|---|---|---|"
 compare() { # collector workload higher_is_better container|host
     local c=$1 w=$2 better=$3 where=$4 off on run=
+    if [ -n "${ONLY:-}" ] && ! printf '%s\n' $ONLY | grep -qxF -- "$c"; then
+        return 0
+    fi
     [ "$where" = container ] && run=in_container
     : >"$WORK/off"
     : >"$WORK/on"
     for _ in $(seq "$REPS"); do
+        if [ "$c" = switch-baseline ]; then
+            start_agent --no-collector.runqlat
+            $w $run >>"$WORK/off"
+            start_baseline
+            $w $run >>"$WORK/on"
+            stop_baseline
+            stop_agent
+            continue
+        fi
         start_agent --no-collector."$c"
         $w $run >>"$WORK/off"
         stop_agent
@@ -196,6 +235,8 @@ compare() { # collector workload higher_is_better container|host
 }
 compare runqlat switch_rate higher container
 compare runqlat switch_rate higher host
+compare switch-baseline switch_rate higher container
+compare switch-baseline switch_rate higher host
 compare fsio syscall_seconds lower container
 compare fsio file_seconds lower container
 compare network net_seconds lower container

@@ -99,3 +99,12 @@ fn observe(cid: u64, ns: u64) {
         (*hist).sum_ns += ns;
     }
 }
+
+/// For the benchmark only (`scripts/bench-kernel-collectors.sh`, through
+/// `examples/switch_baseline.rs`; the agent never loads it): the same hook
+/// with nothing behind it, so that what any program on `sched_switch`
+/// costs is measured apart from what `apptheus_switch` does.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn apptheus_switch_baseline(_ctx: BtfTracePointContext) -> i32 {
+    0
+}

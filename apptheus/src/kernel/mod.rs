@@ -203,6 +203,39 @@ impl Kernel {
         Ok(kernel)
     }
 
+    /// For the benchmark only: loads the kernel object with every collector
+    /// map shrunk, and attaches nothing but `apptheus_switch_baseline`, a
+    /// `sched_switch` program that returns at once. Detached when the
+    /// returned object is dropped.
+    pub fn attach_switch_baseline(btf_path: &Path) -> Result<Ebpf, KernelError> {
+        const PROGRAM: &str = "apptheus_switch_baseline";
+        const TRACEPOINT: &str = "sched_switch";
+        let btf =
+            Btf::parse_file(btf_path, aya::Endianness::default()).map_err(KernelError::Btf)?;
+        let mut loader = EbpfLoader::new();
+        loader.btf(&btf);
+        for c in Collector::ALL {
+            for map in collectors::maps(c) {
+                loader.map_max_entries(map, 1);
+            }
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        let err = |source| KernelError::Program {
+            program: PROGRAM,
+            tracepoint: TRACEPOINT,
+            source,
+        };
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(KernelError::Missing(PROGRAM))?
+            .try_into()
+            .map_err(err)?;
+        prog.load(TRACEPOINT, &btf)
+            .and_then(|()| prog.attach().map(drop))
+            .map_err(err)?;
+        Ok(ebpf)
+    }
+
     /// Takes the event ring buffer, for the event reader.
     pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
         self.events.take()
