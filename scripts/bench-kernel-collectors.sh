@@ -67,9 +67,12 @@ start_agent() {
     cat "$WORK/agent.log" >&2
     exit 1
 }
+stop_process() {
+    kill "$1"
+    wait "$1" 2>/dev/null || true
+}
 stop_agent() {
-    kill "$AGENT_PID"
-    wait "$AGENT_PID" 2>/dev/null || true
+    stop_process "$AGENT_PID"
     AGENT_PID=
 }
 # The "collector" switch-baseline: a sched_switch program that returns at
@@ -86,8 +89,7 @@ start_baseline() {
     exit 1
 }
 stop_baseline() {
-    kill "$BASELINE_PID"
-    wait "$BASELINE_PID" 2>/dev/null || true
+    stop_process "$BASELINE_PID"
     BASELINE_PID=
 }
 
