@@ -175,15 +175,7 @@ impl Placer {
     /// thread's id there moves nothing, but takes the kernel's cgroup
     /// migration lock like any placement does (see [`super::prewarm`]).
     pub fn own_thread_file(&self, tid: u32) -> Result<PathBuf, PlaceError> {
-        let path = self
-            .procfs
-            .join("self")
-            .join("task")
-            .join(tid.to_string())
-            .join("cgroup");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| PlaceError::ProcCgroup { pid: tid, source })?;
-        let cgs = procfile::parse(&text);
+        let cgs = self.proc_cgroups(tid)?;
         let h = self
             .hierarchies
             .iter()
@@ -392,7 +384,7 @@ mod tests {
     fn own_thread_file_names_the_threads_current_cgroup() {
         let root = tempfile::tempdir().unwrap();
         let procfs = root.path().join("proc");
-        let task = procfs.join("self/task/31");
+        let task = procfs.join("31");
         std::fs::create_dir_all(&task).unwrap();
         std::fs::write(
             task.join("cgroup"),

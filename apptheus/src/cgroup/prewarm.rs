@@ -188,10 +188,9 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
         match poke(placer, tid) {
             Ok(()) => {
                 counters.writes.inc();
-                let took = started.elapsed();
                 if last_poke.is_none() {
                     tracing::debug!(
-                        seconds = took.as_secs_f64(),
+                        seconds = started.elapsed().as_secs_f64(),
                         "cgroup warm-up: first lock of the window"
                     );
                 }
