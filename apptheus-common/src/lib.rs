@@ -13,8 +13,8 @@ pub const MAX_CONTAINERS: u32 = 16_384;
 /// Containers with a run-queue latency histogram at one time (a per-CPU,
 /// preallocated map: 192 bytes per container and CPU).
 pub const MAX_RUNQ_CONTAINERS: u32 = 1024;
-/// Size of the event ring buffer. An event is 64 bytes (+8 header), so this
-/// holds about 14,000 events between two reads.
+/// Size of the event ring buffer. An event is 136 bytes (+8 header), so
+/// this holds about 7,000 events between two reads.
 pub const EVENT_RING_BYTES: u32 = 1 << 20;
 
 /// Name of the map holding the trusted set: file identity to its role
@@ -46,6 +46,22 @@ pub const MAP_CGROUPS: &str = "CGROUPS";
 /// container, one byte per task id, eight to an element (run-queue latency
 /// collector: the one lookup every context switch on the node pays).
 pub const MAP_RUNQ_PIDS: &str = "RUNQ_PIDS";
+/// Name of the map of watched processes: thread-group id -> container id.
+/// User space adds a process whose exit must be reported
+/// ([`EventKind::WatchedExit`]): one a runtime moved into a cgroup of its
+/// own, which the runtime removes soon after that process exits.
+pub const MAP_WATCHED: &str = "WATCHED";
+/// Processes watched at one time.
+pub const MAX_WATCHED: u32 = 16_384;
+/// Bytes of a starter's first argument carried by
+/// [`EventKind::ContainerStarted`] (Apptainer names the run there, e.g.
+/// `Apptainer instance: <user> [<name>]`), NUL-padded.
+pub const START_ARGS_LEN: usize = 64;
+/// [`Event::flags`] of a start: the starter's parent runs a trusted
+/// launcher (Apptainer's command-line tool runs the starter itself, for an
+/// instance or a helper run, rather than replacing itself with it).
+pub const START_PARENT_LAUNCHER: u32 = 1;
+
 /// Task ids that `RUNQ_PIDS` can hold: the kernel's PID_MAX_LIMIT on 64-bit
 /// machines (`kernel.pid_max` can be raised to it, not beyond).
 pub const MAX_RUNQ_PIDS: u32 = 4_194_304;
@@ -168,6 +184,12 @@ pub enum EventKind {
     /// A trusted launcher (Apptainer's command-line tool) was executed by a
     /// task not in a container.
     LauncherExec = 4,
+    /// A task of a container was moved into another cgroup by someone
+    /// other than apptheus (a runtime's own cgroup, e.g. Apptainer's
+    /// `--memory`, an instance, runc or crun).
+    TaskMoved = 5,
+    /// A watched process (see `MAP_WATCHED`) exited.
+    WatchedExit = 6,
 }
 
 impl EventKind {
@@ -177,6 +199,8 @@ impl EventKind {
             2 => Some(Self::ContainerExited),
             3 => Some(Self::OomKill),
             4 => Some(Self::LauncherExec),
+            5 => Some(Self::TaskMoved),
+            6 => Some(Self::WatchedExit),
             _ => None,
         }
     }
@@ -184,7 +208,7 @@ impl EventKind {
 
 /// An event from the kernel programs to user space, through the ring buffer.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
     /// An [`EventKind`] as u32.
     pub kind: u32,
@@ -202,12 +226,36 @@ pub struct Event {
     /// For `OomKill`: the victim's command (`task_struct.comm`), NUL-padded;
     /// all zeroes when the kernel's tracepoint gives only a pid.
     pub comm: [u8; TASK_COMM_LEN],
+    /// For `ContainerStarted`: [`START_PARENT_LAUNCHER`] and the like.
+    pub flags: u32,
+    /// For `TaskMoved`: the moved task's id (`tgid` is its process).
+    pub tid: u32,
+    /// For `ContainerStarted`: the starter's first argument, NUL-padded.
+    pub args: [u8; START_ARGS_LEN],
 }
 
 /// Length of `task_struct.comm`, the terminating NUL included.
 pub const TASK_COMM_LEN: usize = 16;
 
-pub const EVENT_SIZE: usize = 64;
+impl Default for Event {
+    fn default() -> Self {
+        Self {
+            kind: 0,
+            tgid: 0,
+            container: 0,
+            boot_ns: 0,
+            uid: 0,
+            gid: 0,
+            file: FileId { dev: 0, ino: 0 },
+            comm: [0; TASK_COMM_LEN],
+            flags: 0,
+            tid: 0,
+            args: [0; START_ARGS_LEN],
+        }
+    }
+}
+
+pub const EVENT_SIZE: usize = 136;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<ContainerState>() == 136);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
@@ -262,8 +310,15 @@ pub struct Offsets {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
+    /// task_struct.real_parent, task_struct.mm, mm_struct.exe_file,
+    /// mm_struct.arg_start (a starter's exec: who ran it, and its first
+    /// argument).
+    pub task_real_parent: u32,
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub mm_arg_start: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 80);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
 
 /// Configuration handed to the kernel programs at load time.
 #[repr(C)]
@@ -274,9 +329,11 @@ pub struct Config {
     /// victim's pid (`TP_PROTO(int pid)`, kernels before 6.8) rather than its
     /// `struct task_struct *`.
     pub oom_arg_is_pid: u32,
-    pub _pad: u32,
+    /// apptheus' own process id: cgroup moves it makes are its placements,
+    /// not a runtime's.
+    pub agent_tgid: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 88);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 
 /// Run-queue latency histogram buckets: slot 0 holds latencies below 1 us,
 /// slot `s` (1..=20) those in [2^(s-1), 2^s) us, the last slot those of

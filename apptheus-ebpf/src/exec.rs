@@ -2,12 +2,15 @@
 //! executed file, and start a container for it; report the exec of a
 //! trusted launcher (Apptainer's command-line tool).
 use apptheus_common::{
-    ContainerState, Event, EventKind, FileId, RUN_DELAY_UNKNOWN, Stat, TASK_COMM_LEN,
+    ContainerState, Event, EventKind, FileId, RUN_DELAY_UNKNOWN, START_PARENT_LAUNCHER, Stat,
     TRUST_LAUNCHER,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+        bpf_probe_read_user_str_bytes,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -63,12 +66,11 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         emit(&Event {
             kind: EventKind::LauncherExec as u32,
             tgid,
-            container: 0,
             boot_ns: now,
             uid: uid_gid as u32,
             gid: (uid_gid >> 32) as u32,
             file,
-            comm: [0; TASK_COMM_LEN],
+            ..Event::default()
         });
         return Ok(());
     }
@@ -103,7 +105,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         state.exited = 1;
         let _ = CONTAINERS.insert(&cid, &state, 0);
     }
-    emit(&Event {
+    let mut ev = Event {
         kind: EventKind::ContainerStarted as u32,
         tgid,
         container: cid,
@@ -111,9 +113,50 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         uid: state.uid,
         gid: state.gid,
         file,
-        comm: [0; TASK_COMM_LEN],
-    });
+        ..Event::default()
+    };
+    // What user space needs to tell a run from an instance or a helper run,
+    // read here because a helper run may be over before user space looks.
+    if parent_is_launcher() {
+        ev.flags |= START_PARENT_LAUNCHER;
+    }
+    first_arg(&mut ev.args);
+    emit(&ev);
     Ok(())
+}
+
+/// Whether the current task's parent runs a trusted launcher
+/// (real_parent->mm->exe_file, by identity).
+fn parent_is_launcher() -> bool {
+    let off = config().offsets;
+    // SAFETY: a helper without arguments; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let file = (|| -> Result<FileId, i64> {
+        let parent: *const u8 = read_at(task, off.task_real_parent)?;
+        let mm: *const u8 = read_at(parent, off.task_mm)?;
+        let exe: *const u8 = read_at(mm, off.mm_exe_file)?;
+        file_identity(exe)
+    })();
+    // SAFETY: a u8 value, copied out immediately.
+    file.is_ok_and(|f| unsafe { TRUSTED.get(&f) }.copied() == Some(TRUST_LAUNCHER))
+}
+
+/// The current task's first argument (the new program's argv[0]),
+/// NUL-padded; left zero if it cannot be read.
+fn first_arg(out: &mut [u8; apptheus_common::START_ARGS_LEN]) {
+    let off = config().offsets;
+    // SAFETY: as above.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let Ok(mm) = read_at::<*const u8>(task, off.task_mm) else {
+        return;
+    };
+    let Ok(start) = read_at::<u64>(mm, off.mm_arg_start) else {
+        return;
+    };
+    // SAFETY: a fault-safe copy from the task's own (just set up) stack;
+    // a bad address yields an error.
+    let _ = unsafe { bpf_probe_read_user_str_bytes(start as *const u8, out) };
 }
 
 /// bprm->file->f_inode->{i_sb->s_dev, i_ino}
@@ -121,6 +164,12 @@ fn executed_file(ctx: &BtfTracePointContext) -> Result<FileId, i64> {
     let off = config().offsets;
     let bprm: *const u8 = ctx.arg(2);
     let file: *const u8 = read_at(bprm, off.binprm_file)?;
+    file_identity(file)
+}
+
+/// file->f_inode->{i_sb->s_dev, i_ino}
+fn file_identity(file: *const u8) -> Result<FileId, i64> {
+    let off = config().offsets;
     let inode: *const u8 = read_at(file, off.file_inode)?;
     let ino: u64 = read_at(inode, off.inode_ino)?;
     let sb: *const u8 = read_at(inode, off.inode_sb)?;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{atomic_add, boot_ns, container_of, emit, unattribute},
-    maps::CONTAINERS,
+    maps::{CONTAINERS, WATCHED},
 };
 
 /// TP_PROTO(struct task_struct *p) (6.16+ adds `bool group_dead`, unused)
@@ -25,6 +25,18 @@ fn try_exit() {
         return;
     };
     unattribute(tid);
+    // A process user space watches (one a runtime moved into a cgroup it
+    // will remove once the process is gone): report its exit first, so
+    // that cgroup is read before it goes.
+    if tid == tgid && WATCHED.remove(&tgid).is_ok() {
+        emit(&Event {
+            kind: EventKind::WatchedExit as u32,
+            tgid,
+            container: cid,
+            boot_ns: boot_ns(),
+            ..Event::default()
+        });
+    }
     let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
         return;
     };

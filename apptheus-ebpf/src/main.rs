@@ -5,6 +5,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod cgroup;
 mod exec;
 mod exit;
 mod fork;

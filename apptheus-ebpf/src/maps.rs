@@ -1,7 +1,7 @@
 //! The maps and globals shared by the programs and with user space.
 use apptheus_common::{
     Config, ContainerState, EVENT_RING_BYTES, FileId, MAX_CONTAINERS, MAX_RUNQ_CONTAINERS,
-    MAX_TASKS, MAX_TRUSTED_FILES, RunqHistogram, STAT_COUNT, TaskEntry,
+    MAX_TASKS, MAX_TRUSTED_FILES, MAX_WATCHED, RunqHistogram, STAT_COUNT, TaskEntry,
 };
 use aya_ebpf::{
     macros::map,
@@ -47,6 +47,12 @@ pub static RUNQ_PIDS: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 pub static CGROUPS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_CONTAINERS, 0);
 
+/// Processes whose exit user space wants to hear of: thread-group id ->
+/// container id. Written by user space; the exit program removes an entry
+/// when it reports the exit.
+#[map]
+pub static WATCHED: HashMap<u32, u64> = HashMap::with_max_entries(MAX_WATCHED, 0);
+
 /// Filled in by user space at load time (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
 pub static CONFIG: Config = Config {
@@ -71,7 +77,11 @@ pub static CONFIG: Config = Config {
         task_cfs_rq: 0,
         cfs_rq_rq: 0,
         rq_clock: 0,
+        task_real_parent: 0,
+        task_mm: 0,
+        mm_exe_file: 0,
+        mm_arg_start: 0,
     },
     oom_arg_is_pid: 0,
-    _pad: 0,
+    agent_tgid: 0,
 };

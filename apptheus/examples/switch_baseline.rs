@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use apptheus::kernel::Kernel;
+use apptheus::testing::kernel::Kernel;
 use nix::sys::signal::{SigSet, Signal};
 
 fn main() -> anyhow::Result<()> {

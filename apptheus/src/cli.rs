@@ -6,15 +6,6 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::duration::parse_duration;
 
-/// Where Apptainer installs its trusted starters, tried when no
-/// `--trust.path` is given.
-pub const DEFAULT_STARTERS: [&str; 4] = [
-    "/usr/libexec/apptainer/bin/starter",
-    "/usr/libexec/apptainer/bin/starter-suid",
-    "/usr/local/libexec/apptainer/bin/starter",
-    "/usr/local/libexec/apptainer/bin/starter-suid",
-];
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EbpfMode {
     Auto,
@@ -45,17 +36,20 @@ pub enum LogLevel {
 )]
 pub struct Args {
     /// Trusted starter binaries, separated by ';' (as in Apptainer's admin
-    /// guide) and/or given several times. Trusted by the identity of the file
-    /// (device and inode), never by path. Default: Apptainer's starter and
-    /// starter-suid under /usr/libexec and /usr/local/libexec, those that exist.
+    /// guide) and/or given several times; each must exist. Trusted by the
+    /// identity of the file (device and inode), never by path. Default: the
+    /// starter and starter-suid of Apptainer and SingularityCE under
+    /// /usr/libexec, /usr/local/libexec and /usr/lib/<multiarch> (Debian,
+    /// Ubuntu), those that exist, looked for again every few seconds.
     #[arg(long = "trust.path", value_name = "PATHS", action = ArgAction::Append)]
     pub trust_path: Vec<String>,
 
     /// Apptainer's command-line tools, separated by ';' and/or given several
-    /// times: their exec announces a starter (see --cgroup.prewarm). Trusted
-    /// by file identity too, but grant nothing. Default: <prefix>/bin/apptainer
-    /// and <prefix>/bin/singularity for each starter under
-    /// <prefix>/libexec/apptainer/bin, those that exist.
+    /// times: their exec announces a starter (see --cgroup.prewarm), and a
+    /// starter they run themselves is an instance or a run of their own.
+    /// Trusted by file identity too, but grant nothing. Default:
+    /// <prefix>/bin/apptainer and <prefix>/bin/singularity for each starter
+    /// under <prefix>/libexec or <prefix>/lib/<multiarch>, those that exist.
     #[arg(long = "trust.launcher", value_name = "PATHS", action = ArgAction::Append)]
     pub trust_launcher: Vec<String>,
 
@@ -157,7 +151,7 @@ pub struct Args {
     pub push: crate::push::PushArgs,
 
     #[command(flatten)]
-    pub collectors: crate::collectors::CollectorArgs,
+    pub collectors: crate::model::collectors::CollectorArgs,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -27,8 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    exposition,
-    metrics::AgentMetrics,
+    export::{exposition, metrics::AgentMetrics},
     webconfig::{WebConfigHandle, watch::Active},
 };
 

@@ -1,25 +1,25 @@
 //! apptheus: per-container metrics for Apptainer on HPC nodes, attributed
 //! in the kernel, for Prometheus.
-pub mod agent;
-pub mod build_info;
-pub mod cgroup;
+//!
+//! The way of a container's data, one direction only (see README,
+//! "Architecture"): `attribution` (kernel programs, monitoring socket)
+//! finds containers; `app` drives each one's life (`model::lifecycle`),
+//! has `cgroup` place it and read its statistics, and hands the samples in
+//! `model` to `export`, which `http` and `push` serve.
+mod app;
+mod attribution;
+mod build_info;
+mod cgroup;
 pub mod cli;
-pub mod collectors;
-pub mod duration;
-pub mod environ;
-pub mod exposition;
-pub mod families;
-pub mod http;
-pub mod kernel;
+mod duration;
+mod export;
+mod host;
+mod http;
 pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod preflight;
-pub mod proctree;
-pub mod push;
-pub mod registry;
-pub mod socket;
+mod memory;
+mod model;
+mod push;
 pub mod testing;
-pub mod trust;
-pub mod users;
-pub mod webconfig;
+mod webconfig;
+
+pub use app::run;

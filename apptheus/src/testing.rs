@@ -1,4 +1,6 @@
-//! Helpers for tests that need root, BTF or other machine features.
+//! What the integration tests, the benchmarks, the examples and the xtask
+//! use of the daemon's insides, re-exported on purpose: everything else
+//! is private to the crate. Also the rule for privileged tests.
 
 /// Environment variable that turns a skipped privileged test into a
 /// failure. `.ci/run` (through scripts/test.sh) sets it: CI runs as root with
@@ -11,4 +13,45 @@ pub fn skip(reason: &str) {
         panic!("test needs: {reason}; {REQUIRE_ENV}=1 forbids skipping");
     }
     eprintln!("SKIPPED: {reason}");
+}
+
+/// Reading a container's cgroup statistics (fixture-tree tests).
+pub mod cgroup {
+    pub use crate::cgroup::{
+        layout::Layout,
+        placement::DIR_PREFIX,
+        read::{MAX_DEVICES, Problem, StatWarning, read, read_with, user_hz},
+    };
+    pub use crate::model::{
+        cgroups::ContainerCgroups,
+        stats::{BlkioDevice, CgroupStats, CpuStats, MemoryStats, PidsStats, Pressure},
+    };
+}
+
+/// The monitoring socket, run on its own (socket tests).
+pub mod socket {
+    pub use crate::attribution::{
+        socket::{ConnId, Limits, SocketEvent, bind, serve_with, verify},
+        trust::{TrustedFile, TrustedSet, file_id},
+    };
+    pub use crate::export::metrics::AgentMetrics;
+}
+
+/// The kernel programs (the switch-hook baseline of the benchmark).
+pub mod kernel {
+    pub use crate::attribution::kernel::Kernel;
+}
+
+/// The exposition of containers' statistics (the metric catalogue test).
+pub mod export {
+    pub use crate::attribution::kernel::stats::ProgramStats;
+    pub use crate::export::{
+        families::{Families, build, cgroup::add as add_cgroup, program_stats},
+        metrics::AgentMetrics,
+    };
+    pub use crate::model::{
+        container::{Container, FsCounters, KernelCounters, NetCounters, Origin, Part},
+        metadata::Metadata,
+        registry::Registry,
+    };
 }

@@ -17,7 +17,7 @@ pub mod auth;
 pub mod tls;
 pub mod watch;
 
-pub use watch::{LoadError, WebConfigHandle};
+pub use watch::WebConfigHandle;
 
 /// Response headers the exporter toolkit allows in `http_server_config.headers`.
 pub const ALLOWED_HEADERS: [&str; 5] = [

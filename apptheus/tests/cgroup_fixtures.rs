@@ -7,9 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use apptheus::cgroup::{
-    families,
-    stats::{self, BlkioDevice, CgroupStats, ContainerCgroups, StatWarning},
+use apptheus::testing::{
+    cgroup::{self as stats, BlkioDevice, CgroupStats, ContainerCgroups, StatWarning},
+    export::{Families, add_cgroup},
 };
 
 fn fixtures() -> PathBuf {
@@ -374,8 +374,8 @@ fn working_set_floors_at_zero_and_devices_are_capped() {
 #[test]
 fn families_leave_out_what_the_host_cannot_provide() {
     let names = |s: &CgroupStats| -> Vec<String> {
-        let mut f = apptheus::families::Families::default();
-        families::add(&mut f, &[("container_id", "c1")], s);
+        let mut f = Families::default();
+        add_cgroup(&mut f, &[("container_id", "c1")], s);
         f.into_vec().iter().map(|m| m.name().to_string()).collect()
     };
     let (v1, _) = stats::read(&pure_v1());
@@ -411,7 +411,7 @@ mod live {
         time::{Duration, Instant},
     };
 
-    use apptheus::{cgroup::layout::Layout, testing::skip};
+    use apptheus::testing::{cgroup::Layout, skip};
     use nix::{
         sys::signal::{Signal, kill},
         unistd::Pid,

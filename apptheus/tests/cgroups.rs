@@ -418,7 +418,7 @@ fn launch_and_wait_placed(
     let pid = child.id();
     agent.wait_for(WAIT, "the container's placement", || {
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .is_ok_and(|c| c.contains(apptheus::cgroup::placement::DIR_PREFIX))
+            .is_ok_and(|c| c.contains(apptheus::testing::cgroup::DIR_PREFIX))
     });
     child
 }

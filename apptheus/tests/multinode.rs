@@ -432,7 +432,7 @@ fn agents_on_three_hosts_feed_one_prometheus() {
             .args(["workload", "--spin", "2", "--sleep", "120"])
             .env("SLURM_JOB_ID", job)
             .env("APPTAINER_CONTAINER", format!("/images/{name}.sif"))
-            .env("APPTAINER_NAME", format!("inst-{name}"));
+            .env("APPTAINER_INSTANCE", format!("inst-{name}"));
         containers.push(Proc::spawn_group(
             cmd,
             dir.join(format!("container-{name}.log")),

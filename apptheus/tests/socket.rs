@@ -20,13 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apptheus::{
-    metrics::AgentMetrics,
-    socket::{
-        self, ConnId, Limits, SocketEvent,
-        verify::{self, PeerCreds},
-    },
-    trust::{TrustedFile, TrustedSet, file_id},
+use apptheus::testing::socket::{
+    self, AgentMetrics, ConnId, Limits, SocketEvent, TrustedFile, TrustedSet, file_id,
+    verify::{self, PeerCreds},
 };
 use apptheus_common::FileId;
 use tokio::sync::{mpsc, watch};

@@ -139,6 +139,46 @@ pub fn release(parent: &Path, controllers: &[String]) -> Result<bool, Delegation
     Ok(true)
 }
 
+/// The controllers apptheus enabled, by parent cgroup, so that each is
+/// disabled again once the parent has no child cgroup left.
+#[derive(Debug, Default)]
+pub struct Delegated {
+    by_parent: std::collections::BTreeMap<PathBuf, Vec<String>>,
+}
+
+impl Delegated {
+    /// Enables in `parent` what a container's cgroup below it needs, and
+    /// remembers what it enabled.
+    pub fn enable(&mut self, parent: &Path) -> Result<Vec<String>, DelegationError> {
+        let enabled = enable(parent)?;
+        if !enabled.is_empty() {
+            self.by_parent
+                .entry(parent.to_path_buf())
+                .or_default()
+                .extend(enabled.iter().cloned());
+        }
+        Ok(enabled)
+    }
+
+    /// Disables what was enabled in parents that have no child cgroup
+    /// left.
+    pub fn release_unused(&mut self) {
+        self.by_parent
+            .retain(|parent, controllers| match release(parent, controllers) {
+                Ok(released) => {
+                    if released {
+                        tracing::debug!(cgroup = %parent.display(), controllers = ?controllers, "disabled the controllers apptheus had enabled");
+                    }
+                    !released
+                }
+                Err(e) => {
+                    tracing::warn!(cgroup = %parent.display(), error = %e, "cannot disable the controllers apptheus had enabled");
+                    false
+                }
+            });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,8 @@ use std::{
 use super::{
     layout::{Layout, V1_CONTROLLERS},
     procfile,
-    stats::ContainerCgroups,
 };
+use crate::model::cgroups::ContainerCgroups;
 
 /// Directory name prefix of the cgroups apptheus creates.
 pub const DIR_PREFIX: &str = "apptheus-";
@@ -68,7 +68,7 @@ pub struct Placer {
 }
 
 /// How a placement went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placed {
     /// Writes to cgroup.procs.
     pub moved: usize,
@@ -76,6 +76,10 @@ pub struct Placed {
     pub passes: usize,
     /// False if tasks were still being found outside after the last pass.
     pub complete: bool,
+    /// Processes found in neither the container's cgroup nor the one its
+    /// starter started in, in some hierarchy: a runtime moved them into a
+    /// cgroup of its own, and they stay there.
+    pub elsewhere: Vec<u32>,
 }
 
 impl Placer {
@@ -132,6 +136,25 @@ impl Placer {
             cgs.v1.get(&h.controllers[0])?.as_str()
         };
         Some(h.mountpoint.join(rel.trim_start_matches('/')))
+    }
+
+    /// The cgroups process `pid` is in now, one directory per hierarchy.
+    pub fn cgroups_of(&self, pid: u32) -> Result<ContainerCgroups, PlaceError> {
+        let cgs = self.proc_cgroups(pid)?;
+        let mut out = ContainerCgroups::default();
+        for h in &self.hierarchies {
+            let Some(dir) = self.dir_of(h, &cgs) else {
+                continue;
+            };
+            if h.is_v2() {
+                out.v2 = Some(dir);
+            } else {
+                for c in &h.controllers {
+                    out.v1.insert(c.clone(), dir.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Creates the container's cgroups beneath the starter's current ones.
@@ -200,43 +223,57 @@ impl Placer {
         set.into_iter().cloned().collect()
     }
 
-    /// Whether task `tid` is in the container's cgroup in every hierarchy.
-    fn in_place(&self, cg: &ContainerCgroups, tid: u32) -> Result<bool, PlaceError> {
+    /// Where task `tid` is against the container's cgroups: per hierarchy,
+    /// inside already, in the cgroup the container's cgroup was created in
+    /// (so to be moved), or elsewhere (a runtime's own cgroup: left alone).
+    fn whereabouts(&self, cg: &ContainerCgroups, tid: u32) -> Result<Whereabouts, PlaceError> {
         let cgs = self.proc_cgroups(tid)?;
-        Ok(self.hierarchies.iter().all(|h| {
+        let mut w = Whereabouts::default();
+        for h in &self.hierarchies {
             let want = if h.is_v2() {
                 cg.v2.as_ref()
             } else {
                 cg.v1.get(&h.controllers[0])
             };
-            match (want, self.dir_of(h, &cgs)) {
-                (Some(w), Some(have)) => *w == have,
-                _ => true,
+            let (Some(want), Some(have)) = (want, self.dir_of(h, &cgs)) else {
+                continue;
+            };
+            if *want == have {
+                continue;
             }
-        }))
-    }
-
-    /// Moves a task's thread group into every directory of the container.
-    pub fn move_task(cg: &ContainerCgroups, tid: u32) -> Result<(), PlaceError> {
-        for dir in Self::dirs(cg) {
-            let procs = dir.join("cgroup.procs");
-            let result = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&procs)
-                .and_then(|mut f| f.write_all(tid.to_string().as_bytes()));
-            match result {
-                Ok(()) => {}
-                // The task exited meanwhile: nothing to move.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
-                Err(source) => return Err(PlaceError::Move { tid, dir, source }),
+            if want.parent() == Some(have.as_path()) {
+                w.to_move.push(want.clone());
+            } else {
+                w.elsewhere = true;
             }
         }
-        Ok(())
+        Ok(w)
     }
 
-    /// Moves every task of the container into its cgroups, asking
-    /// `tasks` again after each pass (tasks forked meanwhile included),
-    /// until a pass finds none outside.
+    /// Moves a task's thread group into `dir`'s cgroup.procs.
+    fn move_into(dir: &Path, tid: u32) -> Result<(), PlaceError> {
+        let procs = dir.join("cgroup.procs");
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .and_then(|mut f| f.write_all(tid.to_string().as_bytes()));
+        match result {
+            // The task exited meanwhile: nothing to move.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(source) => Err(PlaceError::Move {
+                tid,
+                dir: dir.to_path_buf(),
+                source,
+            }),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Moves every task of the container that is still in the cgroup its
+    /// starter started in into the container's cgroups, asking `tasks`
+    /// again after each pass (tasks forked meanwhile included), until a
+    /// pass moves none. A task a runtime moved elsewhere is never moved
+    /// back: the runtime's limits hold, and its cgroup is read instead.
     pub fn place(
         &self,
         cg: &ContainerCgroups,
@@ -247,14 +284,21 @@ impl Placer {
             placed.passes = pass;
             let mut moved_now = 0;
             for tid in tasks() {
-                match self.in_place(cg, tid) {
-                    Ok(true) => continue,
-                    Ok(false) => {}
+                let w = match self.whereabouts(cg, tid) {
+                    Ok(w) => w,
                     // Gone already.
                     Err(PlaceError::ProcCgroup { .. }) => continue,
                     Err(e) => return Err(e),
+                };
+                if w.elsewhere && !placed.elsewhere.contains(&tid) {
+                    placed.elsewhere.push(tid);
                 }
-                Self::move_task(cg, tid)?;
+                if w.to_move.is_empty() {
+                    continue;
+                }
+                for dir in &w.to_move {
+                    Self::move_into(dir, tid)?;
+                }
                 moved_now += 1;
             }
             placed.moved += moved_now;
@@ -307,6 +351,16 @@ impl Placer {
         }
         out
     }
+}
+
+/// Where a task is against a container's cgroups.
+#[derive(Debug, Default)]
+struct Whereabouts {
+    /// The container's directories, in the hierarchies where the task is
+    /// still in their parent.
+    to_move: Vec<PathBuf>,
+    /// In some hierarchy it is neither inside nor in the parent.
+    elsewhere: bool,
 }
 
 /// Collects directories named apptheus-*, not descending into them.
@@ -458,6 +512,42 @@ mod tests {
         assert!(Placer::remove(&cg).is_empty());
         assert!(!cg.v1["memory"].exists());
         assert!(placer.find_existing().is_empty());
+    }
+
+    /// A task still where the starter started is moved; one a runtime
+    /// moved into a cgroup of its own stays there and is reported.
+    #[test]
+    fn tasks_a_runtime_moved_are_left_where_they_are() {
+        let root = tempfile::tempdir().unwrap();
+        let procfs = root.path().join("proc");
+        let write = |pid: u32, cgroup: &str| {
+            std::fs::create_dir_all(procfs.join(pid.to_string())).unwrap();
+            std::fs::write(procfs.join(format!("{pid}/cgroup")), cgroup).unwrap();
+        };
+        write(10, "4:cpu,cpuacct:/job\n3:memory:/job\n0::/job\n");
+        write(
+            11,
+            "4:cpu,cpuacct:/apptainer/11\n3:memory:/apptainer/11\n0::/apptainer/11\n",
+        );
+        for d in ["unified/job", "cpu,cpuacct/job", "memory/job"] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let placer = Placer::new(&hybrid(root.path()), &procfs);
+        let cg = placer.create("10-1", 10).unwrap();
+        for dir in Placer::dirs(&cg) {
+            std::fs::write(dir.join("cgroup.procs"), "").unwrap();
+        }
+        let placed = placer.place(&cg, || vec![10, 11]).unwrap();
+        assert_eq!(placed.elsewhere, vec![11]);
+        // Only the starter's pid was written, in every hierarchy.
+        for dir in Placer::dirs(&cg) {
+            let written = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+            assert_eq!(written, "10", "{}", dir.display());
+        }
+        assert_eq!(
+            placer.cgroups_of(11).unwrap().v1["memory"],
+            root.path().join("memory/apptainer/11")
+        );
     }
 
     #[test]

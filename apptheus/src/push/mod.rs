@@ -16,7 +16,7 @@ use prometheus::proto::MetricFamily;
 use tokio::{task::JoinHandle, time::Instant};
 use url::Url;
 
-use crate::{duration::parse_duration, metrics::AgentMetrics};
+use crate::{duration::parse_duration, export::metrics::AgentMetrics};
 
 pub mod pushgateway;
 pub mod remote_write;

@@ -9,7 +9,7 @@ use prometheus::proto::MetricFamily;
 use url::Url;
 
 use super::{JOB, PushError, request, without_target_labels};
-use crate::exposition::{self, Format};
+use crate::export::exposition::{self, Format};
 
 pub struct Pushgateway {
     url: Url,
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn the_body_is_the_text_exposition() {
-        let m = crate::metrics::AgentMetrics::new();
+        let m = crate::export::metrics::AgentMetrics::new();
         let p = Pushgateway::new(&Url::parse("http://u:secret@gw:9091").unwrap(), "n1");
         assert_eq!(p.url(), "http://u@gw:9091/metrics/job/apptheus/instance/n1");
         let r = p.request(&m.gather()).unwrap();

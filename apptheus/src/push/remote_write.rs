@@ -10,7 +10,7 @@ use prost::Message as _;
 use url::Url;
 
 use super::{JOB, PushError, request};
-use crate::exposition::format_value;
+use crate::export::exposition::format_value;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WriteRequest {

@@ -118,10 +118,6 @@ impl WebConfigHandle {
         }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The configuration in force now.
     pub fn current(&self) -> Arc<Active> {
         self.current

@@ -10,14 +10,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use apptheus::{
-    cgroup::stats::{self, ContainerCgroups},
-    environ::Metadata,
-    families,
-    kernel::stats::ProgramStats,
-    metrics::AgentMetrics,
-    registry::{
-        Container, FsCounters, KernelCounters, NetCounters, Phase, Registry, Sample, Source,
+use apptheus::testing::{
+    cgroup::ContainerCgroups,
+    export::{
+        self as families, AgentMetrics, Container, FsCounters, KernelCounters, Metadata,
+        NetCounters, Origin, Part, ProgramStats, Registry,
     },
 };
 use prometheus::proto::{MetricFamily, MetricType};
@@ -98,35 +95,27 @@ fn fixture(rel: &str) -> PathBuf {
 
 /// A container with every statistic, its cgroups read from a fixture tree.
 fn container(key: u64, cgroups: ContainerCgroups) -> Container {
-    let (cgroup, _warnings) = stats::read(&cgroups);
-    Container {
-        key,
-        id: format!("100-{key}"),
-        starter_pid: 100,
-        starter_path: PathBuf::from("/usr/libexec/apptainer/bin/starter"),
-        start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-        uid: 1000,
-        user: "alice".into(),
-        meta: Metadata {
-            image: Some("/images/a.sif".into()),
-            instance: Some("web".into()),
-            slurm_job_id: Some("42".into()),
-        },
-        source: Source::Kernel,
-        phase: Phase::Running,
-        sample: Some(Sample {
-            cgroup,
-            kernel: Some(KernelCounters {
-                oom_kills: Some(0),
-                network: Some(NetCounters::default()),
-                fs: Some(FsCounters::default()),
-                runq: Some(Default::default()),
-                ..Default::default()
-            }),
-        }),
-        cgroups: None,
-        placed: true,
-    }
+    let mut c = Container::new(key, 100, SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+    c.starter_path = PathBuf::from("/usr/libexec/apptainer/bin/starter");
+    c.uid = 1000;
+    c.user = "alice".into();
+    c.meta = Metadata {
+        image: Some("/images/a.sif".into()),
+        instance: Some("web".into()),
+        slurm_job_id: Some("42".into()),
+    };
+    let mut part = Part::new(Origin::Placed { member: key }, cgroups.clone());
+    part.last = Some(apptheus::testing::cgroup::read(&cgroups).0);
+    c.parts.push(part);
+    c.members[0].counters = Some(KernelCounters {
+        oom_kills: Some(0),
+        network: Some(NetCounters::default()),
+        fs: Some(FsCounters::default()),
+        runq: Some(Default::default()),
+        ..Default::default()
+    });
+    c.refresh_sample();
+    c
 }
 
 pub fn exported() -> Catalogue {

@@ -1,0 +1,113 @@
+//! The trusted starters and launchers: resolved at start, re-resolved on
+//! SIGHUP and every few seconds (a package upgrade replaces the file at a
+//! path; Apptainer may be installed after the agent).
+use tokio::sync::watch;
+
+use super::Agent;
+use crate::{attribution::trust::TrustedSet, cli::Args, export::metrics::AgentMetrics};
+
+pub(super) struct Trust {
+    pub starters: TrustedSet,
+    /// Apptainer's command-line tools (cgroup warm-up, helper runs).
+    pub launchers: TrustedSet,
+    /// The trusted set, as the monitoring socket sees it.
+    tx: Option<watch::Sender<TrustedSet>>,
+    /// The last error re-resolving the trusted paths, said once.
+    error: Option<String>,
+}
+
+impl Trust {
+    /// Resolves `--trust.path` and `--trust.launcher`. A path given that
+    /// does not exist stops the agent (a typo); with none given, finding
+    /// no starter is a warning: the agent trusts them once they appear.
+    pub fn resolve(args: &Args) -> anyhow::Result<Trust> {
+        let starters = TrustedSet::resolve(&args.trusted_paths())?;
+        if starters.files.is_empty() {
+            tracing::warn!(
+                "no Apptainer starter found in the standard places; trusting nothing until one is \
+                 installed (looked for again every few seconds), or pass --trust.path"
+            );
+        } else {
+            tracing::info!(starters = %starters.describe(), "trusting starters");
+        }
+        let launchers = TrustedSet::resolve_launchers(&args.launcher_paths(), &starters)?;
+        if launchers.files.is_empty() {
+            tracing::info!(
+                "no Apptainer launcher found (--trust.launcher): placements are not prepared ahead"
+            );
+        } else {
+            tracing::info!(launchers = %launchers.describe(), "trusting launchers");
+        }
+        Ok(Trust {
+            starters,
+            launchers,
+            tx: None,
+            error: None,
+        })
+    }
+
+    pub fn with_sender(mut self, tx: watch::Sender<TrustedSet>) -> Trust {
+        self.tx = Some(tx);
+        self
+    }
+
+    /// Shows how many starters and launchers are trusted.
+    pub fn publish(&self, metrics: &AgentMetrics) {
+        metrics
+            .trusted_files
+            .with_label_values(&["starter"])
+            .set(self.starters.files.len() as i64);
+        metrics
+            .trusted_files
+            .with_label_values(&["launcher"])
+            .set(self.launchers.files.len() as i64);
+    }
+}
+
+impl Agent {
+    /// Re-resolves the trusted paths.
+    pub(super) fn reload_trust(&mut self, reason: &str) {
+        let resolved = TrustedSet::resolve(&self.args.trusted_paths()).and_then(|t| {
+            let l = TrustedSet::resolve_launchers(&self.args.launcher_paths(), &t)?;
+            Ok((t, l))
+        });
+        let trust = &mut self.trust;
+        match resolved {
+            Ok((t, l)) if t == trust.starters && l == trust.launchers => {
+                trust.error = None;
+                if reason == "SIGHUP" {
+                    tracing::info!("SIGHUP: trusted starters unchanged");
+                }
+            }
+            Ok((t, l)) => {
+                trust.error = None;
+                if let Some(k) = self.kernel.as_mut()
+                    && let Err(e) = k.set_trusted(&t.ids(), &l.ids())
+                {
+                    tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
+                    return;
+                }
+                if l != trust.launchers {
+                    tracing::info!(before = %trust.launchers.describe(), after = %l.describe(), "{reason}: launchers changed");
+                    trust.launchers = l;
+                }
+                if t != trust.starters {
+                    tracing::info!(before = %trust.starters.describe(), after = %t.describe(), "{reason}: trusted starters changed");
+                    if let Some(tx) = &trust.tx {
+                        tx.send_replace(t.clone());
+                    }
+                    trust.starters = t;
+                }
+                trust.publish(&self.metrics);
+            }
+            Err(e) => {
+                // Said once per distinct problem, not at every re-check.
+                let text = e.to_string();
+                if trust.error.as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "{reason}: cannot resolve trusted starters; keeping the old set");
+                    trust.error = Some(text);
+                }
+            }
+        }
+    }
+}
