@@ -36,3 +36,43 @@ pub fn init(level: LogLevel, format: LogFormat) {
             .init(),
     }
 }
+
+/// An error and its causes on one line, each cause said once: a message
+/// that already quotes its cause (`... (No such file or directory)`)
+/// is not followed by that cause again.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("trusted starter /x does not exist ({source}); fix --trust.path")]
+    struct Missing {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(Missing { source: io }).context("cannot start");
+        let line = error_chain(&e);
+        assert_eq!(line.matches("not found").count(), 1, "{line}");
+        assert!(line.starts_with("cannot start: trusted starter /x"), "{line}");
+        let plain = anyhow::anyhow!("a").context("b");
+        assert_eq!(error_chain(&plain), "b: a");
+    }
+}

@@ -17,8 +17,9 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(apptheus::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("apptheus: {e:#}");
+            let e = apptheus::logging::error_chain(&e);
+            tracing::error!(error = %e, "exiting");
+            eprintln!("apptheus: {e}");
             std::process::ExitCode::FAILURE
         }
     }

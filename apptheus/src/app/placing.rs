@@ -205,6 +205,29 @@ impl Agent {
         }
     }
 
+    /// Without the kernel programs, nothing reports a runtime moving the
+    /// container's processes: look for processes of its starters' trees
+    /// outside its cgroups (at each sample).
+    pub(super) fn find_moves(&mut self, ck: u64) {
+        let Some(c) = self.registry.get(ck) else {
+            return;
+        };
+        let mut moved = Vec::new();
+        for m in c.members.iter().filter(|m| !m.ended) {
+            for pid in proctree::tree(self.procfs.root(), m.starter_pid) {
+                let Ok(now) = self.placer.cgroups_of(pid) else {
+                    continue;
+                };
+                if !c.live_parts().any(|p| p.cgroups.covers(&now)) {
+                    moved.push((m.key, pid));
+                }
+            }
+        }
+        for (mk, pid) in moved {
+            self.follow_runtime(ck, mk, pid);
+        }
+    }
+
     /// A process in `cg` that is not container `ck`'s, if any.
     fn stranger_in(&self, ck: u64, cg: &ContainerCgroups) -> Option<u32> {
         let c = self.registry.get(ck)?;

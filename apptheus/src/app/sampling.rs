@@ -35,6 +35,9 @@ impl Agent {
                     self.on_kernel_event(ev);
                 }
             }
+            if self.kernel.is_none() {
+                self.find_moves(key);
+            }
             self.sample_container(key);
         }
         self.end_empty_containers();

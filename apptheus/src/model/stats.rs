@@ -81,8 +81,7 @@ pub struct PartStats<'a> {
 
 /// A container's statistics from the cgroups it ran in (its own, a
 /// runtime's, an instance's joins'): counters summed over every cgroup,
-/// gauges over the live ones, limits from the cgroup that holds them, the
-/// peak the highest. A family none of them had stays out.
+/// gauges over the live ones, limits from the cgroup that holds them. A family none of them had stays out.
 pub fn combine(parts: &[PartStats<'_>]) -> CgroupStats {
     match parts {
         [] => CgroupStats::default(),
@@ -209,10 +208,9 @@ fn add_memory(a: MemoryStats, b: &MemoryStats, p: &PartStats<'_>) -> MemoryStats
         rss_bytes: gauge(a.rss_bytes, b.rss_bytes),
         cache_bytes: gauge(a.cache_bytes, b.cache_bytes),
         swap_bytes: gauge(a.swap_bytes, b.swap_bytes),
-        max_usage_bytes: match (a.max_usage_bytes, b.max_usage_bytes) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, y) => x.or(y),
-        },
+        // The peaks of several cgroups may not coincide: their sum bounds
+        // the container's peak from above and stays at least its usage.
+        max_usage_bytes: add_opt(a.max_usage_bytes, b.max_usage_bytes),
         limit_bytes: pick_limit(a.limit_bytes, b.limit_bytes, p),
         oom_events: add_opt(a.oom_events, b.oom_events),
         oom_kills: add_opt(a.oom_kills, b.oom_kills),
@@ -305,7 +303,7 @@ mod tests {
         let m = c.memory.unwrap();
         assert_eq!(m.usage_bytes, 40 << 20);
         assert_eq!(m.rss_bytes, Some(40 << 20));
-        assert_eq!(m.max_usage_bytes, Some(60 << 20), "the higher peak");
+        assert_eq!(m.max_usage_bytes, Some(80 << 20), "the peaks' sum");
         assert_eq!(m.limit_bytes, Some(64 << 20), "the runtime's limit");
         assert_eq!(c.threads, Some(5));
         assert_eq!(c.pids.unwrap().current, 5);
@@ -334,7 +332,7 @@ mod tests {
         assert!((c.cpu.unwrap().usage_seconds - 1.52).abs() < 1e-9);
         let m = c.memory.unwrap();
         assert_eq!(m.usage_bytes, 10 << 20);
-        assert_eq!(m.max_usage_bytes, Some(60 << 20));
+        assert_eq!(m.max_usage_bytes, Some(80 << 20));
         assert_eq!(c.threads, Some(1));
         assert_eq!(c.pids.unwrap().current, 1);
     }
