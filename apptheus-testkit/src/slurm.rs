@@ -102,11 +102,11 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .context("finding a free port")?
-        .local_addr()?
-        .port())
+/// Two ports free now (both held while choosing, so they differ).
+fn free_ports() -> anyhow::Result<(u16, u16)> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 fn short_hostname() -> anyhow::Result<String> {
@@ -170,7 +170,21 @@ fn parse_job(line: &str) -> Option<Job> {
 impl Cluster {
     /// Starts munged, slurmctld and slurmd on free ports and waits until
     /// the node is idle (about a second). The error names what is missing.
+    /// A port taken by someone else between choosing and binding it costs
+    /// a new attempt (three in all).
     pub fn start() -> anyhow::Result<Cluster> {
+        let mut attempt = 1;
+        loop {
+            match Cluster::start_once() {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn start_once() -> anyhow::Result<Cluster> {
         if !crate::is_root() {
             return Err(crate::unavailable(
                 "root privileges (the Slurm daemons run as root)",
@@ -226,6 +240,7 @@ impl Cluster {
         let socket = d.join("socket/munge.socket");
 
         let host = short_hostname()?;
+        let (ctld_port, slurmd_port) = free_ports()?;
         let conf = d.join("slurm.conf");
         std::fs::write(
             &conf,
@@ -233,8 +248,8 @@ impl Cluster {
                 dir: d,
                 host: &host,
                 node: &node,
-                ctld_port: free_port()?,
-                slurmd_port: free_port()?,
+                ctld_port,
+                slurmd_port,
                 munge_socket: &socket,
                 cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 memory_mib: memory_mib(),
@@ -489,44 +504,13 @@ impl Cluster {
         if self.daemons.is_empty() {
             return Ok(());
         }
-        let _ = self
-            .command("scancel")
-            .args(["--partition", PARTITION])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            let out = self
-                .command("squeue")
-                .args(["-h", "-p", PARTITION, "-o", "%i"])
-                .output();
-            match out {
-                Ok(o) if o.status.success() && o.stdout.iter().all(u8::is_ascii_whitespace) => {
-                    break;
-                }
-                Ok(o) if o.status.success() => {}
-                _ => break,
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let controller_runs = self.daemons.iter_mut().any(|(name, child)| {
+            *name == "slurmctld" && child.try_wait().is_ok_and(|s| s.is_none())
+        });
+        if controller_runs {
+            self.cancel_jobs();
         }
-        let mut killed = Vec::new();
-        while let Some((name, mut child)) = self.daemons.pop() {
-            // SAFETY: kill(2) of our own child, not yet reaped.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while child.try_wait()?.is_none() {
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    killed.push(name);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.wait();
-        }
+        let killed = self.stop_daemons();
         if self.cgroups == Cgroups::V1 {
             remove_cgroups(&format!("slurm_{}", self.node));
         }
@@ -537,6 +521,53 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// Cancels every job of the partition and waits (a while) until none
+    /// is left.
+    fn cancel_jobs(&self) {
+        let _ = self
+            .command("scancel")
+            .args(["--partition", PARTITION])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match self
+                .command("squeue")
+                .args(["-h", "-p", PARTITION, "-o", "%i"])
+                .output()
+            {
+                Ok(o) if o.status.success() && !o.stdout.iter().all(u8::is_ascii_whitespace) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Stops the daemons, the last started first: SIGTERM, then SIGKILL
+    /// after a while. Returns those that had to be killed.
+    fn stop_daemons(&mut self) -> Vec<&'static str> {
+        let mut killed = Vec::new();
+        while let Some((name, mut child)) = self.daemons.pop() {
+            // SAFETY: kill(2) of our own child, not yet reaped.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    killed.push(name);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.wait();
+        }
+        killed
     }
 }
 
@@ -596,7 +627,7 @@ AuthType=auth/munge
 AuthInfo=socket={socket}
 CredType=cred/munge
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool/%n
+SlurmdSpoolDir={d}/spool
 SlurmctldPidFile={d}/slurmctld.pid
 SlurmdPidFile={d}/slurmd-%n.pid
 SlurmctldLogFile={d}/log/slurmctld.log
