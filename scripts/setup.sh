@@ -4,8 +4,10 @@
 #
 #   scripts/setup.sh            build + run requirements
 #   scripts/setup.sh --test     also what the test suite starts for real
-#                               (Prometheus, Pushgateway, crun, runc, stress-ng)
-#                               and what --package installs
+#                               (Prometheus, Pushgateway, crun, runc, stress-ng,
+#                               Slurm and munge, the real Apptainer in a cached
+#                               Debian root, a test user) and what --package
+#                               installs
 #   scripts/setup.sh --package  also what `cargo xtask package` and its test
 #                               need (cargo-deb, dpkg-dev, debootstrap,
 #                               systemd-nspawn)
@@ -66,7 +68,7 @@ packages=(
 )
 if [ "$want_test" = 1 ]; then
   packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3
-    qemu-system-x86)
+    qemu-system-x86 slurmd slurmctld slurm-client munge debian-archive-keyring)
 fi
 if [ "$want_package" = 1 ]; then
   packages+=(dpkg-dev debootstrap systemd-container)
@@ -81,8 +83,8 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  # Do not let package scripts start services (prometheus, pushgateway):
-  # the tests start their own instances on free ports.
+  # Do not let package scripts start services (prometheus, pushgateway,
+  # munge, slurm): the tests start their own instances on free ports.
   policy=/usr/sbin/policy-rc.d
   created_policy=0
   if [ ! -e "$policy" ]; then
@@ -132,6 +134,25 @@ if [ "$want_package" = 1 ]; then
     log "installing cargo-deb $CARGO_DEB_VERSION (about two minutes)"
     cargo "+$TOOLCHAIN" install "cargo-deb@$CARGO_DEB_VERSION" --locked
   fi
+fi
+
+# --- Test user and the real Apptainer (--test) --------------------------------
+# Tests run Apptainer as an ordinary user too: TEST_USER, with uid = gid
+# TEST_UID or the next free one above it (the tests look it up by name).
+TEST_USER=apptheus-test
+TEST_UID=1500
+if [ "$want_test" = 1 ]; then
+  if ! getent passwd "$TEST_USER" >/dev/null; then
+    uid=$TEST_UID
+    while getent passwd "$uid" >/dev/null || getent group "$uid" >/dev/null; do
+      uid=$((uid + 1))
+    done
+    log "creating the test user $TEST_USER (uid and gid $uid, no home on this host)"
+    getent group "$TEST_USER" >/dev/null || groupadd --gid "$uid" "$TEST_USER"
+    useradd --uid "$uid" --gid "$TEST_USER" --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin --comment "apptheus tests" "$TEST_USER"
+  fi
+  "$repo/scripts/apptainer-root.sh" "$TEST_USER"
 fi
 
 log "ready: Rust $TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION (LLVM $LLVM_MAJOR)"

@@ -1,10 +1,10 @@
 //! The Debian package, for real: `cargo xtask package` builds it; dpkg
 //! installs it into a clean Debian 12 root (debootstrap's minbase, cached
-//! as a tarball under the target directory); the agent runs in that root
-//! from the unit's own ExecStart line, with the defaults file's arguments,
-//! the unit's capability bounding set and no_new_privs; it attributes and
-//! places a container; then dpkg removes and purges the package, and the
-//! root must hold exactly the files it held before.
+//! as a tarball in /var/cache/apptheus/package-test); the agent runs in
+//! that root from the unit's own ExecStart line, with the defaults file's
+//! arguments, the unit's capability bounding set and no_new_privs; it
+//! attributes and places a container; then dpkg removes and purges the
+//! package, and the root must hold exactly the files it held before.
 //!
 //! Needs root, kernel BTF, debootstrap and network to a Debian mirror
 //! (APPTHEUS_DEBIAN_MIRROR, default http://deb.debian.org/debian) the first
@@ -60,10 +60,16 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// A minimal Debian root as a tarball, made once with debootstrap and kept
-/// in the target directory.
+/// in the download cache outside the clone (`$APPTHEUS_CACHE_DIR`, by
+/// default /var/cache/apptheus), since CI starts from a fresh clone.
 fn cached_rootfs() -> PathBuf {
-    let dir = Path::new(TMP).join("package-test");
-    fs::create_dir_all(&dir).unwrap();
+    let cache = std::env::var_os("APPTHEUS_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/apptheus"));
+    let dir = cache.join("package-test");
+    fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("creating {} (set APPTHEUS_CACHE_DIR): {e}", dir.display()));
     let tarball = dir.join(format!(
         "debian-{SUITE}-minbase-{}.tar",
         INCLUDE.replace(',', "-")

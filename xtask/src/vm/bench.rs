@@ -77,8 +77,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         .collect();
     let xtask = std::env::current_exe().context("finding the xtask executable")?;
 
-    let cache = root.join("target/vm-cache");
-    std::fs::create_dir_all(&cache)?;
+    let cache = super::download_cache()?;
+    let work = root.join("target/vm-test");
+    std::fs::create_dir_all(&work)?;
     let names = if o.kernels.is_empty() {
         vec!["6.1".to_string()]
     } else {
@@ -99,7 +100,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         o.layouts.clone()
     };
     let busybox = kernels::busybox(&cache, false)?;
-    let initramfs = cache.join("initramfs-bench.cpio");
+    let initramfs = work.join("initramfs-bench.cpio");
     let args = ["bench", "--only", "placement", "--prebuilt", "--placements"]
         .iter()
         .map(|a| format!("'{a}'"))
@@ -117,7 +118,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         &initramfs,
     )?;
 
-    let logs = cache.join("logs");
+    let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
     let mut table = Vec::new();
     let mut failed = Vec::new();

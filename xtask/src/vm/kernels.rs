@@ -233,7 +233,10 @@ pub fn get(cache: &Path, name: &str, refresh: bool) -> anyhow::Result<Option<Ker
         .with_context(|| format!("{} has no vmlinuz", file.display()))?;
     let release = image.file_name().to_string_lossy()["vmlinuz-".len()..].to_string();
     std::fs::create_dir_all(&dir)?;
-    std::fs::copy(image.path(), &vmlinuz)?;
+    // Copied under another name first: an interrupted copy is no kernel.
+    let partial = dir.join("vmlinuz.partial");
+    std::fs::copy(image.path(), &partial)?;
+    std::fs::rename(&partial, &vmlinuz)?;
     // The configuration explains the exceptions (e.g. no v1 memory controller).
     let _ = std::fs::copy(boot.join(format!("config-{release}")), dir.join("config"));
     std::fs::write(&release_file, format!("{release}\n"))?;
@@ -277,8 +280,10 @@ pub fn busybox(cache: &Path, refresh: bool) -> anyhow::Result<PathBuf> {
     let unpacked = cache.join("unpacked").join("busybox");
     extract(&file, &unpacked)?;
     std::fs::create_dir_all(path.parent().unwrap_or(cache))?;
-    std::fs::copy(unpacked.join("bin/busybox"), &path)
+    let partial = path.with_extension("partial");
+    std::fs::copy(unpacked.join("bin/busybox"), &partial)
         .with_context(|| format!("{} has no bin/busybox", file.display()))?;
+    std::fs::rename(&partial, &path)?;
     let _ = std::fs::remove_dir_all(&unpacked);
     Ok(path)
 }

@@ -4,10 +4,10 @@
 //! it); layouts are pure v1, hybrid and pure v2. One initramfs holds the
 //! test binaries at the paths compiled into them; the kernel command line
 //! picks the layout. See `init.sh` for what runs inside.
+mod artifacts;
 pub mod bench;
 mod cpio;
 mod exceptions;
-mod json;
 mod kernels;
 mod qemu;
 mod report;
@@ -26,7 +26,6 @@ use anyhow::{Context as _, bail};
 
 use self::{
     exceptions::{EXCEPTIONS, HOST_ONLY, SLOW, Skip, UNDER_EMULATION},
-    json::Json,
     kernels::Kernel,
     report::Verdict,
 };
@@ -106,6 +105,24 @@ pub struct Options {
     pub test_args: Vec<String>,
 }
 
+/// Where downloads are kept across clones and runs (kernels, busybox,
+/// apt's lists): `$APPTHEUS_CACHE_DIR/vm`, by default
+/// `/var/cache/apptheus/vm`. CI clones afresh, so `target/` is no cache.
+pub fn download_cache() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("APPTHEUS_CACHE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/apptheus"));
+    let dir = base.join("vm");
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "creating the download cache {} (run as root, or set APPTHEUS_CACHE_DIR to a directory you can write)",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
 struct Cell {
     kernel: Kernel,
     layout: Layout,
@@ -138,8 +155,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
 
     let t = Instant::now();
     let built = build_tests(&root)?;
-    let cache = built.target_dir.join("vm-cache");
-    std::fs::create_dir_all(&cache)?;
+    let cache = download_cache()?;
+    let work = built.target_dir.join("vm-test");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let mut plan = Vec::new();
     for name in &tests {
         let path = built
@@ -163,7 +181,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let fetch_secs = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let initramfs = cache.join("initramfs.cpio");
+    let initramfs = work.join("initramfs.cpio");
     let skips = skipped(o, &tests);
     let mut args = o.test_args.clone();
     for s in &skips {
@@ -201,7 +219,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let logs = cache.join("logs");
+    let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
     let outcomes = run_cells(o, &cells, &initramfs, &logs, &tests)?;
 
@@ -414,8 +432,7 @@ fn build_tests(root: &Path) -> anyhow::Result<Built> {
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo metadata")?;
-    let target_dir = Json::parse(String::from_utf8_lossy(&meta.stdout).trim())
-        .and_then(|m| m.get("target_directory")?.as_str().map(PathBuf::from))
+    let target_dir = artifacts::target_directory(&String::from_utf8_lossy(&meta.stdout))
         .context("cargo metadata named no target directory")?;
 
     eprintln!("vm-test: cargo test --locked --no-run");
@@ -430,42 +447,8 @@ fn build_tests(root: &Path) -> anyhow::Result<Built> {
         bail!("building the tests failed ({})", out.status);
     }
     let manifest = root.join("apptheus").join("Cargo.toml");
-    let mut tests = BTreeMap::new();
-    let mut executables = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(msg) = Json::parse(line) else {
-            continue;
-        };
-        if msg.get("reason").and_then(Json::as_str) != Some("compiler-artifact") {
-            continue;
-        }
-        let (Some(target), Some(exe)) = (
-            msg.get("target"),
-            msg.get("executable").and_then(Json::as_str),
-        ) else {
-            continue;
-        };
-        if msg.get("manifest_path").and_then(Json::as_str) != manifest.to_str() {
-            continue;
-        }
-        let kind = |k: &str| {
-            target
-                .get("kind")
-                .and_then(Json::as_array)
-                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(k)))
-        };
-        let is_test_build = msg
-            .get("profile")
-            .and_then(|p| p.get("test"))
-            .and_then(Json::as_bool)
-            .unwrap_or(false);
-        let name = target.get("name").and_then(Json::as_str).unwrap_or("");
-        if kind("test") {
-            tests.insert(name.to_string(), PathBuf::from(exe));
-        } else if kind("bin") && !is_test_build {
-            executables.push(PathBuf::from(exe));
-        }
-    }
+    let artifacts::Artifacts { tests, executables } =
+        artifacts::parse(&String::from_utf8_lossy(&out.stdout), &manifest);
     if executables.is_empty() {
         bail!("cargo reported no executables of {}", manifest.display());
     }
