@@ -10,7 +10,11 @@ use super::Agent;
 use crate::{
     cgroup::read,
     export::families,
-    model::{container::Source, event::KernelEvent, lifecycle::Phase},
+    model::{
+        container::{Origin, Source},
+        event::KernelEvent,
+        lifecycle::Phase,
+    },
 };
 
 /// Containers sampled between two looks at pending kernel events (a
@@ -61,6 +65,26 @@ impl Agent {
     /// Reads the kernel counters of a live container's members and the
     /// statistics of its cgroups, and combines them into what is exported.
     pub(super) fn sample_container(&mut self, key: u64) {
+        // A cgroup shared with the container's starter is its only while
+        // nothing else runs there.
+        let shared_ok: Vec<bool> = match self.registry.get(key) {
+            Some(c) => c
+                .parts
+                .iter()
+                .map(|p| {
+                    if !matches!(p.origin, Origin::Shared { .. }) {
+                        return true;
+                    }
+                    let stranger = self.stranger_in(key, &p.cgroups);
+                    if let Some(pid) = stranger {
+                        tracing::debug!(container_id = %c.id, pid, comm = self.procfs.comm(pid).unwrap_or_default(),
+                            "another process shares the container's cgroup; its memory is left out");
+                    }
+                    stranger.is_none()
+                })
+                .collect(),
+            None => return,
+        };
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
@@ -74,7 +98,14 @@ impl Agent {
                 }
             }
         }
-        for p in c.parts.iter_mut().filter(|p| !p.gone) {
+        for (p, ok) in c.parts.iter_mut().zip(shared_ok) {
+            if p.gone {
+                continue;
+            }
+            if !ok {
+                p.last = None;
+                continue;
+            }
             // A runtime removes its cgroup once the container's tasks in it
             // are gone: what was read last stays.
             if !p.cgroups.dirs().any(|(_, d)| d.exists()) {

@@ -8,11 +8,8 @@ use apptheus_common::FileId;
 
 use super::Agent;
 use crate::{
-    attribution::{
-        apptainer::{self, RunKind, StarterFacts},
-        slurm,
-    },
-    host::{clock, users},
+    attribution::apptainer::{self, RunKind, StarterFacts},
+    host::{clock, slurm, users},
     model::{
         cgroups::ContainerCgroups,
         container::{Container, Member, Origin, Part, Source},
