@@ -44,11 +44,11 @@ pub mod kernel {
 
 /// The exposition of containers' statistics (the metric catalogue test).
 pub mod export {
-    pub use crate::attribution::kernel::stats::ProgramStats;
     pub use crate::export::{
         families::{Families, build, cgroup::add as add_cgroup, program_stats},
         metrics::AgentMetrics,
     };
+    pub use crate::model::programs::ProgramStats;
     pub use crate::model::{
         container::{Container, FsCounters, KernelCounters, NetCounters, Origin, Part},
         metadata::Metadata,

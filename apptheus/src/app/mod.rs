@@ -225,10 +225,14 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let (tx, mut events) = mpsc::channel::<KernelEvent>(4096);
         if let Some(ring) = self.kernel.as_mut().and_then(Kernel::take_events) {
-            let prewarm = self.spawn_prewarm();
+            // Launches and starts go to the cgroup warm-up first, straight
+            // from the reader: a busy main loop must not delay it.
+            let first = self.spawn_prewarm().map(|p| {
+                Box::new(move |ev: &KernelEvent| p.observe(ev)) as Box<dyn Fn(&KernelEvent) + Send>
+            });
             tokio::spawn(async move {
                 if let Err(e) =
-                    crate::attribution::kernel::events::read_events(ring, tx, prewarm).await
+                    crate::attribution::kernel::events::read_events(ring, tx, first).await
                 {
                     tracing::error!(error = %e, "reading kernel events stopped");
                 }

@@ -9,10 +9,11 @@ use apptheus_common::FileId;
 use super::Agent;
 use crate::{
     attribution::apptainer::{self, RunKind, StarterFacts},
-    host::{clock, slurm, users},
+    host::{clock, users},
     model::{
         cgroups::ContainerCgroups,
         container::{Container, Member, Origin, Part, Source},
+        slurm,
     },
 };
 

@@ -381,7 +381,7 @@ fn set(cg: &mut ContainerCgroups, h: &Hierarchy, dir: PathBuf) {
 /// which a child of ours would make fail.
 pub fn own_child_allowed(controllers: &[String], parent: &Path) -> bool {
     let memory_v1 = controllers.iter().any(|c| c == "memory");
-    !(memory_v1 && crate::host::slurm::job_in_path(&parent.to_string_lossy()).is_some())
+    !(memory_v1 && crate::model::slurm::job_in_path(&parent.to_string_lossy()).is_some())
 }
 
 /// Where a task is against a container's cgroups.

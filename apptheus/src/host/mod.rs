@@ -3,5 +3,4 @@ pub(crate) mod clock;
 pub(crate) mod preflight;
 pub(crate) mod procfs;
 pub(crate) mod proctree;
-pub(crate) mod slurm;
 pub(crate) mod users;

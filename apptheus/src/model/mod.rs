@@ -6,5 +6,7 @@ pub(crate) mod container;
 pub(crate) mod event;
 pub(crate) mod lifecycle;
 pub(crate) mod metadata;
+pub(crate) mod programs;
 pub(crate) mod registry;
+pub(crate) mod slurm;
 pub(crate) mod stats;

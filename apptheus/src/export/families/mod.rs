@@ -133,9 +133,7 @@ impl Families {
 }
 
 /// The kernel's statistics of our programs (`--ebpf.stats`).
-pub fn program_stats(
-    stats: &[crate::attribution::kernel::stats::ProgramStats],
-) -> Vec<MetricFamily> {
+pub fn program_stats(stats: &[crate::model::programs::ProgramStats]) -> Vec<MetricFamily> {
     let mut f = Families::default();
     for s in stats {
         let labels = [("program", s.program.as_str())];
