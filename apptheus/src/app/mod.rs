@@ -108,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &kernel::Options {
                 collectors: args.collectors.selected(),
                 cgroup2: host.layout.v2.clone(),
+                procfs: args.procfs.clone(),
             },
         ) {
             Ok(k) => Some(k),
@@ -140,6 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (socket_tx, socket_events) = mpsc::channel::<SocketEvent>(1024);
     let socket_task = tokio::spawn(socket::serve(
         listener,
+        args.procfs.clone(),
         trusted_rx,
         socket_tx,
         metrics.clone(),

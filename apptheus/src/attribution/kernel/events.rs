@@ -76,6 +76,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     }
 }
 
+/// Sees each kernel event before it is queued for the main loop.
+pub type Observer = Box<dyn Fn(&KernelEvent) + Send>;
+
 /// Reads the ring buffer until `tx` closes, waking on its descriptor.
 /// Every event goes to `first` before anything else (the cgroup warm-up:
 /// a busy main loop must not delay it); a launcher's exec goes nowhere
@@ -83,7 +86,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 pub async fn read_events(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<KernelEvent>,
-    first: Option<Box<dyn Fn(&KernelEvent) + Send>>,
+    first: Option<Observer>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map descriptor, which stays open and
     // unchanged until the RingBuf (owned by the AsyncFd) is dropped.
