@@ -110,7 +110,7 @@ build() {
   } >"$partial/.apptheus-root"
   remove_root "$root"
   mv "$partial" "$root"
-  log "Apptainer root ready: apptainer $version in $root ($((SECONDS - t0)) s)"
+  log "Apptainer root built in $((SECONDS - t0)) s"
 }
 
 # Puts USER's passwd and group entries (as the host has them) into the root
@@ -154,3 +154,4 @@ if [ "$rebuild" = 1 ] || ! cached; then
   build
 fi
 sync_user
+log "Apptainer $(stamp_value apptainer) (Debian $(stamp_value suite), built $(stamp_value built)) in $root"
