@@ -147,6 +147,11 @@ sync_user() {
   chmod 0755 "$root/home/$user"
 }
 
+# One build at a time (several checkouts may run setup at once).
+mkdir -p "$cache"
+exec 9>"$cache/apptainer-root.lock"
+flock 9
+
 if [ "$rebuild" = 1 ] || ! cached; then
   if [ -e "$root" ] && [ "$rebuild" = 0 ]; then
     log "$root is incomplete or of an older recipe: building it again"
