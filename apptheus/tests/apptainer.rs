@@ -312,9 +312,31 @@ fn the_monitoring_socket_takes_the_real_starter_and_an_instance_holds_it() {
     };
     assert_eq!(accepted(&agent), 1.0, "{}", agent.log_text());
 
+    // An ordinary user's exec: the tool's helper run (unpacking the SIF)
+    // connects too, and is let go; one container.
+    let started = counter(&agent, "apptheus_containers_started_total");
+    let img_user = image(&s, "monitored-user");
+    let w = Workload::new().cpu(Duration::from_millis(300));
+    let (done, tree) = run_to_end(s.exec(As::User, &img_user, &[], &w).unwrap());
+    let id = find(&agent, "image", &img_user.inside);
+    ended(&agent, &id);
+    assert_cpu(&agent, &id, workload_cpu(&done), tree);
+    assert_eq!(
+        accepted(&agent),
+        3.0,
+        "the helper's and the container's starter"
+    );
+    assert_eq!(
+        counter(&agent, "apptheus_containers_started_total") - started,
+        1.0,
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(counter(&agent, "apptheus_helper_runs_total"), 1.0);
+
     let instance = s.instance_start(As::Root, &img, &[], "watched").unwrap();
     let id = find(&agent, "instance", "watched");
-    assert_eq!(accepted(&agent), 2.0);
+    assert_eq!(accepted(&agent), 4.0);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !agent
