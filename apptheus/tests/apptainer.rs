@@ -96,10 +96,17 @@ fn run_to_end(mut c: Running) -> (Done, f64) {
 /// burned and what the whole tree (starters, helper runs, the entering of
 /// the root) used.
 fn assert_cpu(agent: &Agent, id: &str, workload: f64, tree: f64) {
+    assert_cpu_within(agent, id, workload, tree, 0.0);
+}
+
+/// [`assert_cpu`], allowing `early` seconds of the workload to have run
+/// before the container was placed (the monitoring socket alone: the
+/// starter connects, is verified, then its tree is placed).
+fn assert_cpu_within(agent: &Agent, id: &str, workload: f64, tree: f64, early: f64) {
     let cpu = series(agent, "apptheus_container_cpu_usage_seconds_total", id);
     eprintln!("{id}: cpu {cpu:.3} s, workload {workload:.3} s, tree {tree:.3} s");
     assert!(
-        cpu >= workload * 0.98 && cpu <= tree + 0.05,
+        cpu >= workload * 0.98 - early && cpu <= tree + 0.05,
         "{id}: {cpu} s reported, the workload burned {workload} s, the tree {tree} s\n{}",
         agent.log_text()
     );
@@ -301,7 +308,7 @@ fn the_monitoring_socket_takes_the_real_starter_and_an_instance_holds_it() {
     let (done, tree) = run_to_end(s.exec(As::Root, &img, &[], &w).unwrap());
     let id = find(&agent, "image", &img.inside);
     ended(&agent, &id);
-    assert_cpu(&agent, &id, workload_cpu(&done), tree);
+    assert_cpu_within(&agent, &id, workload_cpu(&done), tree, 0.05);
     let accepted = |a: &Agent| {
         value(
             &a.metrics(),
@@ -320,7 +327,7 @@ fn the_monitoring_socket_takes_the_real_starter_and_an_instance_holds_it() {
     let (done, tree) = run_to_end(s.exec(As::User, &img_user, &[], &w).unwrap());
     let id = find(&agent, "image", &img_user.inside);
     ended(&agent, &id);
-    assert_cpu(&agent, &id, workload_cpu(&done), tree);
+    assert_cpu_within(&agent, &id, workload_cpu(&done), tree, 0.05);
     assert_eq!(
         accepted(&agent),
         3.0,

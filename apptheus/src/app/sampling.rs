@@ -107,8 +107,9 @@ impl Agent {
                 continue;
             }
             // A runtime removes its cgroup once the container's tasks in it
-            // are gone: what was read last stays.
-            if !p.cgroups.dirs().any(|(_, d)| d.exists()) {
+            // are gone, one hierarchy after another: once any of its
+            // directories is gone, what was read last stays.
+            if p.cgroups.dirs().any(|(_, d)| !d.exists()) {
                 p.gone = true;
                 continue;
             }

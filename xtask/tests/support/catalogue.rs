@@ -149,6 +149,9 @@ pub fn exported() -> Catalogue {
     let agent = AgentMetrics::new();
     // Families of labelled metrics appear once a child exists.
     agent.set_mode("ebpf");
+    for role in ["starter", "launcher"] {
+        agent.trusted_files.with_label_values(&[role]);
+    }
     for target in ["pushgateway", "remote_write"] {
         agent.pushes.with_label_values(&[target]);
         agent.push_failures.with_label_values(&[target]);
