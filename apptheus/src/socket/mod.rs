@@ -23,7 +23,7 @@
 //!
 //! Resources are bounded whatever local users do: see [`Limits`].
 
-mod limits;
+pub(crate) mod limits;
 mod listener;
 mod server;
 pub mod verify;

@@ -1,0 +1,450 @@
+//! One HTTP connection's life: admission into the [`Pool`], the wait for
+//! its first byte (before anything is allocated for it), the TLS
+//! handshake, the requests, and what cut it short, counted and logged at
+//! most once a second per kind.
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use prometheus::{IntCounterVec, IntGauge};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    net::TcpStream,
+    sync::Notify,
+    time::{Instant, Sleep},
+};
+
+use super::{
+    Server,
+    limits::{Limits, Pool, Refusal, Timeouts, client_key},
+};
+use crate::socket::limits::LogThrottle;
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// hyper's smallest read buffer limit; requests need far less.
+const MAX_BUF: usize = 8 * 1024;
+const LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What cut a connection short, for
+/// `apptheus_http_connections_closed_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Its slot went to a connection of an address that held fewer.
+    Evicted,
+    /// No first byte, or no next request on a kept-alive connection, in time.
+    Idle,
+    /// A request's headers did not arrive in time.
+    Headers,
+    TlsHandshakeTimeout,
+    /// A failed handshake, or plain HTTP sent to the TLS port.
+    TlsHandshakeFailed,
+    /// A response write made no progress in time (the client does not read).
+    WriteStall,
+    /// Open longer than [`Limits::lifetime`].
+    Lifetime,
+}
+
+impl Cut {
+    pub const ALL: [Cut; 7] = [
+        Cut::Evicted,
+        Cut::Idle,
+        Cut::Headers,
+        Cut::TlsHandshakeTimeout,
+        Cut::TlsHandshakeFailed,
+        Cut::WriteStall,
+        Cut::Lifetime,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Cut::Evicted => "evicted",
+            Cut::Idle => "idle_timeout",
+            Cut::Headers => "header_timeout",
+            Cut::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Cut::TlsHandshakeFailed => "tls_handshake_failed",
+            Cut::WriteStall => "write_timeout",
+            Cut::Lifetime => "lifetime_limit",
+        }
+    }
+}
+
+/// Rejection reasons, for `apptheus_http_connections_rejected_total{reason}`.
+pub const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
+
+/// Closes an evicted connection: its task waits on this.
+#[derive(Debug, Default)]
+pub struct Evict(Notify);
+
+impl Evict {
+    fn evict(&self) {
+        // Stores a permit if the task is not waiting yet.
+        self.0.notify_one();
+    }
+}
+
+struct Logs {
+    refused: LogThrottle,
+    cut: LogThrottle,
+    accept: LogThrottle,
+    ended: LogThrottle,
+}
+
+/// Every listener's connections, counted together.
+pub struct Connections {
+    pool: Mutex<Pool<Arc<Evict>>>,
+    rejected: IntCounterVec,
+    closed: IntCounterVec,
+    open: IntGauge,
+    logs: Logs,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update of the pool completes before the lock is released;
+    // nothing in it panics, and if something did the counts stay whole.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Connections {
+    pub fn new(limits: Limits, metrics: &crate::metrics::AgentMetrics) -> Self {
+        Self {
+            pool: Mutex::new(Pool::new(limits)),
+            rejected: metrics.http_rejected.clone(),
+            closed: metrics.http_closed.clone(),
+            open: metrics.http_open.clone(),
+            logs: Logs {
+                refused: LogThrottle::new(LOG_INTERVAL),
+                cut: LogThrottle::new(LOG_INTERVAL),
+                accept: LogThrottle::new(LOG_INTERVAL),
+                ended: LogThrottle::new(LOG_INTERVAL),
+            },
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        lock(&self.pool).limits().clone()
+    }
+
+    /// Logs a failed accept, at most once a second.
+    pub fn accept_failed(&self, e: &io::Error, retry_in: Duration) {
+        if let Some(suppressed) = self.logs.accept.permit() {
+            tracing::warn!(error = %e, ?retry_in, suppressed, "HTTP: accepting a connection failed");
+        }
+    }
+
+    fn count_cut(&self, peer: SocketAddr, cut: Cut) {
+        self.closed.with_label_values(&[cut.label()]).inc();
+        if let Some(suppressed) = self.logs.cut.permit() {
+            tracing::info!(%peer, reason = cut.label(), suppressed, "HTTP: connection cut");
+        }
+    }
+
+    fn release(&self, key: IpAddr, id: u64) {
+        let mut pool = lock(&self.pool);
+        pool.remove(key, id);
+        self.open.set(gauge(pool.open()));
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A connection's slot; freed when dropped.
+struct Slot {
+    server: Arc<Server>,
+    key: IpAddr,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.conns.release(self.key, self.id);
+    }
+}
+
+/// Takes a slot for a connection just accepted and starts serving it, or
+/// resets it. Never waits.
+pub fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+    let conns = &server.conns;
+    let key = client_key(peer.ip());
+    let evict = Arc::new(Evict::default());
+    let admitted = {
+        let mut pool = lock(&conns.pool);
+        let r = pool.admit(key, Arc::clone(&evict));
+        conns.open.set(gauge(pool.open()));
+        r
+    };
+    let admitted = match admitted {
+        Ok(a) => a,
+        Err(refusal) => {
+            conns.rejected.with_label_values(&[refusal.label()]).inc();
+            if let Some(suppressed) = conns.logs.refused.permit() {
+                tracing::warn!(%peer, reason = refusal.label(), suppressed, "HTTP: connection refused");
+            }
+            reset(&stream);
+            return;
+        }
+    };
+    if let Some(victim) = admitted.evicted {
+        victim.evict();
+    }
+    let slot = Slot {
+        server: Arc::clone(server),
+        key,
+        id: admitted.id,
+    };
+    tokio::spawn(run(slot, stream, peer, admitted.timeouts, evict));
+}
+
+/// Closes with a reset: nothing is left in TIME_WAIT, and the client
+/// learns at once.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::Linger, &linger);
+}
+
+/// How a connection ended, when not cut.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("{0}")]
+    Cut(Cut),
+    #[error("{0}")]
+    Http(hyper::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+async fn run(slot: Slot, stream: TcpStream, peer: SocketAddr, t: Timeouts, evict: Arc<Evict>) {
+    let server = Arc::clone(&slot.server);
+    let lifetime = server.conns.limits().lifetime;
+    let served = tokio::select! {
+        biased;
+        () = evict.0.notified() => Err(Ended::Cut(Cut::Evicted)),
+        r = tokio::time::timeout(lifetime, serve(stream, &server, t)) => {
+            r.unwrap_or(Err(Ended::Cut(Cut::Lifetime)))
+        }
+    };
+    match served {
+        Ok(()) => {}
+        Err(Ended::Cut(cut)) => server.conns.count_cut(peer, cut),
+        Err(e) => {
+            if let Some(suppressed) = server.conns.logs.ended.permit() {
+                tracing::debug!(%peer, error = %e, suppressed, "HTTP connection ended with an error");
+            }
+        }
+    }
+    drop(slot);
+}
+
+async fn serve(stream: TcpStream, server: &Arc<Server>, t: Timeouts) -> Result<(), Ended> {
+    let accepted = Instant::now();
+    // Nothing is allocated for the connection before its first byte.
+    tokio::time::timeout(t.first_byte, stream.readable())
+        .await
+        .map_err(|_| Ended::Cut(Cut::Idle))??;
+    let headers_by = accepted + t.headers;
+    let tls = server.web.as_ref().and_then(|w| w.current().tls.clone());
+    let stall = server.conns.limits().write_stall;
+    match tls {
+        None => serve_http(stream, server, headers_by, stall).await,
+        Some(tls) => {
+            let mut first = [0u8; 1];
+            if stream.peek(&mut first).await? == 0 {
+                return Ok(());
+            }
+            if first[0] != TLS_HANDSHAKE {
+                // Tell a plain-HTTP client what went wrong, as Go's servers
+                // do, rather than leave it to make sense of a TLS alert.
+                let mut stream = stream;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(
+                        b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+                    ),
+                )
+                .await;
+                let _ = stream.shutdown().await;
+                return Err(Ended::Cut(Cut::TlsHandshakeFailed));
+            }
+            let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+            let tls_stream = tokio::time::timeout_at(headers_by, accept)
+                .await
+                .map_err(|_| Ended::Cut(Cut::TlsHandshakeTimeout))?
+                .map_err(|_| Ended::Cut(Cut::TlsHandshakeFailed))?;
+            serve_http(tls_stream, server, headers_by, stall).await
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    server: &Arc<Server>,
+    headers_by: Instant,
+    stall: Duration,
+) -> Result<(), Ended>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper::{server::conn::http1, service::service_fn};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let flags = Arc::new(Flags::default());
+    let io = Watched {
+        io,
+        stall,
+        sleep: None,
+        flags: Arc::clone(&flags),
+    };
+    let handler = Arc::clone(server);
+    let svc = service_fn(move |req| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, std::convert::Infallible>(handler.respond(&req).await) }
+    });
+    // The first request's headers are due by `headers_by`; later ones (and
+    // the idle time before them) get as long.
+    let header_timeout = headers_by
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let served = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_BUF)
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+    match served {
+        Ok(()) => Ok(()),
+        Err(_) if flags.write_stalled.load(Ordering::Relaxed) => Err(Ended::Cut(Cut::WriteStall)),
+        Err(e) if e.is_timeout() => Err(Ended::Cut(if flags.in_request.load(Ordering::Relaxed) {
+            Cut::Headers
+        } else {
+            Cut::Idle
+        })),
+        Err(e) => Err(Ended::Http(e)),
+    }
+}
+
+/// What [`Watched`] saw, read after hyper is done with the connection.
+#[derive(Debug, Default)]
+struct Flags {
+    /// Bytes of a request came in since the last response bytes went out.
+    in_request: AtomicBool,
+    /// A write made no progress within the stall limit.
+    write_stalled: AtomicBool,
+}
+
+/// The connection's stream, watched: a write that stays pending longer
+/// than `stall` fails (hyper has no write timeout), and reads and writes
+/// tell whether the client is in the middle of a request.
+struct Watched<I> {
+    io: I,
+    stall: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    flags: Arc<Flags>,
+}
+
+impl<I> Watched<I> {
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(Ok(v)) => {
+                self.sleep = None;
+                if wrote(&v) {
+                    // Response bytes: what comes in next is a new request.
+                    self.flags.in_request.store(false, Ordering::Relaxed);
+                }
+                Poll::Ready(Ok(v))
+            }
+            Poll::Pending => {
+                let stall = self.stall;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.flags.write_stalled.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client did not read the response",
+                    )));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.flags.in_request.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, data);
+        this.watch(cx, r, |n| *n > 0)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, r, |n| *n > 0)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, r, |()| false)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, r, |()| false)
+    }
+}
