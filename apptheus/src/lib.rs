@@ -9,6 +9,9 @@ pub mod duration;
 pub mod environ;
 pub mod exposition;
 pub mod families;
+/// The entry points fuzzers (and the fuzz regression tests) call: the
+/// surface kept stable for them, whatever moves behind it.
+pub mod fuzzing;
 pub mod http;
 pub mod kernel;
 pub mod logging;

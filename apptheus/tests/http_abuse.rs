@@ -377,11 +377,11 @@ fn abuse(tls: Option<Tls>) {
         .unwrap_or_default();
     let growth = rss_max.saturating_sub(rss_base);
     let counter = |name: &str, reason: &str| value(&metrics, name, &[("reason", reason)]);
-    let rejected = counter(
-        "apptheus_http_connections_rejected_total",
-        "per_address_limit",
-    )
-    .unwrap_or(0.0);
+    let rejected: f64 = ["per_address_limit", "total_limit"]
+        .iter()
+        .filter_map(|r| counter("apptheus_http_connections_rejected_total", r))
+        .sum();
+    let evicted = counter("apptheus_http_connections_closed_total", "evicted").unwrap_or(0.0);
     let cut: f64 = apptheus::http::Cut::ALL
         .iter()
         .filter_map(|c| counter("apptheus_http_connections_closed_total", c.label()))
@@ -390,7 +390,7 @@ fn abuse(tls: Option<Tls>) {
         "HTTP abuse figures ({what}): {connections} connections from {addresses} address(es) for {seconds} s, \
          {} connection attempts by the attacker ({} reset at once); scrapes {}/{} answered, p50 {:.1} ms, max {:.1} ms; \
          agent RSS {:.1} MiB before, +{:.1} MiB at most; descriptors {fd_base} before, \
-         {fd_peak_note} when the abuse ended, {fd_after} {} s later; refused per address {rejected}, cut {cut}",
+         {fd_peak_note} when the abuse ended, {fd_after} {} s later; refused {rejected}, cut {cut} (evicted {evicted})",
         stats.attempts(),
         stats.failed.load(Ordering::Relaxed),
         latencies.len(),
@@ -429,7 +429,10 @@ fn abuse(tls: Option<Tls>) {
         "the attacker made only {} connection attempts",
         stats.attempts()
     );
-    assert!(rejected > 0.0, "no refusal counted:\n{metrics}");
+    assert!(
+        rejected + evicted > 0.0,
+        "no refused or evicted connection counted:\n{metrics}"
+    );
     assert!(cut > 0.0, "no cut connection counted:\n{metrics}");
     assert_eq!(
         value(&metrics, "apptheus_http_connections", &[]),

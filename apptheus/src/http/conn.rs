@@ -341,6 +341,24 @@ where
     }
 }
 
+/// Serves one connection's worth of bytes from `io` as a connection just
+/// accepted is served (without its slot and first-byte wait): for fuzzing
+/// the request handling in memory.
+pub(crate) async fn serve_stream<I>(io: I, server: &Arc<Server>) -> Result<(), String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = server.conns.limits();
+    serve_http(
+        io,
+        server,
+        Instant::now() + limits.headers,
+        limits.write_stall,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
 /// What [`Watched`] saw, read after hyper is done with the connection.
 #[derive(Debug, Default)]
 struct Flags {
@@ -446,5 +464,140 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_shutdown(cx);
         this.watch(cx, r, |()| false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AgentMetrics;
+    use tokio::io::{AsyncReadExt as _, DuplexStream};
+
+    fn server(limits: Limits) -> Arc<Server> {
+        Arc::new(Server::with_limits(
+            AgentMetrics::new(),
+            "/metrics".into(),
+            Arc::new(AtomicBool::new(true)),
+            None,
+            limits,
+        ))
+    }
+
+    async fn serve_duplex(server: &Arc<Server>, headers: Duration, io: DuplexStream) -> Ended {
+        let stall = server.conns.limits().write_stall;
+        match serve_http(io, server, Instant::now() + headers, stall).await {
+            Ok(()) => panic!("the connection ended without being cut"),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_cut_after_the_write_stall() {
+        let s = server(Limits {
+            write_stall: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let (mut client, io) = tokio::io::duplex(4096);
+        // Twenty pipelined scrapes, and no read: the answers fill the pipe.
+        client
+            .write_all(&b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(20))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let ended = serve_duplex(&s, Duration::from_secs(10), io).await;
+        assert!(matches!(ended, Ended::Cut(Cut::WriteStall)), "{ended:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn unfinished_headers_and_a_silent_kept_alive_connection_are_told_apart() {
+        let s = server(Limits::default());
+        let (mut client, io) = tokio::io::duplex(64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
+        let ended = serve_duplex(&s, Duration::from_millis(200), io).await;
+        assert!(matches!(ended, Ended::Cut(Cut::Headers)), "{ended:?}");
+
+        let (mut client, io) = tokio::io::duplex(64 * 1024);
+        let talk = async {
+            client
+                .write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            // Then silence, connection kept alive.
+            client
+        };
+        let (ended, _client) = tokio::join!(serve_duplex(&s, Duration::from_millis(300), io), talk);
+        assert!(matches!(ended, Ended::Cut(Cut::Idle)), "{ended:?}");
+    }
+
+    async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    /// Whether the agent closed (or reset) `s` within a second.
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut b = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_full_server_refuses_an_address_over_its_cap_and_evicts_for_a_lighter_one() {
+        let s = server(Limits {
+            max_connections: 3,
+            max_per_address: 2,
+            ..Limits::default()
+        });
+        let listener = super::super::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(super::super::serve(listener, Arc::clone(&s)));
+        let open = |n: i64| {
+            let s = Arc::clone(&s);
+            async move {
+                for _ in 0..100 {
+                    if s.conns.open.get() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("{} open, expected {n}", s.conns.open.get());
+            }
+        };
+        let mut a1 = connect_from([127, 0, 0, 1], addr).await;
+        open(1).await;
+        let mut a2 = connect_from([127, 0, 0, 1], addr).await;
+        open(2).await;
+        let mut a3 = connect_from([127, 0, 0, 1], addr).await;
+        assert!(closed(&mut a3).await, "a third of 127.0.0.1 is refused");
+        let mut b1 = connect_from([127, 0, 0, 2], addr).await;
+        open(3).await;
+        // Full: 127.0.0.3 holds none, 127.0.0.1 two; its oldest goes.
+        let mut c1 = connect_from([127, 0, 0, 3], addr).await;
+        assert!(closed(&mut a1).await, "the oldest of the heaviest address");
+        open(3).await;
+        assert!(!closed(&mut a2).await && !closed(&mut b1).await && !closed(&mut c1).await);
+
+        let refused = s
+            .conns
+            .rejected
+            .with_label_values(&[Refusal::PerAddress.label()])
+            .get();
+        let evicted = s
+            .conns
+            .closed
+            .with_label_values(&[Cut::Evicted.label()])
+            .get();
+        assert_eq!((refused, evicted), (1, 1));
+        task.abort();
     }
 }

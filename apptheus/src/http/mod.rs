@@ -27,6 +27,7 @@ use crate::{
 mod conn;
 pub mod limits;
 
+pub(crate) use conn::serve_stream;
 pub use conn::{Connections, Cut, REFUSALS};
 pub use limits::Limits;
 
