@@ -327,6 +327,9 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .max_buf_size(MAX_BUF)
+        // A client that shuts down its sending side after its request
+        // (`printf ... | nc`) still gets the answer.
+        .half_close(true)
         .serve_connection(TokioIo::new(io), svc)
         .await;
     match served {
