@@ -35,6 +35,7 @@ pub struct AgentMetrics {
     /// HTTP connections refused and cut, by reason, and open now (http).
     pub http_rejected: IntCounterVec,
     pub http_closed: IntCounterVec,
+    pub http_requests_rejected: IntCounterVec,
     pub http_open: IntGauge,
     /// The latest per-container families, replaced whole at each sample.
     containers_families: RwLock<Arc<Encoded>>,
@@ -152,6 +153,16 @@ impl AgentMetrics {
         for c in crate::http::Cut::ALL {
             http_closed.with_label_values(&[c.label()]);
         }
+        let http_requests_rejected = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_http_requests_rejected_total",
+                "HTTP requests answered 429, by reason (per_address_responses: the client address already has answers under way).",
+            ),
+            &["reason"],
+        ));
+        for r in crate::http::REQUEST_REFUSALS {
+            http_requests_rejected.with_label_values(&[r]);
+        }
         let http_open = must(IntGauge::new(
             "apptheus_http_connections",
             "HTTP connections open now, every listener together.",
@@ -171,6 +182,7 @@ impl AgentMetrics {
             Box::new(push_failures.clone()),
             Box::new(http_rejected.clone()),
             Box::new(http_closed.clone()),
+            Box::new(http_requests_rejected.clone()),
             Box::new(http_open.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -191,6 +203,7 @@ impl AgentMetrics {
             push_failures,
             http_rejected,
             http_closed,
+            http_requests_rejected,
             http_open,
             containers_families: RwLock::new(Arc::new(Encoded::default())),
             keep_families: std::sync::atomic::AtomicBool::new(true),

@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
@@ -80,6 +81,15 @@ impl Cut {
 /// Rejection reasons, for `apptheus_http_connections_rejected_total{reason}`.
 pub const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
 
+/// The reason of `apptheus_http_requests_rejected_total` for a request
+/// answered 429 because its address already had answers under way.
+pub const REQUEST_REFUSALS: [&str; 1] = ["per_address_responses"];
+
+/// Bytes handed to hyper at a time: hyper asks for the next piece only
+/// once it has written most of the last, so an answer counts as under way
+/// until it is nearly all written.
+const PIECE: usize = 64 * 1024;
+
 /// Closes an evicted connection: its task waits on this.
 #[derive(Debug, Default)]
 pub struct Evict(Notify);
@@ -93,6 +103,7 @@ impl Evict {
 
 struct Logs {
     refused: LogThrottle,
+    throttled: LogThrottle,
     cut: LogThrottle,
     accept: LogThrottle,
     ended: LogThrottle,
@@ -103,6 +114,7 @@ pub struct Connections {
     pool: Mutex<Pool<Arc<Evict>>>,
     rejected: IntCounterVec,
     closed: IntCounterVec,
+    requests_rejected: IntCounterVec,
     open: IntGauge,
     logs: Logs,
 }
@@ -119,9 +131,11 @@ impl Connections {
             pool: Mutex::new(Pool::new(limits)),
             rejected: metrics.http_rejected.clone(),
             closed: metrics.http_closed.clone(),
+            requests_rejected: metrics.http_requests_rejected.clone(),
             open: metrics.http_open.clone(),
             logs: Logs {
                 refused: LogThrottle::new(LOG_INTERVAL),
+                throttled: LogThrottle::new(LOG_INTERVAL),
                 cut: LogThrottle::new(LOG_INTERVAL),
                 accept: LogThrottle::new(LOG_INTERVAL),
                 ended: LogThrottle::new(LOG_INTERVAL),
@@ -205,6 +219,125 @@ pub fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
     tokio::spawn(run(slot, stream, peer, admitted.timeouts, evict));
 }
 
+/// An answer under way, counted against its address until dropped.
+struct Responding {
+    server: Arc<Server>,
+    key: IpAddr,
+}
+
+impl Responding {
+    fn start(server: &Arc<Server>, key: IpAddr, peer: SocketAddr) -> Option<Self> {
+        if lock(&server.conns.pool).start_response(key) {
+            return Some(Self {
+                server: Arc::clone(server),
+                key,
+            });
+        }
+        let conns = &server.conns;
+        conns
+            .requests_rejected
+            .with_label_values(&[REQUEST_REFUSALS[0]])
+            .inc();
+        if let Some(suppressed) = conns.logs.throttled.permit() {
+            tracing::warn!(%peer, suppressed, "HTTP: request refused, its address has answers under way");
+        }
+        None
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        lock(&self.server.conns.pool).end_response(self.key);
+    }
+}
+
+/// A response body handed out in pieces of [`PIECE`] bytes, each a copy,
+/// holding its [`Responding`] as long as it holds the answer: once the last
+/// piece is taken, what is left of the answer is at most two pieces in
+/// hyper's hands, whoever (a client that reads all but the end) stalls.
+pub struct Paced {
+    data: Bytes,
+    responding: Option<Responding>,
+}
+
+impl Paced {
+    fn new(data: Bytes, responding: Option<Responding>) -> Self {
+        Self { data, responding }
+    }
+}
+
+impl hyper::body::Body for Paced {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.data.is_empty() {
+            this.responding = None;
+            return Poll::Ready(None);
+        }
+        let n = this.data.len().min(PIECE);
+        let piece = if n == this.data.len() && this.responding.is_none() {
+            std::mem::take(&mut this.data)
+        } else {
+            let piece = Bytes::copy_from_slice(&this.data[..n]);
+            this.data = this.data.slice(n..);
+            piece
+        };
+        if this.data.is_empty() {
+            // Frees the answer, and its count.
+            this.data = Bytes::new();
+            this.responding = None;
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.data.len() as u64)
+    }
+}
+
+/// The handler's answer to `req`, or a 429 when `key`'s address already
+/// has answers under way (`key` is None only when fuzzing).
+async fn answer<B>(
+    server: &Arc<Server>,
+    req: &hyper::Request<B>,
+    key: Option<(IpAddr, SocketAddr)>,
+) -> hyper::Response<Paced> {
+    use http_body_util::BodyExt as _;
+    let responding = match key {
+        Some((key, peer)) => match Responding::start(server, key, peer) {
+            Some(r) => Some(r),
+            None => {
+                let mut r = hyper::Response::new(Paced::new(
+                    Bytes::from_static(b"Too many requests under way from this address\n"),
+                    None,
+                ));
+                *r.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+                r.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from_static("1"),
+                );
+                return r;
+            }
+        },
+        None => None,
+    };
+    let (parts, body) = server.respond(req).await.into_parts();
+    let data = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(never) => match never {},
+    };
+    hyper::Response::from_parts(parts, Paced::new(data, responding))
+}
+
 /// Closes with a reset: nothing is left in TIME_WAIT, and the client
 /// learns at once.
 fn reset(stream: &TcpStream) {
@@ -238,7 +371,7 @@ async fn run(slot: Slot, stream: TcpStream, peer: SocketAddr, t: Timeouts, evict
     let served = tokio::select! {
         biased;
         () = evict.0.notified() => Err(Ended::Cut(Cut::Evicted)),
-        r = tokio::time::timeout(lifetime, serve(stream, &server, t)) => {
+        r = tokio::time::timeout(lifetime, serve(stream, &server, t, (slot.key, peer))) => {
             r.unwrap_or(Err(Ended::Cut(Cut::Lifetime)))
         }
     };
@@ -254,7 +387,12 @@ async fn run(slot: Slot, stream: TcpStream, peer: SocketAddr, t: Timeouts, evict
     drop(slot);
 }
 
-async fn serve(stream: TcpStream, server: &Arc<Server>, t: Timeouts) -> Result<(), Ended> {
+async fn serve(
+    stream: TcpStream,
+    server: &Arc<Server>,
+    t: Timeouts,
+    key: (IpAddr, SocketAddr),
+) -> Result<(), Ended> {
     let accepted = Instant::now();
     // Nothing is allocated for the connection before its first byte.
     tokio::time::timeout(t.first_byte, stream.readable())
@@ -264,7 +402,7 @@ async fn serve(stream: TcpStream, server: &Arc<Server>, t: Timeouts) -> Result<(
     let tls = server.web.as_ref().and_then(|w| w.current().tls.clone());
     let stall = server.conns.limits().write_stall;
     match tls {
-        None => serve_http(stream, server, headers_by, stall).await,
+        None => serve_http(stream, server, headers_by, stall, Some(key)).await,
         Some(tls) => {
             let mut first = [0u8; 1];
             if stream.peek(&mut first).await? == 0 {
@@ -289,7 +427,7 @@ async fn serve(stream: TcpStream, server: &Arc<Server>, t: Timeouts) -> Result<(
                 .await
                 .map_err(|_| Ended::Cut(Cut::TlsHandshakeTimeout))?
                 .map_err(|_| Ended::Cut(Cut::TlsHandshakeFailed))?;
-            serve_http(tls_stream, server, headers_by, stall).await
+            serve_http(tls_stream, server, headers_by, stall, Some(key)).await
         }
     }
 }
@@ -299,6 +437,7 @@ async fn serve_http<I>(
     server: &Arc<Server>,
     headers_by: Instant,
     stall: Duration,
+    key: Option<(IpAddr, SocketAddr)>,
 ) -> Result<(), Ended>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -316,7 +455,7 @@ where
     let handler = Arc::clone(server);
     let svc = service_fn(move |req| {
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, std::convert::Infallible>(handler.respond(&req).await) }
+        async move { Ok::<_, std::convert::Infallible>(answer(&handler, &req, key).await) }
     });
     // The first request's headers are due by `headers_by`; later ones (and
     // the idle time before them) get as long.
@@ -357,6 +496,7 @@ where
         server,
         Instant::now() + limits.headers,
         limits.write_stall,
+        None,
     )
     .await
     .map_err(|e| e.to_string())
@@ -488,7 +628,8 @@ mod tests {
 
     async fn serve_duplex(server: &Arc<Server>, headers: Duration, io: DuplexStream) -> Ended {
         let stall = server.conns.limits().write_stall;
-        match serve_http(io, server, Instant::now() + headers, stall).await {
+        let key = Some(("127.0.0.1".parse().unwrap(), "127.0.0.1:1".parse().unwrap()));
+        match serve_http(io, server, Instant::now() + headers, stall, key).await {
             Ok(()) => panic!("the connection ended without being cut"),
             Err(e) => e,
         }
@@ -535,6 +676,67 @@ mod tests {
         };
         let (ended, _client) = tokio::join!(serve_duplex(&s, Duration::from_millis(300), io), talk);
         assert!(matches!(ended, Ended::Cut(Cut::Idle)), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn a_big_answer_counts_against_its_address_until_its_last_piece_is_taken() {
+        use http_body_util::BodyExt as _;
+        let s = server(Limits {
+            max_responses_per_address: 1,
+            ..Limits::default()
+        });
+        let key: IpAddr = "127.0.0.1".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let r = Responding::start(&s, key, peer).unwrap();
+        assert!(Responding::start(&s, key, peer).is_none(), "one at a time");
+        let answer = Bytes::from(vec![7u8; PIECE * 2 + 5]);
+        let mut body = Paced::new(answer.clone(), Some(r));
+        let mut got = Vec::new();
+        for left in [true, true, false] {
+            let frame = body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(&frame.into_data().unwrap());
+            assert_eq!(
+                Responding::start(&s, key, peer).is_none(),
+                left,
+                "counted while pieces are left: {left}"
+            );
+        }
+        assert!(body.frame().await.is_none());
+        assert_eq!(got, answer);
+        let rejected = s
+            .conns
+            .requests_rejected
+            .with_label_values(&[REQUEST_REFUSALS[0]])
+            .get();
+        assert_eq!(rejected, 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_beyond_the_answers_under_way_gets_429() {
+        let s = server(Limits {
+            max_responses_per_address: 0,
+            ..Limits::default()
+        });
+        let (mut client, io) = tokio::io::duplex(64 * 1024);
+        let talk = async {
+            client
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8(answer).unwrap()
+        };
+        let key = Some(("127.0.0.1".parse().unwrap(), "127.0.0.1:1".parse().unwrap()));
+        let stall = s.conns.limits().write_stall;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (served, answer) = tokio::join!(serve_http(io, &s, deadline, stall, key), talk);
+        assert!(served.is_ok());
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
     }
 
     async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {

@@ -30,6 +30,9 @@ pub struct Limits {
     pub max_per_address: usize,
     /// Connections of an address beyond this many get the short timeouts.
     pub fair_share: usize,
+    /// Answers of one address being sent at once (each holds a copy of
+    /// what it sends until it is written); more requests get 429.
+    pub max_responses_per_address: usize,
     /// Time for a new connection's first byte.
     pub first_byte: Duration,
     /// Time from accepting a connection to its request's headers (the TLS
@@ -52,6 +55,7 @@ impl Default for Limits {
             max_connections: 1024,
             max_per_address: 32,
             fair_share: 8,
+            max_responses_per_address: 4,
             first_byte: Duration::from_secs(5),
             headers: Duration::from_secs(10),
             first_byte_short: Duration::from_secs(1),
@@ -143,6 +147,8 @@ pub struct Pool<H> {
     /// (connections, address), to find the heaviest address; among equals
     /// the lowest address (arbitrary, but stable).
     heaviest: BTreeSet<(usize, Reverse<IpAddr>)>,
+    /// Answers being sent, by address.
+    responses: HashMap<IpAddr, usize>,
 }
 
 impl<H> Pool<H> {
@@ -153,6 +159,7 @@ impl<H> Pool<H> {
             next_id: 0,
             by_key: HashMap::new(),
             heaviest: BTreeSet::new(),
+            responses: HashMap::new(),
         }
     }
 
@@ -236,6 +243,27 @@ impl<H> Pool<H> {
         self.reindex(key, before, before - 1);
         self.total -= 1;
         Some(handle)
+    }
+
+    /// Counts an answer of `key` starting; false (nothing counted) when
+    /// `key` already has [`Limits::max_responses_per_address`] under way.
+    pub fn start_response(&mut self, key: IpAddr) -> bool {
+        let n = self.responses.entry(key).or_default();
+        if *n >= self.limits.max_responses_per_address {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Counts an answer of `key` sent (or abandoned).
+    pub fn end_response(&mut self, key: IpAddr) {
+        if let Some(n) = self.responses.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.responses.remove(&key);
+            }
+        }
     }
 
     fn reindex(&mut self, key: IpAddr, before: usize, after: usize) {
@@ -348,6 +376,25 @@ mod tests {
         p.remove(a, x + 2);
         assert_eq!((p.open(), p.addresses()), (0, 0));
         assert!(p.heaviest.is_empty());
+    }
+
+    #[test]
+    fn answers_under_way_are_capped_per_address() {
+        let mut p: Pool<()> = Pool::new(Limits {
+            max_responses_per_address: 2,
+            ..Limits::default()
+        });
+        let (a, b) = (ip("127.0.0.1"), ip("127.0.0.2"));
+        assert!(p.start_response(a) && p.start_response(a));
+        assert!(!p.start_response(a), "a third at once");
+        assert!(p.start_response(b), "another address is not concerned");
+        p.end_response(a);
+        assert!(p.start_response(a));
+        for _ in 0..3 {
+            p.end_response(a);
+            p.end_response(b);
+        }
+        assert!(p.responses.is_empty(), "counts are forgotten at zero");
     }
 
     #[test]

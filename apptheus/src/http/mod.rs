@@ -28,7 +28,7 @@ mod conn;
 pub mod limits;
 
 pub(crate) use conn::serve_stream;
-pub use conn::{Connections, Cut, REFUSALS};
+pub use conn::{Connections, Cut, REFUSALS, REQUEST_REFUSALS};
 pub use limits::Limits;
 
 /// Connections the kernel queues for `accept`; the accept loop never
