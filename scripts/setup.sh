@@ -4,8 +4,9 @@
 #
 #   scripts/setup.sh            build + run requirements
 #   scripts/setup.sh --test     also what the test suite starts for real
-#                               (Prometheus, Pushgateway, crun, runc, stress-ng)
-#                               and what --package installs
+#                               (Prometheus, Pushgateway, crun, runc, stress-ng),
+#                               cargo-fuzz (scripts/fuzz.sh) and what --package
+#                               installs
 #   scripts/setup.sh --package  also what `cargo xtask package` and its test
 #                               need (cargo-deb, dpkg-dev, debootstrap,
 #                               systemd-nspawn)
@@ -17,6 +18,7 @@ TOOLCHAIN=1.98.0
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 CARGO_DEB_VERSION=3.8.0
+CARGO_FUZZ_VERSION=0.13.2
 
 want_test=0
 want_package=0
@@ -66,7 +68,7 @@ packages=(
 )
 if [ "$want_test" = 1 ]; then
   packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3
-    qemu-system-x86)
+    qemu-system-x86 g++)
 fi
 if [ "$want_package" = 1 ]; then
   packages+=(dpkg-dev debootstrap systemd-container)
@@ -131,6 +133,18 @@ if [ "$want_package" = 1 ]; then
   if [ "$have_deb" != "$CARGO_DEB_VERSION" ]; then
     log "installing cargo-deb $CARGO_DEB_VERSION (about two minutes)"
     cargo "+$TOOLCHAIN" install "cargo-deb@$CARGO_DEB_VERSION" --locked
+  fi
+fi
+
+# --- cargo-fuzz (scripts/fuzz.sh; libFuzzer is C++, hence g++) ------------
+if [ "$want_test" = 1 ]; then
+  have_fuzz=""
+  if [ -x "$cargo_bin/cargo-fuzz" ]; then
+    have_fuzz=$("$cargo_bin/cargo-fuzz" --version 2>/dev/null | awk '{print $2}')
+  fi
+  if [ "$have_fuzz" != "$CARGO_FUZZ_VERSION" ]; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about two minutes)"
+    cargo "+$TOOLCHAIN" install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked
   fi
 fi
 

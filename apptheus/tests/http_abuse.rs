@@ -71,6 +71,20 @@ fn rss(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time of every thread of the agent so far.
+fn cpu(pid: u32) -> Duration {
+    let ns: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
 /// The agent's descriptors, the fewest of a few readings (sampling may
 /// hold a file open for a moment).
 fn settled_fds(pid: u32) -> usize {
@@ -313,6 +327,7 @@ fn abuse(tls: Option<Tls>) {
     }
     let fd_base = settled_fds(pid);
     let rss_base = rss(pid);
+    let cpu_base = cpu(pid);
 
     // The attacker: its own thread and runtime (one core at most, like a
     // user's loop), every connection a task.
@@ -362,6 +377,7 @@ fn abuse(tls: Option<Tls>) {
         }
     }
     attack.join().expect("the attacker thread");
+    let cpu_share = (cpu(pid) - cpu_base).as_secs_f64() / started.elapsed().as_secs_f64();
     let fd_peak_note = fds(pid);
     std::thread::sleep(FD_RECOVERY);
     let fd_after = settled_fds(pid);
@@ -389,7 +405,7 @@ fn abuse(tls: Option<Tls>) {
     println!(
         "HTTP abuse figures ({what}): {connections} connections from {addresses} address(es) for {seconds} s, \
          {} connection attempts by the attacker ({} reset at once); scrapes {}/{} answered, p50 {:.1} ms, max {:.1} ms; \
-         agent RSS {:.1} MiB before, +{:.1} MiB at most; descriptors {fd_base} before, \
+         agent CPU {:.0}% of a core, RSS {:.1} MiB before, +{:.1} MiB at most; descriptors {fd_base} before, \
          {fd_peak_note} when the abuse ended, {fd_after} {} s later; refused {rejected}, cut {cut} (evicted {evicted})",
         stats.attempts(),
         stats.failed.load(Ordering::Relaxed),
@@ -397,6 +413,7 @@ fn abuse(tls: Option<Tls>) {
         latencies.len() + failures.len(),
         p50.as_secs_f64() * 1e3,
         max.as_secs_f64() * 1e3,
+        cpu_share * 100.0,
         rss_base as f64 / 1048576.0,
         growth as f64 / 1048576.0,
         FD_RECOVERY.as_secs(),
