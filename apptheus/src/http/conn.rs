@@ -105,6 +105,7 @@ struct Logs {
     refused: LogThrottle,
     throttled: LogThrottle,
     cut: LogThrottle,
+    idle: LogThrottle,
     accept: LogThrottle,
     ended: LogThrottle,
 }
@@ -137,6 +138,7 @@ impl Connections {
                 refused: LogThrottle::new(LOG_INTERVAL),
                 throttled: LogThrottle::new(LOG_INTERVAL),
                 cut: LogThrottle::new(LOG_INTERVAL),
+                idle: LogThrottle::new(LOG_INTERVAL),
                 accept: LogThrottle::new(LOG_INTERVAL),
                 ended: LogThrottle::new(LOG_INTERVAL),
             },
@@ -156,8 +158,19 @@ impl Connections {
 
     fn count_cut(&self, peer: SocketAddr, cut: Cut) {
         self.closed.with_label_values(&[cut.label()]).inc();
-        if let Some(suppressed) = self.logs.cut.permit() {
-            tracing::info!(%peer, reason = cut.label(), suppressed, "HTTP: connection cut");
+        // A kept-alive connection left idle is the normal end of a
+        // scraper's connection between scrapes.
+        let logs = if cut == Cut::Idle {
+            &self.logs.idle
+        } else {
+            &self.logs.cut
+        };
+        if let Some(suppressed) = logs.permit() {
+            if cut == Cut::Idle {
+                tracing::debug!(%peer, reason = cut.label(), suppressed, "HTTP: connection cut");
+            } else {
+                tracing::info!(%peer, reason = cut.label(), suppressed, "HTTP: connection cut");
+            }
         }
     }
 
@@ -405,7 +418,10 @@ async fn serve(
         None => serve_http(stream, server, headers_by, stall, Some(key)).await,
         Some(tls) => {
             let mut first = [0u8; 1];
-            if stream.peek(&mut first).await? == 0 {
+            let peeked = tokio::time::timeout_at(headers_by, stream.peek(&mut first))
+                .await
+                .map_err(|_| Ended::Cut(Cut::TlsHandshakeTimeout))??;
+            if peeked == 0 {
                 return Ok(());
             }
             if first[0] != TLS_HANDSHAKE {
