@@ -398,10 +398,18 @@ fn abuse(tls: Option<Tls>) {
         .filter_map(|r| counter("apptheus_http_connections_rejected_total", r))
         .sum();
     let evicted = counter("apptheus_http_connections_closed_total", "evicted").unwrap_or(0.0);
-    let cut: f64 = apptheus::http::Cut::ALL
-        .iter()
-        .filter_map(|c| counter("apptheus_http_connections_closed_total", c.label()))
-        .sum();
+    let cut: f64 = [
+        "evicted",
+        "idle_timeout",
+        "header_timeout",
+        "tls_handshake_timeout",
+        "tls_handshake_failed",
+        "write_timeout",
+        "lifetime_limit",
+    ]
+    .iter()
+    .filter_map(|reason| counter("apptheus_http_connections_closed_total", reason))
+    .sum();
     println!(
         "HTTP abuse figures ({what}): {connections} connections from {addresses} address(es) for {seconds} s, \
          {} connection attempts by the attacker ({} reset at once); scrapes {}/{} answered, p50 {:.1} ms, max {:.1} ms; \

@@ -651,6 +651,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_reason_is_exported_from_the_start() {
+        let text = String::from_utf8(
+            AgentMetrics::new()
+                .encode(crate::exposition::Format::Text)
+                .unwrap(),
+        )
+        .unwrap();
+        let series = |name: &str, reason: &str| format!("{name}{{reason=\"{reason}\"}} 0\n");
+        for r in REFUSALS {
+            let want = series("apptheus_http_connections_rejected_total", r.label());
+            assert!(text.contains(&want), "{want}");
+        }
+        for c in Cut::ALL {
+            let want = series("apptheus_http_connections_closed_total", c.label());
+            assert!(text.contains(&want), "{want}");
+        }
+        let want = series("apptheus_http_requests_rejected_total", REQUEST_REFUSALS[0]);
+        assert!(text.contains(&want), "{want}");
+        assert!(text.contains("\napptheus_http_connections 0\n"), "{text}");
+    }
+
     #[tokio::test]
     async fn a_client_that_does_not_read_is_cut_after_the_write_stall() {
         let s = server(Limits {
