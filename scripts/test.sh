@@ -32,7 +32,7 @@ step "cargo test"
 cargo test --locked --no-fail-fast
 step "fuzz every parser of outside input (scripts/fuzz.sh, 10 s per target)"
 scripts/fuzz.sh 10
-# The fuzz build (about 0.7 GiB) is not needed again: keep the disk peak.
+# The fuzz build (about 1 GiB) is not needed again: keep the disk peak.
 rm -rf "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu"
 step "cargo xtask bench --smoke (every benchmark, tiny sizes)"
 cargo xtask bench --smoke
