@@ -6,6 +6,12 @@
 //! An entry point panics only on a bug: a parser that panics, or a result
 //! that breaks what the agent relies on (checked with `assert!` here).
 //! Keep them small and stable; move the parsers freely behind them.
+//!
+//! A new parser of outside input (say, Apptainer's engine config from a
+//! starter's environment) goes into an entry point here (a new one, or a
+//! new first-byte choice of an existing one), with a target in
+//! `fuzz/fuzz_targets/` and a `[[bin]]` in `fuzz/Cargo.toml`, seeds in
+//! `fuzz/make-seeds.sh`, and a line in `tests/fuzz_regressions.rs`.
 use std::sync::{Arc, OnceLock, atomic::AtomicBool};
 
 use crate::{cgroup, environ, exposition, http, preflight, proctree, socket, webconfig};
