@@ -159,12 +159,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let server = Arc::new(http::Server {
-        metrics: metrics.clone(),
-        telemetry_path: args.telemetry_path.clone(),
-        ready: ready.clone(),
+    let server = Arc::new(http::Server::new(
+        metrics.clone(),
+        args.telemetry_path.clone(),
+        ready.clone(),
         web,
-    });
+    ));
     let mut listeners = Vec::new();
     for addr in &args.listen_address {
         for sa in http::parse_listen_address(addr)? {

@@ -38,6 +38,11 @@ pub struct AgentMetrics {
     /// Pushes that succeeded / failed, by target (pushgateway, remote_write).
     pub pushes: IntCounterVec,
     pub push_failures: IntCounterVec,
+    /// HTTP connections refused and cut, by reason, and open now (http).
+    pub http_rejected: IntCounterVec,
+    pub http_closed: IntCounterVec,
+    pub http_requests_rejected: IntCounterVec,
+    pub http_open: IntGauge,
     /// The latest per-container families, replaced whole at each sample.
     containers_families: RwLock<Arc<Encoded>>,
     /// Whether the container families are kept next to their encodings
@@ -149,6 +154,40 @@ impl AgentMetrics {
             ),
             &["target"],
         ));
+        let http_rejected = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_http_connections_rejected_total",
+                "HTTP connections refused at once, by reason (per_address_limit: the client address holds its share; total_limit: every slot is taken by addresses holding no more).",
+            ),
+            &["reason"],
+        ));
+        for r in crate::http::REFUSALS {
+            http_rejected.with_label_values(&[r.label()]);
+        }
+        let http_closed = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_http_connections_closed_total",
+                "HTTP connections cut by the agent, by reason (evicted, idle_timeout, header_timeout, tls_handshake_timeout, tls_handshake_failed, write_timeout, lifetime_limit).",
+            ),
+            &["reason"],
+        ));
+        for c in crate::http::Cut::ALL {
+            http_closed.with_label_values(&[c.label()]);
+        }
+        let http_requests_rejected = must(IntCounterVec::new(
+            Opts::new(
+                "apptheus_http_requests_rejected_total",
+                "HTTP requests answered 429, by reason (per_address_responses: the client address already has answers under way).",
+            ),
+            &["reason"],
+        ));
+        for r in crate::http::REQUEST_REFUSALS {
+            http_requests_rejected.with_label_values(&[r]);
+        }
+        let http_open = must(IntGauge::new(
+            "apptheus_http_connections",
+            "HTTP connections open now, every listener together.",
+        ));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(containers.clone()),
@@ -165,6 +204,10 @@ impl AgentMetrics {
             Box::new(prewarm_writes.clone()),
             Box::new(pushes.clone()),
             Box::new(push_failures.clone()),
+            Box::new(http_rejected.clone()),
+            Box::new(http_closed.clone()),
+            Box::new(http_requests_rejected.clone()),
+            Box::new(http_open.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             must(registry.register(c));
@@ -185,6 +228,10 @@ impl AgentMetrics {
             prewarm_writes,
             pushes,
             push_failures,
+            http_rejected,
+            http_closed,
+            http_requests_rejected,
+            http_open,
             containers_families: RwLock::new(Arc::new(Encoded::default())),
             keep_families: std::sync::atomic::AtomicBool::new(true),
         })

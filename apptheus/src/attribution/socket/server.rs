@@ -20,10 +20,14 @@ use tokio::{
 
 use super::{
     ConnId, Limits, SocketEvent, SocketListenerHandle,
-    limits::{Backoff, LogThrottle, Refusal, Slot, Tracker, fd_limit},
+    limits::{Refusal, Slot, Tracker},
     verify::{Identified, NoHook, Peer, PeerCreds, VerifyError, identify},
 };
-use crate::{attribution::trust::TrustedSet, export::metrics::AgentMetrics};
+use crate::{
+    attribution::trust::TrustedSet,
+    export::metrics::AgentMetrics,
+    host::limits::{Backoff, LogThrottle, fd_limit},
+};
 
 /// Bytes a trusted peer may send before its reads are slowed down.
 const DRAIN_FREE_BYTES: u64 = 64 * 1024;
