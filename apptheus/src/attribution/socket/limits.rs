@@ -63,7 +63,6 @@ impl Limits {
     }
 }
 
-
 /// Why a connection was refused before or after verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
