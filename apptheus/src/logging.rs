@@ -71,7 +71,10 @@ mod tests {
         let e = anyhow::Error::new(Missing { source: io }).context("cannot start");
         let line = error_chain(&e);
         assert_eq!(line.matches("not found").count(), 1, "{line}");
-        assert!(line.starts_with("cannot start: trusted starter /x"), "{line}");
+        assert!(
+            line.starts_with("cannot start: trusted starter /x"),
+            "{line}"
+        );
         let plain = anyhow::anyhow!("a").context("b");
         assert_eq!(error_chain(&plain), "b: a");
     }

@@ -176,10 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
     // Pushing (optional) runs in its own tasks: it never delays sampling.
-    let push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
-    if push_tasks.is_empty() {
-        metrics.scrapes_only();
-    }
+    let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
 
     let procfs = Procfs::new(&args.procfs);
     let mut agent = Agent {

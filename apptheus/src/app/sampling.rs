@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use super::Agent;
 use crate::{
     cgroup::read,
-    export::families,
+    export::snapshot::Snapshot,
     model::{container::Source, event::KernelEvent, lifecycle::Phase},
 };
 
@@ -255,11 +255,11 @@ impl Agent {
     /// Makes the registry's current state what scrapes see.
     pub(super) fn publish(&mut self) {
         self.publish_soon = false;
-        let mut fams = families::build(&self.registry);
-        if let (Some(k), Some(_)) = (&self.kernel, &self.bpf_stats) {
-            fams.extend(families::program_stats(&k.program_stats()));
-        }
-        self.metrics.publish(fams);
+        let programs = match (&self.kernel, &self.bpf_stats) {
+            (Some(k), Some(_)) => k.program_stats(),
+            _ => Vec::new(),
+        };
+        self.metrics.publish(Snapshot::of(&self.registry, programs));
         self.metrics.containers.set(self.registry.count() as i64);
     }
 }

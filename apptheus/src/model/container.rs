@@ -96,7 +96,7 @@ pub struct FsCounters {
 }
 
 /// The latest statistics of a container, as exported.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     pub cgroup: CgroupStats,
     pub kernel: Option<KernelCounters>,
