@@ -43,6 +43,7 @@ mod adopting;
 mod placing;
 mod sampling;
 mod sockets;
+mod sources;
 mod starts;
 mod trusting;
 
@@ -63,6 +64,8 @@ pub(crate) struct Agent {
     bpf_stats: Option<std::os::fd::OwnedFd>,
     /// Kernel events lost so far, as last reported.
     lost_seen: u64,
+    /// The statistics sources.
+    sources: sources::Sources,
     /// A container ended since the last publication: its final sample
     /// is served within [`FINAL_SAMPLE_DELAY`], not at the next tick.
     publish_soon: bool,
@@ -129,10 +132,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Service managers often start daemons with a soft limit of 1024
     // descriptors; the socket's connection cap fits what we get.
-    match socket::raise_fd_limit() {
-        Ok(n) => tracing::debug!(limit = n, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
-    }
+    let fd_limit = match socket::raise_fd_limit() {
+        Ok(n) => {
+            tracing::debug!(limit = n, "open file limit");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open file limit");
+            None
+        }
+    };
     // A socket held by another live apptheus is a start error.
     let listener = socket::bind(&args.socket_path).await?;
     tracing::info!(path = %listener.path().display(), "monitoring socket ready (mode 0666: callers are verified, nothing is read from them)");
@@ -179,7 +188,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
 
     let procfs = Procfs::new(&args.procfs);
+    let open_files = sources::open_files(args.cgroup_open_files, fd_limit);
     let mut agent = Agent {
+        sources: sources::Sources::new(&args, open_files),
         placer: Placer::new(&host.layout, &args.procfs),
         procfs,
         args,

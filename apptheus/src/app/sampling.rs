@@ -8,7 +8,6 @@ use tokio::sync::mpsc;
 
 use super::Agent;
 use crate::{
-    cgroup::read,
     export::snapshot::Snapshot,
     model::{container::Source, event::KernelEvent, lifecycle::Phase},
 };
@@ -27,6 +26,7 @@ impl Agent {
     /// containers does not hold up the placement of new ones.
     pub(super) fn sample_all(&mut self, events: &mut mpsc::Receiver<KernelEvent>) {
         let started = Instant::now();
+        self.sources.begin_round();
         self.reconcile();
         self.retry_placements();
         for (i, key) in self.registry.live_keys().into_iter().enumerate() {
@@ -53,13 +53,15 @@ impl Agent {
                 self.lost_seen = lost;
             }
         }
+        self.sources.publish(&self.metrics);
         self.metrics
             .sample_duration
             .set(started.elapsed().as_secs_f64());
     }
 
     /// Reads the kernel counters of a live container's members and the
-    /// statistics of its cgroups, and combines them into what is exported.
+    /// statistics of its cgroups, and combines them into what is exported
+    /// (within a sample of every container).
     pub(super) fn sample_container(&mut self, key: u64) {
         let Some(c) = self.registry.get_mut(key) else {
             return;
@@ -67,27 +69,13 @@ impl Agent {
         if !c.life.is_live() {
             return;
         }
-        if let Some(k) = &self.kernel {
-            for m in c.members.iter_mut().filter(|m| !m.ended) {
-                if let Some(counters) = k.counters(m.key) {
-                    m.counters = Some(counters);
-                }
-            }
-        }
-        for p in c.parts.iter_mut().filter(|p| !p.gone) {
-            // A runtime removes its cgroup once the container's tasks in it
-            // are gone: what was read last stays.
-            if !p.cgroups.dirs().any(|(_, d)| d.exists()) {
-                p.gone = true;
-                continue;
-            }
-            let (stats, warnings) = read::read(&p.cgroups);
-            for w in warnings {
-                tracing::warn!(container_id = %c.id, warning = %w, "cgroup statistics incomplete");
-            }
-            p.last = Some(stats);
-        }
-        c.refresh_sample();
+        self.sources.sample(c, self.kernel.as_ref());
+    }
+
+    /// [`Self::sample_container`] on its own (a kernel event asks for it).
+    pub(super) fn sample_one(&mut self, key: u64) {
+        self.sources.begin_one();
+        self.sample_container(key);
     }
 
     /// The kernel saw the last task of member `mk` exit.
@@ -110,14 +98,14 @@ impl Agent {
                 pid = tgid,
                 "a process in a runtime's cgroup exited; sampling"
             );
-            self.sample_container(ck);
+            self.sample_one(ck);
         }
     }
 
     /// A container's last task is gone: final sample, its cgroups removed,
     /// its series kept for the grace period.
     pub(super) fn end_container(&mut self, ck: u64) {
-        self.sample_container(ck);
+        self.sample_one(ck);
         let grace = self.args.grace_period;
         let Some(c) = self.registry.get_mut(ck) else {
             return;
@@ -131,6 +119,8 @@ impl Agent {
         let members: Vec<u64> = c.members.iter().map(|m| m.key).collect();
         tracing::info!(container_id = %c.id, "container exited");
         self.publish_soon = true;
+        // Its files are closed before its cgroups are removed.
+        self.sources.forget(ck);
         for mk in members {
             if let Some(k) = self.kernel.as_mut() {
                 k.forget(mk);
@@ -141,7 +131,7 @@ impl Agent {
 
     /// A join of an instance ended: the instance keeps what it used.
     fn end_member(&mut self, ck: u64, mk: u64) {
-        self.sample_container(ck);
+        self.sample_one(ck);
         let Some(c) = self.registry.get_mut(ck) else {
             return;
         };

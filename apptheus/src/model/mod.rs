@@ -7,4 +7,5 @@ pub(crate) mod event;
 pub(crate) mod lifecycle;
 pub(crate) mod metadata;
 pub(crate) mod registry;
+pub(crate) mod source;
 pub(crate) mod stats;

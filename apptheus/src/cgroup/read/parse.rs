@@ -70,7 +70,13 @@ const V1_UNLIMITED: u64 = 1 << 62;
 /// A v1 memory limit file (memory.limit_in_bytes): a number, the huge
 /// "unset" value meaning no limit.
 pub fn v1_limit(text: &str) -> Result<Option<u64>, ParseError> {
-    single_u64(text).map(|v| (v < V1_UNLIMITED).then_some(v))
+    single_u64(text).map(v1_limit_value)
+}
+
+/// A v1 memory limit as a number (memory.stat's
+/// hierarchical_memory_limit): the huge "unset" value means no limit.
+pub fn v1_limit_value(v: u64) -> Option<u64> {
+    (v < V1_UNLIMITED).then_some(v)
 }
 
 /// A flat-keyed file: one `key value` pair per line (memory.stat, cpu.stat,
