@@ -123,6 +123,7 @@ mod tests {
             "8:0 Read 1\n8:0 Write 2\nTotal 3\n",
         )
         .unwrap();
+        fs::write(d.join("tasks"), "1\n").unwrap();
         let cg = ContainerCgroups {
             v2: None,
             v1: [("blkio".to_string(), d.to_path_buf())].into(),
