@@ -27,7 +27,7 @@ use tokio::{
 };
 
 use crate::{
-    export::{exposition, metrics::AgentMetrics},
+    export::{cadence::Reader, exposition, metrics::AgentMetrics},
     webconfig::{WebConfigHandle, watch::Active},
 };
 
@@ -131,9 +131,12 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
             let _permit = permit;
             let tls = server.web.as_ref().and_then(|w| w.current().tls.clone());
             let served = match tls {
-                None => tokio::time::timeout(CONNECTION_TIMEOUT, serve_io(stream, server)).await,
+                None => {
+                    tokio::time::timeout(CONNECTION_TIMEOUT, serve_io(stream, server, peer)).await
+                }
                 Some(tls) => {
-                    tokio::time::timeout(CONNECTION_TIMEOUT, serve_tls(stream, tls, server)).await
+                    tokio::time::timeout(CONNECTION_TIMEOUT, serve_tls(stream, tls, server, peer))
+                        .await
                 }
             };
             match served {
@@ -166,6 +169,7 @@ async fn serve_tls(
     stream: TcpStream,
     tls: Arc<rustls::ServerConfig>,
     server: Arc<Server>,
+    peer: SocketAddr,
 ) -> Result<(), ConnError> {
     // Tell a plain-HTTP client what went wrong, as Go's servers do, rather
     // than leaving it to make sense of a TLS alert.
@@ -193,15 +197,17 @@ async fn serve_tls(
         .await
         .map_err(|_| ConnError::HandshakeTimeout)?
         .map_err(ConnError::Handshake)?;
-    serve_io(tls_stream, server).await
+    serve_io(tls_stream, server, peer).await
 }
 
-async fn serve_io<I>(io: I, server: Arc<Server>) -> Result<(), ConnError>
+async fn serve_io<I>(io: I, server: Arc<Server>, peer: SocketAddr) -> Result<(), ConnError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
         let server = server.clone();
+        // Scrapes are told apart by address (sampling follows each reader).
+        req.extensions_mut().insert(Reader::Scrape(peer.ip()));
         async move { Ok::<_, Infallible>(server.respond(&req).await) }
     });
     http1::Builder::new()
@@ -226,7 +232,15 @@ impl Server {
                 );
                 r
             }
-            _ => self.handle(req),
+            _ => {
+                // The metrics are sampled for the scrape, or just before it.
+                if req.uri().path() == self.telemetry_path
+                    && let Some(reader) = req.extensions().get::<Reader>()
+                {
+                    self.metrics.fresh(*reader).await;
+                }
+                self.handle(req)
+            }
         };
         if let Some(a) = &active {
             for (name, value) in &a.headers {

@@ -8,27 +8,35 @@ use tokio::sync::mpsc;
 
 use super::Agent;
 use crate::{
-    export::snapshot::Snapshot,
+    export::{cadence::Trigger, snapshot::Snapshot},
     model::{container::Source, event::KernelEvent, lifecycle::Phase},
 };
 
 /// Containers sampled between two looks at pending kernel events (a
-/// container's sample takes a few hundred microseconds).
-const EVENTS_EVERY: usize = 16;
+/// container's sample takes some tens of microseconds).
+const EVENTS_EVERY: usize = 64;
+
+/// How often the registry is compared with the kernel's maps when no event
+/// was lost (ends are reported by the kernel; this is a safety net).
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest wait, after a master closed its connection, for its container's
 /// last tasks to exit before the container is ended anyway.
 pub(super) const CLOSE_SETTLE: Duration = Duration::from_secs(2);
 
 impl Agent {
-    /// Samples every live container. Kernel events that arrive meanwhile
+    /// Samples every live container, then publishes: for a reader
+    /// (`trigger`), or at start (None). Kernel events that arrive meanwhile
     /// are handled between containers, so that a sample of thousands of
     /// containers does not hold up the placement of new ones.
-    pub(super) fn sample_all(&mut self, events: &mut mpsc::Receiver<KernelEvent>) {
+    pub(super) fn sample_all(
+        &mut self,
+        events: &mut mpsc::Receiver<KernelEvent>,
+        trigger: Option<Trigger>,
+    ) {
         let started = Instant::now();
+        self.metrics.demand.started(started);
         self.sources.begin_round();
-        self.reconcile();
-        self.retry_placements();
         for (i, key) in self.registry.live_keys().into_iter().enumerate() {
             if i % EVENTS_EVERY == EVENTS_EVERY - 1 {
                 while let Ok(ev) = events.try_recv() {
@@ -40,23 +48,51 @@ impl Agent {
             }
             self.sample_container(key);
         }
-        self.end_empty_containers();
-        self.retry_removals();
-        for c in self.registry.expire(Instant::now()) {
-            tracing::debug!(container_id = %c.id, "series removed after the grace period");
+        // Without the kernel programs, an end shows in a sample.
+        if self.kernel.is_none() {
+            self.end_empty_containers();
         }
         self.publish();
-        if let Some(k) = &self.kernel {
-            let lost = k.stat(Stat::EventsLost);
-            if lost > self.lost_seen {
-                self.metrics.ebpf_events_lost.inc_by(lost - self.lost_seen);
-                self.lost_seen = lost;
-            }
-        }
         self.sources.publish(&self.metrics);
         self.metrics
             .sample_duration
             .set(started.elapsed().as_secs_f64());
+        if let Some(t) = trigger {
+            self.metrics.samples.with_label_values(&[t.name()]).inc();
+        }
+        self.metrics.demand.published(started);
+    }
+
+    /// What is not a sample and must happen whether anybody reads or not:
+    /// placements and removals retried, ended containers' series expired,
+    /// and, when the kernel lost events (or every [`RECONCILE_EVERY`]),
+    /// the registry reconciled with the kernel's maps.
+    pub(super) fn housekeep(&mut self) {
+        let lost = self.kernel.as_ref().map_or(0, |k| k.stat(Stat::EventsLost));
+        let now = Instant::now();
+        let due = lost > self.lost_seen
+            || self
+                .reconciled
+                .is_none_or(|t| now.duration_since(t) >= RECONCILE_EVERY);
+        if lost > self.lost_seen {
+            self.metrics.ebpf_events_lost.inc_by(lost - self.lost_seen);
+            self.lost_seen = lost;
+        }
+        if due {
+            self.reconciled = Some(now);
+            self.reconcile();
+            self.end_empty_containers();
+        }
+        self.retry_placements();
+        self.retry_removals();
+        let expired = self.registry.expire(now);
+        for c in &expired {
+            tracing::debug!(container_id = %c.id, "series removed after the grace period");
+            self.sources.forget(c.key);
+        }
+        if !expired.is_empty() || self.publish_soon {
+            self.publish();
+        }
     }
 
     /// Reads the kernel counters of a live container's members and the

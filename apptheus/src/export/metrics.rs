@@ -10,7 +10,9 @@ use prometheus::{
 use crate::{
     build_info,
     export::{
+        cadence::{Reader, Trigger},
         catalogue::{self as cat, Metric},
+        demand::Demand,
         exposition::{self, EncodeError, Format},
         protos,
         snapshot::Snapshot,
@@ -53,6 +55,8 @@ pub struct AgentMetrics {
     /// The latest snapshot of every container, replaced whole at each
     /// sample and encoded at each scrape.
     snapshot: RwLock<Arc<Snapshot>>,
+    /// When readers read, and when to sample for them.
+    pub demand: Demand,
 }
 
 fn opts(m: &Metric) -> Opts {
@@ -66,7 +70,14 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 }
 
 impl AgentMetrics {
+    /// The agent's metrics, its samples taken on a clock (readers never
+    /// wait).
     pub fn new() -> Arc<Self> {
+        Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
+    }
+
+    /// The agent's metrics, its samples taken as `demand` says.
+    pub fn with_demand(demand: Demand) -> Arc<Self> {
         let registry = Registry::new();
         let build = must(IntGaugeVec::new(
             opts(&cat::BUILD_INFO),
@@ -93,6 +104,9 @@ impl AgentMetrics {
         }
         let sample_duration = must(Gauge::with_opts(opts(&cat::SAMPLE_DURATION)));
         let samples = must(IntCounterVec::new(opts(&cat::SAMPLES), cat::SAMPLES.labels));
+        for t in Trigger::ALL {
+            samples.with_label_values(&[t.name()]);
+        }
         let source_success = must(IntGaugeVec::new(
             opts(&cat::SOURCE_SUCCESS),
             cat::SOURCE_SUCCESS.labels,
@@ -171,7 +185,13 @@ impl AgentMetrics {
             pushes,
             push_failures,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            demand,
         })
+    }
+
+    /// Waits, when need be, for a sample recent enough for `reader`.
+    pub async fn fresh(&self, reader: Reader) {
+        self.demand.fresh(reader).await;
     }
 
     /// Records which attribution mode runs.

@@ -41,6 +41,9 @@ pub struct Fresh {
 pub struct FreshPart {
     /// Whether it is read at this sample (not gone already).
     pub read: bool,
+    /// Its directories' hash: a source that keeps files open for a set
+    /// knows when the set changed.
+    pub fingerprint: u64,
     pub stats: CgroupStats,
     /// Its cgroup was removed while being read: what was read before
     /// stays, this partial read is dropped.
@@ -56,11 +59,25 @@ impl Fresh {
                 .iter()
                 .map(|p| FreshPart {
                     read: !p.gone,
+                    fingerprint: if p.gone { 0 } else { fingerprint(&p.cgroups) },
                     ..FreshPart::default()
                 })
                 .collect(),
         }
     }
+}
+
+/// FNV-1a over the directories' paths (cheap, and stable within a run).
+fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (_, d) in cg.dirs() {
+        for b in d.as_os_str().as_bytes().iter().chain(&[0]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// How a source's read of one container went.

@@ -17,7 +17,6 @@
 //! the files are kept open and re-read in place (see `files`).
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
-    hash::{DefaultHasher, Hash as _, Hasher as _},
     path::Path,
     time::{Duration, Instant},
 };
@@ -128,13 +127,6 @@ struct Planned<F> {
     files: Option<F>,
 }
 
-fn fingerprint(cg: &ContainerCgroups) -> u64 {
-    let mut h = DefaultHasher::new();
-    cg.v2.hash(&mut h);
-    cg.v1.hash(&mut h);
-    h.finish()
-}
-
 /// A [`Family`] as a [`Source`]: its files per (container, cgroup set).
 struct CgroupSource<F: Family> {
     parts: HashMap<(u64, usize), Planned<F::Files>>,
@@ -173,7 +165,7 @@ impl<F: Family> Source for CgroupSource<F> {
                 continue;
             }
             let mut ctx = Ctx::new(&p.cgroups, &mut self.buf, &self.budget);
-            let fp = fingerprint(&p.cgroups);
+            let fp = fresh.fingerprint;
             let now = Instant::now();
             let planned = match self.parts.entry((t.key, i)) {
                 Entry::Occupied(e) => {
