@@ -352,18 +352,25 @@ impl Agent {
                 parent_launcher,
                 arg0,
                 ..
-            } => self.on_start(StartFacts {
-                key: container,
-                starter_pid: tgid,
-                uid,
-                boot_ns,
-                file: Some(file),
-                parent_launcher: Some(parent_launcher),
-                arg0: Some(arg0),
-                source: crate::model::container::Source::Kernel,
-                socket: None,
-                cgroups: None,
-            }),
+            } => {
+                // Its run-queue latency slot before anything else: its
+                // first tasks look it up at their next switch.
+                if let Some(k) = self.kernel.as_mut() {
+                    k.runq_track(container);
+                }
+                self.on_start(StartFacts {
+                    key: container,
+                    starter_pid: tgid,
+                    uid,
+                    boot_ns,
+                    file: Some(file),
+                    parent_launcher: Some(parent_launcher),
+                    arg0: Some(arg0),
+                    source: crate::model::container::Source::Kernel,
+                    socket: None,
+                    cgroups: None,
+                })
+            }
             KernelEvent::Exited { container, .. } => self.on_member_exited(container),
             KernelEvent::OomKill {
                 container,

@@ -228,6 +228,9 @@ impl Agent {
                     key,
                     "container missed by the event stream; recovered from the kernel's map"
                 );
+                if let Some(k) = self.kernel.as_mut() {
+                    k.runq_track(*key);
+                }
                 self.on_start(super::StartFacts {
                     key: *key,
                     starter_pid: st.starter_tgid,
