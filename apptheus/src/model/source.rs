@@ -67,15 +67,26 @@ impl Fresh {
     }
 }
 
-/// FNV-1a over the directories' paths (cheap, and stable within a run).
+/// A hash of the directories' paths (FNV-1a over 8-byte words: cheap, and
+/// stable within a run).
 fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
     use std::os::unix::ffi::OsStrExt as _;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |w: u64| {
+        h ^= w;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
     for (_, d) in cg.dirs() {
-        for b in d.as_os_str().as_bytes().iter().chain(&[0]) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        let bytes = d.as_os_str().as_bytes();
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            mix(u64::from_le_bytes(a));
         }
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        mix(u64::from_le_bytes(last) ^ (bytes.len() as u64) << 56);
     }
     h
 }

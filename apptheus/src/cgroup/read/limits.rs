@@ -38,15 +38,18 @@ enum Seen {
 #[derive(Debug, Default)]
 pub struct Ancestors {
     sample: u64,
-    seen: HashMap<(PathBuf, &'static str), (u64, Seen)>,
+    /// File name -> directory -> what it said, and at which sample.
+    seen: HashMap<&'static str, HashMap<PathBuf, (u64, Seen)>>,
 }
 
 impl Ancestors {
     /// A new sample: every file is read afresh.
     pub fn begin(&mut self) {
         self.sample += 1;
-        if self.seen.len() > MAX_ENTRIES {
-            self.seen.clear();
+        for m in self.seen.values_mut() {
+            if m.len() > MAX_ENTRIES {
+                m.clear();
+            }
         }
     }
 
@@ -57,8 +60,7 @@ impl Ancestors {
         parse: fn(&str) -> Result<Option<u64>, ParseError>,
         ctx: &mut Ctx<'_>,
     ) -> Seen {
-        let key = (dir.to_path_buf(), name);
-        if let Some((at, seen)) = self.seen.get(&key)
+        if let Some((at, seen)) = self.seen.get(name).and_then(|m| m.get(dir))
             && *at == self.sample
         {
             return *seen;
@@ -88,7 +90,10 @@ impl Ancestors {
                 Seen::Unreadable
             }
         };
-        self.seen.insert(key, (self.sample, seen));
+        self.seen
+            .entry(name)
+            .or_default()
+            .insert(dir.to_path_buf(), (self.sample, seen));
         seen
     }
 
