@@ -78,14 +78,12 @@ fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
     };
     for (_, d) in cg.dirs() {
         let bytes = d.as_os_str().as_bytes();
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(w);
-            mix(u64::from_le_bytes(a));
+        let (words, rest) = bytes.as_chunks::<8>();
+        for w in words {
+            mix(u64::from_le_bytes(*w));
         }
         let mut last = [0u8; 8];
-        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        last[..rest.len()].copy_from_slice(rest);
         mix(u64::from_le_bytes(last) ^ (bytes.len() as u64) << 56);
     }
     h
