@@ -94,6 +94,7 @@ const TRUST_RECHECK: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    crate::memory::tune_allocator();
     let trust = Trust::resolve(&args)?;
 
     let host = match preflight::check(&args.procfs, &args.sysfs, args.ebpf != EbpfMode::False) {

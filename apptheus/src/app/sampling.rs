@@ -13,8 +13,9 @@ use crate::{
 };
 
 /// Containers sampled between two looks at pending kernel events (a
-/// container's sample takes some tens of microseconds).
-const EVENTS_EVERY: usize = 64;
+/// container's sample takes some tens of microseconds: placing a new
+/// container waits a millisecond at most).
+const EVENTS_EVERY: usize = 16;
 
 /// How often the registry is compared with the kernel's maps when no event
 /// was lost (ends are reported by the kernel; this is a safety net).

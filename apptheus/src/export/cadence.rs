@@ -129,10 +129,18 @@ impl Cadence {
     }
 
     /// Whether a sample that started at `started` may serve a read at `now`:
-    /// within the interval, or, where a sample takes longer than that,
-    /// within its duration (and margin).
+    /// within the interval, or, where samples take longer than half of it,
+    /// within twice their duration (and a margin): a sample is already its
+    /// duration old when it is published, and serves until the next one,
+    /// started then, is.
     fn recent(&self, started: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(started) <= self.interval.max(self.lead())
+        now.saturating_duration_since(started) <= self.bound()
+    }
+
+    /// The most time a served sample may be old.
+    fn bound(&self) -> Duration {
+        let cost = self.cost.unwrap_or(Duration::ZERO);
+        self.interval.max(cost * 2 + MARGIN)
     }
 
     /// `reader` reads at `now`.
@@ -196,33 +204,34 @@ impl Cadence {
     /// sample would not serve.
     pub fn ahead(&self, now: Instant) -> Option<Instant> {
         let lead = self.lead();
+        let newest = self.running.or(self.latest);
+        // Reads until then are served by the newest sample.
+        let served_until = newest.map(|s| s + self.bound());
         self.readers
             .values()
             .filter(|t| !t.lost(now))
-            .filter_map(Track::expected)
-            // A read that the latest sample (or the one under way) serves
-            // needs nothing more; a sample that takes longer than the
-            // interval serves the read it was started for.
-            .filter(|&e| {
-                let newest = self.running.or(self.latest);
-                !newest.is_some_and(|s| self.recent(s, e))
+            .filter_map(|t| {
+                let e = t.expected()?;
+                let p = t.period?.max(Duration::from_millis(1));
+                // The reader's first read the newest sample will not serve.
+                let first = match served_until {
+                    Some(until) if e <= until => {
+                        let n = (until - e).as_nanos() / p.as_nanos() + 1;
+                        e + p * u32::try_from(n).unwrap_or(u32::MAX)
+                    }
+                    _ => e,
+                };
+                Some(first.checked_sub(lead).unwrap_or(first))
             })
-            .map(|e| e.checked_sub(lead).unwrap_or(e))
             .min()
     }
 
     /// How long before a predicted read its sample starts: the expected
-    /// duration and a margin, and no more than the interval (a sample
-    /// started earlier would be too old at the read); a sample that takes
-    /// longer than the interval starts early enough to be done.
+    /// duration, half of it again and a margin, and no more than a served
+    /// sample may be old (one started earlier would be too old at the read).
     fn lead(&self) -> Duration {
         let cost = self.cost.unwrap_or(Duration::ZERO);
-        let lead = cost + cost / 2 + MARGIN;
-        if cost + MARGIN >= self.interval {
-            cost + MARGIN
-        } else {
-            lead.min(self.interval)
-        }
+        (cost + cost / 2 + MARGIN).min(self.bound())
     }
 
     /// A sample starts at `now`.
@@ -355,7 +364,7 @@ mod tests {
         c.start(t0 + 1000 * MS);
         assert_eq!(c.arrive(ip(2), t0 + 1600 * MS), Answer::WaitNew);
         assert_eq!(c.wanted(), Some(Trigger::Scrape));
-        c.done(t0 + 1000 * MS, 700 * MS);
+        c.done(t0 + 1000 * MS, 100 * MS);
         assert!(!c.served(t0 + 1600 * MS));
         assert_eq!(
             c.wanted(),
@@ -367,12 +376,41 @@ mod tests {
     #[test]
     fn samples_longer_than_the_interval_start_early_enough_to_be_done() {
         let mut c = Cadence::new(500 * MS);
-        c.cost = Some(1200 * MS);
-        assert_eq!(c.lead(), 1220 * MS);
         c.cost = Some(100 * MS);
-        assert_eq!(c.lead(), 170 * MS);
+        assert_eq!((c.lead(), c.bound()), (170 * MS, 500 * MS));
         c.cost = Some(400 * MS);
-        assert_eq!(c.lead(), 500 * MS, "never earlier than the interval");
+        assert_eq!((c.lead(), c.bound()), (620 * MS, 820 * MS));
+        c.cost = Some(1200 * MS);
+        assert_eq!((c.lead(), c.bound()), (1820 * MS, 2420 * MS));
+    }
+
+    #[test]
+    fn samples_longer_than_the_interval_back_to_back_never_make_a_frequent_reader_wait() {
+        let mut c = Cadence::new(500 * MS);
+        let t0 = Instant::now();
+        let took = 1500 * MS;
+        c.arrive(ip(1), t0);
+        c.start(t0);
+        c.done(t0, took);
+        let mut t = t0 + took;
+        let mut running: Option<Instant> = None;
+        for _ in 0..2000 {
+            t += 5 * MS;
+            if let Some(s) = running
+                && t >= s + took
+            {
+                c.done(s, took);
+                running = None;
+            }
+            if running.is_none()
+                && let Some(at) = c.ahead(t)
+                && at <= t
+            {
+                c.start(t);
+                running = Some(t);
+            }
+            assert_eq!(c.arrive(ip(1), t), Answer::Serve, "at {:?}", t - t0);
+        }
     }
 
     #[test]

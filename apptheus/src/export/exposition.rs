@@ -224,12 +224,13 @@ fn escape_into(o: &mut Vec<u8>, s: &str, quotes: bool) {
     }
 }
 
-/// [`format_value`] without an allocation.
+/// A sample value, as [`format_value`] gives it but without an allocation
+/// (integers as such, other values in their shortest exact form).
 fn write_value(o: &mut Vec<u8>, v: f64) {
     if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
-        let _ = write!(o, "{}", v as i64);
+        o.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
     } else if v.is_finite() {
-        let _ = write!(o, "{v}");
+        o.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
     } else {
         o.extend_from_slice(format_value(v).as_bytes());
     }

@@ -68,16 +68,25 @@ impl Drop for Containers {
     }
 }
 
-/// Waits until `agent` tracks `n` containers.
+/// Waits until `agent` tracks `n` running containers: from its log (its
+/// own count would include those that ended within the grace period, and
+/// scraping it at every look would make it sample all along).
 fn tracked(agent: &Agent, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 10);
-    while value(&agent.metrics()?, "apptheus_containers", None) != Some(n as f64) {
-        if Instant::now() > deadline {
-            bail!("{n} containers were not all tracked in time");
+    loop {
+        let running = agent.log.lock().map_or(0, |l| {
+            let count = |m: &str| l.iter().filter(|l| l.contains(m)).count();
+            count("message=\"container started\"")
+                .saturating_sub(count("message=\"container exited\""))
+        });
+        if running == n {
+            return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if Instant::now() > deadline {
+            bail!("{n} containers were not all tracked in time ({running} are)");
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
-    Ok(())
 }
 
 /// One scale row.

@@ -78,11 +78,9 @@ pub fn visit(snap: &Snapshot, v: &mut impl Visitor) {
 
 fn info(snap: &Snapshot, v: &mut impl Visitor) {
     let mut out = Lazy { v, started: false };
-    let mut uid = String::new();
     for r in &snap.rows {
-        use std::fmt::Write as _;
-        uid.clear();
-        let _ = write!(uid, "{}", r.info.uid);
+        let mut buf = itoa::Buffer::new();
+        let uid = buf.format(r.info.uid);
         let i = &r.info;
         out.sample(
             &cat::CONTAINER_INFO,
@@ -92,7 +90,7 @@ fn info(snap: &Snapshot, v: &mut impl Visitor) {
                 ("image", &i.image),
                 ("instance", &i.instance),
                 ("user", &i.user),
-                ("uid", &uid),
+                ("uid", uid),
                 ("slurm_job_id", &i.slurm_job_id),
             ],
             Value::Number(1.0),
