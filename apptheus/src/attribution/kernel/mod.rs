@@ -280,7 +280,7 @@ impl Kernel {
                 read_bytes: s.fs_read_bytes,
                 write_bytes: s.fs_write_bytes,
             }),
-            runq: self.runq_histogram(cid),
+            runq: self.runq_histogram(cid).map(Box::new),
         })
     }
 

@@ -34,7 +34,7 @@ fn n(v: Option<u64>) -> Option<f64> {
 /// container.
 fn oom_kills(r: &Row) -> Option<f64> {
     let sample = r.sample.as_ref()?;
-    match sample.kernel.and_then(|k| k.oom_kills) {
+    match sample.kernel.as_ref().and_then(|k| k.oom_kills) {
         Some(k) => Some(k as f64),
         None => n(sample.cgroup.memory.as_ref()?.oom_kills),
     }
