@@ -37,6 +37,10 @@ pub struct Options {
     /// [default: 300, 5 with --smoke]
     #[arg(long)]
     pub placements: Option<usize>,
+    /// Container counts of the scale benchmark [default: 10,100,1000,10000;
+    /// 5 with --smoke]
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<usize>,
     /// Use the agent and simulator already built (target/<profile>/)
     /// instead of running cargo: for `cargo xtask vm-bench`, whose VMs have
     /// no toolchain.
@@ -145,6 +149,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let mut sizes = Sizes::new(o.smoke);
     if let Some(n) = o.placements {
         sizes.placements = n.max(1);
+    }
+    if !o.scale.is_empty() {
+        sizes.scale.clone_from(&o.scale);
     }
     let trust = TrustDir::new(&bin.join("apptheus-starter-sim"))?;
     let ctx = Ctx {
