@@ -377,10 +377,10 @@ fn families_leave_out_what_the_host_cannot_provide() {
         let snap = Snapshot {
             rows: vec![Row {
                 id: "c1".into(),
-                sample: Some(Sample {
+                sample: Some(std::sync::Arc::new(Sample {
                     cgroup: s.clone(),
                     kernel: None,
-                }),
+                })),
                 ..Row::default()
             }],
             programs: Vec::new(),

@@ -112,8 +112,11 @@ pub struct Cadence {
     running: Option<Instant>,
     /// A read waits for a new sample, and why.
     wanted: Option<Trigger>,
-    /// How long samples take (smoothed).
-    cost: Option<Duration>,
+    /// How long the latest samples took: the longest of them is taken as
+    /// what the next will take.
+    costs: [Duration; 4],
+    /// Where the next duration goes in `costs`.
+    next_cost: usize,
 }
 
 impl Cadence {
@@ -124,7 +127,8 @@ impl Cadence {
             latest: None,
             running: None,
             wanted: None,
-            cost: None,
+            costs: [Duration::ZERO; 4],
+            next_cost: 0,
         }
     }
 
@@ -139,8 +143,12 @@ impl Cadence {
 
     /// The most time a served sample may be old.
     fn bound(&self) -> Duration {
-        let cost = self.cost.unwrap_or(Duration::ZERO);
-        self.interval.max(cost * 2 + MARGIN)
+        self.interval.max(self.cost() * 2 + MARGIN)
+    }
+
+    /// What the next sample is expected to take.
+    fn cost(&self) -> Duration {
+        self.costs.iter().max().copied().unwrap_or_default()
     }
 
     /// `reader` reads at `now`.
@@ -230,7 +238,7 @@ impl Cadence {
     /// duration, half of it again and a margin, and no more than a served
     /// sample may be old (one started earlier would be too old at the read).
     fn lead(&self) -> Duration {
-        let cost = self.cost.unwrap_or(Duration::ZERO);
+        let cost = self.cost();
         (cost + cost / 2 + MARGIN).min(self.bound())
     }
 
@@ -244,10 +252,8 @@ impl Cadence {
     pub fn done(&mut self, started: Instant, took: Duration) {
         self.running = None;
         self.latest = Some(self.latest.map_or(started, |l| l.max(started)));
-        self.cost = Some(match self.cost {
-            Some(c) => c.mul_f64(0.5) + took.mul_f64(0.5),
-            None => took,
-        });
+        self.costs[self.next_cost] = took;
+        self.next_cost = (self.next_cost + 1) % self.costs.len();
     }
 
     /// Readers followed now.
@@ -376,12 +382,20 @@ mod tests {
     #[test]
     fn samples_longer_than_the_interval_start_early_enough_to_be_done() {
         let mut c = Cadence::new(500 * MS);
-        c.cost = Some(100 * MS);
+        let t = Instant::now();
+        c.done(t, 100 * MS);
         assert_eq!((c.lead(), c.bound()), (170 * MS, 500 * MS));
-        c.cost = Some(400 * MS);
+        c.done(t, 400 * MS);
         assert_eq!((c.lead(), c.bound()), (620 * MS, 820 * MS));
-        c.cost = Some(1200 * MS);
+        c.done(t, 1200 * MS);
         assert_eq!((c.lead(), c.bound()), (1820 * MS, 2420 * MS));
+        // The longest of the last four counts.
+        for _ in 0..3 {
+            c.done(t, 100 * MS);
+        }
+        assert_eq!(c.bound(), 2420 * MS);
+        c.done(t, 100 * MS);
+        assert_eq!(c.bound(), 500 * MS);
     }
 
     #[test]

@@ -288,7 +288,7 @@ mod tests {
         m.publish(Snapshot {
             rows: vec![Row {
                 id: "1-2".into(),
-                sample: Some(Sample {
+                sample: Some(Arc::new(Sample {
                     cgroup: CgroupStats {
                         pids: Some(PidsStats {
                             current: 3,
@@ -297,7 +297,7 @@ mod tests {
                         ..CgroupStats::default()
                     },
                     kernel: None,
-                }),
+                })),
                 ..Row::default()
             }],
             programs: Vec::new(),

@@ -1,7 +1,7 @@
 //! What the scrapes and pushes see between two samples: each container's
 //! labels and latest statistics, compact (about a kilobyte per container),
 //! encoded only when somebody reads it.
-use std::time::UNIX_EPOCH;
+use std::{sync::Arc, time::UNIX_EPOCH};
 
 use crate::{
     attribution::kernel::stats::ProgramStats,
@@ -26,7 +26,8 @@ pub struct Row {
     pub info: Info,
     /// Seconds since the Unix epoch.
     pub start_time: f64,
-    pub sample: Option<Sample>,
+    /// The container's latest sample, shared with the registry.
+    pub sample: Option<Arc<Sample>>,
 }
 
 impl Row {
@@ -94,7 +95,7 @@ mod tests {
                 ..Info::default()
             },
             start_time: 1.8e9 + i as f64,
-            sample: Some(Sample {
+            sample: Some(Arc::new(Sample {
                 cgroup: CgroupStats {
                     cpu: Some(CpuStats {
                         usage_seconds: 12.345678,
@@ -140,7 +141,7 @@ mod tests {
                     live_tasks: 3,
                     ..KernelCounters::default()
                 }),
-            }),
+            })),
         }
     }
 

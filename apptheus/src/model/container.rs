@@ -173,8 +173,9 @@ pub struct Container {
     pub members: Vec<Member>,
     /// The cgroups its statistics come from.
     pub parts: Vec<Part>,
-    /// What is exported, refreshed by each sample.
-    pub sample: Option<Sample>,
+    /// What is exported, refreshed by each sample (shared with the
+    /// snapshot readers get until the next).
+    pub sample: Option<std::sync::Arc<Sample>>,
 }
 
 impl Container {
@@ -248,7 +249,7 @@ impl Container {
             .iter()
             .filter_map(|m| m.counters.clone())
             .reduce(|a, b| a.plus(&b));
-        self.sample = Some(Sample { cgroup, kernel });
+        self.sample = Some(std::sync::Arc::new(Sample { cgroup, kernel }));
     }
 }
 

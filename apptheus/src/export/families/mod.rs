@@ -167,14 +167,14 @@ mod tests {
     fn kernel_counters_without_cgroup_statistics() {
         let mut r = Registry::default();
         let mut c = Container::new(7, 10, SystemTime::UNIX_EPOCH + Duration::from_secs(100));
-        c.sample = Some(Sample {
+        c.sample = Some(std::sync::Arc::new(Sample {
             kernel: Some(KernelCounters {
                 execs: 3,
                 forks: 2,
                 ..Default::default()
             }),
             ..Default::default()
-        });
+        }));
         r.insert(c);
         let snap = Snapshot {
             rows: r.iter().map(Row::of).collect(),
