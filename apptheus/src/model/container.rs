@@ -229,6 +229,11 @@ impl Container {
 
     /// Recomputes what is exported from the parts and members.
     pub fn refresh_sample(&mut self) {
+        // A node runs thousands of containers: their vectors are kept
+        // tight (a first push leaves room for four).
+        if self.parts.capacity() > self.parts.len() {
+            self.parts.shrink_to_fit();
+        }
         let has_runtime = self
             .live_parts()
             .any(|p| matches!(p.origin, Origin::Runtime { .. }));
