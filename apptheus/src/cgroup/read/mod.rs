@@ -162,6 +162,8 @@ impl<F: Family> Source for CgroupSource<F> {
         let mut o = Outcome::default();
         for (i, (p, fresh)) in t.parts.iter().zip(&mut out.parts).enumerate() {
             if !fresh.read {
+                // Gone (removed by apptheus or its runtime): its files closed.
+                self.parts.remove(&(t.key, i));
                 continue;
             }
             let mut ctx = Ctx::new(&p.cgroups, &mut self.buf, &self.budget);
