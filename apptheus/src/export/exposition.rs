@@ -195,8 +195,10 @@ fn line(
             if !labels.is_empty() {
                 o.push(b',');
             }
+            // Bucket bounds keep their plain decimal spelling
+            // (le="0.000001"): queries and dashboards match them as text.
             o.extend_from_slice(b"le=\"");
-            write_value(o, le);
+            o.extend_from_slice(format_value(le).as_bytes());
             o.push(b'"');
         }
         o.push(b'}');
@@ -460,6 +462,25 @@ mod tests {
         );
         assert!(text.contains("x_latency_seconds_sum 0.7\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn histogram_bounds_keep_their_decimal_spelling() {
+        let mut o = Vec::new();
+        line(&mut o, "h", "_bucket", &[("id", "1")], Some(1e-6), 3.0);
+        line(
+            &mut o,
+            "h",
+            "_bucket",
+            &[("id", "1")],
+            Some(f64::INFINITY),
+            1.5e-7,
+        );
+        let text = String::from_utf8(o).unwrap();
+        assert_eq!(
+            text,
+            "h_bucket{id=\"1\",le=\"0.000001\"} 3\nh_bucket{id=\"1\",le=\"+Inf\"} 1.5e-7\n"
+        );
     }
 
     #[test]
