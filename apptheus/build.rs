@@ -9,8 +9,21 @@ use aya_build::{Package, Toolchain};
 
 const EBPF_TOOLCHAIN: &str = "1.98.0";
 
+/// Set (to 1) by fuzz builds (scripts/fuzz.sh): the kernel programs are
+/// not built and an empty object is embedded, so the agent could only run
+/// with `--ebpf=false`. Fuzzing never loads them, and building them costs
+/// a minute of CI.
+const NO_EBPF_ENV: &str = "APPTHEUS_FUZZ_NO_EBPF";
+
 fn main() -> anyhow::Result<()> {
     build_info();
+
+    println!("cargo:rerun-if-env-changed={NO_EBPF_ENV}");
+    if std::env::var_os(NO_EBPF_ENV).is_some_and(|v| v == "1") {
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR")?);
+        std::fs::write(out.join("apptheus"), b"").context("writing the empty object")?;
+        return Ok(());
+    }
 
     if which_bpf_linker().is_none() {
         anyhow::bail!(

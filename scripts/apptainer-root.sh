@@ -110,7 +110,7 @@ build() {
   } >"$partial/.apptheus-root"
   remove_root "$root"
   mv "$partial" "$root"
-  log "Apptainer root ready: apptainer $version in $root ($((SECONDS - t0)) s)"
+  log "Apptainer root built in $((SECONDS - t0)) s"
 }
 
 # Puts USER's passwd and group entries (as the host has them) into the root
@@ -147,6 +147,11 @@ sync_user() {
   chmod 0755 "$root/home/$user"
 }
 
+# One build at a time (several checkouts may run setup at once).
+mkdir -p "$cache"
+exec 9>"$cache/apptainer-root.lock"
+flock 9
+
 if [ "$rebuild" = 1 ] || ! cached; then
   if [ -e "$root" ] && [ "$rebuild" = 0 ]; then
     log "$root is incomplete or of an older recipe: building it again"
@@ -154,3 +159,4 @@ if [ "$rebuild" = 1 ] || ! cached; then
   build
 fi
 sync_user
+log "Apptainer $(stamp_value apptainer) (Debian $(stamp_value suite), built $(stamp_value built)) in $root"

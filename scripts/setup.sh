@@ -7,7 +7,8 @@
 #                               (Prometheus, Pushgateway, crun, runc, stress-ng,
 #                               Slurm and munge, the real Apptainer in a cached
 #                               Debian root, a test user, cAdvisor for the
-#                               benchmark) and what --package installs
+#                               benchmark), cargo-fuzz (scripts/fuzz.sh) and
+#                               what --package installs
 #   scripts/setup.sh --package  also what `cargo xtask package` and its test
 #                               need (cargo-deb, dpkg-dev, debootstrap,
 #                               systemd-nspawn)
@@ -19,6 +20,7 @@ TOOLCHAIN=1.98.0
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 CARGO_DEB_VERSION=3.8.0
+CARGO_FUZZ_VERSION=0.13.2
 
 want_test=0
 want_package=0
@@ -40,10 +42,11 @@ fi
 # --- Disk space --------------------------------------------------------------
 # Measured from a fresh clone (README.md, "Disk space"): target/ peaks at
 # about 3.1 GiB over the whole test suite (builds, VM kernels and images),
-# the release build alone under 1 GiB; the figures below add a margin.
+# the release build alone under 1 GiB; the fuzz step's build (scripts/fuzz.sh)
+# adds about 1.1 GiB while it runs; the figures below add a margin.
 # What an earlier run left in target/ counts towards them.
 BUILD_DISK_GB=2
-TEST_DISK_GB=4
+TEST_DISK_GB=5
 repo=$(cd "$(dirname "$0")/.." && pwd)
 target_dir="${CARGO_TARGET_DIR:-$repo/target}"
 need_gb=$BUILD_DISK_GB
@@ -68,7 +71,7 @@ packages=(
 )
 if [ "$want_test" = 1 ]; then
   packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3
-    qemu-system-x86 slurmd slurmctld slurm-client munge debian-archive-keyring)
+    qemu-system-x86 g++ slurmd slurmctld slurm-client munge debian-archive-keyring)
 fi
 if [ "$want_package" = 1 ]; then
   packages+=(dpkg-dev debootstrap systemd-container)
@@ -133,6 +136,18 @@ if [ "$want_package" = 1 ]; then
   if [ "$have_deb" != "$CARGO_DEB_VERSION" ]; then
     log "installing cargo-deb $CARGO_DEB_VERSION (about two minutes)"
     cargo "+$TOOLCHAIN" install "cargo-deb@$CARGO_DEB_VERSION" --locked
+  fi
+fi
+
+# --- cargo-fuzz (scripts/fuzz.sh; libFuzzer is C++, hence g++) ------------
+if [ "$want_test" = 1 ]; then
+  have_fuzz=""
+  if [ -x "$cargo_bin/cargo-fuzz" ]; then
+    have_fuzz=$("$cargo_bin/cargo-fuzz" --version 2>/dev/null | awk '{print $2}')
+  fi
+  if [ "$have_fuzz" != "$CARGO_FUZZ_VERSION" ]; then
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about two minutes)"
+    cargo "+$TOOLCHAIN" install "cargo-fuzz@$CARGO_FUZZ_VERSION" --locked
   fi
 fi
 

@@ -30,6 +30,10 @@ step "cargo xtask build-ebpf (object with BTF)"
 cargo xtask build-ebpf
 step "cargo test"
 cargo test --locked --no-fail-fast
+step "fuzz every parser of outside input (scripts/fuzz.sh, 10 s per target)"
+scripts/fuzz.sh 10
+# The fuzz build (about 1 GiB) is not needed again: keep the disk peak.
+rm -rf "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu"
 step "cargo xtask bench --smoke (every benchmark, tiny sizes)"
 cargo xtask bench --smoke
 step "cargo xtask vm-test --quick (privileged tests in VMs: Linux 5.10, 6.1, 6.12 x cgroup v1, hybrid, v2)"

@@ -15,6 +15,8 @@ pub fn skip(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
 
+pub use crate::host::limits::raise_fd_limit;
+
 /// Reading a container's cgroup statistics (fixture-tree tests).
 pub mod cgroup {
     pub use crate::cgroup::{

@@ -248,6 +248,7 @@ impl Daemon {
         let task = rt.spawn(socket::serve_with(
             handle,
             limits,
+            "/proc".into(),
             trusted_rx,
             tx,
             Arc::clone(&metrics),
@@ -448,7 +449,7 @@ fn verdict_after_pid_reuse(
         first.child.wait().unwrap();
         next = spawn_with_pid(c.pid, successor);
     };
-    let verdict = verify::identify(&peer, &py.set, &mut hook);
+    let verdict = verify::identify(std::path::Path::new("/proc"), &peer, &py.set, &mut hook);
     let reused = next.is_some();
     if reused {
         // The pid is alive again, in the successor; the pidfd still
@@ -512,7 +513,13 @@ fn a_peer_that_exited_is_never_trusted() {
     c.child.kill().unwrap();
     c.child.wait().unwrap();
     assert!(!peer.is_alive().unwrap());
-    let err = verify::identify(&peer, &py.set, &mut verify::NoHook).unwrap_err();
+    let err = verify::identify(
+        std::path::Path::new("/proc"),
+        &peer,
+        &py.set,
+        &mut verify::NoHook,
+    )
+    .unwrap_err();
     assert!(err.is_peer_gone(), "{err}");
 
     // Exits (and is reaped) before it is even pinned.
@@ -523,7 +530,13 @@ fn a_peer_that_exited_is_never_trusted() {
     match verify::Peer::from_socket(stream.as_fd()) {
         Err(e) => assert!(e.is_peer_gone(), "{e}"),
         Ok(peer) => {
-            let err = verify::identify(&peer, &py.set, &mut verify::NoHook).unwrap_err();
+            let err = verify::identify(
+                std::path::Path::new("/proc"),
+                &peer,
+                &py.set,
+                &mut verify::NoHook,
+            )
+            .unwrap_err();
             assert!(err.is_peer_gone(), "{err}");
         }
     }

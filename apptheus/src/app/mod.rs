@@ -127,6 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &kernel::Options {
                 collectors: args.collectors.selected(),
                 cgroup2: host.layout.v2.clone(),
+                procfs: args.procfs.clone(),
             },
         ) {
             Ok(k) => Some(k),
@@ -165,6 +166,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (socket_tx, socket_events) = mpsc::channel::<SocketEvent>(1024);
     let socket_task = tokio::spawn(socket::serve(
         listener,
+        args.procfs.clone(),
         trusted_rx,
         socket_tx,
         metrics.clone(),
@@ -182,12 +184,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let server = Arc::new(http::Server {
-        metrics: metrics.clone(),
-        telemetry_path: args.telemetry_path.clone(),
-        ready: ready.clone(),
+    let server = Arc::new(http::Server::new(
+        metrics.clone(),
+        args.telemetry_path.clone(),
+        ready.clone(),
         web,
-    });
+    ));
     let mut listeners = Vec::new();
     for addr in &args.listen_address {
         for sa in http::parse_listen_address(addr)? {
@@ -250,10 +252,14 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let (tx, mut events) = mpsc::channel::<KernelEvent>(4096);
         if let Some(ring) = self.kernel.as_mut().and_then(Kernel::take_events) {
-            let prewarm = self.spawn_prewarm();
+            // Launches and starts go to the cgroup warm-up first, straight
+            // from the reader: a busy main loop must not delay it.
+            let first = self.spawn_prewarm().map(|p| {
+                Box::new(move |ev: &KernelEvent| p.observe(ev)) as Box<dyn Fn(&KernelEvent) + Send>
+            });
             tokio::spawn(async move {
                 if let Err(e) =
-                    crate::attribution::kernel::events::read_events(ring, tx, prewarm).await
+                    crate::attribution::kernel::events::read_events(ring, tx, first).await
                 {
                     tracing::error!(error = %e, "reading kernel events stopped");
                 }

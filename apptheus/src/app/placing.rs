@@ -44,12 +44,22 @@ impl Agent {
                     container_id(pid, mk)
                 };
                 match self.placer.create(&name, pid) {
-                    Ok(cg) => {
-                        if let Some(c) = self.registry.get_mut(ck) {
-                            c.parts
-                                .push(Part::new(Origin::Placed { member: mk }, cg.clone()));
+                    Ok(created) => {
+                        if !created.shared.is_empty() {
+                            tracing::info!(container_id = %id, cgroups = ?created.shared.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(),
+                                "no cgroup of the container's own in a Slurm job's cgroup v1 memory hierarchy (Slurm counts OOM kills there); its memory is read from the job's cgroup while nothing else runs in it");
                         }
-                        cg
+                        if let Some(c) = self.registry.get_mut(ck) {
+                            c.parts.push(Part::new(
+                                Origin::Placed { member: mk },
+                                created.own.clone(),
+                            ));
+                            if !created.shared.is_empty() {
+                                c.parts
+                                    .push(Part::new(Origin::Shared { member: mk }, created.shared));
+                            }
+                        }
+                        created.own
                     }
                     Err(e) => {
                         tracing::warn!(container_id = %id, error = %e, "cannot create the container's cgroups; its cgroup statistics will be missing");
@@ -229,14 +239,20 @@ impl Agent {
     }
 
     /// A process in `cg` that is not container `ck`'s, if any.
-    fn stranger_in(&self, ck: u64, cg: &ContainerCgroups) -> Option<u32> {
+    pub(super) fn stranger_in(&self, ck: u64, cg: &ContainerCgroups) -> Option<u32> {
         let c = self.registry.get(ck)?;
-        let ours = |pid: u32| match &self.kernel {
-            Some(k) => k.container_of(pid).is_some_and(|m| c.member(m).is_some()),
-            None => c
-                .members
-                .iter()
-                .any(|m| proctree::tree(self.procfs.root(), m.starter_pid).contains(&pid)),
+        // A task's kernel entry goes at its exit, before its parent reaps
+        // it: a process that has exited is nobody's.
+        let ours = |pid: u32| {
+            c.members.iter().any(|m| m.starter_pid == pid)
+                || self.procfs.has_exited(pid)
+                || match &self.kernel {
+                    Some(k) => k.container_of(pid).is_some_and(|m| c.member(m).is_some()),
+                    None => c
+                        .members
+                        .iter()
+                        .any(|m| proctree::tree(self.procfs.root(), m.starter_pid).contains(&pid)),
+                }
         };
         cg.dirs()
             .flat_map(|(_, d)| placement::procs(d))
@@ -250,6 +266,11 @@ impl Agent {
             return;
         };
         let id = c.id.clone();
+        for p in &mut c.parts {
+            if p.origin == (Origin::Shared { member: mk }) {
+                p.gone = true;
+            }
+        }
         if let Some(p) = c
             .parts
             .iter_mut()

@@ -9,7 +9,11 @@ use tokio::sync::mpsc;
 use super::Agent;
 use crate::{
     export::{cadence::Trigger, snapshot::Snapshot},
-    model::{container::Source, event::KernelEvent, lifecycle::Phase},
+    model::{
+        container::{Origin, Source},
+        event::KernelEvent,
+        lifecycle::Phase,
+    },
 };
 
 /// Containers sampled between two looks at pending kernel events (a
@@ -100,13 +104,33 @@ impl Agent {
     /// statistics of its cgroups, and combines them into what is exported
     /// (within a sample of every container).
     pub(super) fn sample_container(&mut self, key: u64) {
+        // A cgroup shared with the container's starter is its only while
+        // nothing else runs there.
+        let readable: Vec<bool> = match self.registry.get(key) {
+            Some(c) => c
+                .parts
+                .iter()
+                .map(|p| {
+                    if !matches!(p.origin, Origin::Shared { .. }) {
+                        return true;
+                    }
+                    let stranger = self.stranger_in(key, &p.cgroups);
+                    if let Some(pid) = stranger {
+                        tracing::debug!(container_id = %c.id, pid, comm = self.procfs.comm(pid).unwrap_or_default(),
+                            "another process shares the container's cgroup; its memory is left out");
+                    }
+                    stranger.is_none()
+                })
+                .collect(),
+            None => return,
+        };
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
         if !c.life.is_live() {
             return;
         }
-        self.sources.sample(c, self.kernel.as_ref());
+        self.sources.sample(c, self.kernel.as_ref(), &readable);
     }
 
     /// [`Self::sample_container`] on its own (a kernel event asks for it).

@@ -8,14 +8,12 @@ use apptheus_common::FileId;
 
 use super::Agent;
 use crate::{
-    attribution::{
-        apptainer::{self, RunKind, StarterFacts},
-        slurm,
-    },
+    attribution::apptainer::{self, RunKind, StarterFacts},
     host::{clock, users},
     model::{
         cgroups::ContainerCgroups,
         container::{Container, Member, Origin, Part, Source},
+        slurm,
     },
 };
 

@@ -2,6 +2,5 @@
 //! monitoring socket, and the trusted starters both rely on.
 pub(crate) mod apptainer;
 pub(crate) mod kernel;
-pub(crate) mod slurm;
 pub(crate) mod socket;
 pub(crate) mod trust;

@@ -144,25 +144,31 @@ fn parse_line(line: &str) -> Option<MountLine<'_>> {
     })
 }
 
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
+/// mountinfo escapes space, tab, newline and backslash as \ooo (the octal
+/// value of one byte). Anything else, an escape above \377 included, is
+/// kept as it is; bytes that are not UTF-8 become U+FFFD.
 fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(b[i] as char);
-            i += 1;
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -179,6 +185,19 @@ mod tests {
 37 30 0:33 / /sys/fs/cgroup/blkio rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup rw,blkio
 38 30 0:34 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:18 - cgroup cgroup rw,pids
 ";
+
+    #[test]
+    fn mount_points_are_unescaped_byte_by_byte() {
+        // Found by fuzzing: \777 overflowed a byte (a panic).
+        assert_eq!(unescape("/a\\777b"), "/a\\777b");
+        assert_eq!(unescape("/x\\040y\\011z\\134"), "/x y\tz\\");
+        // A non-ASCII name, escaped byte by byte or not at all.
+        assert_eq!(unescape("/d\\303\\251j\\303\\240"), "/déjà");
+        assert_eq!(unescape("/déjà"), "/déjà");
+        assert_eq!(unescape("/end\\04"), "/end\\04");
+        let l = Layout::parse("1 2 0:1 / /sys/fs/c\\777g rw - cgroup2 cgroup2 rw\n");
+        assert_eq!(l.v2, Some(PathBuf::from("/sys/fs/c\\777g")));
+    }
 
     #[test]
     fn hybrid() {

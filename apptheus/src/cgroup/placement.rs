@@ -157,11 +157,13 @@ impl Placer {
         Ok(out)
     }
 
-    /// Creates the container's cgroups beneath the starter's current ones.
-    pub fn create(&self, id: &str, starter_pid: u32) -> Result<ContainerCgroups, PlaceError> {
+    /// Creates the container's cgroups beneath the starter's current ones,
+    /// in every hierarchy where that is harmless; in the others the
+    /// starter's own cgroups are returned as shared (see [`own_child_allowed`]).
+    pub fn create(&self, id: &str, starter_pid: u32) -> Result<Created, PlaceError> {
         let cgs = self.proc_cgroups(starter_pid)?;
         let name = format!("{DIR_PREFIX}{id}");
-        let mut out = ContainerCgroups::default();
+        let mut out = Created::default();
         for h in &self.hierarchies {
             let parent = self
                 .dir_of(h, &cgs)
@@ -169,6 +171,11 @@ impl Placer {
                     pid: starter_pid,
                     hierarchy: h.name(),
                 })?;
+            let relative = parent.strip_prefix(&h.mountpoint).unwrap_or(&parent);
+            if !own_child_allowed(&h.controllers, relative) {
+                set(&mut out.shared, h, parent);
+                continue;
+            }
             // The starter may be placed already (a second attempt, or the
             // socket and the kernel reporting the same container).
             let dir = if parent.file_name().is_some_and(|n| n == name.as_str()) {
@@ -181,13 +188,7 @@ impl Placer {
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(source) => return Err(PlaceError::Create { dir, source }),
             }
-            if h.is_v2() {
-                out.v2 = Some(dir);
-            } else {
-                for c in &h.controllers {
-                    out.v1.insert(c.clone(), dir.clone());
-                }
-            }
+            set(&mut out.own, h, dir);
         }
         Ok(out)
     }
@@ -353,6 +354,36 @@ impl Placer {
     }
 }
 
+/// A container's cgroups as created: its own, and those of its starter it
+/// shares because a child there would do harm.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Created {
+    pub own: ContainerCgroups,
+    pub shared: ContainerCgroups,
+}
+
+fn set(cg: &mut ContainerCgroups, h: &Hierarchy, dir: PathBuf) {
+    if h.is_v2() {
+        cg.v2 = Some(dir);
+    } else {
+        for c in &h.controllers {
+            cg.v1.insert(c.clone(), dir.clone());
+        }
+    }
+}
+
+/// Whether a container's own cgroup may be created below `parent` (its
+/// path in a hierarchy holding v1 `controllers`; none for cgroup2). Not in
+/// a v1 memory hierarchy inside a Slurm job: there the kernel counts an OOM
+/// kill only in the victim's own cgroup (v1 does not pass memory events up),
+/// and Slurm reads them in its task and step cgroups to tell that a job ran
+/// out of memory; Slurm also removes those cgroups at the end of each step,
+/// which a child of ours would make fail.
+pub fn own_child_allowed(controllers: &[String], parent: &Path) -> bool {
+    let memory_v1 = controllers.iter().any(|c| c == "memory");
+    !(memory_v1 && crate::model::slurm::job_in_path(&parent.to_string_lossy()).is_some())
+}
+
 /// Where a task is against a container's cgroups.
 #[derive(Debug, Default)]
 struct Whereabouts {
@@ -475,35 +506,37 @@ mod tests {
         std::fs::create_dir_all(procfs.join("77")).unwrap();
         std::fs::write(
             procfs.join("77/cgroup"),
-            "4:cpu,cpuacct:/slurm/job_1\n3:memory:/slurm/job_1/step_0\n0::/user.slice\n",
+            "4:cpu,cpuacct:/batch/a\n3:memory:/batch/a/b\n0::/user.slice\n",
         )
         .unwrap();
         for d in [
             "unified/user.slice",
-            "cpu,cpuacct/slurm/job_1",
-            "memory/slurm/job_1/step_0",
+            "cpu,cpuacct/batch/a",
+            "memory/batch/a/b",
         ] {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         let placer = Placer::new(&hybrid(root.path()), &procfs);
-        let cg = placer.create("77-5", 77).unwrap();
+        let created = placer.create("77-5", 77).unwrap();
+        assert_eq!(created.shared, ContainerCgroups::default());
+        let cg = created.own;
         assert_eq!(
             cg.v2,
             Some(root.path().join("unified/user.slice/apptheus-77-5"))
         );
         assert_eq!(
             cg.v1["cpu"],
-            root.path().join("cpu,cpuacct/slurm/job_1/apptheus-77-5")
+            root.path().join("cpu,cpuacct/batch/a/apptheus-77-5")
         );
         assert_eq!(cg.v1["cpuacct"], cg.v1["cpu"]);
         assert_eq!(
             cg.v1["memory"],
-            root.path().join("memory/slurm/job_1/step_0/apptheus-77-5")
+            root.path().join("memory/batch/a/b/apptheus-77-5")
         );
         assert!(cg.v1["memory"].is_dir());
         assert_eq!(Placer::dirs(&cg).len(), 3);
         // Creating again is harmless.
-        assert_eq!(placer.create("77-5", 77).unwrap(), cg);
+        assert_eq!(placer.create("77-5", 77).unwrap().own, cg);
 
         let found = placer.find_existing();
         assert_eq!(found.len(), 1);
@@ -512,6 +545,52 @@ mod tests {
         assert!(Placer::remove(&cg).is_empty());
         assert!(!cg.v1["memory"].exists());
         assert!(placer.find_existing().is_empty());
+    }
+
+    /// In a Slurm job on cgroup v1 the memory hierarchy gets no cgroup of
+    /// ours (Slurm counts OOM kills in its own); the others do.
+    #[test]
+    fn a_slurm_jobs_v1_memory_cgroup_is_shared_not_nested() {
+        let root = tempfile::tempdir().unwrap();
+        let procfs = root.path().join("proc");
+        std::fs::create_dir_all(procfs.join("77")).unwrap();
+        std::fs::write(
+            procfs.join("77/cgroup"),
+            "4:cpu,cpuacct:/\n3:memory:/slurm_n1/uid_0/job_9/step_batch/task_0\n0::/\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(
+            root.path()
+                .join("memory/slurm_n1/uid_0/job_9/step_batch/task_0"),
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.path().join("cpu,cpuacct")).unwrap();
+        std::fs::create_dir_all(root.path().join("unified")).unwrap();
+        let placer = Placer::new(&hybrid(root.path()), &procfs);
+        let created = placer.create("77-5", 77).unwrap();
+        let task = root
+            .path()
+            .join("memory/slurm_n1/uid_0/job_9/step_batch/task_0");
+        assert_eq!(created.shared.v1["memory"], task);
+        assert!(!created.own.v1.contains_key("memory"));
+        assert_eq!(
+            created.own.v1["cpu"],
+            root.path().join("cpu,cpuacct/apptheus-77-5")
+        );
+        assert_eq!(
+            std::fs::read_dir(&task).unwrap().count(),
+            0,
+            "nothing below Slurm's"
+        );
+        assert!(own_child_allowed(
+            &["memory".into()],
+            Path::new("/user.slice")
+        ));
+        assert!(own_child_allowed(
+            &["cpu".into()],
+            Path::new("/slurm/job_1")
+        ));
+        assert!(own_child_allowed(&[], Path::new("/slurm/job_1")));
     }
 
     /// A task still where the starter started is moved; one a runtime
@@ -533,7 +612,7 @@ mod tests {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         let placer = Placer::new(&hybrid(root.path()), &procfs);
-        let cg = placer.create("10-1", 10).unwrap();
+        let cg = placer.create("10-1", 10).unwrap().own;
         for dir in Placer::dirs(&cg) {
             std::fs::write(dir.join("cgroup.procs"), "").unwrap();
         }

@@ -28,7 +28,7 @@ use std::{
 use prometheus::IntCounter;
 
 use super::placement::Placer;
-use crate::attribution::kernel::events::KernelEvent;
+use crate::model::event::KernelEvent;
 
 /// How long after a launcher's exec its starter is waited for.
 pub const WINDOW: Duration = Duration::from_secs(1);

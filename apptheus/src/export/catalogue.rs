@@ -194,6 +194,14 @@ metrics! {
         "Successful pushes of the metrics, by target (pushgateway, remote_write).";
     PUSH_FAILURES = "apptheus_push_failures_total", Counter, &["target"],
         "Failed push attempts (each retry counts), by target (pushgateway, remote_write).";
+    HTTP_CONNECTIONS_REJECTED = "apptheus_http_connections_rejected_total", Counter, &["reason"],
+        "HTTP connections refused at once, by reason (per_address_limit: the client address holds its share; total_limit: every slot is taken by addresses holding no more).";
+    HTTP_CONNECTIONS_CLOSED = "apptheus_http_connections_closed_total", Counter, &["reason"],
+        "HTTP connections cut by the agent, by reason (evicted, idle_timeout, header_timeout, tls_handshake_timeout, tls_handshake_failed, write_timeout, lifetime_limit).";
+    HTTP_REQUESTS_REJECTED = "apptheus_http_requests_rejected_total", Counter, &["reason"],
+        "HTTP requests answered 429, by reason (per_address_responses: the client address already has answers under way).";
+    HTTP_CONNECTIONS = "apptheus_http_connections", Gauge, &[],
+        "HTTP connections open now, every listener together.";
     EBPF_PROGRAM_RUN_SECONDS = "apptheus_ebpf_program_run_seconds_total", Counter, &["program"],
         "Time the kernel spent running the program, from its BPF run-time statistics.";
     EBPF_PROGRAM_RUNS = "apptheus_ebpf_program_runs_total", Counter, &["program"],

@@ -45,6 +45,11 @@ pub struct AgentMetrics {
     /// Pushes that succeeded / failed, by target (pushgateway, remote_write).
     pub pushes: IntCounterVec,
     pub push_failures: IntCounterVec,
+    /// HTTP connections refused and cut, by reason, and open now (http).
+    pub http_rejected: IntCounterVec,
+    pub http_closed: IntCounterVec,
+    pub http_requests_rejected: IntCounterVec,
+    pub http_open: IntGauge,
     /// Samples taken, by trigger (see [`cat::SAMPLES`]).
     pub samples: IntCounterVec,
     /// Each statistics source's outcome and time in the latest sample.
@@ -140,6 +145,28 @@ impl AgentMetrics {
             opts(&cat::PUSH_FAILURES),
             cat::PUSH_FAILURES.labels,
         ));
+        let http_rejected = must(IntCounterVec::new(
+            opts(&cat::HTTP_CONNECTIONS_REJECTED),
+            cat::HTTP_CONNECTIONS_REJECTED.labels,
+        ));
+        for r in crate::http::REFUSALS {
+            http_rejected.with_label_values(&[r.label()]);
+        }
+        let http_closed = must(IntCounterVec::new(
+            opts(&cat::HTTP_CONNECTIONS_CLOSED),
+            cat::HTTP_CONNECTIONS_CLOSED.labels,
+        ));
+        for c in crate::http::Cut::ALL {
+            http_closed.with_label_values(&[c.label()]);
+        }
+        let http_requests_rejected = must(IntCounterVec::new(
+            opts(&cat::HTTP_REQUESTS_REJECTED),
+            cat::HTTP_REQUESTS_REJECTED.labels,
+        ));
+        for r in crate::http::REQUEST_REFUSALS {
+            http_requests_rejected.with_label_values(&[r]);
+        }
+        let http_open = must(IntGauge::with_opts(opts(&cat::HTTP_CONNECTIONS)));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(containers.clone()),
@@ -160,6 +187,10 @@ impl AgentMetrics {
             Box::new(prewarm_writes.clone()),
             Box::new(pushes.clone()),
             Box::new(push_failures.clone()),
+            Box::new(http_rejected.clone()),
+            Box::new(http_closed.clone()),
+            Box::new(http_requests_rejected.clone()),
+            Box::new(http_open.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             must(registry.register(c));
@@ -184,6 +215,10 @@ impl AgentMetrics {
             prewarm_writes,
             pushes,
             push_failures,
+            http_rejected,
+            http_closed,
+            http_requests_rejected,
+            http_open,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             demand,
         })

@@ -3,9 +3,10 @@
 //! encoded only when somebody reads it.
 use std::{sync::Arc, time::UNIX_EPOCH};
 
-use crate::{
-    attribution::kernel::stats::ProgramStats,
-    model::{container::Container, container::Sample, registry::Registry},
+use crate::model::{
+    container::{Container, Sample},
+    programs::ProgramStats,
+    registry::Registry,
 };
 
 /// The labels of a container's info series, besides `container_id`.

@@ -98,6 +98,13 @@ impl Procfs {
         super::proctree::parse_ppid(&self.read_text(pid, "stat").ok()?)
     }
 
+    /// Whether the process has exited (a zombie not yet reaped, or gone).
+    pub fn has_exited(&self, pid: u32) -> bool {
+        self.read_text(pid, "stat")
+            .map(|s| parse_stat_state(&s).is_none_or(|st| matches!(st, 'Z' | 'X')))
+            .unwrap_or(true)
+    }
+
     /// Whether the process exists.
     pub fn exists(&self, pid: u32) -> bool {
         self.root.join(pid.to_string()).exists()
@@ -124,6 +131,11 @@ fn parse_status_uid(status: &str) -> Option<u32> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Field 3 (`state`) of a `/proc/<pid>/stat` line, after the command.
+fn parse_stat_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +147,9 @@ mod tests {
             Some(1000)
         );
         assert_eq!(parse_status_uid("Name:\tx\n"), None);
+        assert_eq!(parse_stat_state("42 (a) Z) Z 1 2"), Some('Z'));
+        assert_eq!(parse_stat_state("42 (sh) S 1 2"), Some('S'));
+        assert_eq!(parse_stat_state("42 (x"), None);
     }
 
     #[test]
@@ -148,6 +163,8 @@ mod tests {
         assert!(p.uid(me).is_some());
         assert!(p.ppid(me).is_some());
         assert!(p.exists(me));
+        assert!(!p.has_exited(me));
+        assert!(p.has_exited(u32::MAX));
         let gone = u32::MAX;
         assert!(p.environ(gone).is_err());
         assert!(p.arg0(gone).is_err());

@@ -28,17 +28,20 @@ pub fn tree_by_children(procfs: &Path, root: u32) -> Option<Vec<u32>> {
                 continue;
             };
             any_children_file = true;
-            out.extend(
-                text.split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok())
-                    .filter(|c| *c != root),
-            );
+            out.extend(parse_children(&text).filter(|c| *c != root));
         }
         if pid == root && !any_children_file {
             return None;
         }
     }
     Some(out)
+}
+
+/// The pids in a `/proc/<pid>/task/<tid>/children` file (space-separated);
+/// anything else is skipped.
+pub fn parse_children(text: &str) -> impl Iterator<Item = u32> + '_ {
+    text.split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
 }
 
 /// `root` and its descendants: [`tree_by_children`] where the kernel

@@ -128,6 +128,10 @@ pub enum Origin {
     /// A runtime moved the container's process `tgid` into it (Apptainer's
     /// limits or instance cgroup, runc, crun); apptheus only reads it.
     Runtime { tgid: u32 },
+    /// The cgroup member `member`'s starter ran in, where apptheus must not
+    /// create one of its own (a Slurm job's v1 memory cgroup): read only
+    /// while nothing but the container runs in it.
+    Shared { member: u64 },
 }
 
 /// One set of cgroup directories the container's tasks run in.

@@ -172,7 +172,10 @@ pub fn spawn(
 }
 
 fn hostname() -> Result<String, PushError> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map_err(PushError::Hostname)?;
+    let name = nix::unistd::gethostname()
+        .map_err(|e| PushError::Hostname(e.into()))?
+        .to_string_lossy()
+        .into_owned();
     let name = name.trim();
     if name.is_empty() {
         return Err(PushError::Hostname(std::io::Error::other(

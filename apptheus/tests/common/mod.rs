@@ -93,6 +93,12 @@ impl Agent {
     /// Starts the agent with `args` (plus a free port and a private socket
     /// path unless given) and waits until it is ready.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_wrapped(&[], args)
+    }
+
+    /// [`Agent::start`], the agent run by the command `wrapper` (which
+    /// must exec its last argument with the rest: e.g. `unshare -m ...`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         if !args.iter().any(|a| a.starts_with("--web.listen-address")) {
             all.push("--web.listen-address=127.0.0.1:0".into());
@@ -111,7 +117,15 @@ impl Agent {
                 sock_dir.path().join("gateway.sock").display()
             ));
         }
-        let mut child = Command::new(AGENT)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(AGENT);
+                c
+            }
+            None => Command::new(AGENT),
+        };
+        let mut child = command
             .args(&all)
             .arg("--log.level=debug")
             .stdin(Stdio::null())

@@ -85,6 +85,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     } else {
         o.kernels.clone()
     };
+    let lock = kernels::lock(&cache)?;
     let mut rows = Vec::new();
     for name in &names {
         if name == "host" {
@@ -100,6 +101,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         o.layouts.clone()
     };
     let busybox = kernels::busybox(&cache, false)?;
+    drop(lock);
     let initramfs = work.join("initramfs-bench.cpio");
     let args = ["bench", "--only", "placement", "--prebuilt", "--placements"]
         .iter()

@@ -9,6 +9,31 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+/// Held while kernels and busybox are looked up or fetched: the cache is
+/// shared by every checkout on the machine (and by concurrent runs).
+pub struct CacheLock {
+    /// The lock lives as long as the open file.
+    _file: std::fs::File,
+}
+
+/// Waits for, and takes, the cache's lock (released on drop).
+pub fn lock(cache: &Path) -> anyhow::Result<CacheLock> {
+    use std::os::fd::AsRawFd as _;
+    let path = cache.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(CacheLock { _file: file })
+}
+
 /// A bootable kernel.
 #[derive(Debug, Clone)]
 pub struct Kernel {

@@ -169,6 +169,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let build_secs = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
+    let lock = kernels::lock(&cache)?;
     let mut rows = Vec::new();
     let mut missing_host = None;
     for name in &kernel_names {
@@ -178,6 +179,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         }
     }
     let busybox = kernels::busybox(&cache, o.refresh)?;
+    drop(lock);
     let fetch_secs = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

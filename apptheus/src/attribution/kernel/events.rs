@@ -76,13 +76,17 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     }
 }
 
+/// Sees each kernel event before it is queued for the main loop.
+pub type Observer = Box<dyn Fn(&KernelEvent) + Send>;
+
 /// Reads the ring buffer until `tx` closes, waking on its descriptor.
-/// Launches and starts go to the cgroup warm-up first, straight from here
-/// (a busy main loop must not delay it); launches go nowhere else.
+/// Every event goes to `first` before anything else (the cgroup warm-up:
+/// a busy main loop must not delay it); a launcher's exec goes nowhere
+/// else.
 pub async fn read_events(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<KernelEvent>,
-    prewarm: Option<crate::cgroup::prewarm::Handle>,
+    first: Option<Observer>,
 ) -> std::io::Result<()> {
     // SAFETY: the RingBuf owns its map descriptor, which stays open and
     // unchanged until the RingBuf (owned by the AsyncFd) is dropped.
@@ -95,8 +99,8 @@ pub async fn read_events(
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(ev) => {
-                    if let Some(p) = &prewarm {
-                        p.observe(&ev);
+                    if let Some(f) = &first {
+                        f(&ev);
                     }
                     // A launcher's exec concerns the warm-up alone.
                     if !matches!(ev, KernelEvent::LauncherExec { .. }) {

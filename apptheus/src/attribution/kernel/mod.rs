@@ -34,6 +34,8 @@ pub struct Options {
     pub collectors: Collectors,
     /// Where cgroup2 is mounted (the network collector attaches to its root).
     pub cgroup2: Option<PathBuf>,
+    /// Where /proc is mounted (`kernel.pid_max` sizes a collector's table).
+    pub procfs: PathBuf,
 }
 
 /// The kernel object, built by build.rs from apptheus-ebpf.
@@ -149,7 +151,8 @@ impl Kernel {
             }
         }
         if wanted.contains(Collector::Runqlat) {
-            let pids = runq_pid_table_size(std::fs::read_to_string(PID_MAX).ok().as_deref());
+            let pid_max = std::fs::read_to_string(opts.procfs.join(PID_MAX)).ok();
+            let pids = runq_pid_table_size(pid_max.as_deref());
             tracing::debug!(
                 task_ids = pids,
                 "run-queue latency collector: task table sized to kernel.pid_max"
@@ -405,8 +408,8 @@ fn attach(
         .map_err(err)
 }
 
-/// Where the kernel's largest task id is set.
-const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+/// Where the kernel's largest task id is set, below /proc.
+const PID_MAX: &str = "sys/kernel/pid_max";
 
 /// Entries of the run-queue latency collector's task table, from the
 /// contents of /proc/sys/kernel/pid_max (task ids are below it): the

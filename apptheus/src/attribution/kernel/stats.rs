@@ -1,16 +1,9 @@
 //! The kernel's own run-time statistics of apptheus' programs
 //! (BPF_ENABLE_STATS, Linux 5.8+), for `--ebpf.stats`.
-use std::{os::fd::OwnedFd, time::Duration};
+use std::os::fd::OwnedFd;
 
 use super::Kernel;
-
-/// Cumulative cost of one program.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramStats {
-    pub program: String,
-    pub run_time: Duration,
-    pub runs: u64,
-}
+pub use crate::model::programs::ProgramStats;
 
 /// Turns on run-time accounting for every BPF program while the returned
 /// descriptor is open. It costs two clock reads per program run.

@@ -23,7 +23,7 @@
 //!
 //! Resources are bounded whatever local users do: see [`Limits`].
 
-mod limits;
+pub(crate) mod limits;
 mod listener;
 mod server;
 pub mod verify;
@@ -32,7 +32,8 @@ use std::path::PathBuf;
 
 use apptheus_common::FileId;
 
-pub use limits::{Limits, raise_fd_limit};
+pub use crate::host::limits::raise_fd_limit;
+pub use limits::Limits;
 pub use listener::{SocketListenerHandle, bind};
 pub use server::{serve, serve_with};
 

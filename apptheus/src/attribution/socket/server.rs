@@ -2,6 +2,7 @@
 use std::{
     io,
     os::fd::AsFd,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,10 +20,14 @@ use tokio::{
 
 use super::{
     ConnId, Limits, SocketEvent, SocketListenerHandle,
-    limits::{Backoff, LogThrottle, Refusal, Slot, Tracker, fd_limit},
+    limits::{Refusal, Slot, Tracker},
     verify::{Identified, NoHook, Peer, PeerCreds, VerifyError, identify},
 };
-use crate::{attribution::trust::TrustedSet, export::metrics::AgentMetrics};
+use crate::{
+    attribution::trust::TrustedSet,
+    export::metrics::AgentMetrics,
+    host::limits::{Backoff, LogThrottle, fd_limit},
+};
 
 /// Bytes a trusted peer may send before its reads are slowed down.
 const DRAIN_FREE_BYTES: u64 = 64 * 1024;
@@ -54,17 +59,19 @@ struct Shared {
     tracker: Arc<Tracker>,
     verify_slots: Arc<Semaphore>,
     logs: Throttles,
+    procfs: PathBuf,
 }
 
 /// Serves the monitoring socket with the default [`Limits`]; see
 /// [`serve_with`].
 pub async fn serve(
     listener: SocketListenerHandle,
+    procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,
     metrics: Arc<AgentMetrics>,
 ) {
-    serve_with(listener, Limits::default(), trusted, tx, metrics).await
+    serve_with(listener, Limits::default(), procfs, trusted, tx, metrics).await
 }
 
 /// Accepts connections until the receiver of `tx` is dropped (or this
@@ -73,10 +80,12 @@ pub async fn serve(
 /// `apptheus_socket_connections_total{result}`.
 ///
 /// On return, open connections are closed without `Disconnected` events
-/// and the socket file is removed.
+/// and the socket file is removed. Callers are identified through the
+/// /proc mounted at `procfs`.
 pub async fn serve_with(
     listener: SocketListenerHandle,
     limits: Limits,
+    procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,
     metrics: Arc<AgentMetrics>,
@@ -110,6 +119,7 @@ pub async fn serve_with(
             failed: LogThrottle::new(LOG_INTERVAL),
             accept: LogThrottle::new(LOG_INTERVAL),
         },
+        procfs,
     });
     let next_id = AtomicU64::new(1);
     // Dropping the set (when this future ends) aborts every connection
@@ -216,12 +226,13 @@ async fn verify(shared: &Shared, stream: &UnixStream, creds: PeerCreds) -> Outco
             Err(e) => return Outcome::Failed(e),
         };
         let set = shared.trusted.borrow().clone();
+        let procfs = shared.procfs.clone();
         // The permit and the pidfd go with the blocking work: if we time
         // out, they are released when it finishes, so stuck reads of /proc
         // can never hold more than `max_concurrent_verifications` threads.
         let blocking = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            identify(&peer, &set, &mut NoHook)
+            identify(&procfs, &peer, &set, &mut NoHook)
         });
         match blocking.await {
             Ok(Ok(id)) => Outcome::Identified(id),

@@ -182,14 +182,6 @@ pub struct Identified {
 /// afterwards (a live process keeps its pid, so everything read under
 /// `/proc/<pid>` in between was about it). Blocking: reads `/proc`.
 pub fn identify(
-    peer: &Peer,
-    trusted: &TrustedSet,
-    hook: &mut dyn VerifyHook,
-) -> Result<Identified, VerifyError> {
-    identify_in(Path::new("/proc"), peer, trusted, hook)
-}
-
-fn identify_in(
     proc: &Path,
     peer: &Peer,
     trusted: &TrustedSet,
@@ -378,13 +370,19 @@ mod tests {
             assert_eq!(c.pid, std::process::id());
             called += 1;
         };
-        let id = identify(&peer, &own_exe_set(), &mut hook).unwrap();
+        let id = identify(Path::new("/proc"), &peer, &own_exe_set(), &mut hook).unwrap();
         assert_eq!(called, 1);
         assert!(id.trusted);
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert_eq!(Some(id.start_time), parse_start_time(&stat));
 
-        let id = identify(&peer, &TrustedSet::default(), &mut NoHook).unwrap();
+        let id = identify(
+            Path::new("/proc"),
+            &peer,
+            &TrustedSet::default(),
+            &mut NoHook,
+        )
+        .unwrap();
         assert!(!id.trusted, "an empty set trusts nothing");
     }
 
@@ -414,7 +412,7 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let peer = Peer::from_socket(a.as_fd()).unwrap();
         let empty = tempfile::tempdir().unwrap();
-        let err = identify_in(empty.path(), &peer, &own_exe_set(), &mut NoHook).unwrap_err();
+        let err = identify(empty.path(), &peer, &own_exe_set(), &mut NoHook).unwrap_err();
         assert!(err.is_peer_gone(), "{err}");
     }
 }

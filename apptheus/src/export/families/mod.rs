@@ -109,7 +109,7 @@ fn info(snap: &Snapshot, v: &mut impl Visitor) {
     }
 }
 
-type ProgramValue = fn(&crate::attribution::kernel::stats::ProgramStats) -> f64;
+type ProgramValue = fn(&crate::model::programs::ProgramStats) -> f64;
 
 /// The kernel's statistics of our programs (`--ebpf.stats`).
 fn programs(snap: &Snapshot, v: &mut impl Visitor) {

@@ -1,14 +1,12 @@
 //! The HTTP endpoint: metrics, a landing page, health and readiness; TLS,
 //! basic authentication and extra headers from `--web.config.file`.
 use std::{
-    convert::Infallible,
     io::Write as _,
     net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -16,30 +14,25 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     header::{self, HeaderValue},
-    server::conn::http1,
-    service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
     export::{cadence::Reader, exposition, metrics::AgentMetrics},
+    host::limits::{Backoff, fd_limit},
     webconfig::{WebConfigHandle, watch::Active},
 };
 
-/// Connections served at once, per listener; more wait in the kernel's
-/// accept queue.
-const MAX_CONNECTIONS: usize = 64;
-/// A client must send its request headers within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// A whole connection, however slow, is closed after this.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
+mod conn;
+pub mod limits;
+
+pub(crate) use conn::serve_stream;
+pub use conn::{Connections, Cut, REFUSALS, REQUEST_REFUSALS};
+pub use limits::Limits;
+
+/// Connections the kernel queues for `accept`; the accept loop never
+/// stops, so this only absorbs bursts (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -60,6 +53,50 @@ pub struct Server {
     pub ready: Arc<AtomicBool>,
     /// `--web.config.file`, when given.
     pub web: Option<Arc<WebConfigHandle>>,
+    conns: Connections,
+}
+
+impl Server {
+    /// A server with the default [`Limits`], fitted under the descriptor
+    /// limit.
+    pub fn new(
+        metrics: Arc<AgentMetrics>,
+        telemetry_path: String,
+        ready: Arc<AtomicBool>,
+        web: Option<Arc<WebConfigHandle>>,
+    ) -> Self {
+        let limits = Limits::default();
+        let limits = match fd_limit().and_then(|soft| limits.fitted_to(soft).map(|l| (soft, l))) {
+            Some((soft, fitted)) => {
+                tracing::warn!(
+                    fd_limit = soft,
+                    max_connections = fitted.max_connections,
+                    "the descriptor limit is low: HTTP connections capped accordingly; raise LimitNOFILE"
+                );
+                fitted
+            }
+            None => limits,
+        };
+        Self::with_limits(metrics, telemetry_path, ready, web, limits)
+    }
+
+    /// A server with the given connection limits, as they are.
+    pub fn with_limits(
+        metrics: Arc<AgentMetrics>,
+        telemetry_path: String,
+        ready: Arc<AtomicBool>,
+        web: Option<Arc<WebConfigHandle>>,
+        limits: Limits,
+    ) -> Self {
+        let conns = Connections::new(limits, &metrics);
+        Self {
+            metrics,
+            telemetry_path,
+            ready,
+            web,
+            conns,
+        }
+    }
 }
 
 /// Parses a listen address the way Go does: ":9091" means every address.
@@ -90,17 +127,15 @@ pub fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
 /// Binds a listener; "every address" falls back to IPv4 only on hosts
 /// without IPv6.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
-    match TcpListener::bind(addr).await {
+    match listen(addr) {
         Ok(l) => Ok(l),
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
             let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
             tracing::debug!(error = %e, "IPv6 unavailable, listening on IPv4 only");
-            TcpListener::bind(v4)
-                .await
-                .map_err(|source| HttpError::Bind {
-                    addr: v4.to_string(),
-                    source,
-                })
+            listen(v4).map_err(|source| HttpError::Bind {
+                addr: v4.to_string(),
+                source,
+            })
         }
         Err(source) => Err(HttpError::Bind {
             addr: addr.to_string(),
@@ -109,119 +144,42 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     }
 }
 
-/// Serves connections on `listener` until the task is dropped.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Serves connections on `listener` until the task is dropped. Accepting
+/// never waits for a free slot: a connection beyond the limits is refused
+/// at once, or takes the slot of a heavier address's (see [`limits`]).
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Backoff::new();
     loop {
-        let permit = match limit.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => return,
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                backoff.reset();
+                conn::admit(&server, stream, peer);
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+                // EMFILE and friends last until something is closed: back
+                // off instead of spinning.
+                let delay = backoff.next_delay();
+                server.conns.accept_failed(&e, delay);
+                tokio::time::sleep(delay).await;
             }
-        };
-        let server = server.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = server.web.as_ref().and_then(|w| w.current().tls.clone());
-            let served = match tls {
-                None => {
-                    tokio::time::timeout(CONNECTION_TIMEOUT, serve_io(stream, server, peer)).await
-                }
-                Some(tls) => {
-                    tokio::time::timeout(CONNECTION_TIMEOUT, serve_tls(stream, tls, server, peer))
-                        .await
-                }
-            };
-            match served {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error")
-                }
-                Err(_) => tracing::debug!(%peer, "HTTP connection closed after the time limit"),
-            }
-        });
+        }
     }
-}
-
-/// What ended a connection early.
-#[derive(Debug, thiserror::Error)]
-enum ConnError {
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
-    #[error("TLS handshake: {0}")]
-    Handshake(std::io::Error),
-    #[error("no TLS handshake within {HEADER_TIMEOUT:?}")]
-    HandshakeTimeout,
-    #[error("plain HTTP sent to the TLS port")]
-    PlainHttp,
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-async fn serve_tls(
-    stream: TcpStream,
-    tls: Arc<rustls::ServerConfig>,
-    server: Arc<Server>,
-    peer: SocketAddr,
-) -> Result<(), ConnError> {
-    // Tell a plain-HTTP client what went wrong, as Go's servers do, rather
-    // than leaving it to make sense of a TLS alert.
-    let mut first = [0u8; 1];
-    let n = tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first))
-        .await
-        .map_err(|_| ConnError::HandshakeTimeout)??;
-    if n == 0 {
-        return Ok(());
-    }
-    if first[0] != TLS_HANDSHAKE {
-        let mut stream = stream;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.write_all(
-                b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
-            ),
-        )
-        .await;
-        let _ = stream.shutdown().await;
-        return Err(ConnError::PlainHttp);
-    }
-    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    let tls_stream = tokio::time::timeout(HEADER_TIMEOUT, accept)
-        .await
-        .map_err(|_| ConnError::HandshakeTimeout)?
-        .map_err(ConnError::Handshake)?;
-    serve_io(tls_stream, server, peer).await
-}
-
-async fn serve_io<I>(io: I, server: Arc<Server>, peer: SocketAddr) -> Result<(), ConnError>
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        let server = server.clone();
-        // Scrapes are told apart by address (sampling follows each reader).
-        req.extensions_mut().insert(Reader::Scrape(peer.ip()));
-        async move { Ok::<_, Infallible>(server.respond(&req).await) }
-    });
-    http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(io), svc)
-        .await?;
-    Ok(())
 }
 
 impl Server {
     /// Authentication, the route, and the configured extra headers.
-    async fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub(crate) async fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         let active: Option<Arc<Active>> = self.web.as_ref().map(|w| w.current());
         let mut response = match active.as_ref().and_then(|a| a.auth.as_ref()) {
             Some(auth) if !auth.check(req.headers().get(header::AUTHORIZATION)).await => {
@@ -414,12 +372,12 @@ mod tests {
     }
 
     fn server(ready: bool) -> Server {
-        Server {
-            metrics: AgentMetrics::new(),
-            telemetry_path: "/metrics".into(),
-            ready: Arc::new(AtomicBool::new(ready)),
-            web: None,
-        }
+        Server::new(
+            AgentMetrics::new(),
+            "/metrics".into(),
+            Arc::new(AtomicBool::new(ready)),
+            None,
+        )
     }
 
     fn get(s: &Server, path: &str, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {

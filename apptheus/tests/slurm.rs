@@ -1,0 +1,152 @@
+//! The agent under a real one-node Slurm (Debian's 22.05, cgroup plugin)
+//! running the real Apptainer in batch jobs: a container is labelled with
+//! the job Slurm put it in (from its cgroup path, not from a variable the
+//! job can set), even when it lives a second; the job's --mem still holds,
+//! the OOM kill is counted, and Slurm still tells that the job ran out of
+//! memory (its OOM accounting and clean-up untouched). Needs
+//! root, Slurm and the cached Apptainer root (`scripts/setup.sh --test`);
+//! otherwise SKIPPED (a failure under APPTHEUS_REQUIRE_PRIVILEGED=1).
+mod common;
+
+use std::time::Duration;
+
+use apptheus_testkit::{
+    apptainer::{As, Session},
+    or_skip, shell_quote,
+    slurm::{Cgroups, Cluster},
+    workload::{Report, Workload},
+};
+use common::{Agent, container_id, value};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A batch script that runs `w` in `image` with `apptainer exec` as the
+/// test user, after setting SLURM_JOB_ID to a lie (the job runs as root:
+/// entering the Apptainer root mounts file systems).
+fn job_script(s: &Session, image: &str, w: &Workload) -> String {
+    let exec = s.exec_command(As::User, image, &[], w);
+    let argv = s.argv(As::User, &exec).unwrap();
+    format!(
+        "#!/bin/sh\nexport SLURM_JOB_ID=999999\nexec {}\n",
+        shell_quote(&argv)
+    )
+}
+
+#[test]
+fn a_job_labels_its_containers_and_its_memory_limit_holds() {
+    let _serial = common::serial();
+    let Some(s) = or_skip(Session::start()).unwrap() else {
+        return;
+    };
+    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+        return;
+    };
+    let trust = format!("--trust.path={}", s.root().starter().display());
+    let agent = Agent::start(&[&trust]);
+    let image = s.build_image("job").unwrap();
+
+    // A container of a second, and one far beyond the job's --mem.
+    let short = cluster
+        .submit(
+            &job_script(
+                &s,
+                &image.inside,
+                &Workload::new()
+                    .cpu(Duration::from_millis(300))
+                    .touch_mib(32)
+                    .children(1),
+            ),
+            &["--mem=256M"],
+        )
+        .unwrap();
+    let job = cluster.wait(short, LIMIT).unwrap();
+    let out = job.stdout().unwrap();
+    assert_eq!(job.state, "COMPLETED", "{out}\n{job:?}");
+    let report = Report::parse(&out).unwrap();
+    let job_cgroup = cluster.job_cgroup(&job, 0);
+    match cluster.cgroups() {
+        Cgroups::V1 => {
+            // Slurm's memory cgroup, with no child of the agent's below it
+            // (Slurm counts OOM kills there); the agent's own in cpuacct.
+            let memory = report.cgroup("memory").unwrap();
+            assert!(
+                memory.starts_with(&format!("{job_cgroup}/")) && !memory.contains("/apptheus-"),
+                "the workload ran in memory cgroup {memory}"
+            );
+            let cpu = report.cgroup("cpuacct").unwrap();
+            assert!(
+                cpu.contains("/apptheus-"),
+                "the workload ran in cpuacct {cpu}"
+            );
+        }
+        _ => {
+            let unified = report.cgroup("").unwrap();
+            assert!(
+                unified.starts_with(&format!("{job_cgroup}/")),
+                "the workload ran in {unified}"
+            );
+        }
+    }
+    let id = {
+        let mut id = None;
+        agent.wait_for(LIMIT, "the job's container", || {
+            id = container_id(&agent.metrics(), "slurm_job_id", &short.to_string());
+            id.is_some()
+        });
+        id.unwrap()
+    };
+    let m = agent.metrics();
+    let info = m
+        .lines()
+        .find(|l| l.starts_with("apptheus_container_info{") && l.contains(&id))
+        .unwrap();
+    assert!(
+        info.contains(&format!("image=\"{}\"", image.inside)),
+        "{info}"
+    );
+    assert!(!m.contains("slurm_job_id=\"999999\""), "{m}");
+    // Its memory comes from the job's cgroup, which held nothing else.
+    let peak = value(
+        &m,
+        "apptheus_container_memory_max_usage_bytes",
+        &[("container_id", &id)],
+    );
+    assert!(
+        peak.is_some_and(|p| p >= (32u64 << 20) as f64),
+        "peak {peak:?} for 32 MiB touched\n{}",
+        agent.log_text()
+    );
+
+    let big = cluster
+        .submit(
+            &job_script(&s, &image.inside, &Workload::new().touch_mib(512)),
+            &["--mem=64M"],
+        )
+        .unwrap();
+    let job = cluster.wait(big, LIMIT).unwrap();
+    let out = job.stdout().unwrap();
+    assert_eq!(
+        job.state,
+        "OUT_OF_MEMORY",
+        "{out}\n{job:?}\n{}\n{}",
+        cluster.logs(),
+        agent.log_text()
+    );
+    let mut id = None;
+    agent.wait_for(LIMIT, "the second job's container", || {
+        id = container_id(&agent.metrics(), "slurm_job_id", &big.to_string());
+        id.is_some()
+    });
+    let id = id.unwrap();
+    let mut kills = None;
+    agent.wait_for(LIMIT, "its OOM kill", || {
+        kills = value(
+            &agent.metrics(),
+            "apptheus_container_memory_oom_kills_total",
+            &[("container_id", &id)],
+        )
+        .filter(|k| *k >= 1.0);
+        kills.is_some()
+    });
+    cluster.stop().unwrap();
+}
