@@ -6,9 +6,9 @@
 #   scripts/setup.sh --test     also what the test suite starts for real
 #                               (Prometheus, Pushgateway, crun, runc, stress-ng,
 #                               Slurm and munge, the real Apptainer in a cached
-#                               Debian root, a test user), cargo-fuzz
-#                               (scripts/fuzz.sh) and what --package
-#                               installs
+#                               Debian root, a test user, cAdvisor for the
+#                               benchmark), cargo-fuzz (scripts/fuzz.sh) and
+#                               what --package installs
 #   scripts/setup.sh --package  also what `cargo xtask package` and its test
 #                               need (cargo-deb, dpkg-dev, debootstrap,
 #                               systemd-nspawn)
@@ -168,6 +168,11 @@ if [ "$want_test" = 1 ]; then
       --shell /usr/sbin/nologin --comment "apptheus tests" "$TEST_USER"
   fi
   "$repo/scripts/apptainer-root.sh" "$TEST_USER"
+fi
+
+# --- cAdvisor, the peer `cargo xtask bench` runs beside the agent (--test) ---
+if [ "$want_test" = 1 ]; then
+  "$repo/scripts/cadvisor.sh" >/dev/null
 fi
 
 log "ready: Rust $TOOLCHAIN, bpf-linker $BPF_LINKER_VERSION (LLVM $LLVM_MAJOR)"

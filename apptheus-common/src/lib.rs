@@ -10,8 +10,9 @@ pub const MAX_TRUSTED_FILES: u32 = 256;
 pub const MAX_TASKS: u32 = 262_144;
 /// Containers alive (or exited, awaiting their final sample) at one time.
 pub const MAX_CONTAINERS: u32 = 16_384;
-/// Containers with a run-queue latency histogram at one time (a per-CPU,
-/// preallocated map: 192 bytes per container and CPU).
+/// Containers (starter runs) with a run-queue latency histogram at one
+/// time: the slots of [`MAP_RUNQ`] (a per-CPU array: 192 bytes per slot
+/// and CPU), numbered from 1.
 pub const MAX_RUNQ_CONTAINERS: u32 = 1024;
 /// Size of the event ring buffer. An event is 136 bytes (+8 header), so
 /// this holds about 7,000 events between two reads.
@@ -36,16 +37,23 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_STATS: &str = "STATS";
 /// Name of the global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
-/// Name of the per-CPU map from container id to its run-queue latency
-/// histogram ([`RunqHistogram`]).
+/// Name of the per-CPU array of run-queue latency histograms
+/// ([`RunqHistogram`]), indexed by container slot (1 to
+/// [`MAX_RUNQ_CONTAINERS`]; index 0 is unused).
 pub const MAP_RUNQ: &str = "RUNQ";
+/// Name of the map from container id to its run-queue latency slot (a
+/// `u32`), written by user space when it learns of the container; the
+/// switch program resolves a task's [`RUNQ_SLOT_UNRESOLVED`] through it.
+/// [`RUNQ_SLOT_NONE`] there: no slot was free.
+pub const MAP_RUNQ_SLOTS: &str = "RUNQ_SLOTS";
 /// Name of the map from cgroup2 id (the inode of the container's cgroup2
 /// directory) to container id (network collector).
 pub const MAP_CGROUPS: &str = "CGROUPS";
-/// Name of the array marking which task ids (a thread's pid) belong to a
-/// container, one byte per task id, eight to an element (run-queue latency
-/// collector: the one lookup every context switch on the node pays).
-pub const MAP_RUNQ_PIDS: &str = "RUNQ_PIDS";
+/// Name of the array of run-queue latency entries, one `u64` per task id
+/// ([`runq_entry`]: the task's container slot and its run delay as last
+/// seen): the one lookup every context switch on the node pays is an
+/// index, not a hash.
+pub const MAP_RUNQ_TASKS: &str = "RUNQ_TASKS";
 /// Name of the map of watched processes: thread-group id -> container id.
 /// User space adds a process whose exit must be reported
 /// ([`EventKind::WatchedExit`]): one a runtime moved into a cgroup of its
@@ -62,34 +70,45 @@ pub const START_ARGS_LEN: usize = 64;
 /// instance or a helper run, rather than replacing itself with it).
 pub const START_PARENT_LAUNCHER: u32 = 1;
 
-/// Task ids that `RUNQ_PIDS` can hold: the kernel's PID_MAX_LIMIT on 64-bit
-/// machines (`kernel.pid_max` can be raised to it, not beyond).
-pub const MAX_RUNQ_PIDS: u32 = 4_194_304;
+/// Task ids that `RUNQ_TASKS` can hold: the kernel's PID_MAX_LIMIT on
+/// 64-bit machines (`kernel.pid_max` can be raised to it, not beyond).
+pub const MAX_RUNQ_TASKS: u32 = 4_194_304;
 
-/// The `RUNQ_PIDS` element holding task `tid`'s byte.
+/// A `RUNQ_TASKS` entry's slot: the task is in no container (or its
+/// container has no histogram).
+pub const RUNQ_SLOT_NONE: u32 = 0;
+/// A `RUNQ_TASKS` entry's slot: the task is a container's, whose slot is
+/// looked up in `RUNQ_SLOTS` at its next switch (its container started
+/// before user space gave it a slot).
+pub const RUNQ_SLOT_UNRESOLVED: u32 = 0xffff;
+/// Bits of a `RUNQ_TASKS` entry holding the run delay last seen (ns; the
+/// entry's low bits, counted modulo 2^48: 78 hours between two waits of
+/// one task).
+pub const RUNQ_SEEN_BITS: u32 = 48;
+const RUNQ_SEEN_MASK: u64 = (1 << RUNQ_SEEN_BITS) - 1;
+/// The run delay last seen is unknown (a task adopted, or exec'd in).
+pub const RUNQ_SEEN_UNKNOWN: u64 = RUNQ_SEEN_MASK;
+
+// A slot fits in an entry, below the unresolved mark.
+const _: () = assert!(MAX_RUNQ_CONTAINERS < RUNQ_SLOT_UNRESOLVED);
+
+/// A `RUNQ_TASKS` entry: container slot (16 bits) and run delay last seen
+/// (48 bits, or [`RUNQ_SEEN_UNKNOWN`]).
 #[inline(always)]
-pub const fn runq_pids_element(tid: u32) -> u32 {
-    tid >> 3
+pub const fn runq_entry(slot: u32, seen: u64) -> u64 {
+    ((slot as u64 & 0xffff) << RUNQ_SEEN_BITS) | (seen & RUNQ_SEEN_MASK)
 }
 
-/// Which byte of its element (in memory order) is task `tid`'s.
+/// The slot of a `RUNQ_TASKS` entry.
 #[inline(always)]
-pub const fn runq_pids_byte(tid: u32) -> u32 {
-    tid & 7
+pub const fn runq_entry_slot(entry: u64) -> u32 {
+    (entry >> RUNQ_SEEN_BITS) as u32
 }
 
-/// Whether task `tid` is marked in its `RUNQ_PIDS` element `word`, read as
-/// a little-endian u64 (the order BPF and x86 share).
+/// The run delay last seen of a `RUNQ_TASKS` entry (48 bits).
 #[inline(always)]
-pub const fn runq_pids_marked(word: u64, tid: u32) -> bool {
-    (word >> (runq_pids_byte(tid) * 8)) & 0xff != 0
-}
-
-/// `word` with task `tid`'s byte set to 1 or 0, the others untouched.
-#[inline(always)]
-pub const fn runq_pids_mark(word: u64, tid: u32, in_container: bool) -> u64 {
-    let shift = runq_pids_byte(tid) * 8;
-    (word & !(0xff << shift)) | ((in_container as u64) << shift)
+pub const fn runq_entry_seen(entry: u64) -> u64 {
+    entry & RUNQ_SEEN_MASK
 }
 
 /// Identity of an executable file: the device of its filesystem, in the
@@ -115,11 +134,9 @@ pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
 pub struct TaskEntry {
     /// Container id (the `CONTAINERS` key).
     pub container: u64,
-    /// Run-queue latency collector: the task's `sched_info.run_delay` (the
-    /// kernel's total of its waits, ns) as of its last observed wait, or
-    /// [`RUN_DELAY_UNKNOWN`]. A wait the kernel accounted in pieces (the
-    /// task was moved to another CPU's queue while waiting) is the growth
-    /// since then.
+    /// Not read any more: the run-queue latency collector keeps a task's
+    /// run delay in `RUNQ_TASKS` ([`runq_entry`]). Kept so that the map's
+    /// layout stays; written as [`RUN_DELAY_UNKNOWN`] or 0.
     pub run_delay_seen: u64,
 }
 const _: () = assert!(core::mem::size_of::<TaskEntry>() == 16);
@@ -357,23 +374,24 @@ pub struct RunqHistogram {
 const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 192);
 
 /// One observed run-queue wait of a task being switched in, and the
-/// task's new [`TaskEntry::run_delay_seen`]. `last_piece` is the run
-/// queue's clock minus `sched_info.last_queued`, `run_delay` the task's
-/// `sched_info.run_delay` before the kernel adds `last_piece` to it, and
-/// `seen` its value after the previous observed wait (or
-/// [`RUN_DELAY_UNKNOWN`]): what the kernel added in between is the earlier
-/// pieces of this wait (accounted when the task was moved off another
-/// CPU's queue).
+/// task's new run delay last seen (48 bits, for its [`runq_entry`]).
+/// `last_piece` is the run queue's clock minus `sched_info.last_queued`,
+/// `run_delay` the task's `sched_info.run_delay` before the kernel adds
+/// `last_piece` to it, and `seen` its low 48 bits after the previous
+/// observed wait (or [`RUNQ_SEEN_UNKNOWN`]): what the kernel added in
+/// between is the earlier pieces of this wait (accounted when the task was
+/// moved off another CPU's queue).
 #[inline(always)]
 pub const fn runq_wait(last_piece: u64, run_delay: u64, seen: u64) -> (u64, u64) {
-    let earlier = if seen == RUN_DELAY_UNKNOWN {
+    let earlier = if seen == RUNQ_SEEN_UNKNOWN {
         0
     } else {
-        run_delay.saturating_sub(seen)
+        // Modulo 2^48: a wrap of the low bits in between is no wait.
+        run_delay.wrapping_sub(seen) & RUNQ_SEEN_MASK
     };
     (
         earlier.saturating_add(last_piece),
-        run_delay.saturating_add(last_piece),
+        run_delay.wrapping_add(last_piece) & RUNQ_SEEN_MASK,
     )
 }
 
@@ -462,35 +480,34 @@ mod tests {
 
     #[test]
     fn runq_wait_adds_the_pieces_accounted_at_a_move() {
-        // A task that has waited 100 ns before, now waits 30 ns: 30.
+        // Queued once: the last piece is the whole wait.
         assert_eq!(runq_wait(30, 100, 100), (30, 130));
-        // Moved while waiting: 20 ns accounted on the old CPU's queue,
-        // then 30 on this one: one wait of 50.
+        // Moved once while waiting: 20 ns were accounted at the move.
         assert_eq!(runq_wait(30, 120, 100), (50, 150));
-        // Unknown history (attributed at exec, adopted): the last piece.
-        assert_eq!(runq_wait(30, 5_000, RUN_DELAY_UNKNOWN), (30, 5_030));
-        // A run_delay below what was seen (not the kernel's doing, but no
-        // underflow): the last piece.
-        assert_eq!(runq_wait(30, 90, 100), (30, 120));
-        // The following wait starts from what this one left.
+        // Unknown history: the last piece only.
+        assert_eq!(runq_wait(30, 5_000, RUNQ_SEEN_UNKNOWN), (30, 5_030));
         let (_, seen) = runq_wait(30, 120, 100);
         assert_eq!(runq_wait(10, seen, seen), (10, 160));
+        // The low 48 bits wrap: still the difference.
+        let big = (1u64 << RUNQ_SEEN_BITS) + 5;
+        let seen = (1u64 << RUNQ_SEEN_BITS) - 15;
+        assert_eq!(runq_wait(30, big, seen), (50, 35));
     }
 
     #[test]
-    fn runq_pid_bytes_are_set_and_cleared_alone() {
-        let w = runq_pids_mark(0, 8, true);
-        assert_eq!(w, 1);
-        let w = runq_pids_mark(w, 15, true);
-        assert_eq!(w, 1 | 1 << 56);
-        // Task 8k+7 is the last byte of element k in memory.
-        assert_eq!(runq_pids_element(15), 1);
-        assert_eq!(w.to_le_bytes()[runq_pids_byte(15) as usize], 1);
-        assert!(runq_pids_marked(w, 15) && runq_pids_marked(w, 8));
-        assert!(!runq_pids_marked(w, 9));
-        assert_eq!(runq_pids_mark(w, 8, false), 1 << 56);
-        assert_eq!(runq_pids_mark(u64::MAX, 3, false), !(0xff << 24));
-        assert_eq!(runq_pids_mark(u64::MAX, 3, true), !(0xfe << 24));
+    fn runq_entries_hold_a_slot_and_a_run_delay() {
+        let e = runq_entry(7, 123_456);
+        assert_eq!(runq_entry_slot(e), 7);
+        assert_eq!(runq_entry_seen(e), 123_456);
+        let e = runq_entry(RUNQ_SLOT_UNRESOLVED, RUNQ_SEEN_UNKNOWN);
+        assert_eq!(runq_entry_slot(e), RUNQ_SLOT_UNRESOLVED);
+        assert_eq!(runq_entry_seen(e), RUNQ_SEEN_UNKNOWN);
+        // The run delay is kept modulo 2^48.
+        assert_eq!(
+            runq_entry_seen(runq_entry(1, u64::MAX - 1)),
+            RUNQ_SEEN_UNKNOWN - 1
+        );
+        assert_eq!(runq_entry(RUNQ_SLOT_NONE, 99), 99);
     }
 
     #[test]

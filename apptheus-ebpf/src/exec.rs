@@ -2,8 +2,8 @@
 //! executed file, and start a container for it; report the exec of a
 //! trusted launcher (Apptainer's command-line tool).
 use apptheus_common::{
-    ContainerState, Event, EventKind, FileId, RUN_DELAY_UNKNOWN, START_PARENT_LAUNCHER, Stat,
-    TRUST_LAUNCHER,
+    ContainerState, Event, EventKind, FileId, RUN_DELAY_UNKNOWN, RUNQ_SLOT_UNRESOLVED,
+    START_PARENT_LAUNCHER, Stat, TRUST_LAUNCHER,
 };
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -17,7 +17,8 @@ use aya_ebpf::{
 
 use crate::{
     kernel::{
-        atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at, unattribute,
+        atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at, runq_slot_of,
+        unattribute,
     },
     maps::{CONTAINERS, TRUSTED},
 };
@@ -41,8 +42,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     if old_pid != tid
         && let Some(cid) = container_of(old_pid)
     {
+        let slot = runq_slot_of(old_pid);
         unattribute(old_pid);
-        let _ = attribute(tid, cid, RUN_DELAY_UNKNOWN);
+        let _ = attribute(tid, cid, RUN_DELAY_UNKNOWN, slot);
     }
 
     // Already in a container: a nested starter stays part of the outer one.
@@ -99,7 +101,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         bump(Stat::ContainersMapFull);
         return Ok(());
     }
-    if attribute(tid, cid, RUN_DELAY_UNKNOWN).is_err() {
+    if attribute(tid, cid, RUN_DELAY_UNKNOWN, RUNQ_SLOT_UNRESOLVED).is_err() {
         bump(Stat::TasksMapFull);
         state.live_tasks = 0;
         state.exited = 1;

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, attribute, bump, config, container_of, read_at},
+    kernel::{atomic_add, attribute, bump, config, container_of, read_at, runq_slot_of},
     maps::CONTAINERS,
 };
 
@@ -31,7 +31,7 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
 
     // A new task has waited for nothing yet (the scheduler zeroes its
     // sched_info at fork).
-    if attribute(child_pid, cid, 0).is_err() {
+    if attribute(child_pid, cid, 0, runq_slot_of(parent_tid)).is_err() {
         bump(Stat::TasksMapFull);
         return Ok(());
     }

@@ -1,12 +1,13 @@
 //! Small helpers over the kernel's interfaces: reading struct fields at
 //! offsets resolved from BTF, atomic counters, and events.
 use apptheus_common::{
-    Config, Event, Stat, TaskEntry, runq_pids_byte, runq_pids_element, runq_pids_marked,
+    Config, Event, RUN_DELAY_UNKNOWN, RUNQ_SEEN_UNKNOWN, RUNQ_SLOT_NONE, RUNQ_SLOT_UNRESOLVED,
+    Stat, TaskEntry, runq_entry, runq_entry_slot,
 };
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{CONFIG, EVENTS, RUNQ_PIDS, STATS, TASKS};
+use crate::maps::{CONFIG, EVENTS, RUNQ_TASKS, STATS, TASKS};
 
 /// The configuration user space handed in.
 #[inline(always)]
@@ -39,15 +40,21 @@ pub fn container_of(tid: u32) -> Option<u64> {
 
 /// Attributes task `tid` to container `cid`. `run_delay_seen` is the
 /// task's run-queue delay so far when known (0 for a new task), else
-/// `RUN_DELAY_UNKNOWN`.
+/// `RUN_DELAY_UNKNOWN`; `slot` its container's run-queue latency slot
+/// (that of the task it was forked from), or `RUNQ_SLOT_UNRESOLVED`.
 #[inline(always)]
-pub fn attribute(tid: u32, cid: u64, run_delay_seen: u64) -> Result<(), i32> {
+pub fn attribute(tid: u32, cid: u64, run_delay_seen: u64, slot: u32) -> Result<(), i32> {
     let entry = TaskEntry {
         container: cid,
         run_delay_seen,
     };
     TASKS.insert(&tid, &entry, 0)?;
-    set_runq_pid(tid, true);
+    let seen = if run_delay_seen == RUN_DELAY_UNKNOWN {
+        RUNQ_SEEN_UNKNOWN
+    } else {
+        run_delay_seen
+    };
+    set_runq_entry(tid, runq_entry(slot, seen));
     Ok(())
 }
 
@@ -55,33 +62,27 @@ pub fn attribute(tid: u32, cid: u64, run_delay_seen: u64) -> Result<(), i32> {
 #[inline(always)]
 pub fn unattribute(tid: u32) {
     let _ = TASKS.remove(&tid);
-    set_runq_pid(tid, false);
+    set_runq_entry(tid, runq_entry(RUNQ_SLOT_NONE, 0));
 }
 
-/// Marks `tid` as a container's task (or not) in the run-queue latency
-/// collector's table; nothing when the table is off (one element) or `tid`
-/// lies past its end.
+/// Sets task `tid`'s entry in the run-queue latency collector's table;
+/// nothing when the table is off (one element) or `tid` lies past its end.
 #[inline(always)]
-fn set_runq_pid(tid: u32, in_container: bool) {
-    if let Some(word) = RUNQ_PIDS.get_ptr_mut(runq_pids_element(tid)) {
-        // SAFETY: word points to a live 8-byte array element; a byte store
-        // inside it leaves the other seven tasks' bytes alone.
-        unsafe {
-            core::ptr::write_volatile(
-                (word as *mut u8).wrapping_add(runq_pids_byte(tid) as usize),
-                u8::from(in_container),
-            )
-        };
+fn set_runq_entry(tid: u32, entry: u64) {
+    if let Some(e) = RUNQ_TASKS.get_ptr_mut(tid) {
+        // SAFETY: e points to a live 8-byte array element of task `tid`.
+        unsafe { core::ptr::write_volatile(e, entry) };
     }
 }
 
-/// Whether task `tid` is a container's according to the run-queue latency
-/// collector's table; None when `tid` lies past its end.
+/// The run-queue latency slot of task `tid`'s container, for a task
+/// forked from it: unresolved when it has none yet.
 #[inline(always)]
-pub fn runq_pid(tid: u32) -> Option<bool> {
-    RUNQ_PIDS
-        .get(runq_pids_element(tid))
-        .map(|&word| runq_pids_marked(word, tid))
+pub fn runq_slot_of(tid: u32) -> u32 {
+    match RUNQ_TASKS.get(tid).map(|e| runq_entry_slot(*e)) {
+        Some(RUNQ_SLOT_NONE) | None => RUNQ_SLOT_UNRESOLVED,
+        Some(slot) => slot,
+    }
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.

@@ -5,7 +5,7 @@ use apptheus_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 
 /// The trusted starters, by file identity. Written only by user space.
@@ -28,19 +28,25 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
-/// Run-queue latency collector: container id -> histogram, per CPU.
+/// Run-queue latency collector: a histogram per container slot, per CPU
+/// (slot 0 unused).
 #[map]
-pub static RUNQ: PerCpuHashMap<u64, RunqHistogram> =
-    PerCpuHashMap::with_max_entries(MAX_RUNQ_CONTAINERS, 0);
+pub static RUNQ: PerCpuArray<RunqHistogram> =
+    PerCpuArray::with_max_entries(MAX_RUNQ_CONTAINERS + 1, 0);
 
-/// Run-queue latency collector: which task ids belong to a container, one
-/// byte each (non-zero: in a container), eight to an element, so that the
-/// lookup every context switch on the node pays is an index, not a hash.
-/// User space sizes it to `kernel.pid_max` when the collector is on and to
-/// one element when it is off; a task id past its end is looked up in
-/// `TASKS` instead.
+/// Run-queue latency collector: container id -> its slot, written by user
+/// space when it learns of the container.
 #[map]
-pub static RUNQ_PIDS: Array<u64> = Array::with_max_entries(1, 0);
+pub static RUNQ_SLOTS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_RUNQ_CONTAINERS, 0);
+
+/// Run-queue latency collector: per task id, its container's slot and its
+/// run delay last seen (`apptheus_common::runq_entry`), so that the lookup
+/// every context switch on the node pays is an index, not a hash, and a
+/// container's task needs no other. User space sizes it to
+/// `kernel.pid_max` when the collector is on and to one element when it
+/// is off; a task id past its end is not observed.
+#[map]
+pub static RUNQ_TASKS: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Network collector: cgroup2 id of a container's cgroup -> container id.
 /// Written only by user space, when it places a container.

@@ -6,17 +6,28 @@
 //! clock when the task was queued, set by the scheduler on every wakeup and
 //! preemption) subtracted from the run queue's clock now. This tracepoint
 //! fires just before the kernel does the same subtraction for the task's
-//! `run_delay` (/proc/<pid>/schedstat), so no wakeup hook is needed, and
-//! the one program costs every other context switch on the node one array
-//! lookup. A task moved to another CPU's queue while waiting has the
-//! earlier part of its wait already in `run_delay`; the growth of
-//! `run_delay` since the task's last observed wait adds it back.
-use apptheus_common::{RunqHistogram, Stat, runq_slot, runq_wait};
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::btf_tracepoint, programs::BtfTracePointContext};
+//! `run_delay` (/proc/<pid>/schedstat), so no wakeup hook is needed. A task
+//! moved to another CPU's queue while waiting has the earlier part of its
+//! wait already in `run_delay`; the growth of `run_delay` since the task's
+//! last observed wait adds it back.
+//!
+//! What every context switch on the node pays is one array element, read
+//! by index: the next task's `RUNQ_TASKS` entry, which for a task in no
+//! container is zero. A container's task finds there its container's slot
+//! and its run delay last seen, and its histogram is this CPU's element of
+//! a per-CPU array at that slot: no hash lookup on the way. Only a task
+//! whose container started before user space gave it a slot looks the
+//! slot up (in `TASKS`, then `RUNQ_SLOTS`), once it has one, and then never
+//! again.
+use apptheus_common::{
+    RUNQ_SLOT_NONE, RUNQ_SLOT_UNRESOLVED, Stat, runq_entry, runq_entry_seen, runq_entry_slot,
+    runq_slot, runq_wait,
+};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    kernel::{bump, config, offset, runq_pid},
-    maps::{RUNQ, TASKS},
+    kernel::{bump, config, container_of, offset},
+    maps::{RUNQ, RUNQ_SLOTS, RUNQ_TASKS},
 };
 
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next)
@@ -44,66 +55,80 @@ fn try_switch(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let next: *const u8 = ctx.arg(2);
     let pid: i32 = field(next, offset!(task_pid));
     let pid = pid as u32;
-    // The filter: a task id past the table (kernel.pid_max raised after
-    // the agent started) goes on to the attribution map's lookup.
-    if runq_pid(pid) == Some(false) {
-        return Ok(());
-    }
-    let Some(entry) = TASKS.get_ptr_mut(&pid) else {
+    let Some(entry) = RUNQ_TASKS.get_ptr_mut(pid) else {
         return Ok(());
     };
-    let off = config().offsets;
-    let queued: u64 = field(next, off.task_last_queued);
-    if queued == 0 {
-        // Not queued by the scheduler since it last ran.
+    // SAFETY: entry points to a live array element; the task is being
+    // switched in on this CPU, so nothing else writes its element now
+    // (fork writes a child's before it first runs, exit the task's own).
+    let e = unsafe { core::ptr::read_volatile(entry) };
+    let mut slot = runq_entry_slot(e);
+    if slot == RUNQ_SLOT_NONE {
         return Ok(());
     }
+    if slot == RUNQ_SLOT_UNRESOLVED {
+        slot = resolve(pid);
+        if slot == RUNQ_SLOT_UNRESOLVED {
+            return Ok(());
+        }
+    }
+    let off = config().offsets;
+    let queued: u64 = field(next, off.task_last_queued);
     let cfs_rq: *const u8 = field(next, off.task_cfs_rq);
     let rq: *const u8 = field(cfs_rq, off.cfs_rq_rq);
     let clock: u64 = field(rq, off.rq_clock);
     let run_delay: u64 = field(next, off.task_run_delay);
-    // SAFETY: entry points into a live map value; the task is being
-    // switched in on this CPU only, so nothing else writes its entry.
-    let (cid, seen) = unsafe { ((*entry).container, (*entry).run_delay_seen) };
-    let (wait, seen) = runq_wait(clock.saturating_sub(queued), run_delay, seen);
+    if queued == 0 {
+        // Not queued by the scheduler since it last ran.
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(entry, runq_entry(slot, runq_entry_seen(e))) };
+        return Ok(());
+    }
+    let (wait, seen) = runq_wait(clock.saturating_sub(queued), run_delay, runq_entry_seen(e));
     // SAFETY: as above.
-    unsafe { (*entry).run_delay_seen = seen };
-    observe(cid, wait);
+    unsafe { core::ptr::write_volatile(entry, runq_entry(slot, seen)) };
+    if slot != RUNQ_SLOT_NONE {
+        observe(slot, wait);
+    }
     Ok(())
 }
 
-fn observe(cid: u64, ns: u64) {
-    let hist = match RUNQ.get_ptr_mut(&cid) {
-        Some(h) => h,
-        None => {
-            // First observation of this container on any CPU creates the
-            // entry (for every CPU); another CPU may have just done so.
-            let _ = RUNQ.insert(&cid, &RunqHistogram::default(), BPF_NOEXIST as u64);
-            match RUNQ.get_ptr_mut(&cid) {
-                Some(h) => h,
-                None => {
-                    bump(Stat::RunqMapFull);
-                    return;
-                }
-            }
-        }
+/// The slot of task `pid`'s container, from the map user space writes; the
+/// slot stays unresolved while it has written none.
+#[inline(never)]
+fn resolve(pid: u32) -> u32 {
+    let Some(cid) = container_of(pid) else {
+        return RUNQ_SLOT_NONE;
     };
-    let slot = runq_slot(ns);
-    // SAFETY: hist points at this CPU's copy of a live map value; only this
-    // CPU writes it, and sched_switch runs with interrupts off, so nothing
-    // interleaves on this CPU.
+    // SAFETY: a u32 value, copied out at once.
+    match unsafe { RUNQ_SLOTS.get(&cid) } {
+        Some(&slot) => slot,
+        None => RUNQ_SLOT_UNRESOLVED,
+    }
+}
+
+fn observe(slot: u32, ns: u64) {
+    let Some(hist) = RUNQ.get_ptr_mut(slot) else {
+        bump(Stat::RunqMapFull);
+        return;
+    };
+    let i = runq_slot(ns);
+    // SAFETY: hist points at this CPU's element of a per-CPU array; only
+    // this CPU writes it, and sched_switch runs with interrupts off, so
+    // nothing interleaves on this CPU.
     unsafe {
-        if let Some(n) = (*hist).slots.get_mut(slot) {
+        if let Some(n) = (*hist).slots.get_mut(i) {
             *n += 1;
         }
         (*hist).sum_ns += ns;
     }
 }
 
-/// For the benchmark only (`scripts/bench-kernel-collectors.sh`, through
-/// `examples/switch_baseline.rs`; the agent never loads it): the same hook
-/// with nothing behind it, so that what any program on `sched_switch`
-/// costs is measured apart from what `apptheus_switch` does.
+/// For the benchmark only (`cargo xtask bench` and
+/// `scripts/bench-kernel-collectors.sh`, through `examples/switch_baseline.rs`;
+/// the agent never loads it): the same hook with nothing behind it, so that
+/// what any program on `sched_switch` costs is measured apart from what
+/// `apptheus_switch` does.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn apptheus_switch_baseline(_ctx: BtfTracePointContext) -> i32 {
     0

@@ -44,16 +44,15 @@ pub mod kernel {
     pub use crate::attribution::kernel::Kernel;
 }
 
-/// The exposition of containers' statistics (the metric catalogue test).
+/// The metric catalogue (docs, dashboards and rules are checked against
+/// it) and the exposition of containers' statistics.
 pub mod export {
     pub use crate::export::{
-        families::{Families, build, cgroup::add as add_cgroup, program_stats},
+        catalogue::{ALL as CATALOGUE, Kind, Metric, find},
+        exposition::Format,
         metrics::AgentMetrics,
+        protos::families,
+        snapshot::{Info, Row, Snapshot},
     };
-    pub use crate::model::programs::ProgramStats;
-    pub use crate::model::{
-        container::{Container, FsCounters, KernelCounters, NetCounters, Origin, Part},
-        metadata::Metadata,
-        registry::Registry,
-    };
+    pub use crate::model::container::{FsCounters, KernelCounters, NetCounters, Sample};
 }

@@ -9,7 +9,7 @@ use std::{
 
 use apptheus::testing::{
     cgroup::{self as stats, BlkioDevice, CgroupStats, ContainerCgroups, StatWarning},
-    export::{Families, add_cgroup},
+    export::{Row, Sample, Snapshot, families},
 };
 
 fn fixtures() -> PathBuf {
@@ -374,9 +374,21 @@ fn working_set_floors_at_zero_and_devices_are_capped() {
 #[test]
 fn families_leave_out_what_the_host_cannot_provide() {
     let names = |s: &CgroupStats| -> Vec<String> {
-        let mut f = Families::default();
-        add_cgroup(&mut f, &[("container_id", "c1")], s);
-        f.into_vec().iter().map(|m| m.name().to_string()).collect()
+        let snap = Snapshot {
+            rows: vec![Row {
+                id: "c1".into(),
+                sample: Some(std::sync::Arc::new(Sample {
+                    cgroup: s.clone(),
+                    kernel: None,
+                })),
+                ..Row::default()
+            }],
+            programs: Vec::new(),
+        };
+        families(&snap)
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect()
     };
     let (v1, _) = stats::read(&pure_v1());
     let n = names(&v1);

@@ -1,14 +1,15 @@
 //! The agent: start-up wiring and the main loop. One task owns the state
 //! (the registry, the kernel's maps, the cgroups); kernel and socket
-//! events, the sampling tick and signals come to it, and each is handled
-//! by the module named for it:
+//! events, readers' demand for samples, the housekeeping tick and signals
+//! come to it, and each is handled by the module named for it:
 //!
 //! - `starts`: a starter run seen (kernel exec or socket connection):
 //!   what it is (container, instance, join, helper) and its metadata;
 //! - `placing`: a container's cgroups, its tasks moved there, a runtime's
 //!   own cgroup followed;
-//! - `sampling`: statistics read, containers ended and expired, the
-//!   exposition refreshed;
+//! - `sampling`: statistics read (for the readers that come), containers
+//!   ended and expired, the snapshot readers get refreshed;
+//! - `sources`: the statistics sources, each timed;
 //! - `sockets`: the monitoring socket's connections;
 //! - `trusting`: the trusted starters and launchers, re-resolved;
 //! - `adopting`: containers an earlier run left, taken over at start.
@@ -33,7 +34,7 @@ use crate::{
     },
     cgroup::{delegation::Delegated, placement::Placer},
     cli::{Args, EbpfMode},
-    export::metrics::AgentMetrics,
+    export::{cadence::Trigger, demand::Demand, metrics::AgentMetrics},
     host::{preflight, procfs::Procfs},
     http,
     model::{event::KernelEvent, registry::Registry},
@@ -43,6 +44,7 @@ mod adopting;
 mod placing;
 mod sampling;
 mod sockets;
+mod sources;
 mod starts;
 mod trusting;
 
@@ -63,19 +65,36 @@ pub(crate) struct Agent {
     bpf_stats: Option<std::os::fd::OwnedFd>,
     /// Kernel events lost so far, as last reported.
     lost_seen: u64,
+    /// The statistics sources.
+    sources: sources::Sources,
     /// A container ended since the last publication: its final sample
-    /// is served within [`FINAL_SAMPLE_DELAY`], not at the next tick.
+    /// is served within [`FINAL_SAMPLE_DELAY`], not at the next sample.
     publish_soon: bool,
+    /// When the kernel's maps were last compared with the registry.
+    reconciled: Option<std::time::Instant>,
 }
 
 /// How soon after a container ends its final sample is served.
 const FINAL_SAMPLE_DELAY: Duration = Duration::from_millis(100);
+
+/// How often ended containers' series are expired, placements and
+/// removals retried, and the kernel's maps looked at for lost events.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Sleeps until `at` (a branch that is off when there is no `at`).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How often the trusted paths are re-resolved without a SIGHUP.
 const TRUST_RECHECK: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    crate::memory::tune_allocator();
     let trust = Trust::resolve(&args)?;
 
     let host = match preflight::check(&args.procfs, &args.sysfs, args.ebpf != EbpfMode::False) {
@@ -97,7 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(layout = %host.kind, "cgroup layout");
 
-    let metrics = AgentMetrics::new();
+    let metrics = AgentMetrics::with_demand(Demand::new(args.monitor_interval, args.on_demand));
     trust.publish(&metrics);
     let kernel = match args.ebpf {
         EbpfMode::False => None,
@@ -130,10 +149,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // Service managers often start daemons with a soft limit of 1024
     // descriptors; the socket's connection cap fits what we get.
-    match socket::raise_fd_limit() {
-        Ok(n) => tracing::debug!(limit = n, "open file limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
-    }
+    let fd_limit = match socket::raise_fd_limit() {
+        Ok(n) => {
+            tracing::debug!(limit = n, "open file limit");
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open file limit");
+            None
+        }
+    };
     // A socket held by another live apptheus is a start error.
     let listener = socket::bind(&args.socket_path).await?;
     tracing::info!(path = %listener.path().display(), "monitoring socket ready (mode 0666: callers are verified, nothing is read from them)");
@@ -178,13 +203,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
     // Pushing (optional) runs in its own tasks: it never delays sampling.
-    let push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
-    if push_tasks.is_empty() {
-        metrics.scrapes_only();
-    }
+    let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
 
     let procfs = Procfs::new(&args.procfs);
+    let open_files = sources::open_files(args.cgroup_open_files, fd_limit);
     let mut agent = Agent {
+        sources: sources::Sources::new(&args, open_files),
         placer: Placer::new(&host.layout, &args.procfs),
         procfs,
         args,
@@ -196,6 +220,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bpf_stats: None,
         lost_seen: 0,
         publish_soon: false,
+        reconciled: None,
     };
     if agent.args.ebpf_stats && agent.kernel.is_some() {
         match crate::attribution::kernel::stats::enable() {
@@ -245,27 +270,52 @@ impl Agent {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        // Sampling follows the readers (`demand`), or, with
+        // --monitor.on-demand=false, a clock; what is not a sample
+        // (reconciling with the kernel, expiring series) has its own.
+        let on_demand = self.args.on_demand;
+        let metrics = self.metrics.clone();
         let mut tick = tokio::time::interval(self.args.monitor_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut soon = tokio::time::interval(FINAL_SAMPLE_DELAY);
         soon.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut trust_check = tokio::time::interval(TRUST_RECHECK);
         trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         trust_check.tick().await;
+        // A first sample: ready, and the adopted containers' values.
+        tokio::task::block_in_place(|| self.sample_all(&mut events, None));
+        ready.store(true, Ordering::Release);
         let mut events_open = true;
         loop {
+            let mut next_sample = None;
+            if on_demand {
+                match metrics.demand.due(std::time::Instant::now()) {
+                    Ok(why) => {
+                        // Sampling reads thousands of cgroup files: let the
+                        // runtime move HTTP and socket work off this thread.
+                        tokio::task::block_in_place(|| self.sample_all(&mut events, Some(why)));
+                        continue;
+                    }
+                    Err(next) => next_sample = next.map(tokio::time::Instant::from_std),
+                }
+            }
             tokio::select! {
                 ev = events.recv(), if events_open => match ev {
                     Some(ev) => self.on_kernel_event(ev),
                     None => events_open = false,
                 },
                 Some(ev) = socket_events.recv() => self.on_socket_event(ev),
-                _ = tick.tick() => {
-                    // Sampling reads thousands of cgroup files: let the
-                    // runtime move HTTP and socket work off this thread.
-                    tokio::task::block_in_place(|| self.sample_all(&mut events));
-                    ready.store(true, Ordering::Release);
+                () = metrics.demand.changed(), if on_demand => {}
+                () = sleep_until(next_sample), if next_sample.is_some() => {}
+                _ = tick.tick(), if !on_demand => {
+                    tokio::task::block_in_place(|| {
+                        self.housekeep();
+                        self.sample_all(&mut events, Some(Trigger::Interval));
+                    });
                 }
+                _ = housekeeping.tick(), if on_demand => self.housekeep(),
                 _ = soon.tick(), if self.publish_soon || self.any_closing() => {
                     self.end_closed();
                     if self.publish_soon {
@@ -309,18 +359,25 @@ impl Agent {
                 parent_launcher,
                 arg0,
                 ..
-            } => self.on_start(StartFacts {
-                key: container,
-                starter_pid: tgid,
-                uid,
-                boot_ns,
-                file: Some(file),
-                parent_launcher: Some(parent_launcher),
-                arg0: Some(arg0),
-                source: crate::model::container::Source::Kernel,
-                socket: None,
-                cgroups: None,
-            }),
+            } => {
+                // Its run-queue latency slot before anything else: its
+                // first tasks look it up at their next switch.
+                if let Some(k) = self.kernel.as_mut() {
+                    k.runq_track(container);
+                }
+                self.on_start(StartFacts {
+                    key: container,
+                    starter_pid: tgid,
+                    uid,
+                    boot_ns,
+                    file: Some(file),
+                    parent_launcher: Some(parent_launcher),
+                    arg0: Some(arg0),
+                    source: crate::model::container::Source::Kernel,
+                    socket: None,
+                    cgroups: None,
+                })
+            }
             KernelEvent::Exited { container, .. } => self.on_member_exited(container),
             KernelEvent::OomKill {
                 container,

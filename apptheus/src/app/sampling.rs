@@ -8,8 +8,7 @@ use tokio::sync::mpsc;
 
 use super::Agent;
 use crate::{
-    cgroup::read,
-    export::families,
+    export::{cadence::Trigger, snapshot::Snapshot},
     model::{
         container::{Origin, Source},
         event::KernelEvent,
@@ -18,21 +17,31 @@ use crate::{
 };
 
 /// Containers sampled between two looks at pending kernel events (a
-/// container's sample takes a few hundred microseconds).
+/// container's sample takes some tens of microseconds: placing a new
+/// container waits a millisecond at most).
 const EVENTS_EVERY: usize = 16;
+
+/// How often the registry is compared with the kernel's maps when no event
+/// was lost (ends are reported by the kernel; this is a safety net).
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
 /// Longest wait, after a master closed its connection, for its container's
 /// last tasks to exit before the container is ended anyway.
 pub(super) const CLOSE_SETTLE: Duration = Duration::from_secs(2);
 
 impl Agent {
-    /// Samples every live container. Kernel events that arrive meanwhile
+    /// Samples every live container, then publishes: for a reader
+    /// (`trigger`), or at start (None). Kernel events that arrive meanwhile
     /// are handled between containers, so that a sample of thousands of
     /// containers does not hold up the placement of new ones.
-    pub(super) fn sample_all(&mut self, events: &mut mpsc::Receiver<KernelEvent>) {
+    pub(super) fn sample_all(
+        &mut self,
+        events: &mut mpsc::Receiver<KernelEvent>,
+        trigger: Option<Trigger>,
+    ) {
         let started = Instant::now();
-        self.reconcile();
-        self.retry_placements();
+        self.metrics.demand.started(started);
+        self.sources.begin_round();
         for (i, key) in self.registry.live_keys().into_iter().enumerate() {
             if i % EVENTS_EVERY == EVENTS_EVERY - 1 {
                 while let Ok(ev) = events.try_recv() {
@@ -44,30 +53,60 @@ impl Agent {
             }
             self.sample_container(key);
         }
-        self.end_empty_containers();
-        self.retry_removals();
-        for c in self.registry.expire(Instant::now()) {
-            tracing::debug!(container_id = %c.id, "series removed after the grace period");
+        // Without the kernel programs, an end shows in a sample.
+        if self.kernel.is_none() {
+            self.end_empty_containers();
         }
         self.publish();
-        if let Some(k) = &self.kernel {
-            let lost = k.stat(Stat::EventsLost);
-            if lost > self.lost_seen {
-                self.metrics.ebpf_events_lost.inc_by(lost - self.lost_seen);
-                self.lost_seen = lost;
-            }
-        }
+        self.sources.publish(&self.metrics);
         self.metrics
             .sample_duration
             .set(started.elapsed().as_secs_f64());
+        if let Some(t) = trigger {
+            self.metrics.samples.with_label_values(&[t.name()]).inc();
+        }
+        self.metrics.demand.published(started);
+    }
+
+    /// What is not a sample and must happen whether anybody reads or not:
+    /// placements and removals retried, ended containers' series expired,
+    /// and, when the kernel lost events (or every [`RECONCILE_EVERY`]),
+    /// the registry reconciled with the kernel's maps.
+    pub(super) fn housekeep(&mut self) {
+        let lost = self.kernel.as_ref().map_or(0, |k| k.stat(Stat::EventsLost));
+        let now = Instant::now();
+        let due = lost > self.lost_seen
+            || self
+                .reconciled
+                .is_none_or(|t| now.duration_since(t) >= RECONCILE_EVERY);
+        if lost > self.lost_seen {
+            self.metrics.ebpf_events_lost.inc_by(lost - self.lost_seen);
+            self.lost_seen = lost;
+        }
+        if due {
+            self.reconciled = Some(now);
+            self.reconcile();
+            self.end_empty_containers();
+        }
+        self.retry_placements();
+        self.retry_removals();
+        let expired = self.registry.expire(now);
+        for c in &expired {
+            tracing::debug!(container_id = %c.id, "series removed after the grace period");
+            self.sources.forget(c.key);
+        }
+        if !expired.is_empty() || self.publish_soon {
+            self.publish();
+        }
     }
 
     /// Reads the kernel counters of a live container's members and the
-    /// statistics of its cgroups, and combines them into what is exported.
+    /// statistics of its cgroups, and combines them into what is exported
+    /// (within a sample of every container).
     pub(super) fn sample_container(&mut self, key: u64) {
         // A cgroup shared with the container's starter is its only while
         // nothing else runs there.
-        let shared_ok: Vec<bool> = match self.registry.get(key) {
+        let readable: Vec<bool> = match self.registry.get(key) {
             Some(c) => c
                 .parts
                 .iter()
@@ -91,35 +130,13 @@ impl Agent {
         if !c.life.is_live() {
             return;
         }
-        if let Some(k) = &self.kernel {
-            for m in c.members.iter_mut().filter(|m| !m.ended) {
-                if let Some(counters) = k.counters(m.key) {
-                    m.counters = Some(counters);
-                }
-            }
-        }
-        for (p, ok) in c.parts.iter_mut().zip(shared_ok) {
-            if p.gone {
-                continue;
-            }
-            if !ok {
-                p.last = None;
-                continue;
-            }
-            // A runtime removes its cgroup once the container's tasks in it
-            // are gone, one hierarchy after another: once any of its
-            // directories is gone, what was read last stays.
-            if p.cgroups.dirs().any(|(_, d)| !d.exists()) {
-                p.gone = true;
-                continue;
-            }
-            let (stats, warnings) = read::read(&p.cgroups);
-            for w in warnings {
-                tracing::warn!(container_id = %c.id, warning = %w, "cgroup statistics incomplete");
-            }
-            p.last = Some(stats);
-        }
-        c.refresh_sample();
+        self.sources.sample(c, self.kernel.as_ref(), &readable);
+    }
+
+    /// [`Self::sample_container`] on its own (a kernel event asks for it).
+    pub(super) fn sample_one(&mut self, key: u64) {
+        self.sources.begin_one();
+        self.sample_container(key);
     }
 
     /// The kernel saw the last task of member `mk` exit.
@@ -142,14 +159,14 @@ impl Agent {
                 pid = tgid,
                 "a process in a runtime's cgroup exited; sampling"
             );
-            self.sample_container(ck);
+            self.sample_one(ck);
         }
     }
 
     /// A container's last task is gone: final sample, its cgroups removed,
     /// its series kept for the grace period.
     pub(super) fn end_container(&mut self, ck: u64) {
-        self.sample_container(ck);
+        self.sample_one(ck);
         let grace = self.args.grace_period;
         let Some(c) = self.registry.get_mut(ck) else {
             return;
@@ -163,6 +180,8 @@ impl Agent {
         let members: Vec<u64> = c.members.iter().map(|m| m.key).collect();
         tracing::info!(container_id = %c.id, "container exited");
         self.publish_soon = true;
+        // Its files are closed before its cgroups are removed.
+        self.sources.forget(ck);
         for mk in members {
             if let Some(k) = self.kernel.as_mut() {
                 k.forget(mk);
@@ -173,7 +192,7 @@ impl Agent {
 
     /// A join of an instance ended: the instance keeps what it used.
     fn end_member(&mut self, ck: u64, mk: u64) {
-        self.sample_container(ck);
+        self.sample_one(ck);
         let Some(c) = self.registry.get_mut(ck) else {
             return;
         };
@@ -234,6 +253,9 @@ impl Agent {
                     key,
                     "container missed by the event stream; recovered from the kernel's map"
                 );
+                if let Some(k) = self.kernel.as_mut() {
+                    k.runq_track(*key);
+                }
                 self.on_start(super::StartFacts {
                     key: *key,
                     starter_pid: st.starter_tgid,
@@ -287,11 +309,11 @@ impl Agent {
     /// Makes the registry's current state what scrapes see.
     pub(super) fn publish(&mut self) {
         self.publish_soon = false;
-        let mut fams = families::build(&self.registry);
-        if let (Some(k), Some(_)) = (&self.kernel, &self.bpf_stats) {
-            fams.extend(families::program_stats(&k.program_stats()));
-        }
-        self.metrics.publish(fams);
+        let programs = match (&self.kernel, &self.bpf_stats) {
+            (Some(k), Some(_)) => k.program_stats(),
+            _ => Vec::new(),
+        };
+        self.metrics.publish(Snapshot::of(&self.registry, programs));
         self.metrics.containers.set(self.registry.count() as i64);
     }
 }

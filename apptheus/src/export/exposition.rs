@@ -1,11 +1,19 @@
-//! Exposition formats: Prometheus text 0.0.4 (the `prometheus` crate's
-//! encoder) and OpenMetrics 1.0.0 (written here; the crate has none),
-//! chosen from the scraper's Accept header.
-use std::fmt::Write as _;
+//! Exposition formats: Prometheus text 0.0.4 and OpenMetrics 1.0.0, chosen
+//! from the scraper's Accept header. The agent's own metrics (a few dozen
+//! series) go through the `prometheus` crate's families; the containers'
+//! are written straight from the latest snapshot at each scrape, so that
+//! nothing bigger than the snapshot is kept between scrapes.
+use std::{fmt::Write as _, io::Write as _};
 
 use prometheus::{
     Encoder as _, TextEncoder,
     proto::{LabelPair, MetricFamily, MetricType},
+};
+
+use crate::export::{
+    catalogue::Metric,
+    families::{self, Value, Visitor},
+    snapshot::Snapshot,
 };
 
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -85,49 +93,148 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
     out
 }
 
-/// Families encoded in both formats once, for many scrapes.
-#[derive(Debug, Default)]
-pub struct Encoded {
-    pub families: Vec<MetricFamily>,
-    pub text: Vec<u8>,
-    /// OpenMetrics without the closing `# EOF`.
-    pub openmetrics_body: Vec<u8>,
+/// The exposition of the agent's own metrics (`own`, encoded now) followed
+/// by the containers' of a snapshot, written straight from it.
+pub fn encode_with(
+    own: &[MetricFamily],
+    snap: &Snapshot,
+    format: Format,
+) -> Result<Vec<u8>, EncodeError> {
+    // About 100 bytes per series, some 30 series per container.
+    let hint = 16 * 1024 + snap.rows.len() * 3200;
+    let mut out = match format {
+        Format::Text => {
+            let mut buf = Vec::with_capacity(hint);
+            TextEncoder::new().encode(own, &mut buf)?;
+            buf
+        }
+        Format::OpenMetrics => {
+            let mut buf = Vec::with_capacity(hint);
+            buf.extend_from_slice(encode_openmetrics_body(own).as_bytes());
+            buf
+        }
+    };
+    let mut w = Writer {
+        out: &mut out,
+        openmetrics: format == Format::OpenMetrics,
+    };
+    families::visit(snap, &mut w);
+    if format == Format::OpenMetrics {
+        out.extend_from_slice(b"# EOF\n");
+    }
+    Ok(out)
 }
 
-impl Encoded {
-    /// Encodes `families`, keeping them only if `keep`.
-    pub fn new(families: Vec<MetricFamily>, keep: bool) -> Result<Self, EncodeError> {
-        let mut text = encode(&families, Format::Text)?;
-        let mut openmetrics_body = encode_openmetrics_body(&families).into_bytes();
-        // Held until the next sample: without the slack of their growth.
-        text.shrink_to_fit();
-        openmetrics_body.shrink_to_fit();
-        Ok(Self {
-            families: if keep { families } else { Vec::new() },
-            text,
-            openmetrics_body,
-        })
+/// Writes visited families in the text format 0.0.4 or OpenMetrics (without
+/// its closing `# EOF`).
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    openmetrics: bool,
+}
+
+impl Visitor for Writer<'_> {
+    fn family(&mut self, m: &'static Metric) {
+        let o = &mut *self.out;
+        if self.openmetrics {
+            let f = m.family();
+            let _ = write!(o, "# TYPE {f} {}\n# HELP {f} ", m.kind.as_str());
+            escape_into(o, m.help, true);
+        } else {
+            let _ = write!(o, "# HELP {} ", m.name);
+            escape_into(o, m.help, false);
+            let _ = write!(o, "\n# TYPE {} {}", m.name, m.kind.as_str());
+        }
+        o.push(b'\n');
+    }
+
+    fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], value: Value<'_>) {
+        match value {
+            Value::Number(v) => line(self.out, m.name, "", labels, None, v),
+            Value::Histogram(h) => {
+                let name = m.family();
+                for (le, n) in h.buckets {
+                    line(self.out, name, "_bucket", labels, Some(le), n as f64);
+                }
+                line(
+                    self.out,
+                    name,
+                    "_bucket",
+                    labels,
+                    Some(f64::INFINITY),
+                    h.count as f64,
+                );
+                line(self.out, name, "_sum", labels, None, h.sum);
+                line(self.out, name, "_count", labels, None, h.count as f64);
+            }
+        }
     }
 }
 
-/// `own` (encoded now) followed by `cached` (encoded at sampling time).
-pub fn encode_with(
-    own: &[MetricFamily],
-    cached: &Encoded,
-    format: Format,
-) -> Result<Vec<u8>, EncodeError> {
-    match format {
-        Format::Text => {
-            let mut out = encode(own, Format::Text)?;
-            out.extend_from_slice(&cached.text);
-            Ok(out)
+fn line(
+    o: &mut Vec<u8>,
+    name: &str,
+    suffix: &str,
+    labels: &[(&str, &str)],
+    le: Option<f64>,
+    value: f64,
+) {
+    o.extend_from_slice(name.as_bytes());
+    o.extend_from_slice(suffix.as_bytes());
+    if !labels.is_empty() || le.is_some() {
+        o.push(b'{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            o.extend_from_slice(k.as_bytes());
+            o.extend_from_slice(b"=\"");
+            escape_into(o, v, true);
+            o.push(b'"');
         }
-        Format::OpenMetrics => {
-            let mut out = encode_openmetrics_body(own).into_bytes();
-            out.extend_from_slice(&cached.openmetrics_body);
-            out.extend_from_slice(b"# EOF\n");
-            Ok(out)
+        if let Some(le) = le {
+            if !labels.is_empty() {
+                o.push(b',');
+            }
+            // Bucket bounds keep their plain decimal spelling
+            // (le="0.000001"): queries and dashboards match them as text.
+            o.extend_from_slice(b"le=\"");
+            o.extend_from_slice(format_value(le).as_bytes());
+            o.push(b'"');
         }
+        o.push(b'}');
+    }
+    o.push(b' ');
+    write_value(o, value);
+    o.push(b'\n');
+}
+
+/// Backslashes and newlines escaped, and double quotes when `quotes`
+/// (label values; OpenMetrics HELP).
+fn escape_into(o: &mut Vec<u8>, s: &str, quotes: bool) {
+    let plain = |b: u8| b != b'\\' && b != b'\n' && !(quotes && b == b'"');
+    if s.bytes().all(plain) {
+        o.extend_from_slice(s.as_bytes());
+        return;
+    }
+    for b in s.bytes() {
+        match b {
+            b'\\' => o.extend_from_slice(b"\\\\"),
+            b'\n' => o.extend_from_slice(b"\\n"),
+            b'"' if quotes => o.extend_from_slice(b"\\\""),
+            _ => o.push(b),
+        }
+    }
+}
+
+/// A sample value, as [`format_value`] gives it but without an allocation
+/// (integers as such, other values in their shortest exact form).
+fn write_value(o: &mut Vec<u8>, v: f64) {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        o.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+    } else if v.is_finite() {
+        o.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        o.extend_from_slice(format_value(v).as_bytes());
     }
 }
 
@@ -355,6 +462,25 @@ mod tests {
         );
         assert!(text.contains("x_latency_seconds_sum 0.7\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn histogram_bounds_keep_their_decimal_spelling() {
+        let mut o = Vec::new();
+        line(&mut o, "h", "_bucket", &[("id", "1")], Some(1e-6), 3.0);
+        line(
+            &mut o,
+            "h",
+            "_bucket",
+            &[("id", "1")],
+            Some(f64::INFINITY),
+            1.5e-7,
+        );
+        let text = String::from_utf8(o).unwrap();
+        assert_eq!(
+            text,
+            "h_bucket{id=\"1\",le=\"0.000001\"} 3\nh_bucket{id=\"1\",le=\"+Inf\"} 1.5e-7\n"
+        );
     }
 
     #[test]

@@ -9,7 +9,14 @@ use prometheus::{
 
 use crate::{
     build_info,
-    export::exposition::{self, EncodeError, Encoded, Format},
+    export::{
+        cadence::{Reader, Trigger},
+        catalogue::{self as cat, Metric},
+        demand::Demand,
+        exposition::{self, EncodeError, Format},
+        protos,
+        snapshot::Snapshot,
+    },
 };
 
 /// Results of a connection to the monitoring socket, for
@@ -43,11 +50,22 @@ pub struct AgentMetrics {
     pub http_closed: IntCounterVec,
     pub http_requests_rejected: IntCounterVec,
     pub http_open: IntGauge,
-    /// The latest per-container families, replaced whole at each sample.
-    containers_families: RwLock<Arc<Encoded>>,
-    /// Whether the container families are kept next to their encodings
-    /// (pushing needs them; scrapes only need the bytes).
-    keep_families: std::sync::atomic::AtomicBool,
+    /// Samples taken, by trigger (see [`cat::SAMPLES`]).
+    pub samples: IntCounterVec,
+    /// Each statistics source's outcome and time in the latest sample.
+    pub source_success: IntGaugeVec,
+    pub source_duration: prometheus::GaugeVec,
+    /// cgroup files kept open between samples.
+    pub cgroup_open_files: IntGauge,
+    /// The latest snapshot of every container, replaced whole at each
+    /// sample and encoded at each scrape.
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// When readers read, and when to sample for them.
+    pub demand: Demand,
+}
+
+fn opts(m: &Metric) -> Opts {
+    Opts::new(m.name, m.help)
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -57,14 +75,18 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 }
 
 impl AgentMetrics {
+    /// The agent's metrics, its samples taken on a clock (readers never
+    /// wait).
     pub fn new() -> Arc<Self> {
+        Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
+    }
+
+    /// The agent's metrics, its samples taken as `demand` says.
+    pub fn with_demand(demand: Demand) -> Arc<Self> {
         let registry = Registry::new();
         let build = must(IntGaugeVec::new(
-            Opts::new(
-                "apptheus_build_info",
-                "A metric with a constant '1' value labeled by version, revision, branch, rustversion and target from which apptheus was built.",
-            ),
-            &["version", "revision", "branch", "rustversion", "target"],
+            opts(&cat::BUILD_INFO),
+            cat::BUILD_INFO.labels,
         ));
         build
             .with_label_values(&[
@@ -75,119 +97,76 @@ impl AgentMetrics {
                 build_info::TARGET,
             ])
             .set(1);
-        let containers = must(IntGauge::new(
-            "apptheus_containers",
-            "Containers currently tracked (running, or ended and within the grace period).",
-        ));
-        let containers_started = must(IntCounter::new(
-            "apptheus_containers_started_total",
-            "Containers seen starting since the agent started (not those adopted from an earlier run).",
-        ));
-        let ebpf_events_lost = must(IntCounter::new(
-            "apptheus_ebpf_events_lost_total",
-            "Kernel events that did not fit in the ring buffer (recovered by reconciling with the kernel's maps).",
-        ));
+        let containers = must(IntGauge::with_opts(opts(&cat::CONTAINERS)));
+        let containers_started = must(IntCounter::with_opts(opts(&cat::CONTAINERS_STARTED)));
+        let ebpf_events_lost = must(IntCounter::with_opts(opts(&cat::EBPF_EVENTS_LOST)));
         let socket_connections = must(IntCounterVec::new(
-            Opts::new(
-                "apptheus_socket_connections_total",
-                "Connections to the monitoring socket, by result.",
-            ),
-            &["result"],
+            opts(&cat::SOCKET_CONNECTIONS),
+            cat::SOCKET_CONNECTIONS.labels,
         ));
         for r in SOCKET_RESULTS {
             socket_connections.with_label_values(&[r]);
         }
-        let sample_duration = must(Gauge::new(
-            "apptheus_sample_duration_seconds",
-            "How long the latest sample of every container's statistics took.",
+        let sample_duration = must(Gauge::with_opts(opts(&cat::SAMPLE_DURATION)));
+        let samples = must(IntCounterVec::new(opts(&cat::SAMPLES), cat::SAMPLES.labels));
+        for t in Trigger::ALL {
+            samples.with_label_values(&[t.name()]);
+        }
+        let source_success = must(IntGaugeVec::new(
+            opts(&cat::SOURCE_SUCCESS),
+            cat::SOURCE_SUCCESS.labels,
         ));
+        let source_duration = must(prometheus::GaugeVec::new(
+            opts(&cat::SOURCE_DURATION),
+            cat::SOURCE_DURATION.labels,
+        ));
+        let cgroup_open_files = must(IntGauge::with_opts(opts(&cat::CGROUP_OPEN_FILES)));
         let mode = must(IntGaugeVec::new(
-            Opts::new(
-                "apptheus_attribution_mode",
-                "How containers are found: 1 for the mode in use (ebpf: kernel programs; socket: Apptainer's monitoring socket alone).",
-            ),
-            &["mode"],
+            opts(&cat::ATTRIBUTION_MODE),
+            cat::ATTRIBUTION_MODE.labels,
         ));
         let placement_seconds = must(Histogram::with_opts(
-            HistogramOpts::new(
-                "apptheus_container_placement_seconds",
-                "Time from a starter's exec to every task of its container being inside the container's cgroups.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
+            HistogramOpts::new(cat::CONTAINER_PLACEMENT.name, cat::CONTAINER_PLACEMENT.help)
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
         ));
-        let helper_runs = must(IntCounter::new(
-            "apptheus_helper_runs_total",
-            "Runs of a starter that Apptainer's command-line tool made for itself (unpacking an image into a temporary sandbox, a clean-up); not containers.",
-        ));
-        let joins = must(IntCounter::new(
-            "apptheus_instance_joins_total",
-            "Runs that joined an instance (exec, run or shell instance://<name>), counted in the instance's container.",
-        ));
+        let helper_runs = must(IntCounter::with_opts(opts(&cat::HELPER_RUNS)));
+        let joins = must(IntCounter::with_opts(opts(&cat::INSTANCE_JOINS)));
         let trusted_files = must(IntGaugeVec::new(
-            Opts::new(
-                "apptheus_trusted_files",
-                "Files trusted by identity, by role: starter (its exec starts a container) and launcher (Apptainer's command-line tool). 0 starters: nothing is attributed.",
-            ),
-            &["role"],
+            opts(&cat::TRUSTED_FILES),
+            cat::TRUSTED_FILES.labels,
         ));
-        let prewarm_windows = must(IntCounter::new(
-            "apptheus_cgroup_prewarm_windows_total",
-            "Warm-up windows opened by the exec of an Apptainer launcher (--cgroup.prewarm).",
-        ));
-        let prewarm_writes = must(IntCounter::new(
-            "apptheus_cgroup_prewarm_writes_total",
-            "Times the cgroup migration lock was taken inside warm-up windows (--cgroup.prewarm).",
-        ));
-        let pushes = must(IntCounterVec::new(
-            Opts::new(
-                "apptheus_pushes_total",
-                "Successful pushes of the metrics, by target (pushgateway, remote_write).",
-            ),
-            &["target"],
-        ));
+        let prewarm_windows = must(IntCounter::with_opts(opts(&cat::CGROUP_PREWARM_WINDOWS)));
+        let prewarm_writes = must(IntCounter::with_opts(opts(&cat::CGROUP_PREWARM_WRITES)));
+        let pushes = must(IntCounterVec::new(opts(&cat::PUSHES), cat::PUSHES.labels));
         let push_failures = must(IntCounterVec::new(
-            Opts::new(
-                "apptheus_push_failures_total",
-                "Failed push attempts (each retry counts), by target (pushgateway, remote_write).",
-            ),
-            &["target"],
+            opts(&cat::PUSH_FAILURES),
+            cat::PUSH_FAILURES.labels,
         ));
         let http_rejected = must(IntCounterVec::new(
-            Opts::new(
-                "apptheus_http_connections_rejected_total",
-                "HTTP connections refused at once, by reason (per_address_limit: the client address holds its share; total_limit: every slot is taken by addresses holding no more).",
-            ),
-            &["reason"],
+            opts(&cat::HTTP_CONNECTIONS_REJECTED),
+            cat::HTTP_CONNECTIONS_REJECTED.labels,
         ));
         for r in crate::http::REFUSALS {
             http_rejected.with_label_values(&[r.label()]);
         }
         let http_closed = must(IntCounterVec::new(
-            Opts::new(
-                "apptheus_http_connections_closed_total",
-                "HTTP connections cut by the agent, by reason (evicted, idle_timeout, header_timeout, tls_handshake_timeout, tls_handshake_failed, write_timeout, lifetime_limit).",
-            ),
-            &["reason"],
+            opts(&cat::HTTP_CONNECTIONS_CLOSED),
+            cat::HTTP_CONNECTIONS_CLOSED.labels,
         ));
         for c in crate::http::Cut::ALL {
             http_closed.with_label_values(&[c.label()]);
         }
         let http_requests_rejected = must(IntCounterVec::new(
-            Opts::new(
-                "apptheus_http_requests_rejected_total",
-                "HTTP requests answered 429, by reason (per_address_responses: the client address already has answers under way).",
-            ),
-            &["reason"],
+            opts(&cat::HTTP_REQUESTS_REJECTED),
+            cat::HTTP_REQUESTS_REJECTED.labels,
         ));
         for r in crate::http::REQUEST_REFUSALS {
             http_requests_rejected.with_label_values(&[r]);
         }
-        let http_open = must(IntGauge::new(
-            "apptheus_http_connections",
-            "HTTP connections open now, every listener together.",
-        ));
+        let http_open = must(IntGauge::with_opts(opts(&cat::HTTP_CONNECTIONS)));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
             Box::new(containers.clone()),
@@ -195,6 +174,10 @@ impl AgentMetrics {
             Box::new(ebpf_events_lost.clone()),
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
+            Box::new(samples.clone()),
+            Box::new(source_success.clone()),
+            Box::new(source_duration.clone()),
+            Box::new(cgroup_open_files.clone()),
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(helper_runs.clone()),
@@ -219,6 +202,10 @@ impl AgentMetrics {
             ebpf_events_lost,
             socket_connections,
             sample_duration,
+            samples,
+            source_success,
+            source_duration,
+            cgroup_open_files,
             mode,
             placement_seconds,
             helper_runs,
@@ -232,9 +219,14 @@ impl AgentMetrics {
             http_closed,
             http_requests_rejected,
             http_open,
-            containers_families: RwLock::new(Arc::new(Encoded::default())),
-            keep_families: std::sync::atomic::AtomicBool::new(true),
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            demand,
         })
+    }
+
+    /// Waits, when need be, for a sample recent enough for `reader`.
+    pub async fn fresh(&self, reader: Reader) {
+        self.demand.fresh(reader).await;
     }
 
     /// Records which attribution mode runs.
@@ -244,62 +236,43 @@ impl AgentMetrics {
         }
     }
 
-    /// Nothing pushes: [`AgentMetrics::gather`] need not include the
-    /// containers, whose families then are not kept once encoded (at
-    /// 10,000 containers they take more memory than their encodings).
-    pub fn scrapes_only(&self) {
-        self.keep_families
-            .store(false, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Replaces the per-container families with a new sample, encoded
-    /// once here so that scrapes only copy bytes.
-    pub fn publish(&self, families: Vec<MetricFamily>) {
-        let keep = self
-            .keep_families
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let encoded = match Encoded::new(families, keep) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "encoding the container sample failed; keeping the previous one");
-                return;
-            }
-        };
+    /// Replaces the containers' snapshot with a new one.
+    pub fn publish(&self, snapshot: Snapshot) {
+        let large = snapshot.rows.len() > 2000;
         let mut guard = self
-            .containers_families
+            .snapshot
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let old = std::mem::replace(&mut *guard, Arc::new(encoded));
+        let old = std::mem::replace(&mut *guard, Arc::new(snapshot));
         drop(guard);
-        // Large samples leave large freed buffers behind; glibc keeps them
-        // unless asked (the threshold keeps small nodes from paying for it).
-        let large = old.text.len() > 4 << 20;
         drop(old);
+        // Large snapshots leave large freed blocks behind; glibc keeps them
+        // unless asked (the threshold keeps small nodes from paying for it).
         if large {
             crate::memory::release_free_heap();
         }
     }
 
-    fn containers(&self) -> Arc<Encoded> {
-        self.containers_families
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Everything to expose, sorted by name; the containers' families are
-    /// left out after [`AgentMetrics::scrapes_only`].
+    /// Everything to expose, as families, sorted by name (for pushing).
     pub fn gather(&self) -> Vec<MetricFamily> {
         let mut all = self.registry.gather();
-        all.extend(self.containers().families.iter().cloned());
+        all.extend(protos::families(&self.snapshot()));
         all.sort_by(|a, b| a.name().cmp(b.name()));
         all
     }
 
-    /// The exposition in `format`: the agent's own metrics encoded now,
-    /// the containers' as encoded at the last sample.
+    /// The exposition in `format`: the agent's own metrics, then the
+    /// containers' from the latest snapshot, both encoded now.
     pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
-        exposition::encode_with(&self.registry.gather(), &self.containers(), format)
+        exposition::encode_with(&self.registry.gather(), &self.snapshot(), format)
     }
 }
 
@@ -338,16 +311,32 @@ mod tests {
         assert!(labels.contains(&("version".into(), env!("CARGO_PKG_VERSION").into())));
     }
 
-    /// Publishes a sample of one container with 3 pids.
+    /// Publishes a snapshot of one container with 3 pids.
     fn publish_pids(m: &AgentMetrics) {
-        let mut f = crate::export::families::Families::default();
-        f.gauge(
-            "apptheus_container_pids",
-            "Pids.",
-            &[("container_id", "1-2")],
-            3.0,
-        );
-        m.publish(f.into_vec());
+        use crate::{
+            export::snapshot::Row,
+            model::{
+                container::Sample,
+                stats::{CgroupStats, PidsStats},
+            },
+        };
+        m.publish(Snapshot {
+            rows: vec![Row {
+                id: "1-2".into(),
+                sample: Some(Arc::new(Sample {
+                    cgroup: CgroupStats {
+                        pids: Some(PidsStats {
+                            current: 3,
+                            limit: None,
+                        }),
+                        ..CgroupStats::default()
+                    },
+                    kernel: None,
+                })),
+                ..Row::default()
+            }],
+            programs: Vec::new(),
+        });
     }
 
     #[test]
@@ -360,6 +349,10 @@ mod tests {
             text.contains("apptheus_container_pids{container_id=\"1-2\"} 3\n"),
             "{text}"
         );
+        assert!(
+            text.contains("# TYPE apptheus_container_pids gauge\n"),
+            "{text}"
+        );
         let om = String::from_utf8(m.encode(Format::OpenMetrics).unwrap()).unwrap();
         assert!(
             om.contains("apptheus_container_pids{container_id=\"1-2\"} 3\n"),
@@ -367,30 +360,44 @@ mod tests {
         );
         assert_eq!(om.matches("# EOF").count(), 1);
         assert!(om.ends_with("# EOF\n"));
-        // A new sample replaces the old one whole.
-        m.publish(Vec::new());
+        // Pushing sees the same families.
+        assert!(
+            m.gather()
+                .iter()
+                .any(|f| f.name() == "apptheus_container_pids")
+        );
+        // A new snapshot replaces the old one whole.
+        m.publish(Snapshot::default());
         let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
         assert!(!text.contains("apptheus_container_pids"), "{text}");
     }
 
+    /// Every family the agent's registry exposes is in the catalogue, with
+    /// the catalogue's type and HELP.
     #[test]
-    fn without_pushing_the_sample_is_served_but_not_gathered() {
-        let gathered = |m: &AgentMetrics| {
-            m.gather()
-                .iter()
-                .any(|f| f.name() == "apptheus_container_pids")
-        };
-        let pushing = AgentMetrics::new();
-        publish_pids(&pushing);
-        assert!(gathered(&pushing));
+    fn the_registry_matches_the_catalogue() {
+        use prometheus::proto::MetricType;
         let m = AgentMetrics::new();
-        m.scrapes_only();
-        publish_pids(&m);
-        assert!(!gathered(&m));
-        let text = String::from_utf8(m.encode(Format::Text).unwrap()).unwrap();
-        assert!(
-            text.contains("apptheus_container_pids{container_id=\"1-2\"} 3\n"),
-            "{text}"
-        );
+        m.set_mode("ebpf");
+        for f in m.registry.gather() {
+            let c =
+                cat::find(f.name()).unwrap_or_else(|| panic!("{} not in the catalogue", f.name()));
+            assert_eq!(f.help(), c.help, "{}", f.name());
+            let kind = match f.type_() {
+                MetricType::COUNTER => cat::Kind::Counter,
+                MetricType::GAUGE => cat::Kind::Gauge,
+                MetricType::HISTOGRAM => cat::Kind::Histogram,
+                other => panic!("{}: {other:?}", f.name()),
+            };
+            assert_eq!(kind, c.kind, "{}", f.name());
+            for metric in &f.metric {
+                // The crate sorts labels by name.
+                let mut labels: Vec<&str> = metric.label.iter().map(|l| l.name()).collect();
+                let mut want = c.labels.to_vec();
+                labels.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(labels, want, "{}", f.name());
+            }
+        }
     }
 }

@@ -469,8 +469,13 @@ where
         flags: Arc::clone(&flags),
     };
     let handler = Arc::clone(server);
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let handler = Arc::clone(&handler);
+        // Scrapes are told apart by address (sampling follows each reader).
+        if let Some((_, peer)) = key {
+            req.extensions_mut()
+                .insert(crate::export::cadence::Reader::Scrape(peer.ip()));
+        }
         async move { Ok::<_, std::convert::Infallible>(answer(&handler, &req, key).await) }
     });
     // The first request's headers are due by `headers_by`; later ones (and

@@ -18,7 +18,7 @@ use hyper::{
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
-    export::{exposition, metrics::AgentMetrics},
+    export::{cadence::Reader, exposition, metrics::AgentMetrics},
     host::limits::{Backoff, fd_limit},
     webconfig::{WebConfigHandle, watch::Active},
 };
@@ -190,7 +190,15 @@ impl Server {
                 );
                 r
             }
-            _ => self.handle(req),
+            _ => {
+                // The metrics are sampled for the scrape, or just before it.
+                if req.uri().path() == self.telemetry_path
+                    && let Some(reader) = req.extensions().get::<Reader>()
+                {
+                    self.metrics.fresh(*reader).await;
+                }
+                self.handle(req)
+            }
         };
         if let Some(a) = &active {
             for (name, value) in &a.headers {

@@ -22,8 +22,9 @@ pub enum Source {
 }
 
 /// The kernel programs' counters for a container. The collectors' values
-/// are None when the collector is off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// are None when the collector is off (the run-queue histogram, 192 bytes,
+/// boxed: it is there only with `--collector.runqlat`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KernelCounters {
     pub execs: u64,
     pub forks: u64,
@@ -33,7 +34,7 @@ pub struct KernelCounters {
     pub oom_kills: Option<u64>,
     pub network: Option<NetCounters>,
     pub fs: Option<FsCounters>,
-    pub runq: Option<apptheus_common::RunqHistogram>,
+    pub runq: Option<Box<apptheus_common::RunqHistogram>>,
 }
 
 impl KernelCounters {
@@ -65,7 +66,7 @@ impl KernelCounters {
             }),
             (a, b) => a.or(b),
         };
-        self.runq = match (self.runq, o.runq) {
+        self.runq = match (self.runq, &o.runq) {
             (Some(mut a), Some(b)) => {
                 for (x, y) in a.slots.iter_mut().zip(b.slots) {
                     *x += y;
@@ -73,7 +74,7 @@ impl KernelCounters {
                 a.sum_ns += b.sum_ns;
                 Some(a)
             }
-            (a, b) => a.or(b),
+            (a, b) => a.or_else(|| b.clone()),
         };
         self
     }
@@ -96,7 +97,7 @@ pub struct FsCounters {
 }
 
 /// The latest statistics of a container, as exported.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
     pub cgroup: CgroupStats,
     pub kernel: Option<KernelCounters>,
@@ -176,8 +177,9 @@ pub struct Container {
     pub members: Vec<Member>,
     /// The cgroups its statistics come from.
     pub parts: Vec<Part>,
-    /// What is exported, refreshed by each sample.
-    pub sample: Option<Sample>,
+    /// What is exported, refreshed by each sample (shared with the
+    /// snapshot readers get until the next).
+    pub sample: Option<std::sync::Arc<Sample>>,
 }
 
 impl Container {
@@ -231,6 +233,11 @@ impl Container {
 
     /// Recomputes what is exported from the parts and members.
     pub fn refresh_sample(&mut self) {
+        // A node runs thousands of containers: their vectors are kept
+        // tight (a first push leaves room for four).
+        if self.parts.capacity() > self.parts.len() {
+            self.parts.shrink_to_fit();
+        }
         let has_runtime = self
             .live_parts()
             .any(|p| matches!(p.origin, Origin::Runtime { .. }));
@@ -249,9 +256,9 @@ impl Container {
         let kernel = self
             .members
             .iter()
-            .filter_map(|m| m.counters)
+            .filter_map(|m| m.counters.clone())
             .reduce(|a, b| a.plus(&b));
-        self.sample = Some(Sample { cgroup, kernel });
+        self.sample = Some(std::sync::Arc::new(Sample { cgroup, kernel }));
     }
 }
 
@@ -322,9 +329,9 @@ mod tests {
         c.parts = vec![own, join];
         c.refresh_sample();
         let s = c.sample.as_ref().unwrap();
-        assert_eq!(s.kernel.unwrap().execs, 5);
-        assert_eq!(s.kernel.unwrap().forks, 1);
-        assert_eq!(s.kernel.unwrap().live_tasks, 2);
+        assert_eq!(s.kernel.as_ref().unwrap().execs, 5);
+        assert_eq!(s.kernel.as_ref().unwrap().forks, 1);
+        assert_eq!(s.kernel.as_ref().unwrap().live_tasks, 2);
         assert!((s.cgroup.cpu.as_ref().unwrap().usage_seconds - 1.5).abs() < 1e-9);
         assert_eq!(c.placed_part(2).map(|p| p.gone), Some(true));
         assert_eq!(c.live_parts().count(), 1);

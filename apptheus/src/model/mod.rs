@@ -9,4 +9,5 @@ pub(crate) mod metadata;
 pub(crate) mod programs;
 pub(crate) mod registry;
 pub(crate) mod slurm;
+pub(crate) mod source;
 pub(crate) mod stats;

@@ -7,7 +7,9 @@ use crate::model::container::{Container, Member};
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    containers: BTreeMap<u64, Container>,
+    /// Boxed: a map node holds eleven entries, and a container is about a
+    /// kilobyte (nodes half full would waste that much per container).
+    containers: BTreeMap<u64, Box<Container>>,
     /// Member key -> container key.
     members: BTreeMap<u64, u64>,
     /// Socket connection -> member key.
@@ -26,7 +28,7 @@ impl Registry {
                 self.conns.insert(conn, m.key);
             }
         }
-        self.containers.insert(c.key, c);
+        self.containers.insert(c.key, Box::new(c));
         true
     }
 
@@ -77,11 +79,11 @@ impl Registry {
     }
 
     pub fn get(&self, key: u64) -> Option<&Container> {
-        self.containers.get(&key)
+        self.containers.get(&key).map(|c| &**c)
     }
 
     pub fn get_mut(&mut self, key: u64) -> Option<&mut Container> {
-        self.containers.get_mut(&key)
+        self.containers.get_mut(&key).map(|c| &mut **c)
     }
 
     /// The key of the container that member `key` belongs to.
@@ -108,7 +110,7 @@ impl Registry {
             .collect();
         let removed: Vec<Container> = gone
             .iter()
-            .filter_map(|k| self.containers.remove(k))
+            .filter_map(|k| self.containers.remove(k).map(|c| *c))
             .collect();
         for c in &removed {
             for m in &c.members {
@@ -122,7 +124,7 @@ impl Registry {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Container> {
-        self.containers.values()
+        self.containers.values().map(|c| &**c)
     }
 
     /// Every container's key.

@@ -16,7 +16,10 @@ use prometheus::proto::MetricFamily;
 use tokio::{task::JoinHandle, time::Instant};
 use url::Url;
 
-use crate::{duration::parse_duration, export::metrics::AgentMetrics};
+use crate::{
+    duration::parse_duration,
+    export::{cadence::Reader, metrics::AgentMetrics},
+};
 
 pub mod pushgateway;
 pub mod remote_write;
@@ -224,6 +227,8 @@ async fn run(target: Target, client: HttpClient, metrics: Arc<AgentMetrics>, int
     loop {
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
+        // Sampled for the push, or just before it.
+        metrics.fresh(Reader::Push(name)).await;
         match push_once(&target, &client, &metrics).await {
             Ok(()) => {
                 pushes.inc();

@@ -298,3 +298,101 @@ pub fn check_all(c: &Catalogue, queries: &[Query]) -> Vec<String> {
     }
     problems
 }
+
+/// Metric names in prose or queries (README.md, the dashboard, the rules):
+/// `apptheus_...` and `process_...` words, with `{a,b}` alternatives
+/// expanded and a trailing `{labels}` dropped, and `..._suffix` for a name
+/// sharing a prefix with the name before it. Returns how many were found
+/// and those `known` refuses.
+pub fn unknown_metrics(text: &str, known: impl Fn(&str) -> bool) -> (usize, Vec<String>) {
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    let mut found = 0;
+    let mut unknown = Vec::new();
+    let mut previous: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !text.is_char_boundary(i) {
+            i += 1;
+            continue;
+        }
+        let rest = &text[i..];
+        let starts = ["apptheus_", "process_", "..._"]
+            .iter()
+            .any(|p| rest.starts_with(p));
+        let boundary = i == 0 || !(word(bytes[i - 1]) || bytes[i - 1] == b'-');
+        if !(starts && boundary) {
+            i += 1;
+            continue;
+        }
+        let len = rest
+            .bytes()
+            .position(|b| !(word(b) || b == b'.' || b == b'{' || b == b'}' || b == b','))
+            .unwrap_or(rest.len());
+        i += len.max(1);
+        let mut token = rest[..len].trim_end_matches(['.', ',']).to_string();
+        // An unmatched `{` starts a selector: what follows is labels.
+        if token.matches('{').count() > token.matches('}').count()
+            && let Some(at) = token.rfind('{')
+        {
+            token.truncate(at);
+        }
+        // A trailing group is the series' labels.
+        if token.ends_with('}')
+            && let Some(at) = token.rfind('{')
+        {
+            token.truncate(at);
+        }
+        // A prefix (`apptheus_`, `process_*`) names no metric.
+        if token.ends_with('_') || token.is_empty() {
+            continue;
+        }
+        for name in expand(&token) {
+            found += 1;
+            match name.strip_prefix("...") {
+                Some(suffix) => {
+                    let resolved = previous.as_deref().and_then(|p| {
+                        let mut cut = p.len();
+                        while let Some(at) = p[..cut].rfind('_') {
+                            let candidate = format!("{}{suffix}", &p[..at]);
+                            if known(&candidate) {
+                                return Some(candidate);
+                            }
+                            cut = at;
+                        }
+                        None
+                    });
+                    if resolved.is_none() {
+                        unknown.push(match &previous {
+                            Some(p) => format!("{name} (after {p})"),
+                            None => format!("{name} (no full name before it)"),
+                        });
+                    }
+                }
+                None => {
+                    if !known(&name) {
+                        unknown.push(name.clone());
+                    }
+                    previous = Some(name);
+                }
+            }
+        }
+    }
+    (found, unknown)
+}
+
+/// `a_{b,c}_d` -> `a_b_d`, `a_c_d` (groups nest in sequence, not inside
+/// each other).
+fn expand(token: &str) -> Vec<String> {
+    let Some(open) = token.find('{') else {
+        return vec![token.to_string()];
+    };
+    let Some(close) = token[open..].find('}').map(|c| open + c) else {
+        return vec![token.to_string()];
+    };
+    let (head, tail) = (&token[..open], &token[close + 1..]);
+    token[open + 1..close]
+        .split(',')
+        .flat_map(|alt| expand(&format!("{head}{alt}{tail}")))
+        .collect()
+}

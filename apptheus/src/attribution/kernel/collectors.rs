@@ -4,7 +4,7 @@
 //! agent.
 use std::{fs::File, path::Path};
 
-use apptheus_common::{MAP_CGROUPS, MAP_RUNQ, MAP_RUNQ_PIDS};
+use apptheus_common::{MAP_CGROUPS, MAP_RUNQ, MAP_RUNQ_SLOTS, MAP_RUNQ_TASKS};
 use aya::{
     Btf, Ebpf,
     programs::{
@@ -95,7 +95,7 @@ pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
 pub const fn maps(c: Collector) -> &'static [&'static str] {
     match c {
         Collector::Network => &[MAP_CGROUPS],
-        Collector::Runqlat => &[MAP_RUNQ, MAP_RUNQ_PIDS],
+        Collector::Runqlat => &[MAP_RUNQ, MAP_RUNQ_SLOTS, MAP_RUNQ_TASKS],
         Collector::Oom | Collector::Fsio => &[],
     }
 }

@@ -2,6 +2,7 @@
 pub mod collectors;
 pub mod events;
 pub mod offsets;
+mod runq;
 pub mod stats;
 
 use std::{
@@ -11,13 +12,13 @@ use std::{
 
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
-    MAP_RUNQ, MAP_RUNQ_PIDS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAP_WATCHED, MAX_RUNQ_PIDS,
-    RUN_DELAY_UNKNOWN, RunqHistogram, STAT_COUNT, Stat, TRUST_LAUNCHER, TRUST_STARTER, TaskEntry,
-    runq_pids_element, runq_pids_mark,
+    MAP_RUNQ, MAP_RUNQ_SLOTS, MAP_RUNQ_TASKS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAP_WATCHED,
+    MAX_RUNQ_TASKS, RUN_DELAY_UNKNOWN, RunqHistogram, STAT_COUNT, Stat, TRUST_LAUNCHER,
+    TRUST_STARTER, TaskEntry,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
 
@@ -90,10 +91,12 @@ pub struct Kernel {
     containers: HashMap<MapData, u64, ContainerState>,
     stats: PerCpuArray<MapData, u64>,
     events: Option<RingBuf<MapData>>,
-    runq: PerCpuHashMap<MapData, u64, RunqHistogram>,
-    /// Which task ids are containers', a byte each, eight to an element,
-    /// for the run-queue latency collector (one element when it is off).
-    runq_pids: Array<MapData, u64>,
+    /// Run-queue latency collector (see `runq`): histograms by slot, each
+    /// task id's entry, the slots given (one element each when it is off).
+    runq: PerCpuArray<MapData, RunqHistogram>,
+    runq_tasks: Array<MapData, u64>,
+    runq_slots: HashMap<MapData, u64, u32>,
+    runq_slots_given: runq::Slots,
     cgroups: HashMap<MapData, u64, u64>,
     watched: HashMap<MapData, u32, u64>,
     /// Container id -> the cgroup2 id registered for it in `cgroups`.
@@ -154,7 +157,7 @@ impl Kernel {
                 task_ids = pids,
                 "run-queue latency collector: task table sized to kernel.pid_max"
             );
-            loader.map_max_entries(MAP_RUNQ_PIDS, pids.div_ceil(8));
+            loader.map_max_entries(MAP_RUNQ_TASKS, pids);
         }
         let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
         for (program, tracepoint) in PROGRAMS {
@@ -179,12 +182,15 @@ impl Kernel {
         let stats = take(&mut ebpf, MAP_STATS)?;
         let events = take(&mut ebpf, MAP_EVENTS)?;
         let runq = take(&mut ebpf, MAP_RUNQ)?;
-        let runq_pids = take(&mut ebpf, MAP_RUNQ_PIDS)?;
+        let runq_tasks = take(&mut ebpf, MAP_RUNQ_TASKS)?;
+        let runq_slots = take(&mut ebpf, MAP_RUNQ_SLOTS)?;
         let cgroups = take(&mut ebpf, MAP_CGROUPS)?;
         let watched = take(&mut ebpf, MAP_WATCHED)?;
         let mut kernel = Self {
-            runq: PerCpuHashMap::try_from(runq).map_err(map_err(MAP_RUNQ))?,
-            runq_pids: Array::try_from(runq_pids).map_err(map_err(MAP_RUNQ_PIDS))?,
+            runq: PerCpuArray::try_from(runq).map_err(map_err(MAP_RUNQ))?,
+            runq_tasks: Array::try_from(runq_tasks).map_err(map_err(MAP_RUNQ_TASKS))?,
+            runq_slots: HashMap::try_from(runq_slots).map_err(map_err(MAP_RUNQ_SLOTS))?,
+            runq_slots_given: runq::Slots::default(),
             cgroups: HashMap::try_from(cgroups).map_err(map_err(MAP_CGROUPS))?,
             watched: HashMap::try_from(watched).map_err(map_err(MAP_WATCHED))?,
             cgroup_ids: BTreeMap::new(),
@@ -277,7 +283,7 @@ impl Kernel {
                 read_bytes: s.fs_read_bytes,
                 write_bytes: s.fs_write_bytes,
             }),
-            runq: self.runq_histogram(cid),
+            runq: self.runq_histogram(cid).map(Box::new),
         })
     }
 
@@ -299,6 +305,7 @@ impl Kernel {
         self.containers
             .insert(&cid, &state, 0)
             .map_err(map_err(MAP_CONTAINERS))?;
+        self.runq_track(cid);
         for &tid in tids {
             // A task already attributed keeps its container.
             let entry = TaskEntry {
@@ -306,7 +313,7 @@ impl Kernel {
                 run_delay_seen: RUN_DELAY_UNKNOWN,
             };
             if self.tasks.insert(&tid, &entry, aya_noexist()).is_ok() {
-                self.mark_runq_pid(tid, true);
+                self.runq_mark(tid, cid);
             }
         }
         Ok(())
@@ -315,7 +322,7 @@ impl Kernel {
     /// Forgets a container once its final sample is taken.
     pub fn forget(&mut self, cid: u64) {
         let _ = self.containers.remove(&cid);
-        let _ = self.runq.remove(&cid);
+        self.runq_release(cid);
         self.unregister_cgroup(cid);
     }
 
@@ -353,25 +360,6 @@ impl Kernel {
         }
     }
 
-    /// A container's run-queue latency histogram, summed over CPUs; None
-    /// when the collector is off. A container that has not waited yet has
-    /// an empty histogram.
-    pub fn runq_histogram(&self, cid: u64) -> Option<RunqHistogram> {
-        if !self.active.contains(Collector::Runqlat) {
-            return None;
-        }
-        let mut sum = RunqHistogram::default();
-        if let Ok(per_cpu) = self.runq.get(&cid, 0) {
-            for h in per_cpu.iter() {
-                for (s, v) in sum.slots.iter_mut().zip(h.slots) {
-                    *s += v;
-                }
-                sum.sum_ns += h.sum_ns;
-            }
-        }
-        Some(sum)
-    }
-
     /// The container task `tid` belongs to, if any.
     pub fn container_of(&self, tid: u32) -> Option<u64> {
         self.tasks.get(&tid, 0).ok().map(|e| e.container)
@@ -385,23 +373,6 @@ impl Kernel {
             .filter(|(_, e)| e.container == cid)
             .map(|(t, _)| t)
             .collect()
-    }
-
-    /// Sets task `tid`'s byte in the run-queue latency collector's table
-    /// (nothing past its end: the kernel looks in `tasks` there). The
-    /// element is rewritten whole, so a kernel program changing one of its
-    /// seven other bytes at the same moment can lose that change; that
-    /// only leaves such a task's waits unobserved (its entry in `tasks`
-    /// still decides whose they are), and this runs only for adopted and
-    /// stale tasks.
-    fn mark_runq_pid(&mut self, tid: u32, in_container: bool) {
-        let element = runq_pids_element(tid);
-        let Ok(word) = self.runq_pids.get(&element, 0) else {
-            return;
-        };
-        let _ = self
-            .runq_pids
-            .set(element, &runq_pids_mark(word, tid, in_container), 0);
     }
 
     /// An agent-level counter, summed over CPUs.
@@ -447,7 +418,7 @@ fn runq_pid_table_size(pid_max: Option<&str>) -> u32 {
     pid_max
         .and_then(|s| s.trim().parse::<u32>().ok())
         .filter(|&n| n > 0)
-        .map_or(MAX_RUNQ_PIDS, |n| n.min(MAX_RUNQ_PIDS))
+        .map_or(MAX_RUNQ_TASKS, |n| n.min(MAX_RUNQ_TASKS))
 }
 
 /// BPF_NOEXIST, as aya's insert takes raw flags.
@@ -462,11 +433,11 @@ mod tests {
     #[test]
     fn runq_pid_table_follows_pid_max_within_the_kernel_limit() {
         assert_eq!(runq_pid_table_size(Some("32768\n")), 32_768);
-        assert_eq!(runq_pid_table_size(Some("4194304\n")), MAX_RUNQ_PIDS);
+        assert_eq!(runq_pid_table_size(Some("4194304\n")), MAX_RUNQ_TASKS);
         // Unreadable or nonsense: the largest a 64-bit kernel allows.
         for bad in [None, Some(""), Some("0\n"), Some("lots"), Some("-1")] {
-            assert_eq!(runq_pid_table_size(bad), MAX_RUNQ_PIDS, "{bad:?}");
+            assert_eq!(runq_pid_table_size(bad), MAX_RUNQ_TASKS, "{bad:?}");
         }
-        assert_eq!(runq_pid_table_size(Some("99999999")), MAX_RUNQ_PIDS);
+        assert_eq!(runq_pid_table_size(Some("99999999")), MAX_RUNQ_TASKS);
     }
 }

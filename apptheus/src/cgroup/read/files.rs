@@ -1,31 +1,40 @@
-//! Reading cgroup interface files, with every problem turned into a
-//! warning that names the file instead of an error that loses the other
-//! statistics.
+//! Reading cgroup interface files at every sample, cheaply: a file is
+//! opened once and kept open (within a budget of descriptors), then re-read
+//! in place with `pread` at offset 0, which makes the kernel produce its
+//! content afresh. Opening a cgroup file costs several times more than
+//! reading it (path walk, kernfs allocations, and the close); keeping it
+//! costs a descriptor and about 4.7 KiB of kernel memory (the file's
+//! seq_file buffer stays allocated). Files beyond the budget are opened,
+//! read and closed each time.
 //!
-//! Which absences are worth a warning: a file the controller always has
-//! (memory.stat next to memory.current) is expected, and its absence is
-//! reported; a file that only some kernels or configurations have
-//! (memory.peak before 5.19, swap accounting, PSI) is optional, and its
-//! absence just leaves the statistic out. The caller logs warnings on every
-//! sample, so a host's permanent traits must not produce them.
+//! Every problem becomes a warning naming the file, instead of an error
+//! that would lose the other statistics. Which absences are worth a
+//! warning: a file the controller always has (memory.stat next to
+//! memory.current) is required, and its absence is reported; a file only
+//! some kernels or configurations have (memory.peak before 5.19, swap
+//! accounting, PSI) is optional, and its absence just leaves the statistic
+//! out. The caller logs warnings at every sample, so a host's permanent
+//! traits must not produce them.
 use std::{
     fs,
-    io::{self, Read},
+    io::{self, Read as _},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use super::parse::ParseError;
+use crate::model::cgroups::ContainerCgroups;
 
 /// cgroup files are small; a list of tasks is the largest (about 8 bytes
 /// per thread). Anything beyond this is not a cgroup file.
-const MAX_FILE_BYTES: u64 = 8 << 20;
+pub const MAX_FILE_BYTES: usize = 8 << 20;
 
-/// Ancestors visited looking for an enclosing limit; real hierarchies are a
-/// handful of levels deep.
-const MAX_DEPTH: usize = 64;
-
-/// Sub-cgroups visited when counting tasks below a container's cgroup.
-const MAX_DIRS: usize = 1024;
+/// The first read's size: larger than any cgroup statistics file.
+const FIRST_READ: usize = 16 * 1024;
 
 /// Something wrong with one file; the rest of the statistics still came
 /// through.
@@ -50,208 +59,346 @@ pub enum Problem {
     Parse(#[from] ParseError),
     #[error("more than {0} devices; the rest are left out")]
     TooManyDevices(usize),
-    #[error("more than {MAX_DIRS} cgroups below; counted the first {MAX_DIRS}")]
-    TooManyCgroups,
+    #[error("more than {0} cgroups below; counted the first {0}")]
+    TooManyCgroups(usize),
 }
 
-/// Reads files and collects the warnings.
-#[derive(Debug, Default)]
-pub struct Reader {
-    pub warnings: Vec<StatWarning>,
+/// Descriptors that may be kept open for re-reading, shared by every
+/// reader; a kept file gives its descriptor back when dropped.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    left: Arc<AtomicUsize>,
+    max: usize,
 }
 
-enum Outcome {
-    Text(String),
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Budget {
+            left: Arc::new(AtomicUsize::new(max)),
+            max,
+        }
+    }
+
+    /// Descriptors kept open now.
+    pub fn in_use(&self) -> usize {
+        self.max.saturating_sub(self.left.load(Ordering::Relaxed))
+    }
+
+    fn take(&self) -> bool {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// A descriptor counted against a [`Budget`].
+#[derive(Debug)]
+struct Kept {
+    fd: OwnedFd,
+    budget: Arc<AtomicUsize>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.budget.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The hierarchy a file is in: the cgroup2 directory, or a v1 controller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hier {
+    V2,
+    V1(&'static str),
+}
+
+impl Hier {
+    pub fn dir(self, cg: &ContainerCgroups) -> Option<&Path> {
+        match self {
+            Hier::V2 => cg.v2.as_deref(),
+            Hier::V1(c) => cg.v1.get(c).map(PathBuf::as_path),
+        }
+    }
+}
+
+/// One interface file of a container's cgroup, read at every sample.
+#[derive(Debug)]
+pub struct File {
+    pub hier: Hier,
+    pub name: &'static str,
+    kept: Option<Kept>,
+}
+
+/// What reading a file gave.
+enum Got {
+    /// Its text is in the buffer.
+    Text,
     /// The file does not exist, or the kernel says the feature is off
     /// (PSI files return EOPNOTSUPP when cgroup.pressure is 0).
     Absent,
+    /// Its cgroup was removed.
+    Gone,
 }
 
-/// Size of the first read of a file: larger than any cgroup statistics file.
-const FIRST_READ: usize = 16 * 1024;
+/// What a sample of one cgroup set shares: its directories, a buffer, the
+/// descriptor budget, the warnings, and whether the cgroup turned out to be
+/// gone.
+pub struct Ctx<'a> {
+    pub cg: &'a ContainerCgroups,
+    buf: &'a mut Vec<u8>,
+    budget: &'a Budget,
+    pub warnings: Vec<StatWarning>,
+    /// A directory that was there when the reader was set up is gone: the
+    /// cgroup was removed, and nothing read now is complete.
+    pub gone: bool,
+}
 
-fn read_text(path: &Path) -> Result<Outcome, Problem> {
-    let file = match fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if is_absent(&e) => return Ok(Outcome::Absent),
-        Err(e) => return Err(Problem::Io(e)),
-    };
-    // One read() returns a whole cgroup file when the buffer is larger
-    // than it (seq_file); only a file that fills the buffer is read on to
-    // its end. This saves the EOF read on every file of every sample.
-    let mut bytes = vec![0u8; FIRST_READ];
-    let mut file = file;
-    let first = match file.read(&mut bytes) {
-        Ok(n) => n,
-        Err(e) if is_absent(&e) => return Ok(Outcome::Absent),
-        Err(e) => return Err(Problem::Io(e)),
-    };
-    bytes.truncate(first);
-    if first == FIRST_READ {
-        match file
-            .take(MAX_FILE_BYTES + 1 - FIRST_READ as u64)
-            .read_to_end(&mut bytes)
-        {
-            Ok(_) => {}
-            Err(e) if is_absent(&e) => return Ok(Outcome::Absent),
-            Err(e) => return Err(Problem::Io(e)),
+impl<'a> Ctx<'a> {
+    pub fn new(cg: &'a ContainerCgroups, buf: &'a mut Vec<u8>, budget: &'a Budget) -> Self {
+        Ctx {
+            cg,
+            buf,
+            budget,
+            warnings: Vec::new(),
+            gone: false,
         }
     }
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(Problem::TooLarge);
+
+    pub fn warn(&mut self, path: PathBuf, problem: Problem) {
+        self.warnings.push(StatWarning { path, problem });
     }
-    String::from_utf8(bytes)
-        .map(Outcome::Text)
-        .map_err(|_| Problem::NotUtf8)
+
+    /// Keeps a parse result, or records why not.
+    pub fn ok<T>(&mut self, f: &File, r: Result<T, ParseError>) -> Option<T> {
+        r.map_err(|e| {
+            let path = f.path(self.cg);
+            self.warn(path, e.into());
+        })
+        .ok()
+    }
 }
 
 fn is_absent(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::EOPNOTSUPP)
 }
 
-impl Reader {
-    pub fn warn(&mut self, path: &Path, problem: Problem) {
-        self.warnings.push(StatWarning {
-            path: path.to_path_buf(),
-            problem,
-        });
-    }
+/// The kernel's answer to reading a file of a removed cgroup.
+fn is_gone(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENODEV)
+}
 
-    /// Whether a container's directory is there; a directory that should
-    /// be there and is not is worth a warning (the cgroup was removed).
-    pub fn dir(&mut self, dir: &Path) -> bool {
-        if dir.is_dir() {
-            return true;
-        }
-        self.warn(dir, Problem::Missing);
-        false
-    }
-
-    /// The text of a file the controller always has.
-    pub fn text(&mut self, path: &Path) -> Option<String> {
-        self.read(path, true)
-    }
-
-    /// The text of a file only some kernels or configurations have.
-    pub fn text_if_present(&mut self, path: &Path) -> Option<String> {
-        self.read(path, false)
-    }
-
-    fn read(&mut self, path: &Path, required: bool) -> Option<String> {
-        match read_text(path) {
-            Ok(Outcome::Text(t)) => Some(t),
-            Ok(Outcome::Absent) => {
-                if required {
-                    self.warn(path, Problem::Missing);
-                }
-                None
-            }
-            Err(p) => {
-                self.warn(path, p);
-                None
-            }
+impl File {
+    pub fn new(hier: Hier, name: &'static str) -> Self {
+        File {
+            hier,
+            name,
+            kept: None,
         }
     }
 
-    /// Keeps a parse result, or records why not.
-    pub fn ok<T>(&mut self, path: &Path, r: Result<T, ParseError>) -> Option<T> {
-        r.map_err(|e| self.warn(path, e.into())).ok()
+    /// Its full path (for warnings and opening).
+    pub fn path(&self, cg: &ContainerCgroups) -> PathBuf {
+        self.hier
+            .dir(cg)
+            .map_or_else(|| PathBuf::from(self.name), |d| d.join(self.name))
+    }
+
+    /// Whether it is kept open.
+    #[cfg(test)]
+    pub fn is_kept(&self) -> bool {
+        self.kept.is_some()
     }
 
     /// A file the controller always has, parsed.
     pub fn required<T>(
         &mut self,
-        path: &Path,
+        ctx: &mut Ctx<'_>,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
     ) -> Option<T> {
-        let text = self.read(path, true)?;
-        self.ok(path, parse(&text))
+        self.parse(ctx, true, parse)
     }
 
-    /// A file only some kernels or configurations have, parsed; its absence
-    /// is no warning.
+    /// A file only some kernels or configurations have, parsed; its
+    /// absence is no warning.
     pub fn optional<T>(
         &mut self,
-        path: &Path,
+        ctx: &mut Ctx<'_>,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
     ) -> Option<T> {
-        let text = self.read(path, false)?;
-        self.ok(path, parse(&text))
+        self.parse(ctx, false, parse)
     }
 
-    /// The limit in force on a cgroup: the smallest of its own limit (file
-    /// `name` in `dir`) and those of its ancestors, up to the hierarchy's
-    /// root, which is where the file stops existing (the root cgroup has no
-    /// memory.max or pids.max; above a v1 mount point there is no cgroup
-    /// file at all). None when nothing on the way is limited.
-    ///
-    /// `applies_above(parent)` says whether the parent's limit (and those
-    /// above it) holds for its children; v1 memory without use_hierarchy
-    /// is the case where it does not.
-    pub fn min_limit_upwards(
+    fn parse<T>(
         &mut self,
-        dir: &Path,
-        name: &str,
-        parse: fn(&str) -> Result<Option<u64>, ParseError>,
-        applies_above: impl Fn(&Path) -> bool,
-    ) -> Option<u64> {
-        let mut min = self.required(&dir.join(name), parse).flatten();
-        let mut cur = dir;
-        for _ in 0..MAX_DEPTH {
-            let Some(parent) = cur.parent() else { break };
-            if !applies_above(parent) {
-                break;
+        ctx: &mut Ctx<'_>,
+        required: bool,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Option<T> {
+        let problem = match self.fill(ctx) {
+            Ok(Got::Text) => match std::str::from_utf8(ctx.buf) {
+                Ok(text) => match parse(text) {
+                    Ok(v) => return Some(v),
+                    Err(e) => Problem::Parse(e),
+                },
+                Err(_) => Problem::NotUtf8,
+            },
+            Ok(Got::Absent) if required => Problem::Missing,
+            Ok(Got::Absent) => return None,
+            Ok(Got::Gone) => {
+                ctx.gone = true;
+                return None;
             }
-            // Where the file stops existing is the hierarchy's root.
-            let path = parent.join(name);
-            let text = match read_text(&path) {
-                Ok(Outcome::Text(t)) => t,
-                Ok(Outcome::Absent) => break,
-                Err(p) => {
-                    self.warn(&path, p);
-                    break;
-                }
-            };
-            if let Some(v) = self.ok(&path, parse(&text)).flatten() {
-                min = Some(min.map_or(v, |m: u64| m.min(v)));
-            }
-            cur = parent;
-        }
-        min
+            Err(p) => p,
+        };
+        let path = self.path(ctx.cg);
+        ctx.warn(path, problem);
+        None
     }
 
-    /// Entries of the list file `name` (cgroup.threads, tasks) in `dir` and
-    /// in every cgroup below it, the way the hierarchical counters
-    /// (pids.current, memory usage) count them too.
-    pub fn count_below(&mut self, dir: &Path, name: &str) -> Option<u64> {
-        let own = self.required(&dir.join(name), |t| Ok(super::parse::count_lines(t)))?;
-        let mut total = own;
-        let mut stack = subdirs(dir);
-        let mut visited = 0;
-        while let Some(d) = stack.pop() {
-            if visited == MAX_DIRS {
-                self.warn(dir, Problem::TooManyCgroups);
-                break;
+    /// Reads the whole file into the context's buffer.
+    fn fill(&mut self, ctx: &mut Ctx<'_>) -> Result<Got, Problem> {
+        if let Some(k) = &self.kept {
+            match pread_all(&k.fd, ctx.buf) {
+                Ok(()) => return Ok(Got::Text),
+                Err(e) if is_gone(&e) => {
+                    self.kept = None;
+                    return Ok(Got::Gone);
+                }
+                Err(e) if is_absent(&e) => return Ok(Got::Absent),
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                    return Err(Problem::TooLarge);
+                }
+                Err(e) => return Err(Problem::Io(e)),
             }
-            visited += 1;
-            // A child cgroup removed meanwhile is no error: it had no tasks.
-            if let Some(n) = self.optional(&d.join(name), |t| Ok(super::parse::count_lines(t))) {
-                total = total.saturating_add(n);
-            }
-            stack.extend(subdirs(&d));
         }
-        Some(total)
+        let path = self.path(ctx.cg);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if is_absent(&e) => {
+                // Missing file, or missing directory: the cgroup was removed.
+                let dir_gone = self.hier.dir(ctx.cg).is_none_or(|d| !d.is_dir());
+                return Ok(if dir_gone { Got::Gone } else { Got::Absent });
+            }
+            Err(e) if is_gone(&e) => return Ok(Got::Gone),
+            Err(e) => return Err(Problem::Io(e)),
+        };
+        let fd = OwnedFd::from(file);
+        match pread_all(&fd, ctx.buf) {
+            Ok(()) => {}
+            Err(e) if is_gone(&e) => return Ok(Got::Gone),
+            Err(e) if is_absent(&e) => return Ok(Got::Absent),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => return Err(Problem::TooLarge),
+            Err(e) => return Err(Problem::Io(e)),
+        }
+        if ctx.budget.take() {
+            self.kept = Some(Kept {
+                fd,
+                budget: ctx.budget.left.clone(),
+            });
+        }
+        Ok(Got::Text)
     }
 }
 
-fn subdirs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    rd.filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect()
+/// A cgroup directory whose number of child cgroups is checked at every
+/// sample: kernfs gives a directory 2 + its subdirectories as link count,
+/// so an `fstat` of a kept descriptor tells whether there is any.
+#[derive(Debug)]
+pub struct Dir {
+    pub hier: Hier,
+    kept: Option<Kept>,
+}
+
+impl Dir {
+    pub fn new(hier: Hier) -> Self {
+        Dir { hier, kept: None }
+    }
+
+    /// Whether the directory has child cgroups; None when it is gone.
+    pub fn has_children(&mut self, ctx: &mut Ctx<'_>) -> Option<bool> {
+        let dir = self.hier.dir(ctx.cg)?;
+        if let Some(k) = &self.kept {
+            // SAFETY: an all-zero stat is a valid value of this plain C struct.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstat writes one stat into `st`, which we own; the
+            // descriptor is open (we own it).
+            if unsafe { libc::fstat(k.fd.as_raw_fd(), &mut st) } == 0 {
+                return Some(links_say_children(st.st_nlink));
+            }
+            self.kept = None;
+        }
+        let meta = fs::metadata(dir).ok()?;
+        if let Ok(f) = fs::File::open(dir)
+            && ctx.budget.take()
+        {
+            self.kept = Some(Kept {
+                fd: OwnedFd::from(f),
+                budget: ctx.budget.left.clone(),
+            });
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        Some(links_say_children(meta.nlink()))
+    }
+}
+
+/// A directory's link count is 2 + its subdirectories on kernfs (and
+/// ext4, tmpfs); file systems that do not count them (btrfs: always 1) may
+/// have children.
+fn links_say_children(nlink: u64) -> bool {
+    nlink != 2
+}
+
+/// Reads a file from its start into `buf` (replacing its content): one
+/// `pread` when the file fits the buffer (seq_file hands a whole cgroup
+/// file over in one read when the buffer is larger than it), more only for
+/// a file that fills it.
+fn pread_all(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    let mut len = 0usize;
+    loop {
+        if buf.capacity() - len < FIRST_READ {
+            buf.reserve(FIRST_READ.max(buf.capacity()));
+        }
+        let room = buf.capacity() - len;
+        // SAFETY: the kernel writes at most `room` bytes at buf's spare
+        // capacity, which is allocated; the descriptor is open (we own it).
+        let n = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().add(len).cast(),
+                room,
+                len as libc::off_t,
+            )
+        };
+        let n = match usize::try_from(n) {
+            Ok(n) => n,
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        // SAFETY: the kernel initialised these n bytes.
+        unsafe { buf.set_len(len + n) };
+        len += n;
+        if n == 0 || n < room {
+            return Ok(());
+        }
+        if len > MAX_FILE_BYTES {
+            return Err(io::ErrorKind::FileTooLarge.into());
+        }
+    }
+}
+
+/// Reads a small file by path (an ancestor's limit, use_hierarchy), for
+/// what is not read at every sample of every container.
+pub fn read_small(path: &Path) -> io::Result<String> {
+    let mut s = String::new();
+    fs::File::open(path)?
+        .take(FIRST_READ as u64)
+        .read_to_string(&mut s)?;
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -263,6 +410,13 @@ mod tests {
         fs::write(dir.join(name), text).unwrap();
     }
 
+    fn cg(dir: &Path) -> ContainerCgroups {
+        ContainerCgroups {
+            v2: Some(dir.to_path_buf()),
+            ..ContainerCgroups::default()
+        }
+    }
+
     #[test]
     fn required_optional_and_problems() {
         let t = tempfile::tempdir().unwrap();
@@ -270,16 +424,22 @@ mod tests {
         write(d, "good", "42\n");
         write(d, "empty", "");
         fs::write(d.join("binary"), [0xff, 0xfe, 0x00]).unwrap();
-        let mut r = Reader::default();
-        assert_eq!(r.required(&d.join("good"), parse::single_u64), Some(42));
-        assert_eq!(r.optional(&d.join("nope"), parse::single_u64), None);
-        assert!(r.warnings.is_empty());
-        assert_eq!(r.required(&d.join("nope"), parse::single_u64), None);
-        assert_eq!(r.optional(&d.join("empty"), parse::single_u64), None);
-        assert_eq!(r.required(&d.join("binary"), parse::single_u64), None);
+        fs::create_dir(d.join("adir")).unwrap();
+        let cg = cg(d);
+        let mut buf = Vec::new();
+        let budget = Budget::new(16);
+        let mut ctx = Ctx::new(&cg, &mut buf, &budget);
+        let f = |name| File::new(Hier::V2, name);
+        assert_eq!(f("good").required(&mut ctx, parse::single_u64), Some(42));
+        assert_eq!(f("nope").optional(&mut ctx, parse::single_u64), None);
+        assert!(ctx.warnings.is_empty());
+        assert_eq!(f("nope").required(&mut ctx, parse::single_u64), None);
+        assert_eq!(f("empty").optional(&mut ctx, parse::single_u64), None);
+        assert_eq!(f("binary").required(&mut ctx, parse::single_u64), None);
         // A directory where a file should be: a read error, not a panic.
-        assert_eq!(r.required(d, parse::single_u64), None);
-        let w: Vec<String> = r.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(f("adir").required(&mut ctx, parse::single_u64), None);
+        assert!(!ctx.gone);
+        let w: Vec<String> = ctx.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(w.len(), 4, "{w:?}");
         assert!(w[0].ends_with("nope: missing"), "{w:?}");
         assert!(w[1].ends_with("empty: file is empty"), "{w:?}");
@@ -288,54 +448,56 @@ mod tests {
     }
 
     #[test]
-    fn limits_walk_up_until_the_file_stops() {
+    fn kept_files_are_reread_in_place_within_the_budget() {
         let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("root");
-        let job = root.join("job");
-        let ctr = job.join("ctr");
-        fs::create_dir_all(&ctr).unwrap();
-        // The root has no limit file: the walk stops there.
-        write(&job, "pids.max", "100\n");
-        write(&ctr, "pids.max", "max\n");
-        let mut r = Reader::default();
+        let d = t.path();
+        write(d, "a", "1\n");
+        write(d, "b", "2\n");
+        let cg = cg(d);
+        let mut buf = Vec::new();
+        let budget = Budget::new(1);
+        let mut ctx = Ctx::new(&cg, &mut buf, &budget);
+        let mut a = File::new(Hier::V2, "a");
+        let mut b = File::new(Hier::V2, "b");
+        assert_eq!(a.required(&mut ctx, parse::single_u64), Some(1));
+        assert_eq!(b.required(&mut ctx, parse::single_u64), Some(2));
+        assert!(a.is_kept() && !b.is_kept(), "one descriptor in the budget");
+        assert_eq!(budget.in_use(), 1);
+        // Rewritten in place (a regular file keeps its inode): the kept
+        // descriptor reads the new content from the start.
+        write(d, "a", "12345\n");
+        write(d, "b", "7\n");
+        assert_eq!(a.required(&mut ctx, parse::single_u64), Some(12345));
+        assert_eq!(b.required(&mut ctx, parse::single_u64), Some(7));
+        drop(a);
         assert_eq!(
-            r.min_limit_upwards(&ctr, "pids.max", parse::limit, |_| true),
-            Some(100)
+            budget.in_use(),
+            0,
+            "a dropped file gives its descriptor back"
         );
-        // Unlimited all the way up.
-        write(&job, "pids.max", "max\n");
-        assert_eq!(
-            r.min_limit_upwards(&ctr, "pids.max", parse::limit, |_| true),
-            None
-        );
-        write(&root, "pids.max", "7\n");
-        assert_eq!(
-            r.min_limit_upwards(&ctr, "pids.max", parse::limit, |_| true),
-            Some(7)
-        );
-        assert_eq!(
-            r.min_limit_upwards(&ctr, "pids.max", parse::limit, |p| p != root.as_path()),
-            None
-        );
-        write(&job, "pids.max", "garbage\n");
-        assert_eq!(
-            r.min_limit_upwards(&ctr, "pids.max", parse::limit, |_| true),
-            Some(7)
-        );
-        assert_eq!(r.warnings.len(), 1);
+        // A file larger than the first read is read whole.
+        let big = "x\n".repeat(20_000);
+        write(d, "big", &big);
+        let mut f = File::new(Hier::V2, "big");
+        assert_eq!(f.required(&mut ctx, |t| Ok(t.len())), Some(big.len()));
+        assert_eq!(f.required(&mut ctx, |t| Ok(t.len())), Some(big.len()));
     }
 
     #[test]
-    fn counts_tasks_below() {
+    fn a_removed_directory_is_gone_not_missing() {
         let t = tempfile::tempdir().unwrap();
-        let d = t.path();
-        fs::create_dir_all(d.join("a/b")).unwrap();
-        write(d, "tasks", "1\n2\n");
-        write(&d.join("a"), "tasks", "");
-        write(&d.join("a/b"), "tasks", "3\n4\n5\n");
-        let mut r = Reader::default();
-        assert_eq!(r.count_below(d, "tasks"), Some(5));
-        assert_eq!(r.count_below(&d.join("x"), "tasks"), None);
-        assert_eq!(r.warnings.len(), 1);
+        let d = t.path().join("ctr");
+        fs::create_dir(&d).unwrap();
+        write(&d, "a", "1\n");
+        let cg = cg(&d);
+        let mut buf = Vec::new();
+        let budget = Budget::new(0);
+        let mut ctx = Ctx::new(&cg, &mut buf, &budget);
+        let mut a = File::new(Hier::V2, "a");
+        assert_eq!(a.required(&mut ctx, parse::single_u64), Some(1));
+        fs::remove_dir_all(&d).unwrap();
+        assert_eq!(a.required(&mut ctx, parse::single_u64), None);
+        assert!(ctx.gone);
+        assert!(ctx.warnings.is_empty(), "{:?}", ctx.warnings);
     }
 }

@@ -1,149 +1,307 @@
-//! Per-container cgroup statistics: the values, and reading them from the
-//! container's cgroup directories. A family the host cannot provide is None.
+//! Per-container cgroup statistics, read by one source per family: `cpu`,
+//! `memory`, `pids` (with threads), `blkio` and `pressure`, each a module
+//! of its own and a [`Source`] for the sampler. A family the host cannot
+//! provide is None.
 //!
-//! Which source wins, per family: the cgroup2 file when the container's
-//! cgroup2 directory has it (pure v2 hosts with the controllers enabled),
-//! else the v1 controller's. On hybrid hosts that means CPU usage and PSI
-//! from cgroup2 (its cpu.stat and pressure files exist without any
-//! controller) and memory, pids, block I/O and CFS throttling from v1.
-//! A family never mixes sources for one container: when the chosen file is
-//! broken the family is left out (with a warning) rather than filled from
-//! the other hierarchy, whose counters would not continue the same series.
-use std::{collections::BTreeMap, path::Path};
+//! Which hierarchy gives a family: the cgroup2 directory when it has the
+//! family's files (pure v2 hosts with the controllers enabled), else the v1
+//! controller's. On hybrid hosts that means CPU usage and PSI from cgroup2
+//! (its cpu.stat and pressure files exist without any controller) and
+//! memory, pids, block I/O and CFS throttling from v1. A family never mixes
+//! sources for one container: when the chosen file is broken the family is
+//! left out (with a warning) rather than filled from the other hierarchy,
+//! whose counters would not continue the same series.
+//!
+//! Which files each family reads is decided once per cgroup set (and again
+//! when a family found nothing, in case controllers were enabled since);
+//! the files are kept open and re-read in place (see `files`).
+use std::{
+    collections::{BTreeMap, HashMap, hash_map::Entry},
+    path::Path,
+    time::{Duration, Instant},
+};
 
+mod blkio;
+mod cpu;
 mod files;
+mod limits;
+mod memory;
 pub mod parse;
-mod v1;
-mod v2;
+mod pids;
+mod pressure;
 
-use files::Reader;
-pub use files::{Problem, StatWarning};
-use parse::{Device, IoCounters};
-pub use v1::user_hz;
+pub use files::{Budget, Problem, StatWarning};
+use files::{Ctx, Hier};
+pub use v1_hz::user_hz;
 
 use crate::model::{
     cgroups::ContainerCgroups,
-    stats::{BlkioDevice, CgroupStats, CpuStats},
+    source::{CgroupSource as Which, Fresh, Outcome, Source, Target},
+    stats::CgroupStats,
 };
 
 /// Devices reported per container at most: a container touching more
 /// block devices than this is unusual, and every device is four series.
 pub const MAX_DEVICES: usize = 256;
 
-/// Reads a container's statistics. Never fails: what cannot be read is
-/// left out and explained in the warnings, each naming its file.
+/// How long a family that found nothing to read waits before it looks
+/// again (a controller enabled in the container's cgroup since).
+const REPLAN_AFTER: Duration = Duration::from_secs(30);
+
+/// A family of statistics read from cgroup files.
+trait Family {
+    /// The source's name.
+    const NAME: &'static str;
+    /// The files it reads of one cgroup set.
+    type Files: Send;
+    /// Which files give the family here; None when none does.
+    fn plan(dirs: &Dirs<'_>) -> Option<Self::Files>;
+    /// Reads them into `out`.
+    fn read(files: &mut Self::Files, ctx: &mut Ctx<'_>, shared: &mut Shared, out: &mut CgroupStats);
+}
+
+/// The directories of a cgroup set that exist, checked when a family plans
+/// its files.
+pub(crate) struct Dirs<'a> {
+    pub v2: Option<&'a Path>,
+    pub v1: BTreeMap<&'a str, &'a Path>,
+}
+
+impl<'a> Dirs<'a> {
+    /// The directories of `cg` that exist; each missing one is a warning
+    /// (the cgroup was removed, or never created).
+    fn probe(cg: &'a ContainerCgroups, ctx: &mut Ctx<'_>) -> Self {
+        let mut seen: BTreeMap<&Path, bool> = BTreeMap::new();
+        let mut there = |d: &'a Path, ctx: &mut Ctx<'_>| {
+            *seen.entry(d).or_insert_with(|| {
+                let ok = d.is_dir();
+                if !ok {
+                    ctx.warn(d.to_path_buf(), Problem::Missing);
+                }
+                ok
+            })
+        };
+        let v2 = cg.v2.as_deref().filter(|d| there(d, ctx));
+        let v1 = cg
+            .v1
+            .iter()
+            .filter(|(_, d)| there(d, ctx))
+            .map(|(c, d)| (c.as_str(), d.as_path()))
+            .collect();
+        Dirs { v2, v1 }
+    }
+
+    /// The cgroup2 directory, if it has `file` (a controller's mark).
+    pub fn v2_with(&self, file: &str) -> Option<&'a Path> {
+        self.v2.filter(|d| d.join(file).exists())
+    }
+
+    /// A v1 controller's directory, if it exists.
+    pub fn v1(&self, controller: &str) -> Option<&'a Path> {
+        self.v1.get(controller).copied()
+    }
+
+    /// The v1 controller of `hier` as the `'static` name files keep.
+    pub fn v1_hier(&self, controller: &'static str) -> Option<Hier> {
+        self.v1(controller).map(|_| Hier::V1(controller))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v2.is_none() && self.v1.is_empty()
+    }
+}
+
+/// What a family's files share across containers within one sample.
+pub(crate) struct Shared {
+    /// The unit of cpuacct.stat.
+    pub user_hz: u64,
+    /// Enclosing cgroups' limits, read once per sample.
+    pub limits: limits::Ancestors,
+}
+
+/// One family's files per cgroup set, planned once.
+struct Planned<F> {
+    /// Which cgroup set they were planned for (its directories' hash).
+    fingerprint: u64,
+    at: Instant,
+    files: Option<F>,
+}
+
+/// A [`Family`] as a [`Source`]: its files per (container, cgroup set).
+struct CgroupSource<F: Family> {
+    parts: HashMap<(u64, usize), Planned<F::Files>>,
+    shared: Shared,
+    budget: Budget,
+    buf: Vec<u8>,
+}
+
+impl<F: Family> CgroupSource<F> {
+    fn new(budget: Budget, user_hz: u64) -> Self {
+        CgroupSource {
+            parts: HashMap::new(),
+            shared: Shared {
+                user_hz,
+                limits: limits::Ancestors::default(),
+            },
+            budget,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<F: Family> Source for CgroupSource<F> {
+    fn name(&self) -> &'static str {
+        F::NAME
+    }
+
+    fn begin(&mut self) {
+        self.shared.limits.begin();
+    }
+
+    fn read(&mut self, t: &Target<'_>, out: &mut Fresh) -> Outcome {
+        let mut o = Outcome::default();
+        for (i, (p, fresh)) in t.parts.iter().zip(&mut out.parts).enumerate() {
+            if !fresh.read {
+                // Gone (removed by apptheus or its runtime): its files closed.
+                self.parts.remove(&(t.key, i));
+                continue;
+            }
+            let mut ctx = Ctx::new(&p.cgroups, &mut self.buf, &self.budget);
+            let fp = fresh.fingerprint;
+            let now = Instant::now();
+            let planned = match self.parts.entry((t.key, i)) {
+                Entry::Occupied(e) => {
+                    let pl = e.into_mut();
+                    let stale = pl.files.is_none() && now.duration_since(pl.at) > REPLAN_AFTER;
+                    if pl.fingerprint != fp || stale {
+                        *pl = Planned {
+                            fingerprint: fp,
+                            at: now,
+                            files: plan::<F>(&p.cgroups, &mut ctx),
+                        };
+                    }
+                    pl
+                }
+                Entry::Vacant(e) => e.insert(Planned {
+                    fingerprint: fp,
+                    at: now,
+                    files: plan::<F>(&p.cgroups, &mut ctx),
+                }),
+            };
+            if let Some(files) = &mut planned.files {
+                o.found = true;
+                F::read(files, &mut ctx, &mut self.shared, &mut fresh.stats);
+            }
+            if ctx.gone {
+                fresh.gone = true;
+                self.parts.remove(&(t.key, i));
+            }
+            o.warnings
+                .extend(ctx.warnings.into_iter().map(|w| Box::new(w) as _));
+        }
+        o
+    }
+
+    fn forget(&mut self, key: u64) {
+        self.parts.retain(|(k, _), _| *k != key);
+    }
+}
+
+/// A family's files for `cg`; a set none of whose directories exists is
+/// gone.
+fn plan<F: Family>(cg: &ContainerCgroups, ctx: &mut Ctx<'_>) -> Option<F::Files> {
+    let dirs = Dirs::probe(cg, ctx);
+    if dirs.is_empty() {
+        ctx.gone = !cg.is_empty();
+        return None;
+    }
+    F::plan(&dirs)
+}
+
+/// The cgroup sources selected, in the order they are read.
+pub fn sources(
+    selected: impl Fn(Which) -> bool,
+    budget: &Budget,
+    user_hz: u64,
+) -> Vec<Box<dyn Source + Send>> {
+    let mut out: Vec<Box<dyn Source + Send>> = Vec::new();
+    let b = || budget.clone();
+    if selected(Which::Cpu) {
+        out.push(Box::new(CgroupSource::<cpu::Cpu>::new(b(), user_hz)));
+    }
+    if selected(Which::Memory) {
+        out.push(Box::new(CgroupSource::<memory::Memory>::new(b(), user_hz)));
+    }
+    if selected(Which::Pids) {
+        out.push(Box::new(CgroupSource::<pids::Pids>::new(b(), user_hz)));
+    }
+    if selected(Which::Blkio) {
+        out.push(Box::new(CgroupSource::<blkio::Blkio>::new(b(), user_hz)));
+    }
+    if selected(Which::Pressure) {
+        out.push(Box::new(CgroupSource::<pressure::Pressure>::new(
+            b(),
+            user_hz,
+        )));
+    }
+    out
+}
+
+/// Reads a container's statistics once, every family, nothing kept open
+/// (tests, fixture trees). Never fails: what cannot be read is left out
+/// and explained in the warnings, each naming its file, once.
 pub fn read(cg: &ContainerCgroups) -> (CgroupStats, Vec<StatWarning>) {
     read_with(cg, user_hz())
 }
 
 /// [`read`] with the unit of cpuacct.stat given (for tests).
 pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatWarning>) {
-    let mut rd = Reader::default();
-    let src = Sources::new(cg, &mut rd);
-    let stats = CgroupStats {
-        cpu: src.cpu(user_hz, &mut rd),
-        memory: match src.v2_with("memory.current") {
-            Some(d) => v2::memory(d, &mut rd),
-            None => src.v1("memory").and_then(|d| v1::memory(d, &mut rd)),
-        },
-        // The v1 pids controller has the v2 files.
-        pids: match src.v2_with("pids.current") {
-            Some(d) => v2::pids(d, &mut rd),
-            None => src.v1("pids").and_then(|d| v2::pids(d, &mut rd)),
-        },
-        threads: src.threads(&mut rd),
-        blkio: src.blkio(&mut rd),
-        pressure: src.v2.and_then(|d| v2::pressure(d, &mut rd)),
+    let budget = Budget::new(0);
+    let mut all = sources(|_| true, &budget, user_hz);
+    let parts = [crate::model::container::Part::new(
+        crate::model::container::Origin::Placed { member: 0 },
+        cg.clone(),
+    )];
+    let t = Target {
+        key: 0,
+        members: &[],
+        parts: &parts,
+        kernel: None,
     };
-    (stats, rd.warnings)
-}
-
-/// The container's directories that exist.
-struct Sources<'a> {
-    v2: Option<&'a Path>,
-    v1: BTreeMap<&'a str, &'a Path>,
-}
-
-impl<'a> Sources<'a> {
-    fn new(cg: &'a ContainerCgroups, rd: &mut Reader) -> Self {
-        let v2 = cg.v2.as_deref().filter(|d| rd.dir(d));
-        // Hierarchies that share a directory (cpu,cpuacct) are checked once.
-        let mut present: BTreeMap<&Path, bool> = BTreeMap::new();
-        for d in cg.v1.values() {
-            present.entry(d.as_path()).or_insert_with(|| rd.dir(d));
-        }
-        let v1 = cg
-            .v1
-            .iter()
-            .filter(|(_, d)| present.get(d.as_path()) == Some(&true))
-            .map(|(c, d)| (c.as_str(), d.as_path()))
-            .collect();
-        Self { v2, v1 }
-    }
-
-    /// The cgroup2 directory, if it has `file` (the controller's mark).
-    fn v2_with(&self, file: &str) -> Option<&'a Path> {
-        self.v2.filter(|d| d.join(file).exists())
-    }
-
-    fn v1(&self, controller: &str) -> Option<&'a Path> {
-        self.v1.get(controller).copied()
-    }
-
-    fn cpu(&self, user_hz: u64, rd: &mut Reader) -> Option<CpuStats> {
-        let mut cpu = match self.v2_with("cpu.stat") {
-            Some(d) => v2::cpu(d, rd),
-            None => self.v1("cpuacct").and_then(|d| v1::cpu(d, user_hz, rd)),
-        }?;
-        // Throttling is its own counter, so taking it from v1 while usage
-        // came from cgroup2 (hybrid) does not mix two series.
-        if cpu.throttled_seconds.is_none()
-            && let Some(d) = self.v1("cpu")
-        {
-            cpu.throttled_seconds = v1::throttled_seconds(d, rd);
-        }
-        Some(cpu)
-    }
-
-    fn blkio(&self, rd: &mut Reader) -> Option<Vec<BlkioDevice>> {
-        let (counters, path) = match self.v2_with("io.stat") {
-            Some(d) => (v2::io(d, rd), d.join("io.stat")),
-            None => {
-                let d = self.v1("blkio")?;
-                (v1::blkio(d, rd), d.to_path_buf())
+    let mut out = Fresh::new(&t);
+    let mut warnings: Vec<StatWarning> = Vec::new();
+    for s in &mut all {
+        s.begin();
+        for w in s.read(&t, &mut out).warnings {
+            if let Ok(w) = w.downcast::<StatWarning>() {
+                push_once(&mut warnings, *w);
             }
-        };
-        Some(devices(counters?, &path, rd))
-    }
-
-    /// Any v1 hierarchy lists the same tasks; take one we read anyway.
-    fn threads(&self, rd: &mut Reader) -> Option<u64> {
-        match self.v2 {
-            Some(d) => v2::threads(d, rd),
-            None => ["memory", "pids", "cpu", "cpuacct", "blkio"]
-                .iter()
-                .find_map(|c| self.v1(c))
-                .and_then(|d| v1::threads(d, rd)),
         }
+    }
+    let stats = out.parts.pop().map(|p| p.stats).unwrap_or_default();
+    (stats, warnings)
+}
+
+/// Adds a warning unless the same one (file and problem) is there already:
+/// several families look at the same directory.
+pub fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
+    let same = |o: &StatWarning| o.path == w.path && o.problem.to_string() == w.problem.to_string();
+    if !warnings.iter().any(same) {
+        warnings.push(w);
     }
 }
 
-/// Devices with any I/O, at most [`MAX_DEVICES`] of them.
-fn devices(m: BTreeMap<Device, IoCounters>, path: &Path, rd: &mut Reader) -> Vec<BlkioDevice> {
-    let mut busy = m.into_iter().filter(|(_, c)| !c.is_zero()).peekable();
-    let out: Vec<BlkioDevice> = busy
-        .by_ref()
-        .take(MAX_DEVICES)
-        .map(|(d, c)| BlkioDevice {
-            device: d.to_string(),
-            read_bytes: c.read_bytes,
-            write_bytes: c.write_bytes,
-            read_ops: c.read_ops,
-            write_ops: c.write_ops,
+mod v1_hz {
+    use std::sync::OnceLock;
+
+    /// The unit of cpuacct.stat (USER_HZ), from sysconf(_SC_CLK_TCK).
+    pub fn user_hz() -> u64 {
+        static HZ: OnceLock<u64> = OnceLock::new();
+        *HZ.get_or_init(|| {
+            // SAFETY: sysconf takes an integer and touches no memory of ours.
+            let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+            // USER_HZ is 100 on every Linux ABI; sysconf failing is theoretical.
+            u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(100)
         })
-        .collect();
-    if busy.peek().is_some() {
-        rd.warn(path, Problem::TooManyDevices(MAX_DEVICES));
     }
-    out
 }

@@ -70,7 +70,13 @@ const V1_UNLIMITED: u64 = 1 << 62;
 /// A v1 memory limit file (memory.limit_in_bytes): a number, the huge
 /// "unset" value meaning no limit.
 pub fn v1_limit(text: &str) -> Result<Option<u64>, ParseError> {
-    single_u64(text).map(|v| (v < V1_UNLIMITED).then_some(v))
+    single_u64(text).map(v1_limit_value)
+}
+
+/// A v1 memory limit as a number (memory.stat's
+/// hierarchical_memory_limit): the huge "unset" value means no limit.
+pub fn v1_limit_value(v: u64) -> Option<u64> {
+    (v < V1_UNLIMITED).then_some(v)
 }
 
 /// A flat-keyed file: one `key value` pair per line (memory.stat, cpu.stat,
@@ -78,14 +84,20 @@ pub fn v1_limit(text: &str) -> Result<Option<u64>, ParseError> {
 /// text and converted on lookup: only the keys we use must be numbers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlatKeyed<'a> {
-    pairs: BTreeMap<&'a str, &'a str>,
+    /// In the file's order: a handful of lookups in a few dozen pairs is
+    /// cheaper than building a map.
+    pairs: Vec<(&'a str, &'a str)>,
 }
 
 impl FlatKeyed<'_> {
     /// The value of `key` as a number; None when the kernel does not
     /// write that key (older kernels lack some).
     pub fn get(&self, key: &str) -> Result<Option<u64>, ParseError> {
-        self.pairs.get(key).map(|v| number(key, v)).transpose()
+        self.pairs
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| number(key, v))
+            .transpose()
     }
 
     /// The value of `key`, which every kernel writes.
@@ -96,15 +108,15 @@ impl FlatKeyed<'_> {
 }
 
 pub fn flat_keyed(text: &str) -> Result<FlatKeyed<'_>, ParseError> {
-    let mut pairs = BTreeMap::new();
+    let mut pairs = Vec::with_capacity(64);
     for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some(k), Some(v), None) => {
-                pairs.insert(k, v);
+                pairs.push((k, v));
             }
             _ => return Err(bad_line(i, line)),
         }
@@ -161,7 +173,7 @@ impl IoCounters {
 pub fn io_stat(text: &str) -> Result<BTreeMap<Device, IoCounters>, ParseError> {
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         let Some(dev) = words.next() else { continue };
         let device = Device::parse(dev).ok_or_else(|| ParseError::BadDevice {
             line: i + 1,
@@ -206,7 +218,7 @@ pub fn blkio_v1(text: &str) -> Result<BTreeMap<Device, (u64, u64)>, ParseError> 
     let mut out = BTreeMap::new();
     let mut any = false;
     for (i, line) in text.lines().enumerate() {
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let words: Vec<&str> = line.split_ascii_whitespace().collect();
         match words.as_slice() {
             [] => continue,
             // The grand total over all devices: not per device.
@@ -253,7 +265,7 @@ pub fn psi(text: &str) -> Result<Psi, ParseError> {
     let mut some = None;
     let mut full = None;
     for (i, line) in text.lines().enumerate() {
-        let mut words = line.split_whitespace();
+        let mut words = line.split_ascii_whitespace();
         let Some(kind) = words.next() else { continue };
         let mut total = None;
         for w in words {
@@ -286,7 +298,7 @@ pub fn psi(text: &str) -> Result<Psi, ParseError> {
 /// Entries of a one-per-line list (cgroup.threads, tasks, cgroup.procs);
 /// an empty list is a cgroup without tasks, not an error.
 pub fn count_lines(text: &str) -> u64 {
-    text.lines().filter(|l| !l.trim().is_empty()).count() as u64
+    text.lines().filter(|l| !l.trim_ascii().is_empty()).count() as u64
 }
 
 #[cfg(test)]

@@ -1,219 +1,159 @@
-//! cgroup statistics as metric families (names from the metric contract).
-//! A statistic the host could not provide is left out, never exported as 0.
-use super::Families;
-use crate::model::stats::CgroupStats;
+//! Families of the cgroup statistics (names from the metric contract). A
+//! statistic the host could not provide is left out, never exported as 0.
+use super::{Lazy, Scalar, Value, Visitor};
+use crate::{
+    export::{
+        catalogue as cat,
+        snapshot::{Row, Snapshot},
+    },
+    model::stats::{BlkioDevice, CgroupStats, CpuStats, MemoryStats, Pressure},
+};
 
-pub fn add(f: &mut Families, id: &[(&str, &str)], s: &CgroupStats) {
-    add_beside_kernel(f, id, s, false);
+fn s(r: &Row) -> Option<&CgroupStats> {
+    r.sample.as_ref().map(|s| &s.cgroup)
 }
 
-/// [`add`], leaving out the cgroup's OOM kill count when the kernel
-/// programs count OOM kills (`kernel_counts_oom_kills`): the family is
-/// theirs then.
-pub fn add_beside_kernel(
-    f: &mut Families,
-    id: &[(&str, &str)],
-    s: &CgroupStats,
-    kernel_counts_oom_kills: bool,
-) {
-    let skip_oom_kills = kernel_counts_oom_kills;
-    if let Some(cpu) = &s.cpu {
-        f.counter(
-            "apptheus_container_cpu_usage_seconds_total",
-            "CPU time consumed by the container's tasks.",
-            id,
-            cpu.usage_seconds,
-        );
-        if let Some(v) = cpu.user_seconds {
-            f.counter(
-                "apptheus_container_cpu_user_seconds_total",
-                "CPU time in user mode.",
-                id,
-                v,
-            );
-        }
-        if let Some(v) = cpu.system_seconds {
-            f.counter(
-                "apptheus_container_cpu_system_seconds_total",
-                "CPU time in kernel mode.",
-                id,
-                v,
-            );
-        }
-        if let Some(v) = cpu.throttled_seconds {
-            f.counter(
-                "apptheus_container_cpu_cfs_throttled_seconds_total",
-                "Time the container was throttled by a CFS bandwidth limit.",
-                id,
-                v,
-            );
-        }
+fn cpu(r: &Row) -> Option<&CpuStats> {
+    s(r)?.cpu.as_ref()
+}
+
+fn mem(r: &Row) -> Option<&MemoryStats> {
+    s(r)?.memory.as_ref()
+}
+
+fn psi(r: &Row) -> Option<&Pressure> {
+    s(r)?.pressure.as_ref()
+}
+
+fn n(v: Option<u64>) -> Option<f64> {
+    v.map(|v| v as f64)
+}
+
+/// The kernel's OOM kill count, when its collector runs, replaces the
+/// cgroup's (which is lost with the cgroup): one family, one source per
+/// container.
+fn oom_kills(r: &Row) -> Option<f64> {
+    let sample = r.sample.as_ref()?;
+    match sample.kernel.as_ref().and_then(|k| k.oom_kills) {
+        Some(k) => Some(k as f64),
+        None => n(sample.cgroup.memory.as_ref()?.oom_kills),
     }
-    if let Some(m) = &s.memory {
-        f.gauge(
-            "apptheus_container_memory_usage_bytes",
-            "Memory charged to the container, page cache included.",
-            id,
-            m.usage_bytes as f64,
-        );
-        let opt = [
-            (
-                m.working_set_bytes,
-                "apptheus_container_memory_working_set_bytes",
-                "Memory usage less inactive file pages (what the OOM killer weighs; cAdvisor's definition).",
-            ),
-            (
-                m.rss_bytes,
-                "apptheus_container_memory_rss_bytes",
-                "Anonymous memory (RSS).",
-            ),
-            (
-                m.cache_bytes,
-                "apptheus_container_memory_cache_bytes",
-                "Page cache charged to the container.",
-            ),
-            (
-                m.swap_bytes,
-                "apptheus_container_memory_swap_bytes",
-                "Swap used by the container.",
-            ),
-            (
-                m.max_usage_bytes,
-                "apptheus_container_memory_max_usage_bytes",
-                "Highest memory usage recorded.",
-            ),
-            (
-                m.limit_bytes,
-                "apptheus_container_memory_limit_bytes",
-                "Memory limit in force for the container, from its own or an enclosing cgroup; absent when unlimited.",
-            ),
-        ];
-        for (v, name, help) in opt {
-            if let Some(v) = v {
-                f.gauge(name, help, id, v as f64);
-            }
-        }
-        if let Some(v) = m.oom_events {
-            f.counter(
-                "apptheus_container_memory_oom_events_total",
-                "Times the container hit its memory limit and the OOM path ran.",
-                id,
-                v as f64,
-            );
-        }
-        if let Some(v) = m.oom_kills.filter(|_| !skip_oom_kills) {
-            f.counter(
-                "apptheus_container_memory_oom_kills_total",
-                "Processes of the container killed by the OOM killer.",
-                id,
-                v as f64,
-            );
-        }
-        if let Some(v) = m.major_faults {
-            f.counter(
-                "apptheus_container_major_page_faults_total",
-                "Page faults of the container that needed I/O (memory.stat pgmajfault).",
-                id,
-                v as f64,
-            );
-        }
-        if let Some(v) = m.under_oom {
-            f.gauge(
-                "apptheus_container_memory_under_oom",
-                "1 while the container's tasks are held in the OOM handler (cgroup v1, oom_kill_disable set).",
-                id,
-                if v { 1.0 } else { 0.0 },
-            );
-        }
-    }
-    if let Some(p) = &s.pids {
-        f.gauge(
-            "apptheus_container_pids",
-            "Processes and threads in the container's cgroup (pids.current).",
-            id,
-            p.current as f64,
-        );
-        if let Some(l) = p.limit {
-            f.gauge(
-                "apptheus_container_pids_limit",
-                "Limit on pids.current; absent when unlimited.",
-                id,
-                l as f64,
-            );
-        }
-    }
-    if let Some(t) = s.threads {
-        f.gauge(
-            "apptheus_container_threads",
-            "Threads in the container's cgroup.",
-            id,
-            t as f64,
-        );
-    }
-    if let Some(devs) = &s.blkio {
-        for d in devs {
-            let labels: Vec<(&str, &str)> = id
-                .iter()
-                .copied()
-                .chain([("device", d.device.as_str())])
-                .collect();
-            f.counter(
-                "apptheus_container_blkio_read_bytes_total",
-                "Bytes read from block devices.",
-                &labels,
-                d.read_bytes as f64,
-            );
-            f.counter(
-                "apptheus_container_blkio_write_bytes_total",
-                "Bytes written to block devices.",
-                &labels,
-                d.write_bytes as f64,
-            );
-            f.counter(
-                "apptheus_container_blkio_read_operations_total",
-                "Read operations on block devices.",
-                &labels,
-                d.read_ops as f64,
-            );
-            f.counter(
-                "apptheus_container_blkio_write_operations_total",
-                "Write operations on block devices.",
-                &labels,
-                d.write_ops as f64,
-            );
-        }
-    }
-    if let Some(p) = &s.pressure {
-        let all = [
-            (
-                p.cpu_some,
-                "apptheus_container_pressure_cpu_waiting_seconds_total",
-                "Time some tasks of the container waited for CPU (PSI some).",
-            ),
-            (
-                p.memory_some,
-                "apptheus_container_pressure_memory_waiting_seconds_total",
-                "Time some tasks of the container waited for memory (PSI some).",
-            ),
-            (
-                p.memory_full,
-                "apptheus_container_pressure_memory_stalled_seconds_total",
-                "Time all tasks of the container stalled on memory (PSI full).",
-            ),
-            (
-                p.io_some,
-                "apptheus_container_pressure_io_waiting_seconds_total",
-                "Time some tasks of the container waited for I/O (PSI some).",
-            ),
-            (
-                p.io_full,
-                "apptheus_container_pressure_io_stalled_seconds_total",
-                "Time all tasks of the container stalled on I/O (PSI full).",
-            ),
-        ];
-        for (v, name, help) in all {
-            if let Some(v) = v {
-                f.counter(name, help, id, v);
+}
+
+pub(super) const SCALARS: &[Scalar] = &[
+    Scalar {
+        metric: &cat::CONTAINER_CPU_USAGE,
+        get: |r| cpu(r).map(|c| c.usage_seconds),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_CPU_USER,
+        get: |r| cpu(r)?.user_seconds,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_CPU_SYSTEM,
+        get: |r| cpu(r)?.system_seconds,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_CPU_CFS_THROTTLED,
+        get: |r| cpu(r)?.throttled_seconds,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_USAGE,
+        get: |r| mem(r).map(|m| m.usage_bytes as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_WORKING_SET,
+        get: |r| n(mem(r)?.working_set_bytes),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_RSS,
+        get: |r| n(mem(r)?.rss_bytes),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_CACHE,
+        get: |r| n(mem(r)?.cache_bytes),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_SWAP,
+        get: |r| n(mem(r)?.swap_bytes),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_MAX_USAGE,
+        get: |r| n(mem(r)?.max_usage_bytes),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_LIMIT,
+        get: |r| n(mem(r)?.limit_bytes),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_OOM_EVENTS,
+        get: |r| n(mem(r)?.oom_events),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_OOM_KILLS,
+        get: oom_kills,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MAJOR_PAGE_FAULTS,
+        get: |r| n(mem(r)?.major_faults),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_MEMORY_UNDER_OOM,
+        get: |r| mem(r)?.under_oom.map(|u| if u { 1.0 } else { 0.0 }),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PIDS,
+        get: |r| s(r)?.pids.as_ref().map(|p| p.current as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PIDS_LIMIT,
+        get: |r| n(s(r)?.pids.as_ref()?.limit),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_THREADS,
+        get: |r| n(s(r)?.threads),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PRESSURE_CPU_WAITING,
+        get: |r| psi(r)?.cpu_some,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PRESSURE_MEMORY_WAITING,
+        get: |r| psi(r)?.memory_some,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PRESSURE_MEMORY_STALLED,
+        get: |r| psi(r)?.memory_full,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PRESSURE_IO_WAITING,
+        get: |r| psi(r)?.io_some,
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PRESSURE_IO_STALLED,
+        get: |r| psi(r)?.io_full,
+    },
+];
+
+type DeviceValue = fn(&BlkioDevice) -> u64;
+
+/// Block I/O, one series per device.
+pub(super) fn blkio(snap: &Snapshot, v: &mut impl Visitor) {
+    let families: [(&'static cat::Metric, DeviceValue); 4] = [
+        (&cat::CONTAINER_BLKIO_READ_BYTES, |d| d.read_bytes),
+        (&cat::CONTAINER_BLKIO_WRITE_BYTES, |d| d.write_bytes),
+        (&cat::CONTAINER_BLKIO_READ_OPERATIONS, |d| d.read_ops),
+        (&cat::CONTAINER_BLKIO_WRITE_OPERATIONS, |d| d.write_ops),
+    ];
+    for (m, get) in families {
+        let mut out = Lazy { v, started: false };
+        for r in &snap.rows {
+            for d in s(r).and_then(|s| s.blkio.as_deref()).unwrap_or_default() {
+                out.sample(
+                    m,
+                    &[("container_id", &r.id), ("device", &d.device)],
+                    Value::Number(get(d) as f64),
+                );
             }
         }
     }

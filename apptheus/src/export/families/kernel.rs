@@ -1,88 +1,96 @@
-//! Families of the kernel collectors (OOM kills, network, file I/O,
-//! run-queue latency). A collector that is off gives no family at all.
+//! Families of the kernel programs: the counters every container has, and
+//! the collectors' (network, file I/O, run-queue latency). A collector that
+//! is off gives no family at all. OOM kills are with the memory families
+//! (one family, two sources).
 use apptheus_common::{RUNQ_BUCKETS, RunqHistogram};
 
-use super::Families;
-use crate::model::container::KernelCounters;
+use super::{Histogram, Lazy, Scalar, Value, Visitor};
+use crate::{
+    export::{
+        catalogue as cat,
+        snapshot::{Row, Snapshot},
+    },
+    model::container::KernelCounters,
+};
 
-/// A run-queue histogram as Prometheus wants it: (upper bound in seconds,
-/// cumulative count) per finite bucket, the total count, the sum in
-/// seconds. Bucket `s` of the kernel's histogram holds latencies below
-/// 2^s microseconds (see `apptheus_common::RUNQ_BUCKETS`).
-pub fn runq_buckets(h: &RunqHistogram) -> (Vec<(f64, u64)>, u64, f64) {
-    let mut cumulative = 0u64;
-    let buckets = h.slots[..RUNQ_BUCKETS]
-        .iter()
-        .enumerate()
-        .map(|(s, n)| {
-            cumulative += n;
-            ((1u64 << s) as f64 * 1e-6, cumulative)
-        })
-        .collect();
-    let count = h.slots.iter().sum();
-    (buckets, count, h.sum_ns as f64 / 1e9)
+fn k(r: &Row) -> Option<&KernelCounters> {
+    r.sample.as_ref()?.kernel.as_ref()
 }
 
-pub fn add(f: &mut Families, id: &[(&str, &str)], k: &KernelCounters) {
-    if let Some(n) = k.oom_kills {
-        f.counter(
-            "apptheus_container_memory_oom_kills_total",
-            "Tasks of the container chosen as OOM victims, counted by the kernel when it chooses them.",
-            id,
-            n as f64,
-        );
+pub(super) const SCALARS: &[Scalar] = &[
+    Scalar {
+        metric: &cat::CONTAINER_EXECS,
+        get: |r| k(r).map(|k| k.execs as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_FORKS,
+        get: |r| k(r).map(|k| k.forks as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_THREADS_CREATED,
+        get: |r| k(r).map(|k| k.threads_created as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_PROCESS_EXITS,
+        get: |r| k(r).map(|k| k.process_exits as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_TASKS,
+        get: |r| k(r).map(|k| k.live_tasks as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_NETWORK_RECEIVE_BYTES,
+        get: |r| k(r)?.network.map(|n| n.rx_bytes as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_NETWORK_RECEIVE_PACKETS,
+        get: |r| k(r)?.network.map(|n| n.rx_packets as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_NETWORK_TRANSMIT_BYTES,
+        get: |r| k(r)?.network.map(|n| n.tx_bytes as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_NETWORK_TRANSMIT_PACKETS,
+        get: |r| k(r)?.network.map(|n| n.tx_packets as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_FS_READ_BYTES,
+        get: |r| k(r)?.fs.map(|f| f.read_bytes as f64),
+    },
+    Scalar {
+        metric: &cat::CONTAINER_FS_WRITE_BYTES,
+        get: |r| k(r)?.fs.map(|f| f.write_bytes as f64),
+    },
+];
+
+/// A run-queue histogram as Prometheus wants it. Bucket `s` of the
+/// kernel's histogram holds latencies below 2^s microseconds (see
+/// `apptheus_common::RUNQ_BUCKETS`); the overflow slot is only in +Inf.
+pub fn runq_buckets(h: &RunqHistogram) -> Histogram {
+    let mut buckets = [(0.0, 0); RUNQ_BUCKETS];
+    let mut cumulative = 0u64;
+    for (s, (b, n)) in buckets.iter_mut().zip(h.slots).enumerate() {
+        cumulative += n;
+        *b = ((1u64 << s) as f64 * 1e-6, cumulative);
     }
-    if let Some(n) = &k.network {
-        let all = [
-            (
-                n.rx_bytes,
-                "apptheus_container_network_receive_bytes_total",
-                "Bytes received by the container's sockets (IP packets, headers included).",
-            ),
-            (
-                n.rx_packets,
-                "apptheus_container_network_receive_packets_total",
-                "Packets received by the container's sockets.",
-            ),
-            (
-                n.tx_bytes,
-                "apptheus_container_network_transmit_bytes_total",
-                "Bytes sent by the container's sockets (IP packets, headers included).",
-            ),
-            (
-                n.tx_packets,
-                "apptheus_container_network_transmit_packets_total",
-                "Packets sent by the container's sockets (segments of a TSO/GSO packet counted one by one).",
-            ),
-        ];
-        for (v, name, help) in all {
-            f.counter(name, help, id, v as f64);
+    Histogram {
+        buckets,
+        count: h.slots.iter().sum(),
+        sum: h.sum_ns as f64 / 1e9,
+    }
+}
+
+pub(super) fn runq(snap: &Snapshot, v: &mut impl Visitor) {
+    let mut out = Lazy { v, started: false };
+    for r in &snap.rows {
+        if let Some(h) = k(r).and_then(|k| k.runq.as_ref()) {
+            out.sample(
+                &cat::CONTAINER_RUNQUEUE_LATENCY,
+                &[("container_id", &r.id)],
+                Value::Histogram(&runq_buckets(h)),
+            );
         }
-    }
-    if let Some(fs) = &k.fs {
-        f.counter(
-            "apptheus_container_fs_read_bytes_total",
-            "Bytes read from regular files by the container's read-like syscalls, page cache hits included.",
-            id,
-            fs.read_bytes as f64,
-        );
-        f.counter(
-            "apptheus_container_fs_write_bytes_total",
-            "Bytes written to regular files by the container's write-like syscalls, page cache included.",
-            id,
-            fs.write_bytes as f64,
-        );
-    }
-    if let Some(h) = &k.runq {
-        let (buckets, count, sum) = runq_buckets(h);
-        f.histogram(
-            "apptheus_container_runqueue_latency_seconds",
-            "Time the container's tasks waited on a run queue between becoming runnable and running.",
-            id,
-            &buckets,
-            count,
-            sum,
-        );
     }
 }
 
@@ -98,8 +106,11 @@ mod tests {
         h.slots[3] = 5; // [4, 8) us
         h.slots[RUNQ_SLOTS - 1] = 1; // >= 2^20 us
         h.sum_ns = 1_500_000_000;
-        let (b, count, sum) = runq_buckets(&h);
-        assert_eq!(b.len(), RUNQ_BUCKETS);
+        let Histogram {
+            buckets: b,
+            count,
+            sum,
+        } = runq_buckets(&h);
         assert_eq!(b[0], (1e-6, 2));
         assert_eq!(b[2], (4e-6, 2));
         assert_eq!(b[3], (8e-6, 7));

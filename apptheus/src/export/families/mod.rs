@@ -1,285 +1,217 @@
-//! Building the per-container metric families from the registry. Pure: the
-//! registry and its samples in, Prometheus families out.
-use std::{collections::BTreeMap, time::UNIX_EPOCH};
+//! Which series a snapshot gives, family by family. Pure: a snapshot in,
+//! each family's samples handed to a [`Visitor`] (the text and OpenMetrics
+//! writers, the protobuf builder for pushing). Every family's name, type
+//! and HELP come from the catalogue; a family with no sample is not
+//! visited at all, and a statistic the host could not provide is left out,
+//! never reported as 0.
+use apptheus_common::RUNQ_BUCKETS;
 
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+use crate::export::{
+    catalogue::{self as cat, Metric},
+    snapshot::{Row, Snapshot},
 };
 
-use crate::model::{container::Container, registry::Registry};
-
-pub(crate) mod cgroup;
+mod cgroup;
 mod kernel;
 
-fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
-    labels
-        .iter()
-        .map(|(k, v)| {
-            let mut l = LabelPair::default();
-            l.set_name(k.to_string());
-            l.set_value(v.to_string());
-            l
-        })
-        .collect()
+/// A histogram's samples: (upper bound, cumulative count) per finite
+/// bucket (+Inf is `count`), the count and the sum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Histogram {
+    pub buckets: [(f64, u64); RUNQ_BUCKETS],
+    pub count: u64,
+    pub sum: f64,
 }
 
-/// Accumulates samples by family name, keeping HELP and TYPE.
-#[derive(Default)]
-pub struct Families {
-    families: BTreeMap<&'static str, MetricFamily>,
+/// One sample's value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Number(f64),
+    Histogram(&'a Histogram),
 }
 
-impl Families {
-    fn family(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        kind: MetricType,
-    ) -> &mut MetricFamily {
-        self.families.entry(name).or_insert_with(|| {
-            let mut mf = MetricFamily::default();
-            mf.set_name(name.to_string());
-            mf.set_help(help.to_string());
-            mf.set_field_type(kind);
-            mf
-        })
+/// Receives the families of a snapshot: `family` once, then every sample
+/// of it, family after family.
+pub trait Visitor {
+    fn family(&mut self, m: &'static Metric);
+    fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], value: Value<'_>);
+}
+
+/// A per-container family whose value, when there is one, is a number.
+pub(crate) struct Scalar {
+    pub metric: &'static Metric,
+    pub get: fn(&Row) -> Option<f64>,
+}
+
+/// Calls `family` before the first sample only.
+struct Lazy<'v, V: Visitor> {
+    v: &'v mut V,
+    started: bool,
+}
+
+impl<V: Visitor> Lazy<'_, V> {
+    fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], value: Value<'_>) {
+        if !self.started {
+            self.v.family(m);
+            self.started = true;
+        }
+        self.v.sample(m, labels, value);
     }
+}
 
-    fn push(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        kind: MetricType,
-        labels: &[(&str, &str)],
-        value: f64,
-    ) {
-        let mf = self.family(name, help, kind);
-        let mut m = Metric::default();
-        m.set_label(label_pairs(labels));
-        match kind {
-            MetricType::COUNTER => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                m.set_counter(c);
-            }
-            _ => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                m.set_gauge(g);
+/// Visits every family of `snap`.
+pub fn visit(snap: &Snapshot, v: &mut impl Visitor) {
+    info(snap, v);
+    let scalars = kernel::SCALARS.iter().chain(cgroup::SCALARS);
+    for s in scalars {
+        let mut out = Lazy { v, started: false };
+        for r in &snap.rows {
+            if let Some(x) = (s.get)(r) {
+                out.sample(s.metric, &[("container_id", &r.id)], Value::Number(x));
             }
         }
-        mf.mut_metric().push(m);
     }
+    cgroup::blkio(snap, v);
+    kernel::runq(snap, v);
+    programs(snap, v);
+}
 
-    /// A counter sample (name ends in `_total`).
-    pub fn counter(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&str, &str)],
-        value: f64,
-    ) {
-        debug_assert!(name.ends_with("_total"));
-        self.push(name, help, MetricType::COUNTER, labels, value);
-    }
-
-    /// A gauge sample.
-    pub fn gauge(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&str, &str)],
-        value: f64,
-    ) {
-        self.push(name, help, MetricType::GAUGE, labels, value);
-    }
-
-    /// A histogram sample: (upper bound, cumulative count) per finite
-    /// bucket (+Inf is implied by `count`), the count and the sum.
-    pub fn histogram(
-        &mut self,
-        name: &'static str,
-        help: &'static str,
-        labels: &[(&str, &str)],
-        buckets: &[(f64, u64)],
-        count: u64,
-        sum: f64,
-    ) {
-        let mut h = Histogram::default();
-        h.set_sample_count(count);
-        h.set_sample_sum(sum);
-        h.set_bucket(
-            buckets
-                .iter()
-                .map(|(le, n)| {
-                    let mut b = Bucket::default();
-                    b.set_upper_bound(*le);
-                    b.set_cumulative_count(*n);
-                    b
-                })
-                .collect(),
+fn info(snap: &Snapshot, v: &mut impl Visitor) {
+    let mut out = Lazy { v, started: false };
+    for r in &snap.rows {
+        let mut buf = itoa::Buffer::new();
+        let uid = buf.format(r.info.uid);
+        let i = &r.info;
+        out.sample(
+            &cat::CONTAINER_INFO,
+            &[
+                ("container_id", &r.id),
+                ("starter", &i.starter),
+                ("image", &i.image),
+                ("instance", &i.instance),
+                ("user", &i.user),
+                ("uid", uid),
+                ("slurm_job_id", &i.slurm_job_id),
+            ],
+            Value::Number(1.0),
         );
-        let mut m = Metric::default();
-        m.set_label(label_pairs(labels));
-        m.set_histogram(h);
-        self.family(name, help, MetricType::HISTOGRAM)
-            .mut_metric()
-            .push(m);
     }
-
-    pub fn into_vec(self) -> Vec<MetricFamily> {
-        self.families.into_values().collect()
+    let mut out = Lazy {
+        v: out.v,
+        started: false,
+    };
+    for r in &snap.rows {
+        out.sample(
+            &cat::CONTAINER_START_TIME,
+            &[("container_id", &r.id)],
+            Value::Number(r.start_time),
+        );
     }
 }
+
+type ProgramValue = fn(&crate::model::programs::ProgramStats) -> f64;
 
 /// The kernel's statistics of our programs (`--ebpf.stats`).
-pub fn program_stats(stats: &[crate::model::programs::ProgramStats]) -> Vec<MetricFamily> {
-    let mut f = Families::default();
-    for s in stats {
-        let labels = [("program", s.program.as_str())];
-        f.counter(
-            "apptheus_ebpf_program_run_seconds_total",
-            "Time the kernel spent running the program, from its BPF run-time statistics.",
-            &labels,
-            s.run_time.as_secs_f64(),
-        );
-        f.counter(
-            "apptheus_ebpf_program_runs_total",
-            "Times the kernel ran the program.",
-            &labels,
-            s.runs as f64,
-        );
+fn programs(snap: &Snapshot, v: &mut impl Visitor) {
+    let families: [(&'static Metric, ProgramValue); 2] = [
+        (&cat::EBPF_PROGRAM_RUN_SECONDS, |p| p.run_time.as_secs_f64()),
+        (&cat::EBPF_PROGRAM_RUNS, |p| p.runs as f64),
+    ];
+    for (m, get) in families {
+        let mut out = Lazy { v, started: false };
+        for p in &snap.programs {
+            out.sample(m, &[("program", &p.program)], Value::Number(get(p)));
+        }
     }
-    f.into_vec()
-}
-
-/// Every per-container family, for every container in the registry.
-pub fn build(registry: &Registry) -> Vec<MetricFamily> {
-    let mut f = Families::default();
-    for c in registry.iter() {
-        container(&mut f, c);
-    }
-    f.into_vec()
-}
-
-fn container(f: &mut Families, c: &Container) {
-    let id = [("container_id", c.id.as_str())];
-    let uid = c.uid.to_string();
-    let starter = c.starter_path.display().to_string();
-    f.gauge(
-        "apptheus_container_info",
-        "Metadata of a container; always 1.",
-        &[
-            ("container_id", &c.id),
-            ("starter", &starter),
-            ("image", c.meta.image.as_deref().unwrap_or("")),
-            ("instance", c.meta.instance.as_deref().unwrap_or("")),
-            ("user", &c.user),
-            ("uid", &uid),
-            ("slurm_job_id", c.meta.slurm_job_id.as_deref().unwrap_or("")),
-        ],
-        1.0,
-    );
-    let start = c
-        .start_time
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    f.gauge(
-        "apptheus_container_start_time_seconds",
-        "Start time of the container (its starter's exec), in seconds since the Unix epoch.",
-        &id,
-        start,
-    );
-    let Some(sample) = &c.sample else { return };
-    if let Some(k) = &sample.kernel {
-        f.counter(
-            "apptheus_container_execs_total",
-            "Programs executed (execve) in the container, its starter included, counted by the kernel programs.",
-            &id,
-            k.execs as f64,
-        );
-        f.counter(
-            "apptheus_container_forks_total",
-            "Processes created (fork, vfork, clone without CLONE_THREAD) in the container.",
-            &id,
-            k.forks as f64,
-        );
-        f.counter(
-            "apptheus_container_threads_created_total",
-            "Threads created (clone with CLONE_THREAD) in the container.",
-            &id,
-            k.threads_created as f64,
-        );
-        f.counter(
-            "apptheus_container_process_exits_total",
-            "Processes of the container that exited.",
-            &id,
-            k.process_exits as f64,
-        );
-        f.gauge(
-            "apptheus_container_tasks",
-            "Tasks (threads) of the container alive, as the kernel programs count them.",
-            &id,
-            k.live_tasks as f64,
-        );
-        kernel::add(f, &id, k);
-    }
-    // The kernel's OOM kill count, when its collector runs, replaces the
-    // cgroup's (which is lost with the cgroup): one family, one source.
-    let kernel_counts_oom = sample.kernel.is_some_and(|k| k.oom_kills.is_some());
-    crate::export::families::cgroup::add_beside_kernel(f, &id, &sample.cgroup, kernel_counts_oom);
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{path::PathBuf, time::SystemTime};
+    use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::model::container::{KernelCounters, Sample};
+    use crate::{
+        export::snapshot::Row,
+        model::{
+            container::{Container, KernelCounters, Sample},
+            registry::Registry,
+        },
+    };
+
+    /// Family names and samples, as a visitor sees them.
+    #[derive(Default)]
+    struct Seen {
+        families: Vec<&'static str>,
+        samples: Vec<(String, f64)>,
+    }
+
+    impl Visitor for Seen {
+        fn family(&mut self, m: &'static Metric) {
+            self.families.push(m.name);
+        }
+        fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], value: Value<'_>) {
+            assert_eq!(
+                self.families.last(),
+                Some(&m.name),
+                "a sample outside its family"
+            );
+            let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+            assert_eq!(names, m.labels, "{}", m.name);
+            if let Value::Number(x) = value {
+                self.samples.push((m.name.to_string(), x));
+            }
+        }
+    }
 
     #[test]
-    fn info_and_kernel_counters() {
+    fn kernel_counters_without_cgroup_statistics() {
         let mut r = Registry::default();
-        let mut c = Container::new(
-            7,
-            10,
-            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(100),
-        );
-        c.starter_path = PathBuf::from("/usr/libexec/apptainer/bin/starter");
-        c.uid = 1000;
-        c.user = "alice".into();
-        c.meta.image = Some("/x.sif".into());
-        c.sample = Some(Sample {
+        let mut c = Container::new(7, 10, SystemTime::UNIX_EPOCH + Duration::from_secs(100));
+        c.sample = Some(std::sync::Arc::new(Sample {
             kernel: Some(KernelCounters {
                 execs: 3,
                 forks: 2,
                 ..Default::default()
             }),
             ..Default::default()
-        });
+        }));
         r.insert(c);
-        let text =
-            crate::export::exposition::encode(&build(&r), crate::export::exposition::Format::Text)
-                .unwrap();
-        let text = String::from_utf8(text).unwrap();
-        assert!(text.contains("apptheus_container_info{container_id=\"10-7\",starter=\"/usr/libexec/apptainer/bin/starter\",image=\"/x.sif\",instance=\"\",user=\"alice\",uid=\"1000\",slurm_job_id=\"\"} 1"), "{text}");
+        let snap = Snapshot {
+            rows: r.iter().map(Row::of).collect(),
+            programs: Vec::new(),
+        };
+        let mut seen = Seen::default();
+        visit(&snap, &mut seen);
         assert!(
-            text.contains("apptheus_container_start_time_seconds{container_id=\"10-7\"} 100"),
-            "{text}"
+            seen.samples
+                .contains(&("apptheus_container_execs_total".into(), 3.0))
         );
         assert!(
-            text.contains("apptheus_container_execs_total{container_id=\"10-7\"} 3"),
-            "{text}"
+            seen.samples
+                .contains(&("apptheus_container_start_time_seconds".into(), 100.0))
         );
-        assert!(
-            text.contains("# TYPE apptheus_container_forks_total counter"),
-            "{text}"
-        );
-        // No cgroup sample: no cgroup family at all, never zeros.
-        assert!(
-            !text.contains("apptheus_container_cpu_usage_seconds_total"),
-            "{text}"
-        );
+        assert!(seen.families.contains(&"apptheus_container_info"));
+        // No cgroup sample: no cgroup family at all, never zeros; no
+        // collector on: none of theirs.
+        for absent in [
+            "apptheus_container_cpu_usage_seconds_total",
+            "apptheus_container_memory_oom_kills_total",
+            "apptheus_container_network_receive_bytes_total",
+            "apptheus_ebpf_program_runs_total",
+        ] {
+            assert!(!seen.families.contains(&absent), "{absent}");
+        }
+        // Every family once.
+        let mut f = seen.families.clone();
+        f.sort();
+        f.dedup();
+        assert_eq!(f.len(), seen.families.len());
+    }
+
+    #[test]
+    fn an_empty_snapshot_has_no_family() {
+        let mut seen = Seen::default();
+        visit(&Snapshot::default(), &mut seen);
+        assert!(seen.families.is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: what the agent costs and how well it measures, on
-//! the real kernel, with the release build, written to BENCHMARKS.md.
-//! `--smoke` runs every benchmark with tiny sizes (part of the test suite,
-//! so they don't rot) and writes target/bench-smoke.md instead.
+//! the real kernel, with the release build, beside cAdvisor (the peer), written
+//! to BENCHMARKS.md. `--smoke` runs every benchmark with tiny sizes (part of
+//! the test suite, so they don't rot) and writes target/bench-smoke.md
+//! instead.
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpStream,
@@ -15,20 +16,31 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::build_ebpf::workspace_root;
 
+mod meter;
+mod peer;
+mod runqlat;
+mod scale;
+
+use meter::Meter;
+
 #[derive(clap::Args)]
 pub struct Options {
     /// Tiny sizes, results to target/bench-smoke.md (a check that the
     /// benchmarks still run, not a measurement).
     #[arg(long)]
     pub smoke: bool,
-    /// Run only these benchmarks (overhead, placement, scale, accuracy);
-    /// the results go to target/bench-partial.md, not BENCHMARKS.md.
-    #[arg(long, value_delimiter = ',', value_parser = ["overhead", "placement", "scale", "accuracy"])]
+    /// Run only these benchmarks; the results go to
+    /// target/bench-partial.md, not BENCHMARKS.md.
+    #[arg(long, value_delimiter = ',', value_parser = ["overhead", "placement", "scale", "sample", "peer", "runqlat", "accuracy"])]
     pub only: Vec<String>,
     /// Containers started one after another by each placement variant
     /// [default: 300, 5 with --smoke]
     #[arg(long)]
     pub placements: Option<usize>,
+    /// Container counts of the scale benchmark [default: 10,100,1000,10000;
+    /// 5 with --smoke]
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<usize>,
     /// Use the agent and simulator already built (target/<profile>/)
     /// instead of running cargo: for `cargo xtask vm-bench`, whose VMs have
     /// no toolchain.
@@ -45,6 +57,16 @@ struct Sizes {
     scale: Vec<usize>,
     scrapes: usize,
     cpu_window: Duration,
+    /// How often Prometheus would scrape.
+    scrape_every: Duration,
+    sample_containers: usize,
+    sample_window: Duration,
+    peer_sizes: Vec<usize>,
+    peer_warmup: Duration,
+    peer_window_defaults: Duration,
+    peer_window_fixed: Duration,
+    runqlat_rounds: usize,
+    runqlat_secs: u64,
     spin_secs: f64,
     alloc_mib: usize,
 }
@@ -61,6 +83,15 @@ impl Sizes {
                 scale: vec![5],
                 scrapes: 5,
                 cpu_window: Duration::from_secs(2),
+                scrape_every: Duration::from_secs(1),
+                sample_containers: 5,
+                sample_window: Duration::from_secs(2),
+                peer_sizes: vec![5],
+                peer_warmup: Duration::from_secs(1),
+                peer_window_defaults: Duration::from_secs(2),
+                peer_window_fixed: Duration::from_secs(2),
+                runqlat_rounds: 1,
+                runqlat_secs: 1,
                 spin_secs: 0.3,
                 alloc_mib: 16,
             }
@@ -71,9 +102,18 @@ impl Sizes {
                 execs: 2000,
                 threads: 5000,
                 placements: 300,
-                scale: vec![10, 1000, 10_000],
+                scale: vec![10, 100, 1000, 10_000],
                 scrapes: 300,
-                cpu_window: Duration::from_secs(30),
+                cpu_window: Duration::from_secs(60),
+                scrape_every: Duration::from_secs(15),
+                sample_containers: 200,
+                sample_window: Duration::from_secs(20),
+                peer_sizes: vec![100, 1000],
+                peer_warmup: Duration::from_secs(30),
+                peer_window_defaults: Duration::from_secs(60),
+                peer_window_fixed: Duration::from_secs(30),
+                runqlat_rounds: 15,
+                runqlat_secs: 3,
                 spin_secs: 5.0,
                 alloc_mib: 512,
             }
@@ -110,6 +150,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if let Some(n) = o.placements {
         sizes.placements = n.max(1);
     }
+    if !o.scale.is_empty() {
+        sizes.scale.clone_from(&o.scale);
+    }
     let trust = TrustDir::new(&bin.join("apptheus-starter-sim"))?;
     let ctx = Ctx {
         agent: bin.join("apptheus"),
@@ -119,6 +162,10 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     };
 
     let mut report = Report {
+        scrape_every_s: sizes.scrape_every.as_secs(),
+        cpu_window_s: sizes.cpu_window.as_secs(),
+        scrapes: sizes.scrapes,
+        peer_warmup_s: sizes.peer_warmup.as_secs(),
         load_before: std::fs::read_to_string("/proc/loadavg")
             .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
             .unwrap_or_default(),
@@ -132,7 +179,23 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         placement(&ctx, &sizes, &mut report)?;
     }
     if wanted("scale") {
-        scale(&ctx, &sizes, &mut report)?;
+        scale::scale(&ctx, &sizes, &mut report)?;
+    }
+    if wanted("sample") {
+        scale::sample_cost(&ctx, &sizes, &mut report)?;
+    }
+    if wanted("peer") {
+        scale::peer(&ctx, &sizes, &mut report)?;
+    }
+    if wanted("runqlat") {
+        if o.prebuilt {
+            report.notes.push(
+                "runqlat: not measured with --prebuilt (needs examples/switch_baseline)".into(),
+            );
+        } else {
+            let baseline = runqlat::build_baseline(&root, !o.smoke)?;
+            runqlat::runqlat(&ctx, &sizes, &baseline, &mut report)?;
+        }
     }
     if wanted("accuracy") {
         accuracy(&ctx, &sizes, &mut report)?;
@@ -214,6 +277,7 @@ struct Agent {
     child: Child,
     addr: String,
     log: Arc<Mutex<Vec<String>>>,
+    meter: Meter,
     _sock: tempdir::Dir,
 }
 
@@ -252,6 +316,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the agent")?;
+        let meter = Meter::attach(child.id(), "agent");
         let log = Arc::new(Mutex::new(Vec::new()));
         let sink = log.clone();
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
@@ -286,6 +351,7 @@ impl Agent {
             child,
             addr,
             log,
+            meter,
             _sock: tempdir::Dir(sock),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -302,10 +368,6 @@ impl Agent {
         Ok(http_get(&self.addr, "/metrics")
             .map_err(|e| anyhow!("scrape: {e}"))?
             .1)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 
@@ -369,13 +431,20 @@ struct Report {
     program_costs: Vec<(String, f64, u64)>,
     /// (variant, containers, p50 ms, p99 ms)
     placement: Vec<(String, usize, f64, f64)>,
-    scale: Vec<(usize, f64, f64, f64, f64)>,
+    scale: Vec<scale::ScaleRow>,
+    sample_cost: Vec<scale::SampleCost>,
+    peer: Vec<scale::PeerRow>,
+    runqlat: Option<runqlat::Runqlat>,
     idle_rss_mb: f64,
     accuracy: Vec<(String, f64, f64, f64, &'static str)>,
     /// What could not be measured, and why.
     notes: Vec<String>,
     /// /proc/loadavg's three averages when the run began.
     load_before: String,
+    scrape_every_s: u64,
+    cpu_window_s: u64,
+    scrapes: usize,
+    peer_warmup_s: u64,
 }
 
 /// Storms inside an attributed container, agent loaded vs not, alternating.
@@ -533,98 +602,6 @@ fn placement(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         r.placement.push((label.to_string(), n, p50, p99));
     }
     Ok(())
-}
-
-fn proc_stat(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    Ok((ticks / 100.0, rss_kb / 1024.0))
-}
-
-/// Scrape latency, agent CPU and memory with N real containers: N
-/// processes of a trusted copy of /bin/sleep, each a container with its
-/// own cgroups. A size the machine cannot take is recorded, not fatal.
-fn scale(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
-    let agent = Agent::start(ctx, &["--monitor.interval=1s"])?;
-    std::thread::sleep(Duration::from_secs(2));
-    r.idle_rss_mb = proc_stat(agent.pid())?.1;
-    drop(agent);
-    for &n in &s.scale {
-        let mut children = Vec::with_capacity(n);
-        let result = scale_one(ctx, s, n, &mut children);
-        for c in &mut children {
-            let _ = c.kill();
-        }
-        for mut c in children {
-            let _ = c.wait();
-        }
-        match result {
-            Ok(row) => r.scale.push(row),
-            Err(e) => r.notes.push(format!("{n} containers: not measured: {e:#}")),
-        }
-    }
-    Ok(())
-}
-
-fn scale_one(
-    ctx: &Ctx,
-    s: &Sizes,
-    n: usize,
-    children: &mut Vec<Child>,
-) -> anyhow::Result<(usize, f64, f64, f64, f64)> {
-    let agent = Agent::start(ctx, &["--monitor.interval=1s"])?;
-    let started = Instant::now();
-    for i in 0..n {
-        children.push(
-            Command::new(&ctx.sleeper)
-                .arg("3600")
-                .stdin(Stdio::null())
-                .spawn()
-                .with_context(|| format!("starting container {i}"))?,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 10);
-    while value(&agent.metrics()?, "apptheus_containers", None) != Some(n as f64) {
-        if Instant::now() > deadline {
-            bail!("{n} containers were not all tracked in time");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    println!(
-        "bench: {n} containers tracked {:.1} s after the first start",
-        started.elapsed().as_secs_f64()
-    );
-    // CPU over a window with 1 s sampling and a scrape every 15 s.
-    let (cpu0, _) = proc_stat(agent.pid())?;
-    let t0 = Instant::now();
-    while t0.elapsed() < s.cpu_window {
-        agent.metrics()?;
-        std::thread::sleep(Duration::from_secs(15).min(s.cpu_window));
-    }
-    let (cpu1, rss) = proc_stat(agent.pid())?;
-    let cpu_pct = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
-    let mut lat = Vec::with_capacity(s.scrapes);
-    for _ in 0..s.scrapes {
-        let t = Instant::now();
-        agent.metrics()?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok((
-        n,
-        percentile(&mut lat, 0.5),
-        percentile(&mut lat, 0.99),
-        rss,
-        cpu_pct,
-    ))
 }
 
 /// Reported CPU and memory against the workload's own truth.
@@ -796,13 +773,86 @@ impl Report {
                 ));
             }
         }
-        o.push_str(&format!(
-            "\n### Scale (real containers: processes of a trusted copy of /bin/sleep, each with its own cgroups)\n\nIdle agent resident memory: {:.1} MiB (target <= 12 MB).\n\n| containers | scrape p50 | scrape p99 | agent RSS | agent CPU (1 s sampling, 15 s scrape) |\n|---|---|---|---|---|\n",
-            self.idle_rss_mb
-        ));
-        for (n, p50, p99, rss, cpu) in &self.scale {
+        o.push_str(&self.targets());
+        if !self.scale.is_empty() {
             o.push_str(&format!(
-                "| {n} | {p50:.2} ms | {p99:.2} ms | {rss:.1} MiB | {cpu:.2}% of a core |\n"
+            "\n### Scale: the agent alone at its defaults, scraped every {} s\n\nReal containers: processes of a trusted copy of /bin/sleep, each with its own cgroups. CPU over {} s; then {} scrapes back to back for the latency. Idle agent resident memory: {:.1} MiB (target <= 12 MB).\n\n| containers | agent CPU | samples in the window | scrape p50 | scrape p99 | agent RSS | cgroup files kept open | kernel slab held by the agent |\n|---|---|---|---|---|---|---|---|\n",
+            self.scrape_every_s, self.cpu_window_s, self.scrapes, self.idle_rss_mb
+        ));
+            for r in &self.scale {
+                o.push_str(&format!(
+                "| {} | {:.3} % of a core | {:.0} | {:.2} ms | {:.2} ms | {:.1} MiB | {:.0} | {:.1} MiB |\n",
+                r.n, r.cpu_pct, r.samples, r.p50_ms, r.p99_ms, r.rss_mib, r.open_files, r.slab_mib
+            ));
+            }
+        }
+        if !self.sample_cost.is_empty() {
+            let mut names: Vec<&str> = Vec::new();
+            for c in &self.sample_cost {
+                for (n, _) in &c.sources {
+                    if !names.contains(&n.as_str()) {
+                        names.push(n);
+                    }
+                }
+            }
+            o.push_str(&format!(
+                "\n### One container's sample ({} host, {} containers, sampled every 250 ms on a clock)\n\nCPU: the agent's CPU time per container and sample, everything included. By source: the wall time each source took per container, from `apptheus_source_duration_seconds`.\n\n| cgroup files | kept open | CPU per container | {} |\n|---|---|---|{}\n",
+                layout(),
+                self.sample_cost.first().map_or(0, |c| c.n),
+                names.join(" | "),
+                "---|".repeat(names.len())
+            ));
+            for c in &self.sample_cost {
+                let by: Vec<String> = names
+                    .iter()
+                    .map(|n| {
+                        c.sources
+                            .iter()
+                            .find(|(s, _)| s == n)
+                            .map_or_else(|| "-".to_string(), |(_, us)| format!("{us:.1} us"))
+                    })
+                    .collect();
+                o.push_str(&format!(
+                    "| {} | {:.0} | {:.1} us | {} |\n",
+                    c.label,
+                    c.open_files,
+                    c.cpu_us,
+                    by.join(" | ")
+                ));
+            }
+        }
+        if !self.peer.is_empty() {
+            o.push_str(&format!(
+                "\n### Side by side with cAdvisor 0.38.7 (Debian 11's package, `-docker_only=false`): same containers, same window, both scraped every {} s\n\nDefaults: the agent samples for the reads that come; cAdvisor housekeeps every 1 s, backing off on idle containers up to 60 s. Every 1 s: `--monitor.on-demand=false --monitor.interval=1s`; `-housekeeping_interval=1s -allow_dynamic_housekeeping=false`. After a {} s warm-up.\n\n| containers | sampling | window | agent CPU | agent RSS | agent scrape | cAdvisor CPU | cAdvisor RSS | cAdvisor scrape (cgroups) | cAdvisor CPU / agent CPU |\n|---|---|---|---|---|---|---|---|---|---|\n",
+                self.scrape_every_s, self.peer_warmup_s
+            ));
+            for r in &self.peer {
+                o.push_str(&format!(
+                    "| {} | {} | {:.0} s | {:.3} % | {:.1} MiB | {:.1} ms | {:.3} % | {:.1} MiB | {:.1} ms ({}) | {:.1}x |\n",
+                    r.n,
+                    r.mode,
+                    r.window_s,
+                    r.agent_cpu_pct,
+                    r.agent_rss_mib,
+                    r.agent_scrape_ms,
+                    r.cadvisor_cpu_pct,
+                    r.cadvisor_rss_mib,
+                    r.cadvisor_scrape_ms,
+                    r.cadvisor_cgroups,
+                    r.cadvisor_cpu_pct / r.agent_cpu_pct
+                ));
+            }
+        }
+        if let Some(q) = &self.runqlat {
+            o.push_str(&format!(
+                "\n### runqlat against the empty `sched_switch` hook (stress-ng --switch 2 in a container, {} rounds, the three alternated; medians)\n\n| agent | context switches per CPU second | slower than runqlat off |\n|---|---|---|\n| runqlat off | {:.0} | - |\n| runqlat off, and an empty program on sched_switch | {:.0} | {:.1} % |\n| runqlat on | {:.0} | {:.1} % |\n\nrunqlat costs {:.2}x the empty hook.\n",
+                q.rounds,
+                q.off,
+                q.hook,
+                q.slowdown(q.hook),
+                q.runqlat,
+                q.slowdown(q.runqlat),
+                q.multiple()
             ));
         }
         for note in &self.notes {
@@ -813,6 +863,131 @@ impl Report {
             o.push_str(&format!("| {n} | {t:.3} | {v:.3} | {e:.2}% | {ok} |\n"));
         }
         o.push_str("<!-- bench:end -->\n");
+        o
+    }
+}
+
+/// The host's cgroup layout: v1, hybrid or v2.
+fn layout() -> &'static str {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let v2 = mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    let v1 = mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup"));
+    match (v1, v2) {
+        (true, true) => "hybrid",
+        (true, false) => "v1",
+        _ => "v2",
+    }
+}
+
+impl Report {
+    /// The targets of issue 20, each against what this run measured.
+    fn targets(&self) -> String {
+        let verdict = |ok: Option<bool>| match ok {
+            Some(true) => "met",
+            Some(false) => "missed",
+            None => "not measured",
+        };
+        let scale = |n: usize| self.scale.iter().find(|r| r.n == n);
+        let peer = |defaults: bool| -> Vec<&scale::PeerRow> {
+            self.peer
+                .iter()
+                .filter(|r| r.mode.contains("defaults") == defaults)
+                .collect()
+        };
+        let mut rows: Vec<(String, &str, String, &str)> = Vec::new();
+        for (n, limit) in [(100usize, 0.2f64), (1000, 2.0)] {
+            let alone = scale(n).map(|r| r.cpu_pct);
+            let beside = peer(true)
+                .into_iter()
+                .find(|r| r.n == n)
+                .map(|r| r.agent_cpu_pct);
+            rows.push((
+                format!("agent CPU, {n} containers, default settings, scraped every 15 s"),
+                if n == 100 { "<= 0.2 %" } else { "<= 2 %" },
+                format!(
+                    "{} alone; {} beside cAdvisor",
+                    alone.map_or("-".into(), |c| format!("{c:.3} %")),
+                    beside.map_or("-".into(), |c| format!("{c:.3} %"))
+                ),
+                verdict(alone.map(|c| c <= limit)),
+            ));
+        }
+        let cost = self.sample_cost.first().map(|c| c.cpu_us);
+        rows.push((
+            format!("one container's sample, {} host", layout()),
+            "<= 50 us",
+            cost.map_or("-".into(), |c| format!("{c:.1} us of CPU")),
+            verdict(cost.map(|c| c <= 50.0)),
+        ));
+        for (defaults, what) in [
+            (true, "both at their defaults, scraped every 15 s"),
+            (false, "both sampling every 1 s"),
+        ] {
+            let rows_here = peer(defaults);
+            let ratios: Vec<String> = rows_here
+                .iter()
+                .map(|r| format!("{:.1}x at {}", r.cadvisor_cpu_pct / r.agent_cpu_pct, r.n))
+                .collect();
+            rows.push((
+                format!("cAdvisor CPU / agent CPU, same containers, {what}"),
+                ">= 10x",
+                if ratios.is_empty() {
+                    "-".into()
+                } else {
+                    ratios.join(", ")
+                },
+                verdict((!rows_here.is_empty()).then(|| {
+                    rows_here
+                        .iter()
+                        .all(|r| r.cadvisor_cpu_pct >= 10.0 * r.agent_cpu_pct)
+                })),
+            ));
+        }
+        let big = scale(10_000);
+        rows.push((
+            "agent RSS at 10,000 containers".into(),
+            "<= 64 MiB",
+            big.map_or("-".into(), |r| format!("{:.1} MiB", r.rss_mib)),
+            verdict(big.map(|r| r.rss_mib <= 64.0)),
+        ));
+        let (k1, k10) = (scale(1000), scale(10_000));
+        rows.push((
+            "scrape p99 at 1,000 / 10,000 containers".into(),
+            "<= 10 / <= 100 ms",
+            format!(
+                "{} / {}",
+                k1.map_or("-".into(), |r| format!("{:.1} ms", r.p99_ms)),
+                k10.map_or("-".into(), |r| format!("{:.1} ms", r.p99_ms))
+            ),
+            verdict(match (k1, k10) {
+                (Some(a), Some(b)) => Some(a.p99_ms <= 10.0 && b.p99_ms <= 100.0),
+                _ => None,
+            }),
+        ));
+        let q = self.runqlat.as_ref();
+        rows.push((
+            "runqlat cost on stress-ng --switch, in a container".into(),
+            "<= 1.5x the empty hook's",
+            q.map_or("-".into(), |q| {
+                format!(
+                    "{:.1} % against {:.1} %: {:.2}x",
+                    q.slowdown(q.runqlat),
+                    q.slowdown(q.hook),
+                    q.multiple()
+                )
+            }),
+            verdict(q.map(|q| q.multiple() <= 1.5)),
+        ));
+        let mut o = String::from(
+            "\n### Targets (issue 20)\n\n| what | target | this run | |\n|---|---|---|---|\n",
+        );
+        for (what, target, got, v) in rows {
+            o.push_str(&format!("| {what} | {target} | {got} | {v} |\n"));
+        }
         o
     }
 }

@@ -1,0 +1,238 @@
+//! A source of per-container statistics, in node_exporter's manner: each
+//! is one module (the kernel programs' counters; cgroup CPU, memory, pids,
+//! block I/O, pressure), switched with `--collector.<name>`, timed by the
+//! sampler, which exports `apptheus_source_success{source}` and
+//! `apptheus_source_duration_seconds{source}`. A source that finds nothing
+//! to read for a container (no memory controller, no PSI) says so: that is
+//! not a failure.
+use crate::model::{
+    container::{KernelCounters, Member, Part},
+    stats::CgroupStats,
+};
+
+/// The kernel programs' counters, as the kernel source reads them.
+pub trait Counters {
+    /// The counters of starter run `member`; None when the kernel does not
+    /// know it (any more).
+    fn counters(&self, member: u64) -> Option<KernelCounters>;
+}
+
+/// What a source reads of one container.
+pub struct Target<'a> {
+    /// The container's key.
+    pub key: u64,
+    /// Its starter runs (the kernel's counters are per run).
+    pub members: &'a [Member],
+    /// Its cgroup sets (apptheus' own, a runtime's).
+    pub parts: &'a [Part],
+    /// The kernel programs, when they run.
+    pub kernel: Option<&'a dyn Counters>,
+}
+
+/// Where a source puts what it read: one slot per member and per part,
+/// in the target's order.
+pub struct Fresh {
+    pub counters: Vec<Option<KernelCounters>>,
+    pub parts: Vec<FreshPart>,
+}
+
+/// What was read of one cgroup set at this sample.
+#[derive(Debug, Default)]
+pub struct FreshPart {
+    /// Whether it is read at this sample (not gone already).
+    pub read: bool,
+    /// Its directories' hash: a source that keeps files open for a set
+    /// knows when the set changed.
+    pub fingerprint: u64,
+    pub stats: CgroupStats,
+    /// Its cgroup was removed while being read: what was read before
+    /// stays, this partial read is dropped.
+    pub gone: bool,
+}
+
+impl Fresh {
+    pub fn new(t: &Target<'_>) -> Self {
+        Fresh {
+            counters: vec![None; t.members.len()],
+            parts: t
+                .parts
+                .iter()
+                .map(|p| FreshPart {
+                    read: !p.gone,
+                    fingerprint: if p.gone { 0 } else { fingerprint(&p.cgroups) },
+                    ..FreshPart::default()
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A hash of the directories' paths (FNV-1a over 8-byte words: cheap, and
+/// stable within a run).
+fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |w: u64| {
+        h ^= w;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for (_, d) in cg.dirs() {
+        let bytes = d.as_os_str().as_bytes();
+        let (words, rest) = bytes.as_chunks::<8>();
+        for w in words {
+            mix(u64::from_le_bytes(*w));
+        }
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        mix(u64::from_le_bytes(last) ^ (bytes.len() as u64) << 56);
+    }
+    h
+}
+
+/// How a source's read of one container went.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// It found something to read.
+    pub found: bool,
+    /// What was broken or unreadable (each names its file).
+    pub warnings: Vec<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// A source of per-container statistics.
+pub trait Source {
+    /// Its name, in `--collector.<name>` and in `source="<name>"`.
+    fn name(&self) -> &'static str;
+
+    /// A sample begins (of every container, or of one): values shared by
+    /// many containers (an enclosing cgroup's limit) are read afresh.
+    fn begin(&mut self) {}
+
+    /// Reads its statistics of one container into `out`.
+    fn read(&mut self, t: &Target<'_>, out: &mut Fresh) -> Outcome;
+
+    /// The container ended: what is kept open for it is closed.
+    fn forget(&mut self, _key: u64) {}
+}
+
+/// The cgroup statistics sources, one per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupSource {
+    Cpu,
+    Memory,
+    Pids,
+    Blkio,
+    Pressure,
+}
+
+impl CgroupSource {
+    pub const ALL: [CgroupSource; 5] = [
+        CgroupSource::Cpu,
+        CgroupSource::Memory,
+        CgroupSource::Pids,
+        CgroupSource::Blkio,
+        CgroupSource::Pressure,
+    ];
+
+    /// The name in `--collector.<name>` and `source="<name>"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CgroupSource::Cpu => "cpu",
+            CgroupSource::Memory => "memory",
+            CgroupSource::Pids => "pids",
+            CgroupSource::Blkio => "blkio",
+            CgroupSource::Pressure => "pressure",
+        }
+    }
+}
+
+/// The flags of the cgroup sources, all on by default; of the two flags of
+/// a source, the last one given wins. A source that is off reads no file.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "cgroup statistics sources")]
+pub struct SourceArgs {
+    /// CPU time and CFS throttling (cpu.stat; v1 cpuacct). [default: on]
+    #[arg(long = "collector.cpu", overrides_with = "no_cpu")]
+    cpu: bool,
+    /// Disable the cpu source.
+    #[arg(long = "no-collector.cpu", overrides_with = "cpu")]
+    no_cpu: bool,
+
+    /// Memory use, limit, OOM events and kills, major faults (memory.*).
+    /// [default: on]
+    #[arg(long = "collector.memory", overrides_with = "no_memory")]
+    memory: bool,
+    /// Disable the memory source.
+    #[arg(long = "no-collector.memory", overrides_with = "memory")]
+    no_memory: bool,
+
+    /// Processes and threads: pids.current, pids.max, and the threads of
+    /// the container's cgroups. [default: on]
+    #[arg(long = "collector.pids", overrides_with = "no_pids")]
+    pids: bool,
+    /// Disable the pids source.
+    #[arg(long = "no-collector.pids", overrides_with = "pids")]
+    no_pids: bool,
+
+    /// Block I/O per device (io.stat; v1 blkio throttle files). [default: on]
+    #[arg(long = "collector.blkio", overrides_with = "no_blkio")]
+    blkio: bool,
+    /// Disable the blkio source.
+    #[arg(long = "no-collector.blkio", overrides_with = "blkio")]
+    no_blkio: bool,
+
+    /// Pressure stall information (cpu/memory/io.pressure). [default: on]
+    #[arg(long = "collector.pressure", overrides_with = "no_pressure")]
+    pressure: bool,
+    /// Disable the pressure source.
+    #[arg(long = "no-collector.pressure", overrides_with = "pressure")]
+    no_pressure: bool,
+}
+
+impl SourceArgs {
+    /// Whether source `s` runs.
+    pub fn enabled(&self, s: CgroupSource) -> bool {
+        let off = match s {
+            CgroupSource::Cpu => self.no_cpu,
+            CgroupSource::Memory => self.no_memory,
+            CgroupSource::Pids => self.no_pids,
+            CgroupSource::Blkio => self.no_blkio,
+            CgroupSource::Pressure => self.no_pressure,
+        };
+        !off
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        s: SourceArgs,
+    }
+
+    fn on(args: &[&str]) -> Vec<&'static str> {
+        let c = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
+        CgroupSource::ALL
+            .into_iter()
+            .filter(|s| c.s.enabled(*s))
+            .map(CgroupSource::name)
+            .collect()
+    }
+
+    #[test]
+    fn every_source_is_on_unless_switched_off_last() {
+        assert_eq!(on(&[]), ["cpu", "memory", "pids", "blkio", "pressure"]);
+        assert_eq!(
+            on(&["--no-collector.pressure", "--no-collector.blkio"]),
+            ["cpu", "memory", "pids"]
+        );
+        assert_eq!(
+            on(&["--no-collector.memory", "--collector.memory"]),
+            ["cpu", "memory", "pids", "blkio", "pressure"]
+        );
+    }
+}
