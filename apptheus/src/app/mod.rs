@@ -41,6 +41,7 @@ use crate::{
 
 mod adopting;
 mod placing;
+mod processes;
 mod sampling;
 mod sockets;
 mod starts;

@@ -66,25 +66,30 @@ impl Agent {
     /// statistics of its cgroups, and combines them into what is exported.
     pub(super) fn sample_container(&mut self, key: u64) {
         // A cgroup shared with the container's starter is its only while
-        // nothing else runs there.
-        let shared_ok: Vec<bool> = match self.registry.get(key) {
+        // nothing else runs there; once another process was seen there,
+        // the container's processes are read instead.
+        let (shared_ok, crowded): (Vec<bool>, Vec<_>) = match self.registry.get(key) {
             Some(c) => c
                 .parts
                 .iter()
                 .map(|p| {
-                    if !matches!(p.origin, Origin::Shared { .. }) {
-                        return true;
+                    if !matches!(p.origin, Origin::Shared { .. }) || p.gone {
+                        return (true, None);
                     }
-                    let stranger = self.stranger_in(key, &p.cgroups);
-                    if let Some(pid) = stranger {
-                        tracing::debug!(container_id = %c.id, pid, comm = self.procfs.comm(pid).unwrap_or_default(),
-                            "another process shares the container's cgroup; its memory is left out");
+                    if c.processes.is_some() {
+                        return (false, None);
                     }
-                    stranger.is_none()
+                    match self.stranger_in(key, &p.cgroups) {
+                        Some(_) => (false, Some(p.cgroups.clone())),
+                        None => (true, None),
+                    }
                 })
-                .collect(),
+                .unzip(),
             None => return,
         };
+        for cg in crowded.into_iter().flatten() {
+            self.check_shared(key, &cg);
+        }
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
@@ -119,6 +124,7 @@ impl Agent {
             p.last = Some(stats);
         }
         c.refresh_sample();
+        self.sample_processes(key);
     }
 
     /// The kernel saw the last task of member `mk` exit.

@@ -278,6 +278,7 @@ impl Kernel {
                 write_bytes: s.fs_write_bytes,
             }),
             runq: self.runq_histogram(cid),
+            exited: None,
         })
     }
 

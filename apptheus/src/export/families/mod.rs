@@ -10,6 +10,7 @@ use crate::model::{container::Container, registry::Registry};
 
 pub(crate) mod cgroup;
 mod kernel;
+mod process;
 
 fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
     labels
@@ -229,6 +230,9 @@ fn container(f: &mut Families, c: &Container) {
     // cgroup's (which is lost with the cgroup): one family, one source.
     let kernel_counts_oom = sample.kernel.is_some_and(|k| k.oom_kills.is_some());
     crate::export::families::cgroup::add_beside_kernel(f, &id, &sample.cgroup, kernel_counts_oom);
+    if let Some(p) = &sample.processes {
+        process::add(f, &id, p);
+    }
 }
 
 #[cfg(test)]

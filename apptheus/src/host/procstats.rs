@@ -1,0 +1,210 @@
+//! A container's statistics from its processes' /proc files (see
+//! [`crate::model::processes`]): per process `smaps_rollup` (resident and
+//! proportional set sizes), per thread `schedstat` (CPU time) and `io`
+//! (storage I/O). Reading a file and parsing it are apart; the parsers are
+//! tested on literal text. A process or thread that is gone meanwhile is
+//! simply not counted.
+use std::{io::Read as _, path::Path};
+
+use crate::model::processes::ProcReading;
+
+/// Most bytes read from one of these files (each is a few hundred).
+const MAX_FILE_BYTES: u64 = 8 << 10;
+
+fn read_small(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_FILE_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+/// Reads processes `tgids` (each counted once) under `procfs`.
+pub fn read(procfs: &Path, tgids: &[u32]) -> ProcReading {
+    let mut r = ProcReading::default();
+    for &tgid in tgids {
+        read_process(&procfs.join(tgid.to_string()), &mut r);
+    }
+    r
+}
+
+/// Adds process `dir` (`/proc/<tgid>`) to `r`; nothing if it is gone.
+fn read_process(dir: &Path, r: &mut ProcReading) {
+    let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
+        return;
+    };
+    let mut threads = 0;
+    for t in tasks.flatten() {
+        let tdir = t.path();
+        // A thread that exited meanwhile has no files left: skipped.
+        let Some(runtime) = read_small(&tdir.join("schedstat")).and_then(|t| parse_schedstat(&t))
+        else {
+            continue;
+        };
+        threads += 1;
+        r.runtime_ns += runtime;
+        if let Some((read, write)) = read_small(&tdir.join("io")).and_then(|t| parse_io(&t)) {
+            r.read_bytes += read;
+            r.write_bytes += write;
+        }
+    }
+    if threads == 0 {
+        return;
+    }
+    r.processes += 1;
+    r.threads += threads;
+    // A zombie (or a kernel thread) has no memory map: nothing to add.
+    if let Some(m) = read_small(&dir.join("smaps_rollup")).and_then(|t| parse_smaps_rollup(&t)) {
+        r.rss_bytes += m.rss_bytes;
+        r.pss_bytes += m.pss_bytes;
+    }
+}
+
+/// The thread-group id of task `tid`, from its `status` file.
+pub fn tgid_of(procfs: &Path, tid: u32) -> Option<u32> {
+    let text = read_small(&procfs.join(tid.to_string()).join("status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Resident and proportional set sizes of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+}
+
+/// `smaps_rollup`: the `Rss:` and `Pss:` lines, in kB. None when either
+/// is missing (an empty file: the process has no memory map).
+pub fn parse_smaps_rollup(text: &str) -> Option<Memory> {
+    let kb = |name: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix(':')?;
+            let mut f = rest.split_whitespace();
+            let v: u64 = f.next()?.parse().ok()?;
+            (f.next() == Some("kB")).then_some(v * 1024)
+        })
+    };
+    Some(Memory {
+        rss_bytes: kb("Rss")?,
+        pss_bytes: kb("Pss")?,
+    })
+}
+
+/// `io`: (`read_bytes`, `write_bytes`).
+pub fn parse_io(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    Some((field("read_bytes")?, field("write_bytes")?))
+}
+
+/// `schedstat`: its first field, the time spent on a CPU, in nanoseconds.
+pub fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As Linux 6.1 writes it.
+    const ROLLUP: &str =
+        "55d0c0a1e000-7ffd8b7f9000 ---p 00000000 00:00 0                          [rollup]
+Rss:              206132 kB
+Pss:              204510 kB
+Pss_Anon:         204800 kB
+Pss_File:           1326 kB
+Pss_Shmem:             0 kB
+Shared_Clean:       1620 kB
+Shared_Dirty:          0 kB
+Private_Clean:       148 kB
+Private_Dirty:    204364 kB
+Referenced:       206132 kB
+Anonymous:        204800 kB
+LazyFree:              0 kB
+AnonHugePages:         0 kB
+ShmemPmdMapped:        0 kB
+FilePmdMapped:         0 kB
+Shared_Hugetlb:        0 kB
+Private_Hugetlb:       0 kB
+Swap:                  0 kB
+SwapPss:               0 kB
+Locked:                0 kB
+";
+
+    #[test]
+    fn smaps_rollup_rss_and_pss() {
+        assert_eq!(
+            parse_smaps_rollup(ROLLUP),
+            Some(Memory {
+                rss_bytes: 206132 * 1024,
+                pss_bytes: 204510 * 1024
+            })
+        );
+        // A zombie's file is empty; Pss_Anon is not Pss.
+        assert_eq!(parse_smaps_rollup(""), None);
+        assert_eq!(parse_smaps_rollup("Rss: 4 kB\nPss_Anon: 4 kB\n"), None);
+        assert_eq!(parse_smaps_rollup("Rss: 4 MB\nPss: 4 kB\n"), None);
+    }
+
+    #[test]
+    fn io_storage_bytes() {
+        let text = "rchar: 1048576\nwchar: 67108864\nsyscr: 10\nsyscw: 64\nread_bytes: 4096\nwrite_bytes: 67108864\ncancelled_write_bytes: 0\n";
+        assert_eq!(parse_io(text), Some((4096, 67108864)));
+        // rchar is not read_bytes.
+        assert_eq!(parse_io("rchar: 1\nwchar: 2\n"), None);
+    }
+
+    #[test]
+    fn schedstat_runtime() {
+        assert_eq!(parse_schedstat("2000123456 1234 17\n"), Some(2000123456));
+        assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("x 1 2"), None);
+    }
+
+    /// A fixture /proc: two processes, one with two threads; a thread whose
+    /// files are gone; a zombie without a memory map; a process gone.
+    #[test]
+    fn reads_processes_and_their_threads() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |rel: &str, text: &str| {
+            let p = root.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("10/smaps_rollup", "Rss: 300 kB\nPss: 200 kB\n");
+        put("10/task/10/schedstat", "1000 0 0\n");
+        put("10/task/10/io", "read_bytes: 1\nwrite_bytes: 2\n");
+        put("10/task/11/schedstat", "500 0 0\n");
+        put("10/task/11/io", "read_bytes: 10\nwrite_bytes: 20\n");
+        std::fs::create_dir_all(root.path().join("10/task/12")).unwrap();
+        put("20/smaps_rollup", "");
+        put("20/task/20/schedstat", "7 0 0\n");
+        put("20/status", "Name:\tx\nTgid:\t20\nPid:\t21\n");
+        let r = read(root.path(), &[10, 20, 30]);
+        assert_eq!(
+            r,
+            ProcReading {
+                processes: 2,
+                threads: 3,
+                pss_bytes: 200 * 1024,
+                rss_bytes: 300 * 1024,
+                runtime_ns: 1507,
+                read_bytes: 11,
+                write_bytes: 22,
+            }
+        );
+        assert_eq!(tgid_of(root.path(), 20), Some(20));
+        assert_eq!(tgid_of(root.path(), 30), None);
+    }
+}
