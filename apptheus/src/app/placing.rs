@@ -268,7 +268,10 @@ impl Agent {
         let comm = self.procfs.comm(pid).unwrap_or_default();
         self.read_from_processes(
             ck,
-            format!("the starter's cgroup {dir} also runs process {pid} ({comm}), which is not the container's"),
+            format!(
+                "the starter's cgroup {dir} also runs process {pid} ({comm}), which is not the container's: \
+                 its statistics would not be the container's alone"
+            ),
         );
     }
 
@@ -362,8 +365,10 @@ impl Agent {
                     "enabled controllers in the starter's cgroup for the container's statistics");
             }
             Err(e @ crate::cgroup::delegation::DelegationError::Occupied { .. }) => {
-                tracing::debug!(container_id = %id, reason = %e, "the container's cgroup gets no memory, io or pids controller");
-                self.read_from_processes(ck, e.to_string());
+                self.read_from_processes(
+                    ck,
+                    format!("{e}: the container's cgroup has no memory, io or pids controller"),
+                );
             }
             Err(e) => {
                 tracing::warn!(container_id = %id, error = %e,

@@ -23,8 +23,8 @@ impl Agent {
             return;
         }
         tracing::info!(container_id = %c.id, reason = %why,
-            "the container's cgroup memory, block I/O, pids and CPU throttling families are left out; \
-             its memory, processes, CPU and I/O are read from its own processes instead (apptheus_container_proc_*)");
+            "the container's cgroups cannot give its memory: the cgroup families they lack are left out, \
+             and its memory, processes, CPU time and I/O are read from its own processes (apptheus_container_proc_*)");
         c.processes = Some(ProcSource::new(why));
         self.sample_processes(ck);
     }
