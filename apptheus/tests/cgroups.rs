@@ -694,11 +694,20 @@ fn a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes() {
     let mut job = SlurmJob::new(&mc, "job_4242", 256 << 20);
 
     let sleep = format!("{}", 3.0 * time_scale());
+    // Storage I/O: 16 MiB written, and 32 MiB read from a file evicted
+    // from the page cache, on the temporary directory's file system.
+    let io_dir = tempfile::tempdir().unwrap();
+    let (written, read) = (16u64 << 20, 32u64 << 20);
+    let to_read = io_dir.path().join("r");
+    cold_file(&to_read, read);
     let before = children_cpu_seconds();
     let mut shell = job.shell(&format!(
-        "{} launch --after 0.05 {s} -- {s} workload --delay 0.3 --alloc-mib 200 --spin 0.5 --sleep {sleep}; exit $?",
+        "{} launch --after 0.05 {s} -- {s} workload --delay 0.3 --alloc-mib 200 --spin 0.5 \
+         --file-io {w}:{written} --read-file {r} --sleep {sleep}; exit $?",
         cli.display(),
-        s = starter.display()
+        s = starter.display(),
+        w = io_dir.path().join("w").display(),
+        r = to_read.display(),
     ));
     let id = wait_container(&agent, &starter, "apptheus_container_proc_memory_pss_bytes");
     let mut pss = 0.0;
@@ -809,6 +818,28 @@ fn a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes() {
         cpu <= truth * 1.01 && cpu >= truth * 0.9 && cpu >= 0.5,
         "CPU {cpu:.3} s, rusage of the job's processes {truth:.3} s"
     );
+    let m = agent.metrics();
+    let io_read = of(&m, "apptheus_container_proc_io_read_bytes_total", &id).expect("read bytes");
+    let io_written =
+        of(&m, "apptheus_container_proc_io_write_bytes_total", &id).expect("written bytes");
+    eprintln!(
+        "measured: I/O read {:.2} MiB of {} MiB, written {:.2} MiB of {} MiB",
+        io_read / MIB,
+        read >> 20,
+        io_written / MIB,
+        written >> 20
+    );
+    // A file system in memory (the VMs' /tmp) does no storage I/O.
+    if on_a_block_device(io_dir.path()) {
+        assert!(
+            (io_read / read as f64 - 1.0).abs() <= 0.05,
+            "read {io_read} bytes of {read}"
+        );
+        assert!(
+            (io_written / written as f64 - 1.0).abs() <= 0.05,
+            "wrote {io_written} bytes of {written}"
+        );
+    }
     job.remove()
         .expect("Slurm removes the job's tree, leaves first, once its processes are gone");
 }
@@ -1001,4 +1032,33 @@ fn a_login_sessions_container_keeps_its_limit_and_gets_its_memory() {
         !shell.wait().unwrap().success(),
         "200 MiB in a session limited to 128 MiB must fail"
     );
+}
+
+/// Writes a file of `bytes` at `path`, flushes it to its disk and drops it
+/// from the page cache, so that reading it reads the disk.
+fn cold_file(path: &Path, bytes: u64) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..bytes >> 20 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
+/// Whether `dir`'s file system keeps its files on a block device (not
+/// tmpfs or ramfs, whose pages never reach a disk).
+fn on_a_block_device(dir: &Path) -> bool {
+    const TMPFS: i64 = 0x0102_1994;
+    const RAMFS: i64 = 0x8584_58f6;
+    nix::sys::statfs::statfs(dir)
+        .map(|s| !matches!(s.filesystem_type().0 as i64, TMPFS | RAMFS))
+        .unwrap_or(false)
 }
