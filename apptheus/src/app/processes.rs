@@ -45,7 +45,9 @@ impl Agent {
             .iter()
             .flat_map(|m| proctree::tree(procfs, m.starter_pid))
             .collect();
-        let mut reading = procstats::read(procfs, &tgids.iter().copied().collect::<Vec<_>>());
+        let now = std::time::Instant::now();
+        let pss = c.processes.as_ref().is_some_and(|p| p.pss_due(now));
+        let mut reading = procstats::read(procfs, &tgids.iter().copied().collect::<Vec<_>>(), pss);
         // A task re-parented away is missing from the trees: when the
         // kernel counts more tasks than were found, ask it for every one.
         if let Some(k) = &self.kernel {
@@ -63,7 +65,8 @@ impl Agent {
                     .collect();
                 if !more.is_empty() {
                     tgids.extend(&more);
-                    reading = procstats::read(procfs, &tgids.iter().copied().collect::<Vec<_>>());
+                    reading =
+                        procstats::read(procfs, &tgids.iter().copied().collect::<Vec<_>>(), pss);
                 }
             }
         }
@@ -80,7 +83,7 @@ impl Agent {
             return;
         };
         if let Some(p) = c.processes.as_mut() {
-            p.update(&reading, exited.as_ref());
+            p.update(&reading, exited.as_ref(), now);
         }
         c.refresh_sample();
     }

@@ -1,10 +1,11 @@
 //! A container's statistics from its processes' /proc files (see
-//! [`crate::model::processes`]): per process `smaps_rollup` (resident and
-//! proportional set sizes), per thread `schedstat` (CPU time) and `io`
+//! [`crate::model::processes`]): per process `statm` (resident set size)
+//! and, when asked, `smaps_rollup` (proportional set size, whose reading
+//! walks the process's pages), per thread `schedstat` (CPU time) and `io`
 //! (storage I/O). Reading a file and parsing it are apart; the parsers are
 //! tested on literal text. A process or thread that is gone meanwhile is
 //! simply not counted.
-use std::{io::Read as _, path::Path};
+use std::{io::Read as _, path::Path, time::Instant};
 
 use crate::model::processes::ProcReading;
 
@@ -21,19 +22,43 @@ fn read_small(path: &Path) -> Option<String> {
     Some(text)
 }
 
-/// Reads processes `tgids` (each counted once) under `procfs`.
-pub fn read(procfs: &Path, tgids: &[u32]) -> ProcReading {
+/// Reads processes `tgids` (each counted once) under `procfs`, their
+/// proportional set sizes too if `pss`.
+pub fn read(procfs: &Path, tgids: &[u32], pss: bool) -> ProcReading {
     let mut r = ProcReading::default();
+    let page = page_size();
+    let mut pss_sum = 0;
     for &tgid in tgids {
-        read_process(&procfs.join(tgid.to_string()), &mut r);
+        let dir = procfs.join(tgid.to_string());
+        if !read_process(&dir, page, &mut r) || !pss {
+            continue;
+        }
+        let started = Instant::now();
+        // A zombie (or a kernel thread) has no memory map: nothing to add.
+        if let Some(m) = read_small(&dir.join("smaps_rollup")).and_then(|t| parse_smaps_rollup(&t))
+        {
+            pss_sum += m.pss_bytes;
+        }
+        r.pss_cost += started.elapsed();
     }
+    r.pss_bytes = pss.then_some(pss_sum);
     r
 }
 
-/// Adds process `dir` (`/proc/<tgid>`) to `r`; nothing if it is gone.
-fn read_process(dir: &Path, r: &mut ProcReading) {
+/// The size of a memory page.
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(4096)
+}
+
+/// Adds process `dir` (`/proc/<tgid>`) to `r`, but for its proportional
+/// set size; false (nothing added) if it is gone.
+fn read_process(dir: &Path, page: u64, r: &mut ProcReading) -> bool {
     let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
-        return;
+        return false;
     };
     let mut threads = 0;
     for t in tasks.flatten() {
@@ -51,15 +76,19 @@ fn read_process(dir: &Path, r: &mut ProcReading) {
         }
     }
     if threads == 0 {
-        return;
+        return false;
     }
     r.processes += 1;
     r.threads += threads;
-    // A zombie (or a kernel thread) has no memory map: nothing to add.
-    if let Some(m) = read_small(&dir.join("smaps_rollup")).and_then(|t| parse_smaps_rollup(&t)) {
-        r.rss_bytes += m.rss_bytes;
-        r.pss_bytes += m.pss_bytes;
+    if let Some(pages) = read_small(&dir.join("statm")).and_then(|t| parse_statm(&t)) {
+        r.rss_bytes += pages * page;
     }
+    true
+}
+
+/// `statm`: its second field, the resident pages.
+pub fn parse_statm(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The thread-group id of task `tid`, from its `status` file.
@@ -166,6 +195,13 @@ Locked:                0 kB
     }
 
     #[test]
+    fn statm_resident_pages() {
+        assert_eq!(parse_statm("55350 54623 52895 1 0 2020 0\n"), Some(54623));
+        assert_eq!(parse_statm("0 0 0 0 0 0 0\n"), Some(0));
+        assert_eq!(parse_statm("55350\n"), None);
+    }
+
+    #[test]
     fn schedstat_runtime() {
         assert_eq!(parse_schedstat("2000123456 1234 17\n"), Some(2000123456));
         assert_eq!(parse_schedstat(""), None);
@@ -183,27 +219,34 @@ Locked:                0 kB
             std::fs::write(p, text).unwrap();
         };
         put("10/smaps_rollup", "Rss: 300 kB\nPss: 200 kB\n");
+        put("10/statm", "100 75 10 1 0 50 0\n");
         put("10/task/10/schedstat", "1000 0 0\n");
         put("10/task/10/io", "read_bytes: 1\nwrite_bytes: 2\n");
         put("10/task/11/schedstat", "500 0 0\n");
         put("10/task/11/io", "read_bytes: 10\nwrite_bytes: 20\n");
         std::fs::create_dir_all(root.path().join("10/task/12")).unwrap();
         put("20/smaps_rollup", "");
+        put("20/statm", "0 0 0 0 0 0 0\n");
         put("20/task/20/schedstat", "7 0 0\n");
         put("20/status", "Name:\tx\nTgid:\t20\nPid:\t21\n");
-        let r = read(root.path(), &[10, 20, 30]);
+        let mut r = read(root.path(), &[10, 20, 30], true);
+        r.pss_cost = std::time::Duration::ZERO;
+        let page = page_size();
         assert_eq!(
             r,
             ProcReading {
                 processes: 2,
                 threads: 3,
-                pss_bytes: 200 * 1024,
-                rss_bytes: 300 * 1024,
+                pss_bytes: Some(200 * 1024),
+                pss_cost: std::time::Duration::ZERO,
+                rss_bytes: 75 * page,
                 runtime_ns: 1507,
                 read_bytes: 11,
                 write_bytes: 22,
             }
         );
+        let r = read(root.path(), &[10, 20, 30], false);
+        assert_eq!((r.pss_bytes, r.rss_bytes, r.threads), (None, 75 * page, 3));
         assert_eq!(tgid_of(root.path(), 20), Some(20));
         assert_eq!(tgid_of(root.path(), 30), None);
     }

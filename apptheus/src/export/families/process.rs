@@ -18,15 +18,17 @@ pub fn add(f: &mut Families, id: &[(&str, &str)], s: &ProcStats) {
         id,
         s.threads as f64,
     );
-    f.gauge(
-        "apptheus_container_proc_memory_pss_bytes",
-        "Proportional set size summed over the container's processes (smaps_rollup Pss: a page mapped by n processes counts 1/n in each).",
-        id,
-        s.pss_bytes as f64,
-    );
+    if let Some(v) = s.pss_bytes {
+        f.gauge(
+            "apptheus_container_proc_memory_pss_bytes",
+            "Proportional set size summed over the container's processes (smaps_rollup Pss: a page mapped by n processes counts 1/n in each), as last read.",
+            id,
+            v as f64,
+        );
+    }
     f.gauge(
         "apptheus_container_proc_memory_rss_bytes",
-        "Resident set size summed over the container's processes (a shared page counts in each process that maps it).",
+        "Resident set size summed over the container's processes (statm; a shared page counts in each process that maps it).",
         id,
         s.rss_bytes as f64,
     );
