@@ -52,6 +52,7 @@ pub mod export {
     pub use crate::model::{
         container::{Container, FsCounters, KernelCounters, NetCounters, Origin, Part},
         metadata::Metadata,
+        processes::{ExitedTotals, ProcReading, ProcSource},
         registry::Registry,
     };
 }

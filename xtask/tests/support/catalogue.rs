@@ -13,8 +13,8 @@ use std::{
 use apptheus::testing::{
     cgroup::ContainerCgroups,
     export::{
-        self as families, AgentMetrics, Container, FsCounters, KernelCounters, Metadata,
-        NetCounters, Origin, Part, ProgramStats, Registry,
+        self as families, AgentMetrics, Container, ExitedTotals, FsCounters, KernelCounters,
+        Metadata, NetCounters, Origin, Part, ProcReading, ProcSource, ProgramStats, Registry,
     },
 };
 use prometheus::proto::{MetricFamily, MetricType};
@@ -145,10 +145,29 @@ pub fn exported() -> Catalogue {
             .collect(),
         },
     ));
+    // A container whose cgroups cannot give its memory (its starter's
+    // cgroup shared with a batch script's shell): read from its processes.
+    let mut shared = container(3, ContainerCgroups::default());
+    let mut processes = ProcSource::new("shared with a shell");
+    processes.update(
+        &ProcReading {
+            pss_bytes: Some(1),
+            ..ProcReading::default()
+        },
+        Some(&ExitedTotals {
+            runtime_ns: 1,
+            io: Some((1, 1)),
+        }),
+        std::time::Instant::now(),
+    );
+    shared.processes = Some(processes);
+    shared.refresh_sample();
+    registry.insert(shared);
 
     let agent = AgentMetrics::new();
     // Families of labelled metrics appear once a child exists.
     agent.set_mode("ebpf");
+    agent.trusted_files.with_label_values(&["starter"]);
     for target in ["pushgateway", "remote_write"] {
         agent.pushes.with_label_values(&[target]);
         agent.push_failures.with_label_values(&[target]);
