@@ -13,8 +13,9 @@ use crate::{
 
 impl Agent {
     /// From now on, container `ck`'s statistics are read from its
-    /// processes too; `why` says why its cgroups cannot give them (logged
-    /// once, at info level).
+    /// processes too, from the next sample on (not now: this may run in
+    /// the middle of its placement); `why` says why its cgroups cannot
+    /// give them (logged once, at info level).
     pub(super) fn read_from_processes(&mut self, ck: u64, why: String) {
         let Some(c) = self.registry.get_mut(ck) else {
             return;
@@ -26,7 +27,6 @@ impl Agent {
             "the container's cgroups cannot give its memory: the cgroup families they lack are left out, \
              and its memory, processes, CPU time and I/O are read from its own processes (apptheus_container_proc_*)");
         c.processes = Some(ProcSource::new(why));
-        self.sample_processes(ck);
     }
 
     /// Reads the processes of container `ck`, if its statistics come from

@@ -81,6 +81,30 @@ pub static EXCEPTIONS: &[Exception] = &[
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
+        test: "cgroups::a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes",
+        why: NO_MEMCG_V1,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::V1, Layout::Hybrid],
+        test: "cgroups::a_slurm_jobs_memory_limit_holds_for_a_batch_scripts_container",
+        why: NO_MEMCG_V1,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::V1, Layout::Hybrid],
+        test: "cgroups::srun_apptainer_alone_in_its_task_is_read_from_the_tasks_cgroup",
+        why: NO_MEMCG_V1,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::V1, Layout::Hybrid],
+        test: "cgroups::a_login_sessions_container_keeps_its_limit_and_gets_its_memory",
+        why: NO_MEMCG_V1,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::V1, Layout::Hybrid],
         test: "slurm_jobs::a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups",
         why: NO_MEMCG_V1_SLURM,
     },
