@@ -164,6 +164,86 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
     });
 }
 
+/// A batch script that `exec`s apptainer leaves the container alone in its
+/// task's cgroup: Slurm's task cgroup is read as the container's (every
+/// cgroup family its controllers give), nothing is created or enabled in
+/// it, and the job completes and goes as usual.
+#[test]
+fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+        return;
+    };
+    let trust = TrustDir::new();
+    let (cli, starter) = apptainer_layout(&trust);
+    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let sleep = 3.0 * time_scale();
+    let script = format!(
+        "#!/bin/sh\nexec {} launch --after 0.05 {s} -- {s} workload --delay 0.3 --alloc-mib 64 --sleep {sleep}\n",
+        cli.display(),
+        s = starter.display()
+    );
+    let job = cluster.submit(&script, &["--mem=256M"]).unwrap();
+    let id = job_container(&agent, job, "apptheus_container_memory_rss_bytes");
+    let m = agent.metrics();
+    assert_eq!(
+        value(
+            &m,
+            "apptheus_container_proc_memory_rss_bytes",
+            &[("container_id", &id)]
+        ),
+        None,
+        "alone in its task's cgroup: read from it, not from its processes\n{m}"
+    );
+    let job_dir = format!("job_{job}");
+    let in_job: Vec<PathBuf> = our_cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.components().any(|c| c.as_os_str() == job_dir.as_str()))
+        .collect();
+    assert!(
+        in_job.is_empty(),
+        "nothing of the agent's in Slurm's job: {in_job:?}"
+    );
+    if cluster.cgroups() == Cgroups::V2 {
+        for task in cgroup_dirs_named(&job_dir)
+            .iter()
+            .flat_map(|j| cgroup_dirs_named_below(j, "task_0"))
+        {
+            let enabled = std::fs::read_to_string(task.join("cgroup.subtree_control")).unwrap();
+            assert_eq!(enabled.trim(), "", "nothing enabled in {}", task.display());
+        }
+    }
+    let ended = cluster.wait(job, LIMIT).unwrap();
+    assert_eq!(ended.state, "COMPLETED", "{ended:?}");
+    agent.wait_for(LIMIT, "Slurm to remove the job's cgroups", || {
+        cgroup_dirs_named(&job_dir).is_empty()
+    });
+}
+
+/// Directories named `name` below `dir`.
+fn cgroup_dirs_named_below(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            if e.file_name() == name {
+                out.push(e.path());
+            }
+            stack.push(e.path());
+        }
+    }
+    out
+}
+
 /// 300 MiB in a 256 MiB job: OOM-killed, and Slurm tells the job ran out
 /// of memory (it reads the OOM kills in its own cgroups), then removes
 /// them.

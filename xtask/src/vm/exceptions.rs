@@ -111,6 +111,12 @@ pub static EXCEPTIONS: &[Exception] = &[
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
+        test: "slurm_jobs::a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup",
+        why: NO_MEMCG_V1_SLURM,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::V1, Layout::Hybrid],
         test: "slurm_jobs::a_jobs_memory_limit_holds_and_slurm_tells_it_ran_out_of_memory",
         why: NO_MEMCG_V1_SLURM,
     },

@@ -349,7 +349,12 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<bool> {
         0o644,
         "passwd: files\ngroup: files\nhosts: files\n",
     );
-    t.data("/etc/hosts", 0o644, "127.0.0.1 localhost\n::1 localhost\n");
+    // The VM's own name resolves too (Slurm's daemons and munge look it up).
+    t.data(
+        "/etc/hosts",
+        0o644,
+        "127.0.0.1 localhost apptheus-vm\n::1 localhost\n",
+    );
     t.data("/etc/hostname", 0o644, "apptheus-vm\n");
 
     for tool in TOOLS {
