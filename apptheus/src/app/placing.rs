@@ -348,33 +348,51 @@ impl Agent {
     }
 
     /// cgroup v2: gives the container's cgroup the controllers its
-    /// statistics need, if its parent (the starter's cgroup) can.
+    /// statistics need, if its parent (the starter's cgroup) can. Where
+    /// the container's memory can then come from no cgroup (pure v2, no
+    /// memory controller in its cgroup), it comes from its processes.
     fn delegate(&mut self, ck: u64, id: &str, dir: &Path) {
-        if !self.args.cgroup_enable_controllers {
-            return;
-        }
         let Some(parent) = dir.parent() else { return };
+        let mut why_not = None;
         // Never the root cgroup: that would change the whole host.
-        if self.placer.v2_root().is_none_or(|root| root == parent) {
+        if self.args.cgroup_enable_controllers
+            && self.placer.v2_root().is_some_and(|root| root != parent)
+        {
+            match self.delegated.enable(parent) {
+                Ok(enabled) if enabled.is_empty() => {}
+                Ok(enabled) => {
+                    tracing::info!(container_id = %id, cgroup = %parent.display(), controllers = ?enabled,
+                        "enabled controllers in the starter's cgroup for the container's statistics");
+                }
+                Err(e @ crate::cgroup::delegation::DelegationError::Occupied { .. }) => {
+                    why_not = Some(e.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(container_id = %id, error = %e, "cannot enable controllers for the container's cgroup");
+                    why_not = Some(e.to_string());
+                }
+            }
+        }
+        if self.placer.v1_has("memory") || dir.join("memory.current").exists() {
             return;
         }
-        match self.delegated.enable(parent) {
-            Ok(enabled) if enabled.is_empty() => {}
-            Ok(enabled) => {
-                tracing::info!(container_id = %id, cgroup = %parent.display(), controllers = ?enabled,
-                    "enabled controllers in the starter's cgroup for the container's statistics");
+        let why = why_not.unwrap_or_else(|| {
+            if self.args.cgroup_enable_controllers {
+                format!(
+                    "{} does not give its children the memory controller",
+                    parent.display()
+                )
+            } else {
+                "--cgroup.enable-controllers=false".to_string()
             }
-            Err(e @ crate::cgroup::delegation::DelegationError::Occupied { .. }) => {
-                self.read_from_processes(
-                    ck,
-                    format!("{e}: the container's cgroup has no memory, io or pids controller"),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(container_id = %id, error = %e,
-                    "cannot enable controllers for the container's cgroup; its memory, io and pids statistics are left out");
-            }
-        }
+        });
+        self.read_from_processes(
+            ck,
+            format!(
+                "{why}: the container's cgroup {} has no memory controller",
+                dir.display()
+            ),
+        );
     }
 
     /// Tells the network collector which cgroup2 id is the container's:

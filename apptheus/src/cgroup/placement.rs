@@ -2,7 +2,11 @@
 //! started in, in every hierarchy apptheus reads, so that every limit and
 //! the accounting of an enclosing Slurm job or systemd slice still apply.
 //! The original Apptheus created a new top-level cgroup instead, a way out
-//! of those limits for any user.
+//! of those limits for any user. None where Slurm needs its cgroups as it
+//! made them (see [`NoOwnCgroup`]): there the starter's own cgroup is the
+//! container's, read while nothing else runs in it. Never beside the
+//! starter's cgroup either: the cgroups between belong to Slurm or systemd,
+//! which rely on where the processes are.
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
@@ -112,6 +116,13 @@ impl Placer {
             procfs: procfs.to_path_buf(),
             hierarchies,
         }
+    }
+
+    /// Whether a v1 hierarchy with `controller` is placed in.
+    pub fn v1_has(&self, controller: &str) -> bool {
+        self.hierarchies
+            .iter()
+            .any(|h| h.controllers.iter().any(|c| c == controller))
     }
 
     /// Where cgroup2 is mounted, if it is.
