@@ -1063,3 +1063,56 @@ fn on_a_block_device(dir: &Path) -> bool {
     const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
     statfs(dir).is_ok_and(|s| ![TMPFS_MAGIC, RAMFS_MAGIC].contains(&s.filesystem_type()))
 }
+
+/// `--cgroup.enable-controllers=false`: the agent leaves every
+/// `cgroup.subtree_control` alone. On cgroup v2 the container's cgroup
+/// then has no memory controller even when its starter was alone, and its
+/// memory comes from its processes; on v1 its cgroup gives it.
+#[test]
+fn with_controllers_left_alone_a_v2_containers_memory_comes_from_its_processes() {
+    if !privileged() {
+        return;
+    }
+    let Some(mc) = memory_controller() else {
+        return;
+    };
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    let agent = Agent::start(&[
+        &format!("--trust.path={}", starter.display()),
+        "--cgroup.enable-controllers=false",
+    ]);
+    let parent = ParentCgroup::memory(&mc, None);
+    let sleep = format!("{}", 3.0 * time_scale());
+    let mut child = spawn_in(
+        Some(&parent),
+        &starter,
+        &["--delay", "0.3", "--alloc-mib", "64", "--sleep", &sleep],
+    );
+    let id = wait_container(
+        &agent,
+        &starter,
+        "apptheus_container_cpu_usage_seconds_total",
+    );
+    let memory = if mc.v2 {
+        "apptheus_container_proc_memory_rss_bytes"
+    } else {
+        "apptheus_container_memory_rss_bytes"
+    };
+    agent.wait_for(WAIT, "the container's memory", || {
+        of(&agent.metrics(), memory, &id).is_some_and(|v| v >= 60.0 * MIB)
+    });
+    if mc.v2 {
+        let subtree = std::fs::read_to_string(parent.0.join("cgroup.subtree_control")).unwrap();
+        assert_eq!(subtree.trim(), "", "nothing enabled");
+        assert!(
+            agent.log_text().lines().any(|l| l.contains("level=info")
+                && l.contains(&id)
+                && l.contains("--cgroup.enable-controllers=false")),
+            "{}",
+            agent.log_text()
+        );
+    }
+    assert!(child.wait().unwrap().success());
+}

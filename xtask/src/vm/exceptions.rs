@@ -105,6 +105,12 @@ pub static EXCEPTIONS: &[Exception] = &[
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
+        test: "cgroups::with_controllers_left_alone_a_v2_containers_memory_comes_from_its_processes",
+        why: NO_MEMCG_V1,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::V1, Layout::Hybrid],
         test: "slurm_jobs::a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups",
         why: NO_MEMCG_V1_SLURM,
     },
