@@ -79,6 +79,37 @@ fn cgroup_dirs_named(name: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Waits until Slurm has removed every cgroup of job directory `job_dir`;
+/// fails naming those left and with Slurm's logs.
+fn slurm_removes_its_cgroups(cluster: &Cluster, job_dir: &str) {
+    let deadline = std::time::Instant::now() + scaled(LIMIT);
+    loop {
+        let left = cgroup_dirs_named(job_dir);
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            let below: Vec<String> = left
+                .iter()
+                .flat_map(|d| {
+                    let mut all = vec![d.display().to_string()];
+                    all.extend(
+                        cgroup_dirs_named_below(d, "")
+                            .into_iter()
+                            .map(|p| p.display().to_string()),
+                    );
+                    all
+                })
+                .collect();
+            panic!(
+                "Slurm left its job's cgroups: {below:?}\n{}",
+                cluster.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The container of job `job`, once the agent reports its memory: its id.
 fn job_container(agent: &Agent, job: u32, memory: &str) -> String {
     let mut id = None;
@@ -154,9 +185,7 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
     agent.wait_for(LIMIT, "the container to be killed with its job", || {
         !runs(pid)
     });
-    agent.wait_for(LIMIT, "Slurm to remove the job's cgroups", || {
-        cgroup_dirs_named(&job_dir).is_empty()
-    });
+    slurm_removes_its_cgroups(&cluster, &job_dir);
     agent.wait_for(LIMIT, "the agent to see the container end", || {
         agent
             .log_text()
@@ -218,12 +247,10 @@ fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
     }
     let ended = cluster.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "COMPLETED", "{ended:?}");
-    agent.wait_for(LIMIT, "Slurm to remove the job's cgroups", || {
-        cgroup_dirs_named(&job_dir).is_empty()
-    });
+    slurm_removes_its_cgroups(&cluster, &job_dir);
 }
 
-/// Directories named `name` below `dir`.
+/// Directories named `name` below `dir` (every one if `name` is empty).
 fn cgroup_dirs_named_below(dir: &Path, name: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -235,7 +262,7 @@ fn cgroup_dirs_named_below(dir: &Path, name: &str) -> Vec<PathBuf> {
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         {
-            if e.file_name() == name {
+            if name.is_empty() || e.file_name() == name {
                 out.push(e.path());
             }
             stack.push(e.path());
@@ -279,9 +306,7 @@ fn a_jobs_memory_limit_holds_and_slurm_tells_it_ran_out_of_memory() {
         "the workload was killed, the script went on: {out}"
     );
     let job_dir = format!("job_{job}");
-    agent.wait_for(LIMIT, "Slurm to remove the job's cgroups", || {
-        cgroup_dirs_named(&job_dir).is_empty()
-    });
+    slurm_removes_its_cgroups(&cluster, &job_dir);
 }
 
 /// Why the agent creates no cgroup in a Slurm job's cgroup v2 tree: Slurm's

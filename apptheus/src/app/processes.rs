@@ -38,6 +38,16 @@ impl Agent {
         if c.processes.is_none() {
             return;
         }
+        // The exited tasks' totals first, /proc after: a task exiting in
+        // between is then counted in neither for this sample (the counters
+        // hold their value meanwhile), never in both.
+        let exited = self.kernel.as_ref().and_then(|k| {
+            c.members
+                .iter()
+                .filter_map(|m| k.counters(m.key).or(m.counters))
+                .filter_map(|k| k.exited)
+                .reduce(|a, b| a.plus(&b))
+        });
         let procfs = self.procfs.root();
         let live: Vec<_> = c.members.iter().filter(|m| !m.ended).collect();
         // The starters' trees first (work in proportion to the container).
@@ -70,15 +80,6 @@ impl Agent {
                 }
             }
         }
-        // Read after /proc, so that a task exiting in between is counted
-        // in neither rather than in both (the counters hold meanwhile).
-        let exited = self.kernel.as_ref().and_then(|k| {
-            c.members
-                .iter()
-                .filter_map(|m| k.counters(m.key).or(m.counters))
-                .filter_map(|k| k.exited)
-                .reduce(|a, b| a.plus(&b))
-        });
         let Some(c) = self.registry.get_mut(ck) else {
             return;
         };

@@ -105,10 +105,11 @@ impl ProcSource {
     }
 
     /// Takes a new reading of the live processes (all gone: the default
-    /// reading) with the kernel's totals of the exited tasks. A counter
-    /// never goes back: a thread that exits between the read of /proc and
-    /// the read of the kernel's totals is counted in neither for one
-    /// sample, and the previous value then stands.
+    /// reading) with the kernel's totals of the exited tasks, read before
+    /// it. A counter never goes back: a thread that exits between the read
+    /// of the kernel's totals and that of /proc is counted in neither for
+    /// one sample, and the previous value then stands. (Read the other way
+    /// round, it would be counted in both, and the floor would keep that.)
     pub fn update(&mut self, live: &ProcReading, exited: Option<&ExitedTotals>, now: Instant) {
         let prev = self.stats.take().unwrap_or_default();
         if live.pss_bytes.is_some() {
