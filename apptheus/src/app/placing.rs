@@ -253,10 +253,12 @@ impl Agent {
     }
 
     /// Container `ck` shares cgroups `shared` with its starter: while
-    /// another process runs there they are not the container's, and its
-    /// statistics come from its processes (for the rest of its life: the
-    /// cgroup's numbers include that process's).
+    /// another process runs there they are not read as the container's,
+    /// and from then on its processes are read too.
     pub(super) fn check_shared(&mut self, ck: u64, shared: &ContainerCgroups) {
+        if self.registry.get(ck).is_none_or(|c| c.processes.is_some()) {
+            return;
+        }
         let Some(pid) = self.stranger_in(ck, shared) else {
             return;
         };

@@ -65,9 +65,10 @@ impl Agent {
     /// Reads the kernel counters of a live container's members and the
     /// statistics of its cgroups, and combines them into what is exported.
     pub(super) fn sample_container(&mut self, key: u64) {
-        // A cgroup shared with the container's starter is its only while
-        // nothing else runs there; once another process was seen there,
-        // the container's processes are read instead.
+        // A cgroup shared with the container's starter is read as its own
+        // only while nothing else runs there; from the first time another
+        // process is seen there, the container's processes are read too
+        // (a process of Apptainer's own may be there for a moment only).
         let (shared_ok, crowded): (Vec<bool>, Vec<_>) = match self.registry.get(key) {
             Some(c) => c
                 .parts
@@ -75,9 +76,6 @@ impl Agent {
                 .map(|p| {
                     if !matches!(p.origin, Origin::Shared { .. }) || p.gone {
                         return (true, None);
-                    }
-                    if c.processes.is_some() {
-                        return (false, None);
                     }
                     match self.stranger_in(key, &p.cgroups) {
                         Some(_) => (false, Some(p.cgroups.clone())),
