@@ -63,7 +63,12 @@ fn read_process(dir: &Path, page: u64, r: &mut ProcReading) -> bool {
     let mut threads = 0;
     for t in tasks.flatten() {
         let tdir = t.path();
-        // A thread that exited meanwhile has no files left: skipped.
+        // A thread that is exiting, or has exited and awaits its reaping,
+        // is the kernel's totals' (the exit program adds it there); one
+        // gone meanwhile has no files left. Neither is live.
+        if !read_small(&tdir.join("stat")).and_then(|t| parse_live(&t)).unwrap_or(false) {
+            continue;
+        }
         let Some(runtime) = read_small(&tdir.join("schedstat")).and_then(|t| parse_schedstat(&t))
         else {
             continue;
@@ -84,6 +89,22 @@ fn read_process(dir: &Path, page: u64, r: &mut ProcReading) -> bool {
         r.rss_bytes += pages * page;
     }
     true
+}
+
+/// The kernel's flag of a task that has begun to exit (`PF_EXITING`, set
+/// at the start of `do_exit`, before the exit tracepoint).
+const PF_EXITING: u64 = 0x4;
+
+/// A task's `stat`: whether it is live, neither exiting (`PF_EXITING` in
+/// field 9, the flags) nor dead (state `Z` or `X`, field 3). The command
+/// name (field 2) may hold spaces and parentheses: fields are counted from
+/// the last `)`.
+pub fn parse_live(stat: &str) -> Option<bool> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = *fields.first()?;
+    let flags: u64 = fields.get(6)?.parse().ok()?;
+    Some(!matches!(state, "Z" | "X" | "x") && flags & PF_EXITING == 0)
 }
 
 /// `statm`: its second field, the resident pages.
@@ -195,6 +216,19 @@ Locked:                0 kB
     }
 
     #[test]
+    fn live_tasks_are_neither_exiting_nor_dead() {
+        // As Linux writes it: a sleeping thread, flags 0x400040 (PF_FORKNOEXEC...).
+        let sleeping = "4711 (sh) S 4700 4711 4700 0 -1 4194560 120 0 0 0 1 0 0 0 20 0 1 0 100 2281472 224 18446744073709551615";
+        assert_eq!(parse_live(sleeping), Some(true));
+        let zombie = "4711 (starter) Z 4700 4711 4700 0 -1 4227084 120 0 0 0 1 0 0 0 20 0 1 0 100 0 0 18446744073709551615";
+        assert_eq!(parse_live(zombie), Some(false));
+        // Still running, but past the start of do_exit.
+        let exiting = "4712 (a b) c) R 4700 4711 4700 0 -1 4194564 120 0 0 0 1 0 0 0 20 0 1 0 100 0 0 18446744073709551615";
+        assert_eq!(parse_live(exiting), Some(false));
+        assert_eq!(parse_live("garbage"), None);
+    }
+
+    #[test]
     fn statm_resident_pages() {
         assert_eq!(parse_statm("55350 54623 52895 1 0 2020 0\n"), Some(54623));
         assert_eq!(parse_statm("0 0 0 0 0 0 0\n"), Some(0));
@@ -220,6 +254,17 @@ Locked:                0 kB
         };
         put("10/smaps_rollup", "Rss: 300 kB\nPss: 200 kB\n");
         put("10/statm", "100 75 10 1 0 50 0\n");
+        let live = "1 (x) S 0 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0 0\n";
+        put("10/task/10/stat", live);
+        put("10/task/11/stat", live);
+        put("20/task/20/stat", live);
+        // An exited thread awaiting its reaping: the kernel's totals'.
+        put(
+            "10/task/13/stat",
+            "13 (x) Z 0 1 1 0 -1 4227084 0 0 0 0 0 0 0 0 20 0 1 0 1 0 0 0\n",
+        );
+        put("10/task/13/schedstat", "999999 0 0\n");
+        put("10/task/13/io", "read_bytes: 9999\nwrite_bytes: 9999\n");
         put("10/task/10/schedstat", "1000 0 0\n");
         put("10/task/10/io", "read_bytes: 1\nwrite_bytes: 2\n");
         put("10/task/11/schedstat", "500 0 0\n");
