@@ -186,6 +186,13 @@ pub struct ContainerState {
     pub fs_read_bytes: u64,
     /// Bytes returned by write-like syscalls on regular files.
     pub fs_write_bytes: u64,
+    /// What the container's exited tasks used, added at each task's exit:
+    /// its CPU time (task_struct.se.sum_exec_runtime, nanoseconds) and its
+    /// storage I/O (task_struct.ioac.read_bytes and write_bytes; zero when
+    /// the kernel has no task I/O accounting).
+    pub exited_runtime_ns: u64,
+    pub exited_read_bytes: u64,
+    pub exited_write_bytes: u64,
 }
 
 /// What an [`Event`] reports.
@@ -274,7 +281,7 @@ impl Default for Event {
 
 pub const EVENT_SIZE: usize = 136;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<ContainerState>() == 136);
+const _: () = assert!(core::mem::size_of::<ContainerState>() == 160);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
 
 /// Indexes of the per-CPU `STATS` array.
@@ -334,8 +341,15 @@ pub struct Offsets {
     pub task_mm: u32,
     pub mm_exe_file: u32,
     pub mm_arg_start: u32,
+    /// task_struct.se.sum_exec_runtime, task_struct.ioac.read_bytes and
+    /// task_struct.ioac.write_bytes (what an exiting task used); 0 where
+    /// the kernel lacks the field (no task I/O accounting), which none of
+    /// them can be at.
+    pub task_runtime: u32,
+    pub task_read_bytes: u32,
+    pub task_write_bytes: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 96);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 108);
 
 /// Configuration handed to the kernel programs at load time.
 #[repr(C)]
@@ -350,7 +364,7 @@ pub struct Config {
     /// not a runtime's.
     pub agent_tgid: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 104);
+const _: () = assert!(core::mem::size_of::<Config>() == 116);
 
 /// Run-queue latency histogram buckets: slot 0 holds latencies below 1 us,
 /// slot `s` (1..=20) those in [2^(s-1), 2^s) us, the last slot those of

@@ -2,11 +2,13 @@
 //! container.
 use apptheus_common::{Event, EventKind};
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, container_of, emit, unattribute},
+    kernel::{atomic_add, boot_ns, container_of, emit, offset, read_at, unattribute},
     maps::{CONTAINERS, WATCHED},
 };
 
@@ -40,8 +42,14 @@ fn try_exit() {
     let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
         return;
     };
+    // What the task used, banked before the count drops: once user space
+    // sees the last task gone, the totals are complete.
+    let (runtime, read, write) = used();
     // SAFETY: st points into a live map value.
     let left = unsafe {
+        atomic_add(&raw mut (*st).exited_runtime_ns, runtime);
+        atomic_add(&raw mut (*st).exited_read_bytes, read);
+        atomic_add(&raw mut (*st).exited_write_bytes, write);
         if tid == tgid {
             atomic_add(&raw mut (*st).process_exits, 1);
         }
@@ -67,4 +75,25 @@ fn try_exit() {
             ..Event::default()
         });
     }
+}
+
+/// The exiting (current) task's CPU time in nanoseconds and its storage
+/// reads and writes in bytes; 0 for what this kernel does not account or
+/// cannot be read.
+fn used() -> (u64, u64, u64) {
+    // SAFETY: a helper without arguments; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let field = |off: u32| -> u64 {
+        if off == 0 {
+            0
+        } else {
+            read_at::<u64>(task, off).unwrap_or(0)
+        }
+    };
+    (
+        field(offset!(task_runtime)),
+        field(offset!(task_read_bytes)),
+        field(offset!(task_write_bytes)),
+    )
 }

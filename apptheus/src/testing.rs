@@ -21,7 +21,7 @@ pub use crate::host::limits::raise_fd_limit;
 pub mod cgroup {
     pub use crate::cgroup::{
         layout::Layout,
-        placement::DIR_PREFIX,
+        placement::{Created, DIR_PREFIX, NoOwnCgroup, Placer},
         read::{MAX_DEVICES, Problem, StatWarning, read, read_with, user_hz},
     };
     pub use crate::model::{

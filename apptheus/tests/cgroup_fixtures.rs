@@ -379,7 +379,7 @@ fn families_leave_out_what_the_host_cannot_provide() {
                 id: "c1".into(),
                 sample: Some(std::sync::Arc::new(Sample {
                     cgroup: s.clone(),
-                    kernel: None,
+                    ..Sample::default()
                 })),
                 ..Row::default()
             }],

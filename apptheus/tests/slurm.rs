@@ -32,6 +32,83 @@ fn job_script(s: &Session, image: &str, w: &Workload) -> String {
     )
 }
 
+/// The most common way of using Apptainer on a cluster: job.sh runs
+/// `apptainer exec` and goes on, its shell beside the container in the
+/// task's cgroup. The task's memory cgroup is not the container's alone, so
+/// the container's memory comes from its processes: within 5 % of what the
+/// workload touched, the job labelled from its cgroup path, and the job
+/// completes as usual.
+#[test]
+fn a_batch_scripts_apptainer_exec_beside_its_shell_is_read_from_its_processes() {
+    let _serial = common::serial();
+    let Some(s) = or_skip(Session::start()).unwrap() else {
+        return;
+    };
+    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+        return;
+    };
+    let trust = format!("--trust.path={}", s.root().starter().display());
+    let agent = Agent::start(&[&trust]);
+    let image = s.build_image("beside").unwrap();
+    let w = Workload::new()
+        .touch_mib(128)
+        .hold(apptheus_testkit::workload::Hold::For(Duration::from_secs(
+            6,
+        )));
+    let exec = s.exec_command(As::User, &image.inside, &[], &w);
+    let argv = s.argv(As::User, &exec).unwrap();
+    let script = format!(
+        "#!/bin/sh\n{}\necho apptainer exited: $?\n",
+        shell_quote(&argv)
+    );
+    let job = cluster.submit(&script, &["--mem=512M"]).unwrap();
+    let mut id = None;
+    let mut rss = 0.0;
+    agent.wait_for(LIMIT, "the job's container and its memory", || {
+        let m = agent.metrics();
+        id = container_id(&m, "slurm_job_id", &job.to_string());
+        rss = id
+            .as_ref()
+            .and_then(|id| {
+                value(
+                    &m,
+                    "apptheus_container_proc_memory_rss_bytes",
+                    &[("container_id", id)],
+                )
+            })
+            .unwrap_or(0.0);
+        rss >= 128.0 * 1024.0 * 1024.0
+    });
+    let id = id.unwrap();
+    let m = agent.metrics();
+    // The container's processes are the workload and Apptainer's starter
+    // (a Go program of some 20 MiB resident), as in its cgroups.
+    let mib = 1024.0 * 1024.0;
+    assert!(
+        rss >= 128.0 * mib && rss <= (128.0 + 48.0) * mib,
+        "RSS {:.1} MiB for 128 MiB touched\n{m}",
+        rss / mib
+    );
+    eprintln!(
+        "measured: RSS {:.1} MiB for 128 MiB touched beside Apptainer's starter",
+        rss / mib
+    );
+    assert_eq!(
+        value(
+            &m,
+            "apptheus_container_memory_usage_bytes",
+            &[("container_id", &id)]
+        ),
+        None,
+        "the task's memory cgroup also holds the batch shell\n{m}"
+    );
+    let ended = cluster.wait(job, LIMIT).unwrap();
+    let out = ended.stdout().unwrap_or_default();
+    assert_eq!(ended.state, "COMPLETED", "{out}\n{ended:?}");
+    assert!(out.contains("apptainer exited: 0"), "{out}");
+    cluster.stop().unwrap();
+}
+
 #[test]
 fn a_job_labels_its_containers_and_its_memory_limit_holds() {
     let _serial = common::serial();

@@ -42,6 +42,7 @@ use crate::{
 
 mod adopting;
 mod placing;
+mod processes;
 mod sampling;
 mod sockets;
 mod sources;

@@ -45,19 +45,24 @@ impl Agent {
                 };
                 match self.placer.create(&name, pid) {
                     Ok(created) => {
-                        if !created.shared.is_empty() {
-                            tracing::info!(container_id = %id, cgroups = ?created.shared.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(),
-                                "no cgroup of the container's own in a Slurm job's cgroup v1 memory hierarchy (Slurm counts OOM kills there); its memory is read from the job's cgroup while nothing else runs in it");
+                        let shared = created.shared.clone();
+                        if let Some(why) = created.why_shared {
+                            tracing::info!(container_id = %id, cgroups = ?shared.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(),
+                                reason = %why,
+                                "no cgroup of the container's own there; the starter's cgroup is read as the container's while nothing else runs in it");
                         }
                         if let Some(c) = self.registry.get_mut(ck) {
                             c.parts.push(Part::new(
                                 Origin::Placed { member: mk },
                                 created.own.clone(),
                             ));
-                            if !created.shared.is_empty() {
+                            if !shared.is_empty() {
                                 c.parts
-                                    .push(Part::new(Origin::Shared { member: mk }, created.shared));
+                                    .push(Part::new(Origin::Shared { member: mk }, shared.clone()));
                             }
+                        }
+                        if !shared.is_empty() {
+                            self.check_shared(ck, &shared);
                         }
                         created.own
                     }
@@ -71,7 +76,16 @@ impl Agent {
                 }
             }
         };
-        let placed = self.move_tasks(mk, pid, &cg);
+        // Nothing of ours to move the tasks into (a Slurm job's cgroup v2
+        // tree): they stay where they are.
+        let placed = if cg.is_empty() {
+            Ok(Placed {
+                complete: true,
+                ..Placed::default()
+            })
+        } else {
+            self.move_tasks(mk, pid, &cg)
+        };
         let complete = match &placed {
             Ok(p) => {
                 if p.complete {
@@ -80,7 +94,7 @@ impl Agent {
                     tracing::debug!(container_id = %id, moved = p.moved, passes = p.passes,
                         seconds = elapsed, "container placed");
                     if let Some(dir) = &cg.v2 {
-                        self.delegate(&id, dir);
+                        self.delegate(ck, &id, dir);
                     }
                 } else {
                     tracing::warn!(container_id = %id, passes = p.passes,
@@ -238,6 +252,31 @@ impl Agent {
         }
     }
 
+    /// Container `ck` shares cgroups `shared` with its starter: while
+    /// another process runs there they are not read as the container's,
+    /// and from then on its processes are read too.
+    pub(super) fn check_shared(&mut self, ck: u64, shared: &ContainerCgroups) {
+        if self.registry.get(ck).is_none_or(|c| c.processes.is_some()) {
+            return;
+        }
+        let Some(pid) = self.stranger_in(ck, shared) else {
+            return;
+        };
+        let dir = shared
+            .dirs()
+            .find(|(_, d)| placement::procs(d).contains(&pid))
+            .map(|(_, d)| d.display().to_string())
+            .unwrap_or_default();
+        let comm = self.procfs.comm(pid).unwrap_or_default();
+        self.read_from_processes(
+            ck,
+            format!(
+                "the starter's cgroup {dir} also runs process {pid} ({comm}), which is not the container's: \
+                 its statistics would not be the container's alone"
+            ),
+        );
+    }
+
     /// A process in `cg` that is not container `ck`'s, if any.
     pub(super) fn stranger_in(&self, ck: u64, cg: &ContainerCgroups) -> Option<u32> {
         let c = self.registry.get(ck)?;
@@ -311,31 +350,51 @@ impl Agent {
     }
 
     /// cgroup v2: gives the container's cgroup the controllers its
-    /// statistics need, if its parent (the starter's cgroup) can.
-    fn delegate(&mut self, id: &str, dir: &Path) {
-        if !self.args.cgroup_enable_controllers {
-            return;
-        }
+    /// statistics need, if its parent (the starter's cgroup) can. Where
+    /// the container's memory can then come from no cgroup (pure v2, no
+    /// memory controller in its cgroup), it comes from its processes.
+    fn delegate(&mut self, ck: u64, id: &str, dir: &Path) {
         let Some(parent) = dir.parent() else { return };
+        let mut why_not = None;
         // Never the root cgroup: that would change the whole host.
-        if self.placer.v2_root().is_none_or(|root| root == parent) {
+        if self.args.cgroup_enable_controllers
+            && self.placer.v2_root().is_some_and(|root| root != parent)
+        {
+            match self.delegated.enable(parent) {
+                Ok(enabled) if enabled.is_empty() => {}
+                Ok(enabled) => {
+                    tracing::info!(container_id = %id, cgroup = %parent.display(), controllers = ?enabled,
+                        "enabled controllers in the starter's cgroup for the container's statistics");
+                }
+                Err(e @ crate::cgroup::delegation::DelegationError::Occupied { .. }) => {
+                    why_not = Some(e.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(container_id = %id, error = %e, "cannot enable controllers for the container's cgroup");
+                    why_not = Some(e.to_string());
+                }
+            }
+        }
+        if self.placer.v1_has("memory") || dir.join("memory.current").exists() {
             return;
         }
-        match self.delegated.enable(parent) {
-            Ok(enabled) if enabled.is_empty() => {}
-            Ok(enabled) => {
-                tracing::info!(container_id = %id, cgroup = %parent.display(), controllers = ?enabled,
-                    "enabled controllers in the starter's cgroup for the container's statistics");
+        let why = why_not.unwrap_or_else(|| {
+            if self.args.cgroup_enable_controllers {
+                format!(
+                    "{} does not give its children the memory controller",
+                    parent.display()
+                )
+            } else {
+                "--cgroup.enable-controllers=false".to_string()
             }
-            Err(e @ crate::cgroup::delegation::DelegationError::Occupied { .. }) => {
-                tracing::info!(container_id = %id, reason = %e,
-                    "the container's cgroup gets no memory, io or pids controller; those statistics are left out for it");
-            }
-            Err(e) => {
-                tracing::warn!(container_id = %id, error = %e,
-                    "cannot enable controllers for the container's cgroup; its memory, io and pids statistics are left out");
-            }
-        }
+        });
+        self.read_from_processes(
+            ck,
+            format!(
+                "{why}: the container's cgroup {} has no memory controller",
+                dir.display()
+            ),
+        );
     }
 
     /// Tells the network collector which cgroup2 id is the container's:

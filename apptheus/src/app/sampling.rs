@@ -104,26 +104,29 @@ impl Agent {
     /// statistics of its cgroups, and combines them into what is exported
     /// (within a sample of every container).
     pub(super) fn sample_container(&mut self, key: u64) {
-        // A cgroup shared with the container's starter is its only while
-        // nothing else runs there.
-        let readable: Vec<bool> = match self.registry.get(key) {
+        // A cgroup shared with the container's starter is read as its own
+        // only while nothing else runs there; from the first time another
+        // process is seen there, the container's processes are read too
+        // (a process of Apptainer's own may be there for a moment only).
+        let (readable, crowded): (Vec<bool>, Vec<_>) = match self.registry.get(key) {
             Some(c) => c
                 .parts
                 .iter()
                 .map(|p| {
-                    if !matches!(p.origin, Origin::Shared { .. }) {
-                        return true;
+                    if !matches!(p.origin, Origin::Shared { .. }) || p.gone {
+                        return (true, None);
                     }
-                    let stranger = self.stranger_in(key, &p.cgroups);
-                    if let Some(pid) = stranger {
-                        tracing::debug!(container_id = %c.id, pid, comm = self.procfs.comm(pid).unwrap_or_default(),
-                            "another process shares the container's cgroup; its memory is left out");
+                    match self.stranger_in(key, &p.cgroups) {
+                        Some(_) => (false, Some(p.cgroups.clone())),
+                        None => (true, None),
                     }
-                    stranger.is_none()
                 })
-                .collect(),
+                .unzip(),
             None => return,
         };
+        for cg in crowded.into_iter().flatten() {
+            self.check_shared(key, &cg);
+        }
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
@@ -131,6 +134,7 @@ impl Agent {
             return;
         }
         self.sources.sample(c, self.kernel.as_ref(), &readable);
+        self.sample_processes(key);
     }
 
     /// [`Self::sample_container`] on its own (a kernel event asks for it).

@@ -8,11 +8,13 @@
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
-//!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--pingpong N]
-//!       [--schedstat PATH]
+//!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--read-file PATH]
+//!       [--pingpong N] [--schedstat PATH]
 //!
 //! `--net-send` sends BYTES over a TCP connection to HOST:PORT; `--file-io`
 //! writes a file of BYTES at PATH, reads it back and removes it;
+//! `--read-file` reads the file at PATH to its end (a test evicts it from
+//! the page cache first, so that it comes from the disk);
 //! `--pingpong` passes a byte N times back and forth between two threads
 //! through pipes (two wakeups and context switches per round); with
 //! `--schedstat`, it then writes to PATH what the kernel accounted to those
@@ -299,6 +301,11 @@ fn kernel_workloads(args: &[String]) -> std::io::Result<()> {
         if read != total {
             return Err(bad("file read back short"));
         }
+    }
+    if let Some(path) = value("--read-file") {
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; chunk.len()];
+        while f.read(&mut buf)? > 0 {}
     }
     if let Some(n) = value("--pingpong") {
         let rounds: usize = n.parse().map_err(|_| bad("N"))?;

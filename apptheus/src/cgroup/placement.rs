@@ -2,7 +2,11 @@
 //! started in, in every hierarchy apptheus reads, so that every limit and
 //! the accounting of an enclosing Slurm job or systemd slice still apply.
 //! The original Apptheus created a new top-level cgroup instead, a way out
-//! of those limits for any user.
+//! of those limits for any user. None where Slurm needs its cgroups as it
+//! made them (see [`NoOwnCgroup`]): there the starter's own cgroup is the
+//! container's, read while nothing else runs in it. Never beside the
+//! starter's cgroup either: the cgroups between belong to Slurm or systemd,
+//! which rely on where the processes are.
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
@@ -114,6 +118,13 @@ impl Placer {
         }
     }
 
+    /// Whether a v1 hierarchy with `controller` is placed in.
+    pub fn v1_has(&self, controller: &str) -> bool {
+        self.hierarchies
+            .iter()
+            .any(|h| h.controllers.iter().any(|c| c == controller))
+    }
+
     /// Where cgroup2 is mounted, if it is.
     pub fn v2_root(&self) -> Option<&Path> {
         self.hierarchies
@@ -159,7 +170,7 @@ impl Placer {
 
     /// Creates the container's cgroups beneath the starter's current ones,
     /// in every hierarchy where that is harmless; in the others the
-    /// starter's own cgroups are returned as shared (see [`own_child_allowed`]).
+    /// starter's own cgroups are returned as shared (see [`own_cgroup_refused`]).
     pub fn create(&self, id: &str, starter_pid: u32) -> Result<Created, PlaceError> {
         let cgs = self.proc_cgroups(starter_pid)?;
         let name = format!("{DIR_PREFIX}{id}");
@@ -172,8 +183,9 @@ impl Placer {
                     hierarchy: h.name(),
                 })?;
             let relative = parent.strip_prefix(&h.mountpoint).unwrap_or(&parent);
-            if !own_child_allowed(&h.controllers, relative) {
+            if let Some(why) = own_cgroup_refused(&h.controllers, relative) {
                 set(&mut out.shared, h, parent);
+                out.why_shared.get_or_insert(why);
                 continue;
             }
             // The starter may be placed already (a second attempt, or the
@@ -360,6 +372,8 @@ impl Placer {
 pub struct Created {
     pub own: ContainerCgroups,
     pub shared: ContainerCgroups,
+    /// Why `shared` is not empty.
+    pub why_shared: Option<NoOwnCgroup>,
 }
 
 fn set(cg: &mut ContainerCgroups, h: &Hierarchy, dir: PathBuf) {
@@ -372,16 +386,56 @@ fn set(cg: &mut ContainerCgroups, h: &Hierarchy, dir: PathBuf) {
     }
 }
 
+/// Why a container gets no cgroup of its own in a hierarchy: the
+/// starter's own cgroup is shared with it instead (read while nothing else
+/// runs there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoOwnCgroup {
+    /// A Slurm job's cgroup v1 memory hierarchy. There the kernel counts
+    /// an OOM kill only in the victim's own cgroup (v1 passes no memory
+    /// event up), and Slurm reads them in its task and step cgroups to
+    /// tell that a job ran out of memory; Slurm also removes those cgroups
+    /// at the end of each step, which a child of ours would make fail.
+    SlurmV1Memory,
+    /// A Slurm job's cgroup2 tree. Slurm's cgroup/v2 plugin follows a
+    /// step's processes by reading the `cgroup.procs` of the `task_<n>` and
+    /// `slurm` cgroups it created, not of cgroups below or beside them: a
+    /// process moved into a cgroup of ours (child or sibling) would no
+    /// longer be signalled by Slurm (scancel, time limit, the clean-up
+    /// SIGKILL where `cgroup.kill` is not used), nor waited for at the
+    /// step's end, nor seen by jobacct_gather/linux; and Slurm's `rmdir`
+    /// of its cgroups fails while a directory of ours is left there.
+    /// Controllers enabled in `task_<n>` would also keep Slurm from adding
+    /// processes to it.
+    SlurmV2,
+}
+
+impl std::fmt::Display for NoOwnCgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NoOwnCgroup::SlurmV1Memory => {
+                "a Slurm job's cgroup v1 memory hierarchy (Slurm counts OOM kills in its own cgroups there)"
+            }
+            NoOwnCgroup::SlurmV2 => {
+                "a Slurm job's cgroup v2 tree (Slurm finds a step's processes in its task_<n> cgroups only, and removes them at the step's end)"
+            }
+        })
+    }
+}
+
 /// Whether a container's own cgroup may be created below `parent` (its
-/// path in a hierarchy holding v1 `controllers`; none for cgroup2). Not in
-/// a v1 memory hierarchy inside a Slurm job: there the kernel counts an OOM
-/// kill only in the victim's own cgroup (v1 does not pass memory events up),
-/// and Slurm reads them in its task and step cgroups to tell that a job ran
-/// out of memory; Slurm also removes those cgroups at the end of each step,
-/// which a child of ours would make fail.
-pub fn own_child_allowed(controllers: &[String], parent: &Path) -> bool {
-    let memory_v1 = controllers.iter().any(|c| c == "memory");
-    !(memory_v1 && crate::model::slurm::job_in_path(&parent.to_string_lossy()).is_some())
+/// path in a hierarchy holding v1 `controllers`; none for cgroup2): None
+/// if so, else why not. Everywhere but in a Slurm job it may: beneath the
+/// starter's cgroup every enclosing limit holds.
+pub fn own_cgroup_refused(controllers: &[String], parent: &Path) -> Option<NoOwnCgroup> {
+    crate::model::slurm::parse(&parent.to_string_lossy())?;
+    if controllers.is_empty() {
+        Some(NoOwnCgroup::SlurmV2)
+    } else if controllers.iter().any(|c| c == "memory") {
+        Some(NoOwnCgroup::SlurmV1Memory)
+    } else {
+        None
+    }
 }
 
 /// Where a task is against a container's cgroups.
@@ -582,15 +636,62 @@ mod tests {
             0,
             "nothing below Slurm's"
         );
-        assert!(own_child_allowed(
-            &["memory".into()],
-            Path::new("/user.slice")
-        ));
-        assert!(own_child_allowed(
-            &["cpu".into()],
-            Path::new("/slurm/job_1")
-        ));
-        assert!(own_child_allowed(&[], Path::new("/slurm/job_1")));
+        assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV1Memory));
+    }
+
+    /// Which hierarchies refuse a cgroup of ours, and why.
+    #[test]
+    fn refusals_are_for_slurms_memory_and_cgroup2_trees_only() {
+        let memory = ["memory".to_string()];
+        let cpu = ["cpu".to_string(), "cpuacct".to_string()];
+        let job_v1 = Path::new("/slurm_n1/uid_0/job_1/step_0/task_0");
+        let job_v2 = Path::new("/system.slice/n1_slurmstepd.scope/job_1/step_batch/user/task_0");
+        let sluid = Path::new("/system.slice/slurmstepd.scope/sEKNKTV3WPV500/step_0/user/task_0");
+        assert_eq!(own_cgroup_refused(&memory, Path::new("/user.slice")), None);
+        assert_eq!(
+            own_cgroup_refused(&memory, job_v1),
+            Some(NoOwnCgroup::SlurmV1Memory)
+        );
+        assert_eq!(own_cgroup_refused(&cpu, job_v1), None);
+        assert_eq!(own_cgroup_refused(&[], job_v2), Some(NoOwnCgroup::SlurmV2));
+        assert_eq!(own_cgroup_refused(&[], sluid), Some(NoOwnCgroup::SlurmV2));
+        // slurmd's own service is no job.
+        assert_eq!(
+            own_cgroup_refused(&[], Path::new("/system.slice/slurmd.service")),
+            None
+        );
+        assert_eq!(
+            own_cgroup_refused(
+                &[],
+                Path::new("/user.slice/user-1000.slice/session-3.scope")
+            ),
+            None
+        );
+    }
+
+    /// Pure v2, a batch script's task: nothing of ours in Slurm's tree,
+    /// the task's cgroup is the container's shared one.
+    #[test]
+    fn a_slurm_jobs_cgroup2_tree_gets_nothing_of_ours() {
+        let root = tempfile::tempdir().unwrap();
+        let procfs = root.path().join("proc");
+        let task = "system.slice/n1_slurmstepd.scope/job_9/step_batch/user/task_0";
+        std::fs::create_dir_all(procfs.join("77")).unwrap();
+        std::fs::write(procfs.join("77/cgroup"), format!("0::/{task}\n")).unwrap();
+        std::fs::create_dir_all(root.path().join(task)).unwrap();
+        let v2 = Layout {
+            v2: Some(root.path().to_path_buf()),
+            v1: BTreeMap::new(),
+        };
+        let placer = Placer::new(&v2, &procfs);
+        let created = placer.create("77-5", 77).unwrap();
+        assert!(created.own.is_empty(), "{created:?}");
+        assert_eq!(created.shared.v2, Some(root.path().join(task)));
+        assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV2));
+        assert_eq!(
+            std::fs::read_dir(root.path().join(task)).unwrap().count(),
+            0
+        );
     }
 
     /// A task still where the starter started is moved; one a runtime

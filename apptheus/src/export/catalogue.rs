@@ -154,6 +154,25 @@ metrics! {
     CONTAINER_PRESSURE_IO_STALLED = "apptheus_container_pressure_io_stalled_seconds_total", Counter, ID,
         "Time all tasks of the container stalled on I/O (PSI full).";
 
+    // --- Per container: read from its processes ----------------------------
+    // Only for a container whose cgroups cannot give its memory (its
+    // starter's cgroup shared with other processes); never mixed into a
+    // cgroup family.
+    CONTAINER_PROC_PROCESSES = "apptheus_container_proc_processes", Gauge, ID,
+        "Processes of the container, read from /proc where its cgroups cannot give its statistics.";
+    CONTAINER_PROC_THREADS = "apptheus_container_proc_threads", Gauge, ID,
+        "Threads of the container's processes, read from /proc.";
+    CONTAINER_PROC_MEMORY_PSS = "apptheus_container_proc_memory_pss_bytes", Gauge, ID,
+        "Proportional set size summed over the container's processes (smaps_rollup Pss: a page mapped by n processes counts 1/n in each), as last read.";
+    CONTAINER_PROC_MEMORY_RSS = "apptheus_container_proc_memory_rss_bytes", Gauge, ID,
+        "Resident set size summed over the container's processes (statm; a shared page counts in each process that maps it).";
+    CONTAINER_PROC_CPU = "apptheus_container_proc_cpu_seconds_total", Counter, ID,
+        "CPU time of the container's threads, live and exited (scheduler runtime).";
+    CONTAINER_PROC_IO_READ_BYTES = "apptheus_container_proc_io_read_bytes_total", Counter, ID,
+        "Bytes the container's threads, live and exited, made the storage layer read (/proc io read_bytes).";
+    CONTAINER_PROC_IO_WRITE_BYTES = "apptheus_container_proc_io_write_bytes_total", Counter, ID,
+        "Bytes the container's threads, live and exited, dirtied for writing to storage (/proc io write_bytes).";
+
     // --- The agent ---------------------------------------------------------
     BUILD_INFO = "apptheus_build_info", Gauge,
         &["version", "revision", "branch", "rustversion", "target"],

@@ -331,7 +331,7 @@ mod tests {
                         }),
                         ..CgroupStats::default()
                     },
-                    kernel: None,
+                    ..Sample::default()
                 })),
                 ..Row::default()
             }],

@@ -3,5 +3,6 @@ pub(crate) mod clock;
 pub(crate) mod limits;
 pub(crate) mod preflight;
 pub(crate) mod procfs;
+pub(crate) mod procstats;
 pub(crate) mod proctree;
 pub(crate) mod users;

@@ -7,6 +7,7 @@ use crate::model::{
     cgroups::ContainerCgroups,
     lifecycle::Lifecycle,
     metadata::Metadata,
+    processes::{ExitedTotals, ProcSource, ProcStats},
     stats::{CgroupStats, PartStats, combine},
 };
 
@@ -35,6 +36,9 @@ pub struct KernelCounters {
     pub network: Option<NetCounters>,
     pub fs: Option<FsCounters>,
     pub runq: Option<Box<apptheus_common::RunqHistogram>>,
+    /// What the container's exited tasks used (CPU, storage I/O), for
+    /// statistics read from its processes.
+    pub exited: Option<ExitedTotals>,
 }
 
 impl KernelCounters {
@@ -76,6 +80,10 @@ impl KernelCounters {
             }
             (a, b) => a.or_else(|| b.clone()),
         };
+        self.exited = match (self.exited, o.exited) {
+            (Some(a), Some(b)) => Some(a.plus(&b)),
+            (a, b) => a.or(b),
+        };
         self
     }
 }
@@ -101,6 +109,9 @@ pub struct FsCounters {
 pub struct Sample {
     pub cgroup: CgroupStats,
     pub kernel: Option<KernelCounters>,
+    /// From the container's processes, where its cgroups cannot give its
+    /// memory (see [`crate::model::processes`]).
+    pub processes: Option<ProcStats>,
 }
 
 /// A starter run whose tasks belong to the container: the one that started
@@ -129,8 +140,9 @@ pub enum Origin {
     /// limits or instance cgroup, runc, crun); apptheus only reads it.
     Runtime { tgid: u32 },
     /// The cgroup member `member`'s starter ran in, where apptheus must not
-    /// create one of its own (a Slurm job's v1 memory cgroup): read only
-    /// while nothing but the container runs in it.
+    /// create one of its own (a Slurm job's cgroup v1 memory cgroup or its
+    /// cgroup v2 task cgroup): read only while nothing but the container
+    /// runs in it.
     Shared { member: u64 },
 }
 
@@ -177,6 +189,9 @@ pub struct Container {
     pub members: Vec<Member>,
     /// The cgroups its statistics come from.
     pub parts: Vec<Part>,
+    /// Set when its cgroups cannot give its memory: its statistics are
+    /// read from its processes too.
+    pub processes: Option<ProcSource>,
     /// What is exported, refreshed by each sample (shared with the
     /// snapshot readers get until the next).
     pub sample: Option<std::sync::Arc<Sample>>,
@@ -202,6 +217,7 @@ impl Container {
                 ended: false,
             }],
             parts: Vec::new(),
+            processes: None,
             sample: None,
         }
     }
@@ -258,7 +274,12 @@ impl Container {
             .iter()
             .filter_map(|m| m.counters.clone())
             .reduce(|a, b| a.plus(&b));
-        self.sample = Some(std::sync::Arc::new(Sample { cgroup, kernel }));
+        let processes = self.processes.as_ref().and_then(|p| p.stats.clone());
+        self.sample = Some(std::sync::Arc::new(Sample {
+            cgroup,
+            kernel,
+            processes,
+        }));
     }
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod container;
 pub(crate) mod event;
 pub(crate) mod lifecycle;
 pub(crate) mod metadata;
+pub(crate) mod processes;
 pub(crate) mod programs;
 pub(crate) mod registry;
 pub(crate) mod slurm;

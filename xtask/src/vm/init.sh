@@ -28,6 +28,9 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mount -t bpf -o mode=700 bpf /sys/fs/bpf
 ip link set lo up
+# An address that is not 127.0.0.1: getaddrinfo() with AI_ADDRCONFIG (as
+# Slurm's daemons call it) finds no IPv4 address on a host that has none.
+ip addr add 10.0.2.15/32 dev lo
 hostname apptheus-vm 2>/dev/null
 
 layout=
@@ -97,6 +100,10 @@ hybrid)
 v2)
 	mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 	enable_all /sys/fs/cgroup
+	# systemd's slice for services, where Slurm's cgroup/v2 plugin puts
+	# its slurmstepd scope (and the jobs' cgroups below it).
+	mkdir /sys/fs/cgroup/system.slice
+	enable_all /sys/fs/cgroup/system.slice
 	;;
 *)
 	mark "error unknown layout '$layout' (apptheus.layout=v1|hybrid|v2)"

@@ -54,15 +54,17 @@ impl fmt::Display for Layout {
 const LAYOUTS: [Layout; 3] = [Layout::V1, Layout::Hybrid, Layout::V2];
 
 /// The privileged integration tests (apptheus/tests/<name>.rs) that need
-/// nothing but the agent, the starter simulator, sh, true, unshare and
-/// python3 (exporter and multinode start Prometheus and friends).
-const TESTS: [&str; 6] = [
+/// nothing but the agent, the starter simulator, sh, true, unshare,
+/// python3 and Slurm (exporter and multinode start Prometheus and friends;
+/// the real Apptainer's tests need its cached root).
+const TESTS: [&str; 7] = [
     "attribution",
     "cgroups",
     "monitoring_socket",
     "socket",
     "kernel_metrics",
     "lifecycle",
+    "slurm_jobs",
 ];
 
 #[derive(clap::Args)]
@@ -75,7 +77,7 @@ pub struct Options {
     #[arg(long = "layout", value_delimiter = ',', value_enum)]
     pub layouts: Vec<Layout>,
     /// Test binaries run in each VM [default: attribution, cgroups,
-    /// monitoring_socket, socket, kernel_metrics, lifecycle]
+    /// monitoring_socket, socket, kernel_metrics, lifecycle, slurm_jobs]
     #[arg(long = "test", value_delimiter = ',')]
     pub tests: Vec<String>,
     /// VMs run at once

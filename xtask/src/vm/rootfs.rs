@@ -349,7 +349,12 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<bool> {
         0o644,
         "passwd: files\ngroup: files\nhosts: files\n",
     );
-    t.data("/etc/hosts", 0o644, "127.0.0.1 localhost\n::1 localhost\n");
+    // The VM's own name resolves too (Slurm's daemons and munge look it up).
+    t.data(
+        "/etc/hosts",
+        0o644,
+        "127.0.0.1 localhost apptheus-vm\n::1 localhost\n",
+    );
     t.data("/etc/hostname", 0o644, "apptheus-vm\n");
 
     for tool in TOOLS {
@@ -357,6 +362,7 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<bool> {
             .with_context(|| format!("{tool} is needed in the VM"))?;
     }
     python(&mut t)?;
+    slurm(&mut t)?;
 
     let mut plan = String::new();
     for (name, path) in inputs.tests {
@@ -372,6 +378,40 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<bool> {
     t.data("/vmtest/args", 0o644, inputs.test_args);
     let work = out.with_extension("strip.d");
     t.write(out, &work)
+}
+
+/// Slurm's daemons, the client commands the tests run and every plugin,
+/// and munge (Debian's slurmctld, slurmd, slurm-client, munge: `scripts/
+/// setup.sh --test` installs them), for the tests that start a real
+/// one-node Slurm (apptheus-testkit's `slurm::Cluster`). Without them those
+/// tests fail, naming the package.
+fn slurm(t: &mut Tree) -> anyhow::Result<()> {
+    const PROGRAMS: &[&str] = &[
+        "/usr/sbin/munged",
+        "/usr/sbin/slurmctld",
+        "/usr/sbin/slurmd",
+        "/usr/sbin/slurmstepd",
+        "/usr/bin/sbatch",
+        "/usr/bin/scontrol",
+        "/usr/bin/scancel",
+        "/usr/bin/squeue",
+    ];
+    const PLUGINS: &str = "/usr/lib/x86_64-linux-gnu/slurm-wlm";
+    if !PROGRAMS.iter().all(|p| Path::new(p).exists()) || !Path::new(PLUGINS).is_dir() {
+        eprintln!(
+            "vm-test: Slurm or munge is not installed here (scripts/setup.sh --test): the Slurm tests will fail"
+        );
+        return Ok(());
+    }
+    for p in PROGRAMS {
+        t.elf(Path::new(p))?;
+    }
+    t.host_tree(Path::new(PLUGINS), &[])?;
+    for e in std::fs::read_dir(PLUGINS)?.flatten() {
+        // A plugin whose library is missing is one the tests do not load.
+        t.libraries(&e.path(), false)?;
+    }
+    Ok(())
 }
 
 /// python3 and the parts of its standard library the socket tests import.

@@ -25,6 +25,7 @@ use aya::{
 use crate::model::{
     collectors::{Collector, Collectors},
     container::{FsCounters, KernelCounters, NetCounters},
+    processes::ExitedTotals,
 };
 
 /// What to load beyond container attribution.
@@ -103,6 +104,10 @@ pub struct Kernel {
     cgroup_ids: BTreeMap<u64, u64>,
     /// The collectors whose programs are attached.
     active: Collectors,
+    /// Whether the exit program banks exited tasks' CPU time, and their
+    /// storage I/O (the kernel has the fields).
+    banks_runtime: bool,
+    banks_io: bool,
 }
 
 impl Kernel {
@@ -195,6 +200,8 @@ impl Kernel {
             watched: HashMap::try_from(watched).map_err(map_err(MAP_WATCHED))?,
             cgroup_ids: BTreeMap::new(),
             active,
+            banks_runtime: config.offsets.task_runtime != 0,
+            banks_io: config.offsets.task_read_bytes != 0 && config.offsets.task_write_bytes != 0,
             trusted: HashMap::try_from(trusted_map).map_err(map_err(MAP_TRUSTED))?,
             tasks: HashMap::try_from(tasks).map_err(map_err(MAP_TASKS))?,
             containers: HashMap::try_from(containers).map_err(map_err(MAP_CONTAINERS))?,
@@ -284,6 +291,12 @@ impl Kernel {
                 write_bytes: s.fs_write_bytes,
             }),
             runq: self.runq_histogram(cid).map(Box::new),
+            exited: self.banks_runtime.then_some(ExitedTotals {
+                runtime_ns: s.exited_runtime_ns,
+                io: self
+                    .banks_io
+                    .then_some((s.exited_read_bytes, s.exited_write_bytes)),
+            }),
         })
     }
 

@@ -59,8 +59,33 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         task_mm: member_offset(btf, "task_struct", "mm")?,
         mm_exe_file: member_offset(btf, "mm_struct", "exe_file")?,
         mm_arg_start: member_offset(btf, "mm_struct", "arg_start")?,
+        task_runtime: optional(
+            member_offset(btf, "task_struct", "se")
+                .and_then(|se| Ok(se + member_offset(btf, "sched_entity", "sum_exec_runtime")?)),
+        ),
+        task_read_bytes: optional(ioac_offset(btf, "read_bytes")),
+        task_write_bytes: optional(ioac_offset(btf, "write_bytes")),
         ..Offsets::default()
     })
+}
+
+/// task_struct.ioac.<field> (CONFIG_TASK_IO_ACCOUNTING).
+fn ioac_offset(btf: &Btf, field: &str) -> Result<u32, OffsetError> {
+    Ok(member_offset(btf, "task_struct", "ioac")?
+        + member_offset(btf, "task_io_accounting", field)?)
+}
+
+/// An offset the programs can do without: 0 (none of these fields is at
+/// offset 0) when this kernel lacks it, which the statistics that need it
+/// then say by being left out.
+fn optional(r: Result<u32, OffsetError>) -> u32 {
+    match r {
+        Ok(off) => off,
+        Err(e) => {
+            tracing::info!(error = %e, "exited tasks' CPU time or I/O cannot be counted on this kernel");
+            0
+        }
+    }
 }
 
 /// What the programs of one collector need beyond the base offsets.

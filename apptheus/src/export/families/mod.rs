@@ -13,6 +13,7 @@ use crate::export::{
 
 mod cgroup;
 mod kernel;
+mod process;
 
 /// A histogram's samples: (upper bound, cumulative count) per finite
 /// bucket (+Inf is `count`), the count and the sum.
@@ -62,7 +63,10 @@ impl<V: Visitor> Lazy<'_, V> {
 /// Visits every family of `snap`.
 pub fn visit(snap: &Snapshot, v: &mut impl Visitor) {
     info(snap, v);
-    let scalars = kernel::SCALARS.iter().chain(cgroup::SCALARS);
+    let scalars = kernel::SCALARS
+        .iter()
+        .chain(cgroup::SCALARS)
+        .chain(process::SCALARS);
     for s in scalars {
         let mut out = Lazy { v, started: false };
         for r in &snap.rows {
@@ -206,6 +210,59 @@ mod tests {
         f.sort();
         f.dedup();
         assert_eq!(f.len(), seen.families.len());
+    }
+
+    #[test]
+    fn statistics_from_processes_have_families_of_their_own() {
+        use crate::model::processes::ProcStats;
+        let row = |processes| Row {
+            id: "c".into(),
+            sample: Some(std::sync::Arc::new(Sample {
+                processes,
+                ..Default::default()
+            })),
+            ..Row::default()
+        };
+        let read = Some(ProcStats {
+            processes: 2,
+            threads: 5,
+            pss_bytes: None,
+            rss_bytes: 4096,
+            cpu_seconds: Some(1.5),
+            read_bytes: None,
+            write_bytes: None,
+        });
+        let snap = Snapshot {
+            rows: vec![row(read), row(None)],
+            programs: Vec::new(),
+        };
+        let mut seen = Seen::default();
+        visit(&snap, &mut seen);
+        let of = |name: &str| -> Vec<f64> {
+            seen.samples
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        // Only the container read from its processes has them.
+        assert_eq!(of("apptheus_container_proc_processes"), [2.0]);
+        assert_eq!(of("apptheus_container_proc_threads"), [5.0]);
+        assert_eq!(of("apptheus_container_proc_memory_rss_bytes"), [4096.0]);
+        assert_eq!(of("apptheus_container_proc_cpu_seconds_total"), [1.5]);
+        // Not read yet, or not known without the kernel programs: absent.
+        for absent in [
+            "apptheus_container_proc_memory_pss_bytes",
+            "apptheus_container_proc_io_read_bytes_total",
+        ] {
+            assert!(!seen.families.contains(&absent), "{absent}");
+        }
+        // Never mixed into the cgroup families.
+        assert!(
+            !seen
+                .families
+                .contains(&"apptheus_container_memory_usage_bytes")
+        );
     }
 
     #[test]
