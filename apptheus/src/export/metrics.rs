@@ -149,23 +149,14 @@ impl AgentMetrics {
             opts(&cat::HTTP_CONNECTIONS_REJECTED),
             cat::HTTP_CONNECTIONS_REJECTED.labels,
         ));
-        for r in crate::http::REFUSALS {
-            http_rejected.with_label_values(&[r.label()]);
-        }
         let http_closed = must(IntCounterVec::new(
             opts(&cat::HTTP_CONNECTIONS_CLOSED),
             cat::HTTP_CONNECTIONS_CLOSED.labels,
         ));
-        for c in crate::http::Cut::ALL {
-            http_closed.with_label_values(&[c.label()]);
-        }
         let http_requests_rejected = must(IntCounterVec::new(
             opts(&cat::HTTP_REQUESTS_REJECTED),
             cat::HTTP_REQUESTS_REJECTED.labels,
         ));
-        for r in crate::http::REQUEST_REFUSALS {
-            http_requests_rejected.with_label_values(&[r]);
-        }
         let http_open = must(IntGauge::with_opts(opts(&cat::HTTP_CONNECTIONS)));
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,

@@ -128,6 +128,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Connections {
     pub fn new(limits: Limits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
+        // Every reason's series from the start, 0 until it happens.
+        for r in REFUSALS {
+            metrics.http_rejected.with_label_values(&[r.label()]);
+        }
+        for c in Cut::ALL {
+            metrics.http_closed.with_label_values(&[c.label()]);
+        }
+        for r in REQUEST_REFUSALS {
+            metrics.http_requests_rejected.with_label_values(&[r]);
+        }
         Self {
             pool: Mutex::new(Pool::new(limits)),
             rejected: metrics.http_rejected.clone(),
@@ -658,8 +668,10 @@ mod tests {
 
     #[test]
     fn every_reason_is_exported_from_the_start() {
+        let metrics = AgentMetrics::new();
+        let _server = Connections::new(Limits::default(), &metrics);
         let text = String::from_utf8(
-            AgentMetrics::new()
+            metrics
                 .encode(crate::export::exposition::Format::Text)
                 .unwrap(),
         )

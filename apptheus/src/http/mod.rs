@@ -26,8 +26,8 @@ use crate::{
 mod conn;
 pub mod limits;
 
+pub use conn::Connections;
 pub(crate) use conn::serve_stream;
-pub use conn::{Connections, Cut, REFUSALS, REQUEST_REFUSALS};
 pub use limits::Limits;
 
 /// Connections the kernel queues for `accept`; the accept loop never
