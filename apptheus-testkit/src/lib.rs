@@ -1,6 +1,15 @@
-//! Test-only kit: the real Apptainer and a real one-node Slurm for the
-//! integration tests, set up by `scripts/setup.sh --test`.
+//! Test-only kit, shared by the agent's integration tests and `cargo xtask`
+//! (benchmarks, VM runs): the agent as a process, the starter simulator,
+//! and the real Apptainer and a real one-node Slurm (set up by
+//! `scripts/setup.sh --test`).
 //!
+//! - [`agent`]: a running agent, its log and address;
+//! - [`scrape`]: GET from the agent, values from its exposition;
+//! - [`host`]: stretched time limits, the lock that keeps agents apart,
+//!   trusted starters in root-owned directories;
+//! - [`cgroupfs`]: the host's cgroup mounts, as the tests look at them;
+//! - [`sim`]: where the starter simulator (`apptheus-starter-sim`, this
+//!   crate's binary) is, built when need be;
 //! - [`root`]: the cached Debian root that holds Apptainer, and the test user;
 //! - [`enter`]: the command line that enters that root;
 //! - [`apptainer`]: a test's private session in the root: images, `exec`,
@@ -10,12 +19,17 @@
 //! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd);
 //! - [`running`]: a started process with its output.
 //!
-//! Everything here needs root. A test that can't run reports it through
+//! Apptainer and Slurm need root. A test that can't run reports it through
 //! [`skip`], the same convention as the agent's own tests.
+pub mod agent;
 pub mod apptainer;
+pub mod cgroupfs;
 pub mod enter;
+pub mod host;
 pub mod root;
 pub mod running;
+pub mod scrape;
+pub mod sim;
 pub mod slurm;
 pub mod workload;
 

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{AGENT, Agent, STARTER_SIM, value};
+use common::{AGENT, Agent, starter_sim, value};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -69,7 +69,7 @@ fn without_apptainer_it_runs_and_trusts_a_starter_once_installed() {
     let bin = ns_root.join("usr/libexec/apptainer/bin");
     std::fs::create_dir_all(&bin).unwrap();
     let starter = bin.join("starter");
-    std::fs::copy(STARTER_SIM, &starter).unwrap();
+    std::fs::copy(starter_sim(), &starter).unwrap();
     std::fs::set_permissions(&starter, std::fs::Permissions::from_mode(0o755)).unwrap();
     agent.wait_for(WAIT, "the installed starter to be trusted", || {
         trusted_starters(&agent) == Some(1.0)
