@@ -11,6 +11,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
+use apptheus_testkit::sim::STARTER_SIM;
 
 use super::{Layout, kernels, qemu, report, rootfs};
 
@@ -63,15 +64,16 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     let root = crate::build_ebpf::workspace_root();
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(&root)
-        .args(["build", "--locked", "--release", "--package", "apptheus"])
-        .args(["--bin", "apptheus", "--bin", "apptheus-starter-sim"])
+        .args(["build", "--locked", "--release"])
+        .args(["--package", "apptheus", "--package", "apptheus-testkit"])
+        .args(["--bin", "apptheus", "--bin", STARTER_SIM])
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("building the agent failed ({status})");
     }
     let release = root.join("target/release");
-    let executables: Vec<PathBuf> = ["apptheus", "apptheus-starter-sim"]
+    let executables: Vec<PathBuf> = ["apptheus", STARTER_SIM]
         .iter()
         .map(|n| release.join(n))
         .collect();

@@ -37,7 +37,7 @@ layout=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	apptheus.layout=*) layout=${arg#apptheus.layout=} ;;
-	# How much longer than natively the tests may wait (tests/common).
+	# How much longer than natively the tests may wait (apptheus-testkit's host::time_scale).
 	apptheus.time_scale=*) export APPTHEUS_TEST_TIME_SCALE=${arg#apptheus.time_scale=} ;;
 	esac
 done

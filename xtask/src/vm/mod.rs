@@ -422,7 +422,9 @@ struct Built {
     target_dir: PathBuf,
     /// Test binaries by target name.
     tests: BTreeMap<String, PathBuf>,
-    /// The apptheus package's executables (CARGO_BIN_EXE_* of its tests).
+    /// The executables the tests start by path: the apptheus package's
+    /// (CARGO_BIN_EXE_* of its tests) and apptheus-testkit's (the starter
+    /// simulator, which the tests find beside their own executables).
     executables: Vec<PathBuf>,
 }
 
@@ -451,10 +453,16 @@ fn build_tests(root: &Path) -> anyhow::Result<Built> {
         bail!("building the tests failed ({})", out.status);
     }
     let manifest = root.join("apptheus").join("Cargo.toml");
+    let helpers = root.join("apptheus-testkit").join("Cargo.toml");
     let artifacts::Artifacts { tests, executables } =
-        artifacts::parse(&String::from_utf8_lossy(&out.stdout), &manifest);
-    if executables.is_empty() {
-        bail!("cargo reported no executables of {}", manifest.display());
+        artifacts::parse(&String::from_utf8_lossy(&out.stdout), &manifest, &helpers);
+    for name in ["apptheus", apptheus_testkit::sim::STARTER_SIM] {
+        if !executables
+            .iter()
+            .any(|e| e.file_name().is_some_and(|n| n == name))
+        {
+            bail!("cargo reported no executable {name}: {executables:?}");
+        }
     }
     Ok(Built {
         target_dir,

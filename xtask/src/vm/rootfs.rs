@@ -1,8 +1,9 @@
 //! The VMs' root filesystem, one initramfs for every kernel and layout:
 //! busybox for the init script, the tools the tests run (sh, true, sleep,
 //! unshare, python3 with its standard library) with the shared libraries `ldd`
-//! names, and the test binaries, the agent and the starter simulator at
-//! the absolute paths compiled into the tests (debug info stripped).
+//! names, and the test binaries and the agent at the absolute paths
+//! compiled into the tests, with the starter simulator beside them where
+//! the tests look for it (apptheus-testkit's `sim`), debug info stripped.
 //! Rebuilt only when an input changes (size, mtime or content).
 use std::{
     collections::BTreeMap,
