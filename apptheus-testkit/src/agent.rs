@@ -20,13 +20,18 @@ pub struct Process {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// An agent just spawned by [`Process::spawn`], not yet serving.
+pub struct Starting {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
 impl Process {
-    /// Starts `command` (an agent with `--log.level=debug` or finer, and a
-    /// listen address, port 0 allowed) with stderr captured, and waits up
-    /// to `timeout` until it logs the address it serves metrics on. With
-    /// APPTHEUS_TEST_ECHO set, the log is echoed to stderr as it comes.
-    /// The error holds the log, and the child is killed.
-    pub fn spawn(command: &mut Command, timeout: Duration) -> Result<Self, String> {
+    /// Spawns `command` (an agent with `--log.level=debug` or finer, and a
+    /// listen address, port 0 allowed) with stderr captured, line by line,
+    /// into the log; with APPTHEUS_TEST_ECHO set, echoed as it comes.
+    /// [`Starting::serving`] then waits for its address.
+    pub fn spawn(command: &mut Command) -> Result<Starting, String> {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -46,30 +51,7 @@ impl Process {
                 }
             }
         });
-        let text = |log: &Mutex<Vec<String>>| log.lock().map(|l| l.join("\n")).unwrap_or_default();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = log.lock().ok().and_then(|l| {
-                l.iter()
-                    .find(|l| l.contains("serving metrics"))
-                    .and_then(|l| l.split("address=").nth(1))
-                    .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
-            });
-            if let Some(addr) = found {
-                return Ok(Self { child, addr, log });
-            }
-            let failure = match child.try_wait() {
-                Ok(Some(status)) => Some(format!("agent exited ({status}) before serving")),
-                _ if Instant::now() >= deadline => Some("agent did not start".to_string()),
-                _ => None,
-            };
-            if let Some(failure) = failure {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{failure}:\n{}", text(&log)));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(Starting { child, log })
     }
 
     /// Whether /-/ready answers 200, asked with `timeout`.
@@ -80,6 +62,38 @@ impl Process {
 
     pub fn log_text(&self) -> String {
         self.log.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+}
+
+impl Starting {
+    /// Waits up to `timeout` until the agent logs the address it serves
+    /// metrics on. The error holds the log; the agent is then killed.
+    pub fn serving(self, timeout: Duration) -> Result<Process, String> {
+        let Starting { mut child, log } = self;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = log.lock().ok().and_then(|l| {
+                l.iter()
+                    .find(|l| l.contains("serving metrics"))
+                    .and_then(|l| l.split("address=").nth(1))
+                    .map(|s| s.split_whitespace().next().unwrap_or("").to_string())
+            });
+            if let Some(addr) = found {
+                return Ok(Process { child, addr, log });
+            }
+            let failure = match child.try_wait() {
+                Ok(Some(status)) => Some(format!("agent exited ({status}) before serving")),
+                _ if Instant::now() >= deadline => Some("agent did not start".to_string()),
+                _ => None,
+            };
+            if let Some(failure) = failure {
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                return Err(format!("{failure}:\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -127,9 +141,9 @@ impl Agent {
             None => Command::new(binary),
         };
         command.args(&all).arg("--log.level=debug");
-        let Process { child, addr, log } =
-            Process::spawn(&mut command, scaled(Duration::from_secs(30)))
-                .unwrap_or_else(|e| panic!("{e}"));
+        let Process { child, addr, log } = Process::spawn(&mut command)
+            .and_then(|s| s.serving(scaled(Duration::from_secs(30))))
+            .unwrap_or_else(|e| panic!("{e}"));
         let agent = Agent {
             child,
             addr,

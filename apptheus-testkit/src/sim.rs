@@ -48,10 +48,10 @@ pub fn starter_sim() -> &'static Path {
     PATH.get_or_init(|| {
         let dir = binary_dir();
         let path = dir.join(STARTER_SIM);
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            if let Err(e) = build(Path::new(&cargo), &dir) {
-                panic!("building {STARTER_SIM} into {}: {e}", dir.display());
-            }
+        if let Some(cargo) = std::env::var_os("CARGO")
+            && let Err(e) = build(Path::new(&cargo), &dir)
+        {
+            panic!("building {STARTER_SIM} into {}: {e}", dir.display());
         }
         assert!(
             path.is_file(),

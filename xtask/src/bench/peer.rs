@@ -89,7 +89,7 @@ impl Cadvisor {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while super::http_get(&c.addr, "/healthz").map(|(s, _)| s) != Ok(200) {
+        while !super::agent::http_get(&c.addr, "/healthz").is_ok_and(|(s, _)| s == 200) {
             if Instant::now() > deadline {
                 bail!(
                     "cAdvisor did not answer: {:?}",
@@ -107,8 +107,8 @@ impl Cadvisor {
     /// cAdvisor counts as several), and how long the scrape took.
     pub fn scrape(&self) -> anyhow::Result<(usize, Duration)> {
         let t = Instant::now();
-        let (status, body) =
-            super::http_get(&self.addr, "/metrics").map_err(|e| anyhow!("cAdvisor scrape: {e}"))?;
+        let (status, body) = super::agent::http_get(&self.addr, "/metrics")
+            .map_err(|e| anyhow!("cAdvisor scrape: {e}"))?;
         let took = t.elapsed();
         if status != 200 {
             bail!("cAdvisor answered {status}");

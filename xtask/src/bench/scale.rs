@@ -144,7 +144,7 @@ fn scale_one(ctx: &Ctx, s: &Sizes, n: usize) -> anyhow::Result<ScaleRow> {
     let window = t0.elapsed().as_secs_f64();
     let m = agent.metrics()?;
     let samples = samples(&m) - samples0;
-    let open_files = value(&m, "apptheus_cgroup_open_files", None).unwrap_or(0.0);
+    let open_files = value(&m, "apptheus_cgroup_open_files", &[]).unwrap_or(0.0);
     let rss = agent.meter.rss_mib();
     let mut lat = Vec::with_capacity(s.scrapes);
     for _ in 0..s.scrapes {
@@ -248,7 +248,7 @@ pub fn sample_cost(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         r.sample_cost.push(SampleCost {
             label: label.to_string(),
             n,
-            open_files: value(&m1, "apptheus_cgroup_open_files", None).unwrap_or(0.0),
+            open_files: value(&m1, "apptheus_cgroup_open_files", &[]).unwrap_or(0.0),
             cpu_us: per(cpu / rounds),
             sources: sources
                 .into_iter()
