@@ -22,7 +22,7 @@ AGENT=$TARGET/debug/apptheus
 SIM=$TARGET/debug/apptheus-starter-sim
 BASELINE=$TARGET/debug/examples/switch_baseline
 [ -x "$AGENT" ] && [ -x "$SIM" ] && [ -x "$BASELINE" ] ||
-    { echo "build first: cargo build -p apptheus --bins --examples" >&2; exit 1; }
+    { echo "build first: cargo build -p apptheus -p apptheus-testkit --bins --examples" >&2; exit 1; }
 command -v stress-ng >/dev/null || { echo "stress-ng missing (apt-get install stress-ng)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/apptheus-bench-XXXXXX)
