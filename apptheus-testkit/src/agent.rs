@@ -24,6 +24,7 @@ pub struct Process {
 pub struct Starting {
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Process {
@@ -41,7 +42,7 @@ impl Process {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if std::env::var_os("APPTHEUS_TEST_ECHO").is_some() {
                     eprintln!("agent: {line}");
@@ -51,7 +52,7 @@ impl Process {
                 }
             }
         });
-        Ok(Starting { child, log })
+        Ok(Starting { child, log, reader })
     }
 
     /// Whether /-/ready answers 200, asked with `timeout`.
@@ -69,7 +70,11 @@ impl Starting {
     /// Waits up to `timeout` until the agent logs the address it serves
     /// metrics on. The error holds the log; the agent is then killed.
     pub fn serving(self, timeout: Duration) -> Result<Process, String> {
-        let Starting { mut child, log } = self;
+        let Starting {
+            mut child,
+            log,
+            reader,
+        } = self;
         let deadline = Instant::now() + timeout;
         loop {
             let found = log.lock().ok().and_then(|l| {
@@ -89,6 +94,12 @@ impl Starting {
             if let Some(failure) = failure {
                 let _ = child.kill();
                 let _ = child.wait();
+                // The last lines, read to the end of stderr (or for a
+                // while, should something else hold it open).
+                let until = Instant::now() + Duration::from_secs(2);
+                while !reader.is_finished() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let text = log.lock().map(|l| l.join("\n")).unwrap_or_default();
                 return Err(format!("{failure}:\n{text}"));
             }
@@ -212,5 +223,41 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn the_address_comes_from_the_log() {
+        let mut c = sh("echo 'level=info serving metrics address=127.0.0.1:9 x=1' >&2; sleep 5");
+        let mut p = Process::spawn(&mut c)
+            .unwrap()
+            .serving(Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(p.addr, "127.0.0.1:9");
+        assert!(p.log_text().contains("serving metrics"));
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_agent_that_exits_first_fails_with_its_log() {
+        let mut c = sh("echo 'bad flag' >&2; exit 2");
+        let e = Process::spawn(&mut c)
+            .unwrap()
+            .serving(Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert!(e.starts_with("agent exited"), "{e}");
+        assert!(e.contains("bad flag"), "{e}");
     }
 }

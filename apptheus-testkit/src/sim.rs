@@ -6,23 +6,30 @@
 //! on this crate builds its library, not its binaries. So the simulator
 //! is found at run time, where cargo puts every binary of a build: in the
 //! `target/<profile>/` directory that holds the test executable (tests
-//! live in its `deps/` below it). Two cases:
+//! live in its `deps/` below it). Three cases:
 //!
-//! - Run by cargo (`cargo test`, which sets `CARGO` for the tests it runs):
-//!   once per test process, `cargo build -p apptheus-testkit --bin
-//!   apptheus-starter-sim` into that same target directory and profile.
-//!   When the workspace's `cargo test` built it already (it does: this
-//!   package's own integration tests make cargo build its binaries before
-//!   any test runs), that is a no-op of a fraction of a second; after
-//!   `cargo test -p apptheus`, or an edit of the simulator, it builds or
-//!   refreshes it. Either way the tests never run a missing or stale copy.
+//! - Present and newer than its source: used as it is. The workspace's
+//!   `cargo test` (scripts/test.sh's `cargo test --locked
+//!   --no-fail-fast`) builds it before any test runs, because this
+//!   package's own integration tests make cargo build its binaries; so
+//!   does `cargo test --no-run` (what `cargo xtask vm-test` builds).
+//! - Missing or older than its source, and run by cargo (which sets
+//!   `CARGO` for the tests it runs, e.g. after `cargo test -p apptheus` in
+//!   a fresh clone, or an edit of the simulator): once per test process,
+//!   `cargo build -p apptheus-testkit --bin apptheus-starter-sim` into that
+//!   same target directory and profile. Cargo releases its lock on the
+//!   target directory before it runs tests, so this doesn't wait on it.
+//!   (Not on every run: a build of this package alone resolves features
+//!   apart from the workspace's, and would compile some dependencies a
+//!   second time.)
 //! - Run without cargo (the test executables copied into the VMs of `cargo
-//!   xtask vm-test`, which carry the simulator at the same path): the file
-//!   beside the test executable's directory, which must exist.
+//!   xtask vm-test`, which put the simulator beside them at the same
+//!   path): the file there, which must exist.
 use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
+    time::SystemTime,
 };
 
 /// The simulator's binary name.
@@ -49,6 +56,7 @@ pub fn starter_sim() -> &'static Path {
         let dir = binary_dir();
         let path = dir.join(STARTER_SIM);
         if let Some(cargo) = std::env::var_os("CARGO")
+            && !up_to_date(&path)
             && let Err(e) = build(Path::new(&cargo), &dir)
         {
             panic!("building {STARTER_SIM} into {}: {e}", dir.display());
@@ -60,6 +68,21 @@ pub fn starter_sim() -> &'static Path {
         );
         path
     })
+}
+
+/// Whether `binary` exists and is no older than the simulator's source
+/// (which need not exist: the VMs have no source tree).
+fn up_to_date(binary: &Path) -> bool {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/bin/apptheus-starter-sim.rs"
+    ));
+    match (modified(binary), modified(source)) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(built), Some(edited)) => built >= edited.min(SystemTime::now()),
+    }
 }
 
 /// `cargo build` of the simulator into `dir` (`<target dir>/<profile>`).
