@@ -3,7 +3,7 @@
 //! commands, and trusted starters in root-owned directories.
 use std::{
     os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Mutex, MutexGuard},
     time::Duration,
@@ -92,4 +92,30 @@ impl TrustDir {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Apptainer's layout in this directory: the starter at
+    /// `<prefix>/libexec/apptainer/bin/starter` and its command-line tool
+    /// at `<prefix>/bin/apptainer`, both the starter simulator (the tool's
+    /// `launch` execs the starter as `apptainer exec` does; see
+    /// [`launch_workload`]). Returns (tool, starter).
+    pub fn apptainer_layout(&self) -> (PathBuf, PathBuf) {
+        let prefix = self.dir.path();
+        std::fs::create_dir_all(prefix.join("libexec/apptainer/bin")).unwrap();
+        std::fs::create_dir_all(prefix.join("bin")).unwrap();
+        (
+            self.starter("bin/apptainer"),
+            self.starter("libexec/apptainer/bin/starter"),
+        )
+    }
+}
+
+/// The shell command with which `cli`, of [`TrustDir::apptainer_layout`],
+/// runs `starter -- starter workload <args>` 0.05 s after it starts, as
+/// `apptainer exec` runs its starter.
+pub fn launch_workload(cli: &Path, starter: &Path, args: &str) -> String {
+    format!(
+        "{} launch --after 0.05 {s} -- {s} workload {args}",
+        cli.display(),
+        s = starter.display()
+    )
 }
