@@ -5,14 +5,19 @@
 // Each test binary uses a part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod cgroup;
+
 use std::{
     ops::{Deref, DerefMut},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::MutexGuard,
 };
 
 pub use apptheus_testkit::{
     cgroupfs::{MemoryController, our_cgroup_dirs},
-    host::{TrustDir, children_cpu_seconds, run, scaled, serial, time_scale, unique},
+    host::{
+        TrustDir, children_cpu_seconds, launch_workload, run, scaled, serial, time_scale, unique,
+    },
     scrape::{container_id, http_get, value},
     sim::starter_sim,
 };
@@ -32,6 +37,26 @@ pub fn privileged() -> bool {
     true
 }
 
+/// How most tests start: `None` (the skip reported) unless
+/// [`privileged`]; else the lock that keeps agents apart, and a trusted
+/// directory holding the starter simulator as `starter`. Bind them in this
+/// order (`let Some((_serial, trust, starter)) = ...`), so that they go in
+/// the reverse.
+pub fn trusted_starter() -> Option<(MutexGuard<'static, ()>, TrustDir, PathBuf)> {
+    if !privileged() {
+        return None;
+    }
+    let serial = serial();
+    let trust = TrustDir::new();
+    let starter = trust.starter("starter");
+    Some((serial, trust, starter))
+}
+
+/// The value of `name` for container `id`.
+pub fn of(m: &str, name: &str, id: &str) -> Option<f64> {
+    value(m, name, &[("container_id", id)])
+}
+
 /// The testkit's agent, started from [`AGENT`].
 pub struct Agent(apptheus_testkit::agent::Agent);
 
@@ -40,6 +65,12 @@ impl Agent {
     /// path unless given) and waits until it is ready.
     pub fn start(args: &[&str]) -> Self {
         Self::start_wrapped(&[], args)
+    }
+
+    /// [`Agent::start`] with `--trust.path=<starter>` first, then `args`.
+    pub fn trusting(starter: &Path, args: &[&str]) -> Self {
+        let trust = format!("--trust.path={}", starter.display());
+        Self::start(&[&[trust.as_str()], args].concat())
     }
 
     /// [`Agent::start`], the agent run by the command `wrapper` (which

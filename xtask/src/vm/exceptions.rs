@@ -31,9 +31,9 @@ const V2_OCCUPIED: &str = "pure v2: this test runs its starter in the test's own
      memory comes from its processes (apptheus_container_proc_*) instead. This container \
      lives between two samples (5 s apart): its processes are gone before anything reads \
      them, and no cgroup kept its memory peak, which the test checks. A container that \
-     lives across a sample has its memory from its processes (the cgroups tests check it \
-     beside a login shell and beside a Slurm batch script), and where the starter is alone \
-     in its cgroup (srun, a service) the agent enables the controllers";
+     lives across a sample has its memory from its processes (the shared_cgroups tests \
+     check it beside a login shell and beside a Slurm batch script), and where the starter \
+     is alone in its cgroup (srun, a service) the agent enables the controllers";
 
 /// Why Debian's 6.12 has no v1 memory statistics.
 const NO_MEMCG_V1: &str = "Linux 6.12 as Debian builds it has no v1 memory controller \
@@ -81,25 +81,25 @@ pub static EXCEPTIONS: &[Exception] = &[
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
-        test: "cgroups::a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes",
+        test: "shared_cgroups::a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes",
         why: NO_MEMCG_V1,
     },
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
-        test: "cgroups::a_slurm_jobs_memory_limit_holds_for_a_batch_scripts_container",
+        test: "shared_cgroups::a_slurm_jobs_memory_limit_holds_for_a_batch_scripts_container",
         why: NO_MEMCG_V1,
     },
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
-        test: "cgroups::srun_apptainer_alone_in_its_task_is_read_from_the_tasks_cgroup",
+        test: "shared_cgroups::srun_apptainer_alone_in_its_task_is_read_from_the_tasks_cgroup",
         why: NO_MEMCG_V1,
     },
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::V1, Layout::Hybrid],
-        test: "cgroups::a_login_sessions_container_keeps_its_limit_and_gets_its_memory",
+        test: "shared_cgroups::a_login_sessions_container_keeps_its_limit_and_gets_its_memory",
         why: NO_MEMCG_V1,
     },
     Exception {

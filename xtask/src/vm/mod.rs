@@ -57,9 +57,10 @@ const LAYOUTS: [Layout; 3] = [Layout::V1, Layout::Hybrid, Layout::V2];
 /// nothing but the agent, the starter simulator, sh, true, unshare,
 /// python3 and Slurm (exporter and multinode start Prometheus and friends;
 /// the real Apptainer's tests need its cached root).
-const TESTS: [&str; 7] = [
+const TESTS: [&str; 8] = [
     "attribution",
     "cgroups",
+    "shared_cgroups",
     "monitoring_socket",
     "socket",
     "kernel_metrics",
@@ -77,7 +78,8 @@ pub struct Options {
     #[arg(long = "layout", value_delimiter = ',', value_enum)]
     pub layouts: Vec<Layout>,
     /// Test binaries run in each VM [default: attribution, cgroups,
-    /// monitoring_socket, socket, kernel_metrics, lifecycle, slurm_jobs]
+    /// shared_cgroups, monitoring_socket, socket, kernel_metrics, lifecycle,
+    /// slurm_jobs]
     #[arg(long = "test", value_delimiter = ',')]
     pub tests: Vec<String>,
     /// VMs run at once

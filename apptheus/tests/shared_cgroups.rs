@@ -1,0 +1,526 @@
+//! Containers whose starter's cgroup others share (root; any cgroup
+//! layout: `cargo xtask vm-test` runs them under v1, hybrid and v2): a
+//! Slurm job's task cgroup, laid out as Slurm's plugins lay it out (with a
+//! batch script's shell beside the container, or the container alone), and
+//! a login session with a limit of its own. The agent creates nothing in
+//! Slurm's tree, the limits still hold, and each container's statistics
+//! come from where they are its own. A real Slurm: slurm_jobs.rs.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{cgroup::*, *};
+
+/// A Slurm job's cgroups as Slurm's plugins lay them out, in the
+/// hierarchy of the memory controller: on cgroup v2
+/// `<top>.slice/vm_slurmstepd.scope/<job>/step_batch/user/task_0`, every
+/// controller Slurm uses enabled down to `user`; on v1
+/// `<top>/slurm_vm/uid_0/<job>/step_batch/task_0`. The job has a memory
+/// limit (no swap), and on v2 a pids limit. Removed on drop.
+struct SlurmJob {
+    /// Top-down, the task's directory last.
+    dirs: Vec<PathBuf>,
+    /// Index of the job's directory in `dirs`.
+    job_at: usize,
+}
+
+impl SlurmJob {
+    /// `job`: the job's directory, `job_<id>` or a SLUID.
+    fn new(mc: &MemoryController, job: &str, memory_limit: u64) -> Self {
+        let top = format!("atest-{}", unique());
+        let (names, job_at): (Vec<String>, usize) = if mc.v2 {
+            (
+                vec![
+                    format!("{top}.slice"),
+                    "vm_slurmstepd.scope".into(),
+                    job.into(),
+                    "step_batch".into(),
+                    "user".into(),
+                    "task_0".into(),
+                ],
+                2,
+            )
+        } else {
+            (
+                vec![
+                    top,
+                    "slurm_vm".into(),
+                    "uid_0".into(),
+                    job.into(),
+                    "step_batch".into(),
+                    "task_0".into(),
+                ],
+                3,
+            )
+        };
+        let mut dirs = Vec::new();
+        let mut dir = mc.root.clone();
+        for (i, name) in names.iter().enumerate() {
+            dir = dir.join(name);
+            std::fs::create_dir(&dir).expect("create a Slurm-shaped cgroup");
+            if mc.v2 && i + 1 < names.len() {
+                let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap();
+                for c in ["cpu", "io", "memory", "pids"] {
+                    if available.split_whitespace().any(|a| a == c) {
+                        std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"))
+                            .unwrap();
+                    }
+                }
+            }
+            dirs.push(dir.clone());
+        }
+        let job_dir = &dirs[job_at];
+        std::fs::write(job_dir.join(mc.limit_file()), memory_limit.to_string()).unwrap();
+        let (file, value) = mc.swap_limit(memory_limit);
+        let _ = std::fs::write(job_dir.join(file), value);
+        if mc.v2 {
+            std::fs::write(job_dir.join("pids.max"), "64").unwrap();
+        }
+        Self { dirs, job_at }
+    }
+
+    fn job(&self) -> &Path {
+        &self.dirs[self.job_at]
+    }
+
+    fn task(&self) -> &Path {
+        self.dirs.last().unwrap()
+    }
+
+    /// Runs `script` in a shell that first enters the job's task cgroup,
+    /// as slurmstepd starts a batch script.
+    fn shell(&self, script: &str) -> std::process::Child {
+        shell_in(self.task(), script)
+    }
+
+    /// Removes the tree as Slurm does at the job's end: `rmdir`, from the
+    /// leaves up. The first directory that cannot be removed is the error.
+    fn remove(&mut self) -> Result<(), String> {
+        while let Some(d) = self.dirs.last() {
+            let mut result = std::fs::remove_dir(d);
+            // A task just reaped may take a moment to leave its cgroup.
+            for _ in 0..40 {
+                match &result {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(50));
+                        result = std::fs::remove_dir(d);
+                    }
+                    _ => break,
+                }
+            }
+            if let Err(e) = result {
+                let children: Vec<String> = std::fs::read_dir(d)
+                    .map(|r| {
+                        r.flatten()
+                            .filter(|e| e.path().is_dir())
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Err(format!(
+                    "rmdir {}: {e} (child cgroups: {children:?})",
+                    d.display()
+                ));
+            }
+            self.dirs.pop();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SlurmJob {
+    fn drop(&mut self) {
+        let _ = self.remove();
+    }
+}
+
+/// Runs `script` in a shell that first enters `cgroup`.
+fn shell_in(cgroup: &Path, script: &str) -> std::process::Child {
+    Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("echo $$ > {}/cgroup.procs && {script}", cgroup.display()),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Directories named apptheus-* below `dir`.
+fn ours_below(dir: &Path) -> Vec<PathBuf> {
+    our_cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.starts_with(dir))
+        .collect()
+}
+
+/// `sbatch job.sh` where job.sh runs `apptainer exec ...` and waits: the
+/// batch script's shell shares the task's cgroup with the container. The
+/// agent creates nothing in Slurm's tree (on cgroup v2: nowhere in it; on
+/// v1: not in the memory hierarchy), the cgroup families that would mix
+/// the shell's use with the container's are left out, and the
+/// container's memory, tasks and CPU come from its own processes:
+/// 200 MiB touched reads within 5 %. The job's limits still hold, and
+/// once the container has ended Slurm can remove its tree, leaves first.
+#[test]
+fn a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes() {
+    let Some((mc, _serial, trust)) = memory_setup() else {
+        return;
+    };
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
+    let mut job = SlurmJob::new(&mc, "job_4242", 256 << 20);
+
+    let sleep = format!("{}", 3.0 * time_scale());
+    // Storage I/O: 16 MiB written, and 32 MiB read from a file evicted
+    // from the page cache, on the temporary directory's file system.
+    let io_dir = tempfile::tempdir().unwrap();
+    let (written, read) = (16u64 << 20, 32u64 << 20);
+    let to_read = io_dir.path().join("r");
+    cold_file(&to_read, read);
+    let before = children_cpu_seconds();
+    let workload = format!(
+        "--delay 0.3 --alloc-mib 200 --spin 0.5 --file-io {w}:{written} --read-file {r} \
+         --sleep {sleep}",
+        w = io_dir.path().join("w").display(),
+        r = to_read.display(),
+    );
+    let mut shell = job.shell(&format!(
+        "{}; exit $?",
+        launch_workload(&cli, &starter, &workload)
+    ));
+    let id = wait_container(&agent, &starter, "apptheus_container_proc_memory_pss_bytes");
+    let metric = |name: &str| of(&agent.metrics(), name, &id).unwrap_or(0.0);
+    let mut rss = 0.0;
+    agent.wait_for(WAIT, "the container's RSS to reach its allocation", || {
+        rss = metric("apptheus_container_proc_memory_rss_bytes");
+        rss >= 190.0 * MIB
+    });
+    // The workload may still be touching its last pages: wait until two
+    // reads 0.5 s apart agree.
+    agent.wait_for(WAIT, "the container's RSS to settle", || {
+        std::thread::sleep(scaled(Duration::from_millis(500)));
+        let now = metric("apptheus_container_proc_memory_rss_bytes");
+        let settled = (now - rss).abs() < 0.5 * MIB;
+        rss = now;
+        settled
+    });
+    // PSS is re-read less often (its cost grows with the memory mapped):
+    // wait for a reading of the settled workload.
+    let mut pss = 0.0;
+    agent.wait_for(WAIT, "a PSS reading of the settled workload", || {
+        pss = metric("apptheus_container_proc_memory_pss_bytes");
+        pss >= 0.97 * rss
+    });
+    let m = agent.metrics();
+    assert!(
+        (pss / (200.0 * MIB) - 1.0).abs() <= 0.05,
+        "PSS {:.1} MiB for 200 MiB touched\n{m}",
+        pss / MIB
+    );
+    assert!(rss >= pss, "RSS {rss} below PSS {pss}");
+    assert!(
+        (rss / (200.0 * MIB) - 1.0).abs() <= 0.05,
+        "RSS {:.1} MiB for 200 MiB touched",
+        rss / MIB
+    );
+    eprintln!(
+        "measured: PSS {:.2} MiB, RSS {:.2} MiB for 200 MiB touched",
+        pss / MIB,
+        rss / MIB
+    );
+    // Its tasks, as /proc lists them and as the kernel counts them.
+    let threads = of(&m, "apptheus_container_proc_threads", &id).unwrap();
+    assert!(
+        of(&m, "apptheus_container_proc_processes", &id).unwrap() >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        Some(threads),
+        of(&m, "apptheus_container_tasks", &id),
+        "{m}"
+    );
+    // The cgroup families that would count the shell too are left out,
+    // not 0.
+    assert_eq!(
+        of(&m, "apptheus_container_memory_usage_bytes", &id),
+        None,
+        "{m}"
+    );
+    assert_eq!(
+        of(&m, "apptheus_container_memory_rss_bytes", &id),
+        None,
+        "{m}"
+    );
+    if mc.v2 {
+        assert_eq!(of(&m, "apptheus_container_pids", &id), None, "{m}");
+        assert_eq!(
+            of(&m, "apptheus_container_cpu_usage_seconds_total", &id),
+            None,
+            "{m}"
+        );
+    }
+    assert!(
+        m.contains(&format!("container_id=\"{id}\"") as &str)
+            && m.lines().any(|l| l.starts_with("apptheus_container_info{")
+                && l.contains(&format!("container_id=\"{id}\""))
+                && l.contains("slurm_job_id=\"4242\"")),
+        "labelled with the job from its cgroup path\n{m}"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("level=info")
+            && l.contains(&id)
+            && l.contains("left out")
+            && l.contains("also runs process")),
+        "the log says at info level why the cgroup families are left out:\n{log}"
+    );
+    assert!(
+        ours_below(job.job()).is_empty(),
+        "nothing of apptheus' in Slurm's tree: {:?}",
+        ours_below(job.job())
+    );
+    let task_subtree = job.task().join("cgroup.subtree_control");
+    if mc.v2 {
+        assert_eq!(std::fs::read_to_string(&task_subtree).unwrap().trim(), "");
+    }
+
+    assert!(shell.wait().unwrap().success());
+    let truth = children_cpu_seconds() - before;
+    let mut cpu = 0.0;
+    agent.wait_for(WAIT, "the container's end", || {
+        let m = agent.metrics();
+        cpu = of(&m, "apptheus_container_proc_cpu_seconds_total", &id).unwrap_or(0.0);
+        of(&m, "apptheus_container_proc_processes", &id) == Some(0.0)
+    });
+    eprintln!("measured: CPU {cpu:.4} s, rusage {truth:.4} s");
+    // Every task's CPU time is the container's from its starter's exec on
+    // (the kernel banks each at its exit); the shell's own is not.
+    assert!(
+        cpu <= truth * 1.01 && cpu >= truth * 0.9 && cpu >= 0.5,
+        "CPU {cpu:.3} s, rusage of the job's processes {truth:.3} s"
+    );
+    let m = agent.metrics();
+    let io_read = of(&m, "apptheus_container_proc_io_read_bytes_total", &id).expect("read bytes");
+    let io_written =
+        of(&m, "apptheus_container_proc_io_write_bytes_total", &id).expect("written bytes");
+    eprintln!(
+        "measured: I/O read {:.2} MiB of {} MiB, written {:.2} MiB of {} MiB",
+        io_read / MIB,
+        read >> 20,
+        io_written / MIB,
+        written >> 20
+    );
+    // A file system in memory (the VMs' /tmp) does no storage I/O.
+    if on_a_block_device(io_dir.path()) {
+        assert!(
+            (io_read / read as f64 - 1.0).abs() <= 0.05,
+            "read {io_read} bytes of {read}"
+        );
+        assert!(
+            (io_written / written as f64 - 1.0).abs() <= 0.05,
+            "wrote {io_written} bytes of {written}"
+        );
+    }
+    job.remove()
+        .expect("Slurm removes the job's tree, leaves first, once its processes are gone");
+}
+
+/// The job's memory limit holds for the container: 300 MiB in a 256 MiB
+/// job is OOM-killed. The job's directory here is named after its SLUID,
+/// as Slurm 26.05 names it, and the container is labelled with it.
+#[test]
+fn a_slurm_jobs_memory_limit_holds_for_a_batch_scripts_container() {
+    let Some((mc, _serial, trust)) = memory_setup() else {
+        return;
+    };
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
+    let sluid = "sEKNKTV3WPV500";
+    let mut job = SlurmJob::new(&mc, sluid, 256 << 20);
+    let workload = "--delay 0.3 --alloc-mib 300 --sleep 1";
+    let mut shell = job.shell(&format!(
+        "{}; exit $?",
+        launch_workload(&cli, &starter, workload)
+    ));
+    let status = shell.wait().unwrap();
+    assert!(
+        !status.success(),
+        "300 MiB in a 256 MiB job must be refused or OOM-killed"
+    );
+    let m = agent.metrics();
+    let id = container_id(&m, "starter", &starter.display().to_string()).expect("the container");
+    assert!(
+        m.lines().any(|l| l.starts_with("apptheus_container_info{")
+            && l.contains(&format!("container_id=\"{id}\""))
+            && l.contains(&format!("slurm_job_id=\"{sluid}\""))),
+        "{m}"
+    );
+    assert!(ours_below(job.job()).is_empty());
+    job.remove().expect("the tree goes, leaves first");
+}
+
+/// `srun apptainer exec ...` (or a batch script that `exec`s apptainer):
+/// the starter alone in its task's cgroup. Nothing is created in Slurm's
+/// tree and nothing is enabled in the task's cgroup (Slurm adds processes
+/// there); the task's cgroup is read as the container's: its memory
+/// families are there, the statistics from processes are not needed.
+#[test]
+fn srun_apptainer_alone_in_its_task_is_read_from_the_tasks_cgroup() {
+    let Some((mc, _serial, trust)) = memory_setup() else {
+        return;
+    };
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
+    let mut job = SlurmJob::new(&mc, "job_77", 256 << 20);
+    let sleep = format!("{}", 3.0 * time_scale());
+    let workload = format!("--delay 0.3 --alloc-mib 100 --sleep {sleep}");
+    let mut shell = job.shell(&format!(
+        "exec {}",
+        launch_workload(&cli, &starter, &workload)
+    ));
+    let id = wait_container(&agent, &starter, "apptheus_container_memory_usage_bytes");
+    let mut rss = 0.0;
+    agent.wait_for(WAIT, "the task's memory to reach the allocation", || {
+        rss = of(&agent.metrics(), "apptheus_container_memory_rss_bytes", &id).unwrap_or(0.0);
+        rss >= 95.0 * MIB
+    });
+    let m = agent.metrics();
+    assert!(
+        (rss / (100.0 * MIB) - 1.0).abs() <= 0.05,
+        "rss {:.1} MiB\n{m}",
+        rss / MIB
+    );
+    assert_eq!(
+        of(&m, "apptheus_container_proc_memory_pss_bytes", &id),
+        None,
+        "{m}"
+    );
+    if mc.v2 {
+        assert!(of(&m, "apptheus_container_pids", &id).is_some(), "{m}");
+        assert_eq!(
+            std::fs::read_to_string(job.task().join("cgroup.subtree_control"))
+                .unwrap()
+                .trim(),
+            "",
+            "nothing enabled in the task's cgroup"
+        );
+    }
+    assert!(ours_below(job.job()).is_empty());
+    assert!(shell.wait().unwrap().success());
+    job.remove().expect("the tree goes, leaves first");
+}
+
+/// A login session (or any cgroup other processes share) with a limit of
+/// its own: the container's cgroup goes beneath it, so the limit holds.
+/// On cgroup v2 that cgroup can have no memory controller (the session's
+/// cgroup holds processes): the cgroup's memory families are left out,
+/// never 0, the log says why at info level, and the memory comes from the
+/// container's processes. On v1 (no such rule) the cgroup gives it.
+#[test]
+fn a_login_sessions_container_keeps_its_limit_and_gets_its_memory() {
+    let Some((mc, _serial, trust)) = memory_setup() else {
+        return;
+    };
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
+    let session = ParentCgroup::memory(&mc, Some(128 << 20));
+    let sleep = format!("{}", 3.0 * time_scale());
+    let login_shell = |mib: u32| {
+        let workload = format!("--delay 0.3 --alloc-mib {mib} --sleep {sleep}");
+        shell_in(
+            &session.0,
+            &format!("{}; exit $?", launch_workload(&cli, &starter, &workload)),
+        )
+    };
+    let mut shell = login_shell(64);
+    let id = wait_container(
+        &agent,
+        &starter,
+        "apptheus_container_cpu_usage_seconds_total",
+    );
+    let memory = if mc.v2 {
+        "apptheus_container_proc_memory_rss_bytes"
+    } else {
+        "apptheus_container_memory_rss_bytes"
+    };
+    let mut used = 0.0;
+    agent.wait_for(WAIT, "the container's memory", || {
+        used = of(&agent.metrics(), memory, &id).unwrap_or(0.0);
+        used >= 60.0 * MIB
+    });
+    let m = agent.metrics();
+    assert!(
+        (used / (64.0 * MIB) - 1.0).abs() <= 0.1,
+        "{memory} {:.1} MiB\n{m}",
+        used / MIB
+    );
+    let mine = ours_below(&session.0);
+    assert_eq!(
+        mine.len(),
+        1,
+        "the container's cgroup beneath the session's: {mine:?}"
+    );
+    if mc.v2 {
+        assert_eq!(
+            of(&m, "apptheus_container_memory_usage_bytes", &id),
+            None,
+            "{m}"
+        );
+        assert_eq!(of(&m, "apptheus_container_pids", &id), None, "{m}");
+        let log = agent.log_text();
+        assert!(
+            log.lines().any(|l| l.contains("level=info")
+                && l.contains(&id)
+                && l.contains("left out")
+                && l.contains("still holds")),
+            "the log says at info level why:\n{log}"
+        );
+    } else {
+        assert_eq!(
+            of(&m, "apptheus_container_proc_memory_pss_bytes", &id),
+            None,
+            "{m}"
+        );
+    }
+    assert!(shell.wait().unwrap().success());
+
+    // 200 MiB in a 128 MiB session: its limit stops the container.
+    let mut shell = login_shell(200);
+    assert!(
+        !shell.wait().unwrap().success(),
+        "200 MiB in a session limited to 128 MiB must fail"
+    );
+}
+
+/// Writes a file of `bytes` at `path`, flushes it to its disk and drops it
+/// from the page cache, so that reading it reads the disk.
+fn cold_file(path: &Path, bytes: u64) {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..bytes >> 20 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    nix::fcntl::posix_fadvise(
+        &f,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+    .unwrap();
+}
+
+/// Whether `dir`'s file system keeps its files on a block device (not
+/// tmpfs or ramfs, whose pages never reach a disk).
+fn on_a_block_device(dir: &Path) -> bool {
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    // Not in nix: include/uapi/linux/magic.h.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    statfs(dir).is_ok_and(|s| ![TMPFS_MAGIC, RAMFS_MAGIC].contains(&s.filesystem_type()))
+}
