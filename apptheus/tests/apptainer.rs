@@ -23,10 +23,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn setup(extra: &[&str]) -> Option<(Session, Agent)> {
     let s = or_skip(Session::start()).unwrap()?;
     eprintln!("apptainer {}", s.root().apptainer_version());
-    let trust = format!("--trust.path={}", s.root().starter().display());
-    let mut args = vec![trust.as_str()];
-    args.extend_from_slice(extra);
-    let agent = Agent::start(&args);
+    let agent = Agent::trusting(&s.root().starter(), extra);
     Some((s, agent))
 }
 
@@ -298,8 +295,7 @@ fn the_monitoring_socket_takes_the_real_starter_and_an_instance_holds_it() {
     let Some(mut s) = or_skip(Session::start()).unwrap() else {
         return;
     };
-    let trust = format!("--trust.path={}", s.root().starter().display());
-    let agent = Agent::start(&[&trust, "--ebpf=false"]);
+    let agent = Agent::trusting(&s.root().starter(), &["--ebpf=false"]);
     s.bind_monitoring_socket_dir(agent.sock_dir.path());
     s.allow_monitoring(true).unwrap();
     let img = image(&s, "monitored");

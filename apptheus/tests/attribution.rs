@@ -25,13 +25,10 @@ fn wait_counter(agent: &Agent, starter: &Path, metric: &str, want: f64) -> Strin
 
 #[test]
 fn every_process_and_thread_of_the_workload_is_attributed_and_counted() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    };
+    let agent = Agent::trusting(&starter, &[]);
 
     // The master forks the container (1), which enters a PID namespace and
     // forks its init (1), which execs the workload; the workload forks 5
@@ -91,16 +88,13 @@ fn every_process_and_thread_of_the_workload_is_attributed_and_counted() {
 
 #[test]
 fn copies_are_not_trusted_and_symlinks_are() {
-    if !privileged() {
+    let Some((_serial, trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     let copy = trust.starter("copy-of-starter");
     let link = trust.path("link-to-starter");
     std::os::unix::fs::symlink(&starter, &link).unwrap();
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let agent = Agent::trusting(&starter, &[]);
 
     assert!(run(Command::new(&copy).args(["--", "/bin/true"])).success());
     // Give the agent time to (wrongly) see it.
@@ -120,16 +114,13 @@ fn copies_are_not_trusted_and_symlinks_are() {
 
 #[test]
 fn replaced_starter_is_trusted_after_sighup_and_the_old_inode_is_not() {
-    if !privileged() {
+    let Some((_serial, trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     // Keep the old file reachable through a hard link (same inode).
     let old = trust.path("old-inode");
     std::fs::hard_link(&starter, &old).unwrap();
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let agent = Agent::trusting(&starter, &[]);
 
     // A package upgrade: new file written beside, renamed over the path.
     let new = trust.starter("starter.new");
@@ -159,7 +150,7 @@ fn unshare_as_a_trusted_launcher() {
     }
     let _serial = serial();
     let unshare = Path::new("/usr/bin/unshare");
-    let agent = Agent::start(&[&format!("--trust.path={}", unshare.display())]);
+    let agent = Agent::trusting(unshare, &[]);
     // unshare forks (1) into the new PID namespace; sh forks /bin/true (1)
     // and runs it (exec 1), after the two execs of unshare and sh.
     let status = run(Command::new(unshare).args([
@@ -259,7 +250,7 @@ fn runc_as_a_trusted_launcher() {
     let mut counts = Vec::new();
     for (n, trues) in [0usize, 10].into_iter().enumerate() {
         // An agent per run: its only container is runc's.
-        let agent = Agent::start(&[&format!("--trust.path={}", runc.display())]);
+        let agent = Agent::trusting(runc, &[]);
         let bundle = tempfile::Builder::new()
             .prefix("apptheus-oci-")
             .tempdir()

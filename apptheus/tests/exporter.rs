@@ -221,13 +221,10 @@ fn split(resp: &[u8]) -> (u16, String, Vec<u8>) {
 
 #[test]
 fn prometheus_scrapes_per_container_series_and_promtool_accepts_the_output() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    };
+    let agent = Agent::trusting(&starter, &[]);
     let _containers: Vec<Proc> = (0..3).map(|_| container(&starter, 1.0, 20.0)).collect();
     agent.wait_for(WAIT, "three running containers", || {
         value(&agent.metrics(), "apptheus_containers", &[]) == Some(3.0)
@@ -361,21 +358,15 @@ impl Tls {
 
 #[test]
 fn tls_and_basic_auth_with_a_real_prometheus() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     let tls = Tls::new();
     // The agent starts with an empty web config (plain HTTP); TLS and
     // authentication arrive by editing the file, as an admin would.
     let web = tls.path("web.yml");
     std::fs::write(&web, "").unwrap();
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        &format!("--web.config.file={}", web.display()),
-    ]);
+    let agent = Agent::trusting(&starter, &[&format!("--web.config.file={}", web.display())]);
     let hash = bcrypt::hash("s3cret", 10).unwrap();
     let good = format!(
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS12\n\
@@ -448,12 +439,9 @@ fn tls_and_basic_auth_with_a_real_prometheus() {
 
 #[test]
 fn a_bad_web_config_stops_the_start_with_an_error_naming_the_file() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     let dir = tempfile::tempdir().unwrap();
     let web = dir.path().join("web.yml");
     std::fs::write(
@@ -505,21 +493,20 @@ fn a_bad_web_config_stops_the_start_with_an_error_naming_the_file() {
 
 #[test]
 fn pushgateway_receives_pushes_and_failures_are_counted_with_backoff() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     let gw = pushgateway();
     // Nothing listens on this port: every remote write fails.
     let dead = format!("http://127.0.0.1:{}/api/v1/write", free_port());
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        &format!("--push.gateway-url=http://{}", gw.addr),
-        &format!("--push.remote-write-url={dead}"),
-        "--push.interval=200ms",
-    ]);
+    let agent = Agent::trusting(
+        &starter,
+        &[
+            &format!("--push.gateway-url=http://{}", gw.addr),
+            &format!("--push.remote-write-url={dead}"),
+            "--push.interval=200ms",
+        ],
+    );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -562,19 +549,18 @@ fn pushgateway_receives_pushes_and_failures_are_counted_with_backoff() {
 
 #[test]
 fn remote_write_reaches_a_real_prometheus() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     let prom = prometheus("", &["--web.enable-remote-write-receiver"]);
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        &format!("--push.remote-write-url=http://{}/api/v1/write", prom.addr),
-        "--push.interval=300ms",
-        "--push.instance=node-under-test",
-    ]);
+    let agent = Agent::trusting(
+        &starter,
+        &[
+            &format!("--push.remote-write-url=http://{}/api/v1/write", prom.addr),
+            "--push.interval=300ms",
+            "--push.instance=node-under-test",
+        ],
+    );
     let _c = container(&starter, 0.2, 20.0);
     let id = wait_container(&agent, &starter);
     let s = wait_series(
@@ -607,13 +593,10 @@ fn remote_write_reaches_a_real_prometheus() {
 
 #[test]
 fn gzip_openmetrics_and_hostile_clients_over_a_real_socket() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    };
+    let agent = Agent::trusting(&starter, &[]);
     let addr = agent.addr.clone();
 
     let (status, head, body) = split(

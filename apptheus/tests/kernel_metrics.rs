@@ -120,7 +120,7 @@ fn oom_kill_is_counted_by_the_kernel_and_logged() {
     };
     let trust = TrustDir::new();
     let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let agent = Agent::trusting(&starter, &[]);
 
     // 256 MiB under a 64 MiB limit: the OOM killer picks the workload.
     assert!(!run_workload(
@@ -150,13 +150,10 @@ fn oom_kill_is_counted_by_the_kernel_and_logged() {
 
 #[test]
 fn network_bytes_match_a_known_loopback_transfer() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    };
+    let agent = Agent::trusting(&starter, &[]);
     if !cgroup2_mounted() {
         // Pure v1 hosts: the collector says why it is off; the rest runs.
         let log = agent.log_text();
@@ -212,16 +209,10 @@ fn network_bytes_match_a_known_loopback_transfer() {
 
 #[test]
 fn file_bytes_match_a_known_file_workload_and_sockets_are_not_files() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--collector.fsio",
-    ]);
+    };
+    let agent = Agent::trusting(&starter, &["--collector.fsio"]);
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -272,16 +263,10 @@ fn file_bytes_match_a_known_file_workload_and_sockets_are_not_files() {
 
 #[test]
 fn runqueue_latency_histogram_observes_a_busy_container() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--collector.runqlat",
-    ]);
+    };
+    let agent = Agent::trusting(&starter, &["--collector.runqlat"]);
     const ROUNDS: u64 = 5000;
     let dir = tempfile::tempdir().unwrap();
     let truth = dir.path().join("schedstat");
@@ -360,18 +345,17 @@ fn runqueue_latency_histogram_observes_a_busy_container() {
 
 #[test]
 fn collectors_switched_off_are_not_attached_and_leave_no_family() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--no-collector.network",
-        "--no-collector.oom",
-        "--ebpf.stats",
-    ]);
+    };
+    let agent = Agent::trusting(
+        &starter,
+        &[
+            "--no-collector.network",
+            "--no-collector.oom",
+            "--ebpf.stats",
+        ],
+    );
     assert!(
         agent.log_text().contains("collectors=none"),
         "{}",

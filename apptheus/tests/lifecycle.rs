@@ -14,16 +14,10 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn two_hundred_starts_a_second_with_fork_storms_lose_nothing() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--monitor.grace-period=5m",
-    ]);
+    };
+    let agent = Agent::trusting(&starter, &["--monitor.grace-period=5m"]);
 
     // 4 threads x 100 containers, each forking 20 processes and creating
     // 20 threads, paced at 200 starts per second overall.
@@ -125,18 +119,14 @@ const SPIN: f64 = 0.2;
 
 #[test]
 fn a_short_lived_container_shows_its_final_values_then_its_series_go() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     // Samples every 5 s: the container lives between two of them.
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--monitor.interval=5s",
-        "--monitor.grace-period=3s",
-    ]);
+    let agent = Agent::trusting(
+        &starter,
+        &["--monitor.interval=5s", "--monitor.grace-period=3s"],
+    );
     // Let the first sample pass.
     std::thread::sleep(Duration::from_millis(200));
     // The delay (Apptainer's set-up) lets placement finish before the
@@ -204,13 +194,10 @@ fn a_short_lived_container_shows_its_final_values_then_its_series_go() {
 
 #[test]
 fn a_starter_replaced_on_disk_is_followed_without_a_signal() {
-    if !privileged() {
+    let Some((_serial, trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    };
+    let agent = Agent::trusting(&starter, &[]);
     let new = trust.starter("starter.dpkg-new");
     std::fs::rename(&new, &starter).unwrap();
     agent.wait_for(WAIT, "the replaced starter to be noticed", || {

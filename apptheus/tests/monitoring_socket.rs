@@ -13,13 +13,10 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn with_ebpf_the_socket_confirms_the_kernels_container_without_a_second_one() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    };
+    let agent = Agent::trusting(&starter, &[]);
     let sock = agent.socket_path();
     let status = run(Command::new(&starter).args([
         "--socket",
@@ -50,16 +47,10 @@ fn with_ebpf_the_socket_confirms_the_kernels_container_without_a_second_one() {
 
 #[test]
 fn without_ebpf_the_whole_tree_is_attributed_through_the_socket() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--ebpf=false",
-    ]);
+    };
+    let agent = Agent::trusting(&starter, &["--ebpf=false"]);
     let m = agent.metrics();
     assert_eq!(
         value(&m, "apptheus_attribution_mode", &[("mode", "socket")]),
@@ -150,17 +141,11 @@ fn without_ebpf_the_whole_tree_is_attributed_through_the_socket() {
 
 #[test]
 fn an_untrusted_caller_is_rejected_and_nothing_is_registered() {
-    if !privileged() {
+    let Some((_serial, trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
+    };
     let other = trust.starter("not-trusted");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--ebpf=false",
-    ]);
+    let agent = Agent::trusting(&starter, &["--ebpf=false"]);
     let sock = agent.socket_path();
     assert!(
         // Alive long enough to be verified (a caller gone before that is

@@ -13,16 +13,10 @@ fn samples(m: &str, trigger: &str) -> f64 {
 
 #[test]
 fn samples_follow_the_reads() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--monitor.interval=1s",
-    ]);
+    };
+    let agent = Agent::trusting(&starter, &["--monitor.interval=1s"]);
     // A container, then nobody reads for a while: nothing is sampled.
     let mut child = Command::new(&starter)
         .args(["--no-namespaces", "--", "/bin/sleep", "8"])
@@ -65,18 +59,17 @@ fn samples_follow_the_reads() {
 
 #[test]
 fn on_a_clock_when_asked() {
-    if !privileged() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
-    }
-    let _serial = serial();
-    let trust = TrustDir::new();
-    let starter = trust.starter("starter");
-    let agent = Agent::start(&[
-        &format!("--trust.path={}", starter.display()),
-        "--monitor.interval=200ms",
-        "--monitor.on-demand=false",
-        "--no-collector.pressure",
-    ]);
+    };
+    let agent = Agent::trusting(
+        &starter,
+        &[
+            "--monitor.interval=200ms",
+            "--monitor.on-demand=false",
+            "--no-collector.pressure",
+        ],
+    );
     std::thread::sleep(scaled(Duration::from_secs(2)));
     let m = agent.metrics();
     assert!(samples(&m, "interval") >= 5.0, "{m}");
