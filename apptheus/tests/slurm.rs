@@ -8,7 +8,7 @@
 //! otherwise SKIPPED (a failure under APPTHEUS_REQUIRE_PRIVILEGED=1).
 mod common;
 
-use std::time::Duration;
+use std::{sync::MutexGuard, time::Duration};
 
 use apptheus_testkit::{
     apptainer::{As, Session},
@@ -19,6 +19,19 @@ use apptheus_testkit::{
 use common::{Agent, container_id, value};
 
 const LIMIT: Duration = Duration::from_secs(90);
+
+/// How the tests here start: `None` (the skip reported) without the
+/// cached Apptainer root or Slurm; else the lock that keeps agents apart, a
+/// session in the Apptainer root, a running one-node cluster and an agent
+/// trusting the root's starter. Bind them in this order, so that they go
+/// in the reverse.
+fn setup() -> Option<(MutexGuard<'static, ()>, Session, Cluster, Agent)> {
+    let serial = common::serial();
+    let s = or_skip(Session::start()).unwrap()?;
+    let cluster = or_skip(Cluster::start()).unwrap()?;
+    let agent = Agent::trusting(&s.root().starter(), &[]);
+    Some((serial, s, cluster, agent))
+}
 
 /// A batch script that runs `w` in `image` with `apptainer exec` as the
 /// test user, after setting SLURM_JOB_ID to a lie (the job runs as root:
@@ -40,15 +53,9 @@ fn job_script(s: &Session, image: &str, w: &Workload) -> String {
 /// completes as usual.
 #[test]
 fn a_batch_scripts_apptainer_exec_beside_its_shell_is_read_from_its_processes() {
-    let _serial = common::serial();
-    let Some(s) = or_skip(Session::start()).unwrap() else {
+    let Some((_serial, s, cluster, agent)) = setup() else {
         return;
     };
-    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
-        return;
-    };
-    let trust = format!("--trust.path={}", s.root().starter().display());
-    let agent = Agent::start(&[&trust]);
     let image = s.build_image("beside").unwrap();
     let w = Workload::new()
         .touch_mib(128)
@@ -111,15 +118,9 @@ fn a_batch_scripts_apptainer_exec_beside_its_shell_is_read_from_its_processes() 
 
 #[test]
 fn a_job_labels_its_containers_and_its_memory_limit_holds() {
-    let _serial = common::serial();
-    let Some(s) = or_skip(Session::start()).unwrap() else {
+    let Some((_serial, s, cluster, agent)) = setup() else {
         return;
     };
-    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
-        return;
-    };
-    let trust = format!("--trust.path={}", s.root().starter().display());
-    let agent = Agent::start(&[&trust]);
     let image = s.build_image("job").unwrap();
 
     // A container of a second, and one far beyond the job's --mem.

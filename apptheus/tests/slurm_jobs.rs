@@ -11,6 +11,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
+    sync::MutexGuard,
     time::Duration,
 };
 
@@ -23,26 +24,35 @@ use common::*;
 const LIMIT: Duration = Duration::from_secs(90);
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// The starter at `<prefix>/libexec/apptainer/bin/starter` and its
-/// command-line tool at `<prefix>/bin/apptainer`: (tool, starter).
-fn apptainer_layout(trust: &TrustDir) -> (PathBuf, PathBuf) {
-    let prefix = trust.dir.path();
-    std::fs::create_dir_all(prefix.join("libexec/apptainer/bin")).unwrap();
-    std::fs::create_dir_all(prefix.join("bin")).unwrap();
-    (
-        trust.starter("bin/apptainer"),
-        trust.starter("libexec/apptainer/bin/starter"),
-    )
+/// How the tests here start: `None` (the skip reported) unless
+/// [`privileged`] with Slurm installed; else the lock that keeps agents
+/// apart, a running one-node cluster and a trusted directory. Bind them in
+/// this order (`let Some((_serial, cluster, trust)) = ...`), so that they
+/// go in the reverse.
+fn slurm_setup() -> Option<(MutexGuard<'static, ()>, Cluster, TrustDir)> {
+    if !privileged() {
+        return None;
+    }
+    let serial = serial();
+    let cluster = or_skip(Cluster::start()).unwrap()?;
+    Some((serial, cluster, TrustDir::new()))
 }
 
 /// A batch script whose shell runs `apptainer exec ... workload <args>`
 /// and then goes on (so it stays beside the container).
 fn batch_script(cli: &Path, starter: &Path, args: &str) -> String {
     format!(
-        "#!/bin/sh\n{} launch --after 0.05 {s} -- {s} workload {args}\necho container ended: $?\n",
-        cli.display(),
-        s = starter.display()
+        "#!/bin/sh\n{}\necho container ended: $?\n",
+        launch_workload(cli, starter, args)
     )
+}
+
+/// The agent's cgroups in Slurm's job directory `job_dir`.
+fn ours_in_job(job_dir: &str) -> Vec<PathBuf> {
+    our_cgroup_dirs()
+        .into_iter()
+        .filter(|d| d.components().any(|c| c.as_os_str() == job_dir))
+        .collect()
 }
 
 /// Whether process `pid` still runs (a zombie does not).
@@ -134,16 +144,11 @@ fn job_container(agent: &Agent, job: u32, memory: &str) -> String {
 /// labelled with the job and its memory is read from its processes.
 #[test]
 fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+    let Some((_serial, cluster, trust)) = slurm_setup() else {
         return;
     };
-    let trust = TrustDir::new();
-    let (cli, starter) = apptainer_layout(&trust);
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
 
     let job = cluster
         .submit(
@@ -154,10 +159,7 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
     let id = job_container(&agent, job, "apptheus_container_proc_memory_rss_bytes");
     let pid: u32 = id.split('-').next().unwrap().parse().unwrap();
     let job_dir = format!("job_{job}");
-    let in_job: Vec<PathBuf> = our_cgroup_dirs()
-        .into_iter()
-        .filter(|d| d.components().any(|c| c.as_os_str() == job_dir.as_str()))
-        .collect();
+    let in_job = ours_in_job(&job_dir);
     assert!(
         in_job.is_empty(),
         "nothing of the agent's in Slurm's job: {in_job:?}"
@@ -199,21 +201,16 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
 /// it, and the job completes and goes as usual.
 #[test]
 fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+    let Some((_serial, cluster, trust)) = slurm_setup() else {
         return;
     };
-    let trust = TrustDir::new();
-    let (cli, starter) = apptainer_layout(&trust);
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
     let sleep = 3.0 * time_scale();
+    let workload = format!("--delay 0.3 --alloc-mib 64 --sleep {sleep}");
     let script = format!(
-        "#!/bin/sh\nexec {} launch --after 0.05 {s} -- {s} workload --delay 0.3 --alloc-mib 64 --sleep {sleep}\n",
-        cli.display(),
-        s = starter.display()
+        "#!/bin/sh\nexec {}\n",
+        launch_workload(&cli, &starter, &workload)
     );
     let job = cluster.submit(&script, &["--mem=256M"]).unwrap();
     let id = job_container(&agent, job, "apptheus_container_memory_rss_bytes");
@@ -228,10 +225,7 @@ fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
         "alone in its task's cgroup: read from it, not from its processes\n{m}"
     );
     let job_dir = format!("job_{job}");
-    let in_job: Vec<PathBuf> = our_cgroup_dirs()
-        .into_iter()
-        .filter(|d| d.components().any(|c| c.as_os_str() == job_dir.as_str()))
-        .collect();
+    let in_job = ours_in_job(&job_dir);
     assert!(
         in_job.is_empty(),
         "nothing of the agent's in Slurm's job: {in_job:?}"
@@ -276,16 +270,11 @@ fn cgroup_dirs_named_below(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// them.
 #[test]
 fn a_jobs_memory_limit_holds_and_slurm_tells_it_ran_out_of_memory() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+    let Some((_serial, cluster, trust)) = slurm_setup() else {
         return;
     };
-    let trust = TrustDir::new();
-    let (cli, starter) = apptainer_layout(&trust);
-    let agent = Agent::start(&[&format!("--trust.path={}", starter.display())]);
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
     let job = cluster
         .submit(
             &batch_script(&cli, &starter, "--delay 0.3 --alloc-mib 300 --sleep 1"),
@@ -318,11 +307,7 @@ fn a_jobs_memory_limit_holds_and_slurm_tells_it_ran_out_of_memory() {
 /// (`cgroup::placement::NoOwnCgroup::SlurmV2`) can be revisited.
 #[test]
 fn slurms_cgroup_v2_plugin_loses_a_process_moved_below_its_task() {
-    if !privileged() {
-        return;
-    }
-    let _serial = serial();
-    let Some(cluster) = or_skip(Cluster::start()).unwrap() else {
+    let Some((_serial, cluster, _trust)) = slurm_setup() else {
         return;
     };
     if cluster.cgroups() != Cgroups::V2 {
