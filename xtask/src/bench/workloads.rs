@@ -14,10 +14,7 @@ use super::{Agent, Ctx, Report, Sizes, percentile, value};
 /// Storms inside an attributed container, agent loaded vs not, alternating.
 pub fn overhead(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let run_storm = || -> anyhow::Result<[f64; 3]> {
-        let out = Command::new(&ctx.starter)
-            .args(["--no-namespaces", "--"])
-            .arg(&ctx.starter)
-            .args(["workload", "--timings", "--forks", &s.forks.to_string()])
+        let out = workload(ctx, &["--timings", "--forks", &s.forks.to_string()])
             .args([
                 "--execs",
                 &s.execs.to_string(),
@@ -175,17 +172,8 @@ pub fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         &["--monitor.interval=100ms", "--monitor.grace-period=5m"],
     )?;
     let before = children_cpu_seconds();
-    let mut child = Command::new(&ctx.starter)
-        .args(["--no-namespaces", "--"])
-        .arg(&ctx.starter)
-        .args([
-            "workload",
-            "--delay",
-            "0.3",
-            "--spin",
-            &s.spin_secs.to_string(),
-        ])
-        .spawn()?;
+    let mut child =
+        workload(ctx, &["--delay", "0.3", "--spin", &s.spin_secs.to_string()]).spawn()?;
     let pid = child.id();
     if !child.wait()?.success() {
         bail!("CPU workload failed");
@@ -204,19 +192,18 @@ pub fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         },
     ));
 
-    let mut child = Command::new(&ctx.starter)
-        .args(["--no-namespaces", "--"])
-        .arg(&ctx.starter)
-        .args([
-            "workload",
+    let mut child = workload(
+        ctx,
+        &[
             "--delay",
             "0.3",
             "--alloc-mib",
             &s.alloc_mib.to_string(),
             "--sleep",
             "3",
-        ])
-        .spawn()?;
+        ],
+    )
+    .spawn()?;
     let want = (s.alloc_mib << 20) as f64;
     let prefix = format!("container_id=\"{}-", child.id());
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -246,6 +233,17 @@ pub fn accuracy(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         },
     ));
     Ok(())
+}
+
+/// `starter --no-namespaces -- starter workload <args>`: the starter
+/// simulator's workload in a container of its own.
+fn workload(ctx: &Ctx, args: &[&str]) -> Command {
+    let mut c = Command::new(&ctx.starter);
+    c.args(["--no-namespaces", "--"])
+        .arg(&ctx.starter)
+        .arg("workload")
+        .args(args);
+    c
 }
 
 /// The final value of `metric` of the container whose starter was `pid`.
