@@ -171,8 +171,7 @@ fn a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes() {
     let Some((mc, _serial, trust)) = memory_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let mut job = SlurmJob::new(&mc, "job_4242", 256 << 20);
 
     let sleep = format!("{}", 3.0 * time_scale());
@@ -338,8 +337,7 @@ fn a_slurm_jobs_memory_limit_holds_for_a_batch_scripts_container() {
     let Some((mc, _serial, trust)) = memory_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let sluid = "sEKNKTV3WPV500";
     let mut job = SlurmJob::new(&mc, sluid, 256 << 20);
     let workload = "--delay 0.3 --alloc-mib 300 --sleep 1";
@@ -374,8 +372,7 @@ fn srun_apptainer_alone_in_its_task_is_read_from_the_tasks_cgroup() {
     let Some((mc, _serial, trust)) = memory_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let mut job = SlurmJob::new(&mc, "job_77", 256 << 20);
     let sleep = format!("{}", 3.0 * time_scale());
     let workload = format!("--delay 0.3 --alloc-mib 100 --sleep {sleep}");
@@ -426,8 +423,7 @@ fn a_login_sessions_container_keeps_its_limit_and_gets_its_memory() {
     let Some((mc, _serial, trust)) = memory_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let session = ParentCgroup::memory(&mc, Some(128 << 20));
     let sleep = format!("{}", 3.0 * time_scale());
     let login_shell = |mib: u32| {
@@ -443,11 +439,7 @@ fn a_login_sessions_container_keeps_its_limit_and_gets_its_memory() {
         &starter,
         "apptheus_container_cpu_usage_seconds_total",
     );
-    let memory = if mc.v2 {
-        "apptheus_container_proc_memory_rss_bytes"
-    } else {
-        "apptheus_container_memory_rss_bytes"
-    };
+    let memory = rss_metric(&mc);
     let mut used = 0.0;
     agent.wait_for(WAIT, "the container's memory", || {
         used = of(&agent.metrics(), memory, &id).unwrap_or(0.0);

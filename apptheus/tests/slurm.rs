@@ -16,7 +16,7 @@ use apptheus_testkit::{
     slurm::{Cgroups, Cluster},
     workload::{Report, Workload},
 };
-use common::{Agent, container_id, value};
+use common::{Agent, container_id, of, value};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -101,11 +101,7 @@ fn a_batch_scripts_apptainer_exec_beside_its_shell_is_read_from_its_processes() 
         rss / mib
     );
     assert_eq!(
-        value(
-            &m,
-            "apptheus_container_memory_usage_bytes",
-            &[("container_id", &id)]
-        ),
+        of(&m, "apptheus_container_memory_usage_bytes", &id),
         None,
         "the task's memory cgroup also holds the batch shell\n{m}"
     );
@@ -184,11 +180,7 @@ fn a_job_labels_its_containers_and_its_memory_limit_holds() {
     );
     assert!(!m.contains("slurm_job_id=\"999999\""), "{m}");
     // Its memory comes from the job's cgroup, which held nothing else.
-    let peak = value(
-        &m,
-        "apptheus_container_memory_max_usage_bytes",
-        &[("container_id", &id)],
-    );
+    let peak = of(&m, "apptheus_container_memory_max_usage_bytes", &id);
     assert!(
         peak.is_some_and(|p| p >= (32u64 << 20) as f64),
         "peak {peak:?} for 32 MiB touched\n{}",
@@ -218,10 +210,10 @@ fn a_job_labels_its_containers_and_its_memory_limit_holds() {
     let id = id.unwrap();
     let mut kills = None;
     agent.wait_for(LIMIT, "its OOM kill", || {
-        kills = value(
+        kills = of(
             &agent.metrics(),
             "apptheus_container_memory_oom_kills_total",
-            &[("container_id", &id)],
+            &id,
         )
         .filter(|k| *k >= 1.0);
         kills.is_some()

@@ -147,8 +147,7 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
     let Some((_serial, cluster, trust)) = slurm_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
 
     let job = cluster
         .submit(
@@ -166,11 +165,7 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
     );
     let m = agent.metrics();
     assert_eq!(
-        value(
-            &m,
-            "apptheus_container_memory_usage_bytes",
-            &[("container_id", &id)]
-        ),
+        of(&m, "apptheus_container_memory_usage_bytes", &id),
         None,
         "the task's cgroup also holds the batch shell: no cgroup memory\n{m}"
     );
@@ -204,8 +199,7 @@ fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
     let Some((_serial, cluster, trust)) = slurm_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let sleep = 3.0 * time_scale();
     let workload = format!("--delay 0.3 --alloc-mib 64 --sleep {sleep}");
     let script = format!(
@@ -216,11 +210,7 @@ fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
     let id = job_container(&agent, job, "apptheus_container_memory_rss_bytes");
     let m = agent.metrics();
     assert_eq!(
-        value(
-            &m,
-            "apptheus_container_proc_memory_rss_bytes",
-            &[("container_id", &id)]
-        ),
+        of(&m, "apptheus_container_proc_memory_rss_bytes", &id),
         None,
         "alone in its task's cgroup: read from it, not from its processes\n{m}"
     );
@@ -273,8 +263,7 @@ fn a_jobs_memory_limit_holds_and_slurm_tells_it_ran_out_of_memory() {
     let Some((_serial, cluster, trust)) = slurm_setup() else {
         return;
     };
-    let (cli, starter) = trust.apptainer_layout();
-    let agent = Agent::trusting(&starter, &[]);
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let job = cluster
         .submit(
             &batch_script(&cli, &starter, "--delay 0.3 --alloc-mib 300 --sleep 1"),

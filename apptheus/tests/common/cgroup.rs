@@ -70,3 +70,14 @@ pub fn wait_container(agent: &Agent, starter: &Path, metric: &str) -> String {
     });
     id.unwrap()
 }
+
+/// Where a container's RSS is read when its cgroup's parent holds
+/// processes: on cgroup v2 its cgroup then has no memory controller, and
+/// the RSS comes from its processes; on v1 its cgroup gives it.
+pub fn rss_metric(mc: &MemoryController) -> &'static str {
+    if mc.v2 {
+        "apptheus_container_proc_memory_rss_bytes"
+    } else {
+        "apptheus_container_memory_rss_bytes"
+    }
+}

@@ -52,6 +52,14 @@ pub fn trusted_starter() -> Option<(MutexGuard<'static, ()>, TrustDir, PathBuf)>
     Some((serial, trust, starter))
 }
 
+/// Apptainer's layout in `trust` ([`TrustDir::apptainer_layout`]) and an
+/// agent trusting its starter: (tool, starter, agent).
+pub fn agent_trusting_apptainer(trust: &TrustDir) -> (PathBuf, PathBuf, Agent) {
+    let (cli, starter) = trust.apptainer_layout();
+    let agent = Agent::trusting(&starter, &[]);
+    (cli, starter, agent)
+}
+
 /// The value of `name` for container `id`.
 pub fn of(m: &str, name: &str, id: &str) -> Option<f64> {
     value(m, name, &[("container_id", id)])
