@@ -170,17 +170,27 @@ fn a_users_exec_is_one_container_with_its_sif_cpu_and_memory() {
     );
 }
 
-/// `apptainer run` of a SIF, as root: a container like `exec`.
+/// `apptainer run` of a SIF, as root and as an ordinary user: one
+/// container each, like `exec`.
 #[test]
 fn a_run_is_a_container() {
     let _serial = common::serial();
     let Some((s, agent)) = setup(&[]) else { return };
-    let img = image(&s, "runs");
-    let w = Workload::new().cpu(Duration::from_millis(300)).children(2);
-    let (done, tree) = run_to_end(s.run(As::Root, &img, &[], &w).unwrap());
-    let id = find(&agent, "image", &img.inside);
-    ended(&agent, &id);
-    assert_cpu(&agent, &id, workload_cpu(&done), tree);
+    for who in [As::Root, As::User] {
+        let img = image(&s, &format!("runs-{}", format!("{who:?}").to_lowercase()));
+        let started = counter(&agent, "apptheus_containers_started_total");
+        let w = Workload::new().cpu(Duration::from_millis(300)).children(2);
+        let (done, tree) = run_to_end(s.run(who, &img, &[], &w).unwrap());
+        let id = find(&agent, "image", &img.inside);
+        ended(&agent, &id);
+        assert_cpu(&agent, &id, workload_cpu(&done), tree);
+        assert_eq!(
+            counter(&agent, "apptheus_containers_started_total") - started,
+            1.0,
+            "{who:?}: one run, one container\n{}",
+            agent.log_text()
+        );
+    }
 }
 
 /// `exec --memory`: Apptainer moves the workload into a cgroup of its own
