@@ -134,8 +134,15 @@ pub fn proc_file(data: &[u8]) {
             for path in c.v2.iter().chain(c.v1.values()) {
                 assert!(path.starts_with('/'), "{path:?}");
             }
+            // A job label is Slurm's job id, or the SLUID newer releases
+            // name the job's directory after: short, letters and digits.
             if let Some(job) = model::slurm::job_in_proc_cgroup(&t) {
-                assert!(!job.is_empty() && job.bytes().all(|b| b.is_ascii_digit()));
+                assert!(
+                    !job.is_empty()
+                        && job.len() <= 20
+                        && job.bytes().all(|b| b.is_ascii_alphanumeric()),
+                    "{job:?}"
+                );
             }
         }
         2 => {
