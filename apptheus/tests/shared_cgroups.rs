@@ -174,7 +174,10 @@ fn a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes() {
     let (cli, starter, agent) = agent_trusting_apptainer(&trust);
     let mut job = SlurmJob::new(&mc, "job_4242", 256 << 20);
 
-    let sleep = format!("{}", 3.0 * time_scale());
+    // Long enough for a PSS reading of the settled workload: after a read
+    // that took t, the next comes t / 1 % later (up to about 20 s for its
+    // 200 MiB in the emulated VMs).
+    let sleep = format!("{}", 8.0 * time_scale());
     // Storage I/O: 16 MiB written, and 32 MiB read from a file evicted
     // from the page cache, on the temporary directory's file system.
     let io_dir = tempfile::tempdir().unwrap();
