@@ -293,11 +293,22 @@ fn a_batch_scripts_container_in_a_slurm_job_is_read_from_its_processes() {
 
     assert!(shell.wait().unwrap().success());
     let truth = children_cpu_seconds() - before;
-    let mut cpu = 0.0;
+    // The final values: the sample taken at the kernel's report of the
+    // container's end (a sample that finds no process left may have read
+    // the kernel's totals just before the last exit), once published.
     agent.wait_for(WAIT, "the container's end", || {
-        let m = agent.metrics();
-        cpu = of(&m, "apptheus_container_proc_cpu_seconds_total", &id).unwrap_or(0.0);
-        of(&m, "apptheus_container_proc_processes", &id) == Some(0.0)
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("container exited") && l.contains(&id))
+    });
+    let mut cpu = -1.0;
+    agent.wait_for(WAIT, "the container's final values", || {
+        std::thread::sleep(scaled(Duration::from_millis(500)));
+        let now = metric("apptheus_container_proc_cpu_seconds_total");
+        let settled = now == cpu;
+        cpu = now;
+        settled
     });
     eprintln!("measured: CPU {cpu:.4} s, rusage {truth:.4} s");
     // Every task's CPU time is the container's from its starter's exec on
