@@ -193,6 +193,14 @@ pub struct ContainerState {
     pub exited_runtime_ns: u64,
     pub exited_read_bytes: u64,
     pub exited_write_bytes: u64,
+    /// What the starter's task had used before it became the starter (the
+    /// same quantities, read at its exec): a batch script that `exec`s
+    /// Apptainer hands its own process on, and what that process used as
+    /// the script is not the container's. Subtracted from the container's
+    /// totals.
+    pub start_runtime_ns: u64,
+    pub start_read_bytes: u64,
+    pub start_write_bytes: u64,
 }
 
 /// What an [`Event`] reports.
@@ -281,7 +289,7 @@ impl Default for Event {
 
 pub const EVENT_SIZE: usize = 136;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<ContainerState>() == 160);
+const _: () = assert!(core::mem::size_of::<ContainerState>() == 184);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
 
 /// Indexes of the per-CPU `STATS` array.

@@ -7,7 +7,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, attribute, bump, config, container_of, read_at, runq_slot_of},
+    kernel::{
+        atomic_add, attribute, bump, config, container_of, read_at, runq_slot_of, unattribute,
+    },
     maps::CONTAINERS,
 };
 
@@ -23,6 +25,12 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let Some(cid) = container_of(parent_tid) else {
         return Ok(());
     };
+    // Its container let go by user space (a helper run, a run refused):
+    // the parent is in none any more, and neither is the child.
+    let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
+        unattribute(parent_tid);
+        return Ok(());
+    };
     let off = config().offsets;
     let child: *const u8 = ctx.arg(1);
     let child_pid: i32 = read_at(child, off.task_pid)?;
@@ -35,15 +43,13 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         bump(Stat::TasksMapFull);
         return Ok(());
     }
-    if let Some(st) = CONTAINERS.get_ptr_mut(&cid) {
-        // SAFETY: st points into a live map value.
-        unsafe {
-            atomic_add(&raw mut (*st).live_tasks, 1);
-            if child_pid == child_tgid as u32 {
-                atomic_add(&raw mut (*st).forks, 1);
-            } else {
-                atomic_add(&raw mut (*st).threads_created, 1);
-            }
+    // SAFETY: st points into a live map value.
+    unsafe {
+        atomic_add(&raw mut (*st).live_tasks, 1);
+        if child_pid == child_tgid as u32 {
+            atomic_add(&raw mut (*st).forks, 1);
+        } else {
+            atomic_add(&raw mut (*st).threads_created, 1);
         }
     }
     Ok(())

@@ -29,10 +29,14 @@ impl Agent {
                 .find_map(|p| self.procfs.uid(p))
                 .unwrap_or(0);
             if let Some(k) = self.kernel.as_mut() {
+                let used = crate::host::procstats::used_by(self.procfs.root(), &tids);
                 let state = ContainerState {
                     start_boot_ns: key,
                     starter_tgid: pid,
                     uid,
+                    start_runtime_ns: used.runtime_ns,
+                    start_read_bytes: used.read_bytes,
+                    start_write_bytes: used.write_bytes,
                     ..ContainerState::default()
                 };
                 if let Err(e) = k.adopt(key, &state, &tids) {

@@ -317,11 +317,8 @@ impl Agent {
                     });
                 }
                 _ = housekeeping.tick(), if on_demand => self.housekeep(),
-                _ = soon.tick(), if self.publish_soon || self.any_closing() => {
-                    self.end_closed();
-                    if self.publish_soon {
-                        tokio::task::block_in_place(|| self.publish());
-                    }
+                _ = soon.tick(), if self.publish_soon => {
+                    tokio::task::block_in_place(|| self.publish());
                 }
                 _ = sighup.recv() => self.reload_trust("SIGHUP"),
                 _ = trust_check.tick() => self.reload_trust("trusted path changed"),

@@ -65,8 +65,8 @@ macro_rules! metrics {
 metrics! {
     // --- Per container: identity -------------------------------------------
     CONTAINER_INFO = "apptheus_container_info", Gauge,
-        &["container_id", "starter", "image", "instance", "user", "uid", "slurm_job_id"],
-        "Metadata of a container; always 1.";
+        &["container_id", "starter", "image", "instance", "user", "uid", "slurm_job_id", "from_processes"],
+        "Metadata of a container; always 1. from_processes lists the statistics families (cpu, memory, pids, io) read from the container's processes rather than its cgroups, for its whole life.";
     CONTAINER_START_TIME = "apptheus_container_start_time_seconds", Gauge, ID,
         "Start time of the container (its starter's exec), in seconds since the Unix epoch.";
 
@@ -106,9 +106,9 @@ metrics! {
     CONTAINER_CPU_CFS_THROTTLED = "apptheus_container_cpu_cfs_throttled_seconds_total", Counter, ID,
         "Time the container was throttled by a CFS bandwidth limit.";
     CONTAINER_MEMORY_USAGE = "apptheus_container_memory_usage_bytes", Gauge, ID,
-        "Memory charged to the container, page cache included.";
+        "Memory charged to the container, page cache included; where read from its processes (from_processes has memory), their proportional set size.";
     CONTAINER_MEMORY_WORKING_SET = "apptheus_container_memory_working_set_bytes", Gauge, ID,
-        "Memory usage less inactive file pages (what the OOM killer weighs; cAdvisor's definition).";
+        "Memory usage less inactive file pages (what the OOM killer weighs; cAdvisor's definition); from its processes, their proportional set size.";
     CONTAINER_MEMORY_RSS = "apptheus_container_memory_rss_bytes", Gauge, ID,
         "Anonymous memory (RSS).";
     CONTAINER_MEMORY_CACHE = "apptheus_container_memory_cache_bytes", Gauge, ID,
@@ -130,15 +130,15 @@ metrics! {
     CONTAINER_MEMORY_UNDER_OOM = "apptheus_container_memory_under_oom", Gauge, ID,
         "1 while the container's tasks are held in the OOM handler (cgroup v1, oom_kill_disable set).";
     CONTAINER_PIDS = "apptheus_container_pids", Gauge, ID,
-        "Processes and threads in the container's cgroup (pids.current).";
+        "Tasks (processes and threads) in the container's cgroup (pids.current), or of its processes.";
     CONTAINER_PIDS_LIMIT = "apptheus_container_pids_limit", Gauge, ID,
         "Limit on pids.current; absent when unlimited.";
     CONTAINER_THREADS = "apptheus_container_threads", Gauge, ID,
-        "Threads in the container's cgroup.";
+        "Threads in the container's cgroup, or of its processes.";
     CONTAINER_BLKIO_READ_BYTES = "apptheus_container_blkio_read_bytes_total", Counter, ID_DEVICE,
-        "Bytes read from block devices.";
+        "Bytes read from block devices (an empty device: the container's processes' storage reads, all devices together).";
     CONTAINER_BLKIO_WRITE_BYTES = "apptheus_container_blkio_write_bytes_total", Counter, ID_DEVICE,
-        "Bytes written to block devices.";
+        "Bytes written to block devices (an empty device: what the container's processes dirtied for storage, all devices together).";
     CONTAINER_BLKIO_READ_OPERATIONS = "apptheus_container_blkio_read_operations_total", Counter, ID_DEVICE,
         "Read operations on block devices.";
     CONTAINER_BLKIO_WRITE_OPERATIONS = "apptheus_container_blkio_write_operations_total", Counter, ID_DEVICE,
@@ -153,25 +153,6 @@ metrics! {
         "Time some tasks of the container waited for I/O (PSI some).";
     CONTAINER_PRESSURE_IO_STALLED = "apptheus_container_pressure_io_stalled_seconds_total", Counter, ID,
         "Time all tasks of the container stalled on I/O (PSI full).";
-
-    // --- Per container: read from its processes ----------------------------
-    // Only for a container whose cgroups cannot give its memory (its
-    // starter's cgroup shared with other processes); never mixed into a
-    // cgroup family.
-    CONTAINER_PROC_PROCESSES = "apptheus_container_proc_processes", Gauge, ID,
-        "Processes of the container, read from /proc where its cgroups cannot give its statistics.";
-    CONTAINER_PROC_THREADS = "apptheus_container_proc_threads", Gauge, ID,
-        "Threads of the container's processes, read from /proc.";
-    CONTAINER_PROC_MEMORY_PSS = "apptheus_container_proc_memory_pss_bytes", Gauge, ID,
-        "Proportional set size summed over the container's processes (smaps_rollup Pss: a page mapped by n processes counts 1/n in each), as last read.";
-    CONTAINER_PROC_MEMORY_RSS = "apptheus_container_proc_memory_rss_bytes", Gauge, ID,
-        "Resident set size summed over the container's processes (statm; a shared page counts in each process that maps it).";
-    CONTAINER_PROC_CPU = "apptheus_container_proc_cpu_seconds_total", Counter, ID,
-        "CPU time of the container's threads, live and exited (scheduler runtime).";
-    CONTAINER_PROC_IO_READ_BYTES = "apptheus_container_proc_io_read_bytes_total", Counter, ID,
-        "Bytes the container's threads, live and exited, made the storage layer read (/proc io read_bytes).";
-    CONTAINER_PROC_IO_WRITE_BYTES = "apptheus_container_proc_io_write_bytes_total", Counter, ID,
-        "Bytes the container's threads, live and exited, dirtied for writing to storage (/proc io write_bytes).";
 
     // --- The agent ---------------------------------------------------------
     BUILD_INFO = "apptheus_build_info", Gauge,

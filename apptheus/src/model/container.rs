@@ -7,7 +7,7 @@ use crate::model::{
     cgroups::ContainerCgroups,
     lifecycle::Lifecycle,
     metadata::Metadata,
-    processes::{ExitedTotals, ProcSource, ProcStats},
+    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcSource},
     stats::{CgroupStats, PartStats, combine},
 };
 
@@ -107,11 +107,13 @@ pub struct FsCounters {
 /// The latest statistics of a container, as exported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
+    /// From its cgroups, and for the families they cannot give, from its
+    /// processes (see [`crate::model::processes`]).
     pub cgroup: CgroupStats,
     pub kernel: Option<KernelCounters>,
-    /// From the container's processes, where its cgroups cannot give its
-    /// memory (see [`crate::model::processes`]).
-    pub processes: Option<ProcStats>,
+    /// The families read from its processes (none: every family is its
+    /// cgroups').
+    pub from_processes: FromProcesses,
 }
 
 /// A starter run whose tasks belong to the container: the one that started
@@ -189,9 +191,14 @@ pub struct Container {
     pub members: Vec<Member>,
     /// The cgroups its statistics come from.
     pub parts: Vec<Part>,
-    /// Set when its cgroups cannot give its memory: its statistics are
-    /// read from its processes too.
+    /// Set when its own cgroups lack families (see
+    /// [`crate::model::processes`]): those are read from its processes.
     pub processes: Option<ProcSource>,
+    /// Whether where its statistics come from was decided (once, when its
+    /// cgroups were first set up).
+    pub sources_decided: bool,
+    /// Without the kernel programs: its processes seen so far.
+    pub known: KnownProcesses,
     /// What is exported, refreshed by each sample (shared with the
     /// snapshot readers get until the next).
     pub sample: Option<std::sync::Arc<Sample>>,
@@ -218,6 +225,8 @@ impl Container {
             }],
             parts: Vec::new(),
             processes: None,
+            sources_decided: false,
+            known: KnownProcesses::default(),
             sample: None,
         }
     }
@@ -257,28 +266,45 @@ impl Container {
         let has_runtime = self
             .live_parts()
             .any(|p| matches!(p.origin, Origin::Runtime { .. }));
+        // A cgroup shared with other processes gives the container its
+        // limits only: what is used there is not the container's alone.
+        let limits_only: Vec<Option<CgroupStats>> = self
+            .parts
+            .iter()
+            .map(|p| match p.origin {
+                Origin::Shared { .. } => p.last.as_ref().map(CgroupStats::limits_only),
+                _ => None,
+            })
+            .collect();
         let parts: Vec<PartStats<'_>> = self
             .parts
             .iter()
-            .filter_map(|p| {
-                p.last.as_ref().map(|stats| PartStats {
+            .zip(&limits_only)
+            .filter_map(|(p, limits)| {
+                limits.as_ref().or(p.last.as_ref()).map(|stats| PartStats {
                     stats,
                     live: !p.gone,
                     limits: !has_runtime || matches!(p.origin, Origin::Runtime { .. }),
                 })
             })
             .collect();
-        let cgroup = combine(&parts);
+        let mut cgroup = combine(&parts);
+        if let Some(p) = &self.processes {
+            p.overlay(&mut cgroup);
+        }
         let kernel = self
             .members
             .iter()
             .filter_map(|m| m.counters.clone())
             .reduce(|a, b| a.plus(&b));
-        let processes = self.processes.as_ref().and_then(|p| p.stats.clone());
         self.sample = Some(std::sync::Arc::new(Sample {
             cgroup,
             kernel,
-            processes,
+            from_processes: self
+                .processes
+                .as_ref()
+                .map(|p| p.families)
+                .unwrap_or_default(),
         }));
     }
 }

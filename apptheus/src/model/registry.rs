@@ -91,11 +91,19 @@ impl Registry {
         self.members.get(&member).copied()
     }
 
-    /// The live instance named `name` of user `uid`.
+    /// The running instance named `name` of user `uid`: the newest whose
+    /// own starter runs (an instance stopped lives on while a join of it
+    /// does, but is no longer there to join).
     pub fn instance(&self, uid: u32, name: &str) -> Option<u64> {
         self.containers
             .values()
-            .find(|c| c.life.is_live() && c.uid == uid && c.meta.instance.as_deref() == Some(name))
+            .rev()
+            .find(|c| {
+                c.life.is_live()
+                    && !c.members[0].ended
+                    && c.uid == uid
+                    && c.meta.instance.as_deref() == Some(name)
+            })
             .map(|c| c.key)
     }
 

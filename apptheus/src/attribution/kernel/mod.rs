@@ -25,7 +25,7 @@ use aya::{
 use crate::model::{
     collectors::{Collector, Collectors},
     container::{FsCounters, KernelCounters, NetCounters},
-    processes::ExitedTotals,
+    processes::{Baseline, ExitedTotals},
 };
 
 /// What to load beyond container attribution.
@@ -296,6 +296,11 @@ impl Kernel {
                 io: self
                     .banks_io
                     .then_some((s.exited_read_bytes, s.exited_write_bytes)),
+                before_start: Baseline {
+                    runtime_ns: s.start_runtime_ns,
+                    read_bytes: s.start_read_bytes,
+                    write_bytes: s.start_write_bytes,
+                },
             }),
         })
     }
