@@ -452,7 +452,7 @@ fn with_controllers_left_alone_a_v2_containers_memory_comes_from_its_processes()
         &starter,
         "apptheus_container_cpu_usage_seconds_total",
     );
-    let memory = rss_metric(&mc);
+    let memory = "apptheus_container_memory_rss_bytes";
     agent.wait_for(WAIT, "the container's memory", || {
         of(&agent.metrics(), memory, &id).is_some_and(|v| v >= 60.0 * MIB)
     });

@@ -8,7 +8,7 @@
 //! otherwise SKIPPED (a failure under APPTHEUS_REQUIRE_PRIVILEGED=1).
 mod common;
 
-use std::{sync::MutexGuard, time::Duration};
+use std::time::Duration;
 
 use apptheus_testkit::{
     apptainer::{As, Session},
@@ -16,7 +16,7 @@ use apptheus_testkit::{
     slurm::{Cgroups, Cluster},
     workload::{Report, Workload},
 };
-use common::{Agent, container_id, of, value};
+use common::{Agent, Serial, container_id, of, value};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -25,7 +25,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// session in the Apptainer root, a running one-node cluster and an agent
 /// trusting the root's starter. Bind them in this order, so that they go
 /// in the reverse.
-fn setup() -> Option<(MutexGuard<'static, ()>, Session, Cluster, Agent)> {
+fn setup() -> Option<(Serial, Session, Cluster, Agent)> {
     let serial = common::serial();
     let s = or_skip(Session::start()).unwrap()?;
     let cluster = or_skip(Cluster::start()).unwrap()?;

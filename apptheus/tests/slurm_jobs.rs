@@ -11,7 +11,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    sync::MutexGuard,
     time::Duration,
 };
 
@@ -29,7 +28,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// apart, a running one-node cluster and a trusted directory. Bind them in
 /// this order (`let Some((_serial, cluster, trust)) = ...`), so that they
 /// go in the reverse.
-fn slurm_setup() -> Option<(MutexGuard<'static, ()>, Cluster, TrustDir)> {
+fn slurm_setup() -> Option<(Serial, Cluster, TrustDir)> {
     if !privileged() {
         return None;
     }

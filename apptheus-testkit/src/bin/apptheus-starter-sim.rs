@@ -6,6 +6,7 @@
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
+//!   apptheus-starter-sim rusage FILE -- CMD [ARGS...]
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--read-file PATH]
@@ -26,7 +27,10 @@
 //! `apptainer exec` does.
 //!
 //! `workload` does a known amount of work, so tests can compare what
-//! apptheus reports with the truth.
+//! apptheus reports with the truth. `rusage` runs CMD, waits for it, and
+//! writes to FILE the CPU time in seconds its whole tree used (what the
+//! kernel's rusage of the reaped children says): the truth for one
+//! container among other processes.
 use std::{
     ffi::CString,
     os::unix::net::UnixStream,
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("workload") => return workload(&args[1..]),
         Some("launch") => return launch(&args[1..]),
+        Some("rusage") => return rusage(&args[1..]),
         _ => {}
     }
     let mut socket = None;
@@ -109,6 +114,39 @@ fn launch(args: &[String]) -> ExitCode {
     std::thread::sleep(Duration::from_secs_f64(after));
     // By path, as Apptainer's tool execs the starter.
     exec(rest, |argv| nix::unistd::execv(&argv[0], argv))
+}
+
+fn rusage(args: &[String]) -> ExitCode {
+    let (Some(file), Some("--")) = (args.first(), args.get(1).map(String::as_str)) else {
+        eprintln!("usage: apptheus-starter-sim rusage FILE -- CMD [ARGS...]");
+        return ExitCode::from(2);
+    };
+    let cmd = &args[2..];
+    if cmd.is_empty() {
+        eprintln!("rusage: no command");
+        return ExitCode::from(2);
+    }
+    let status = match std::process::Command::new(&cmd[0]).args(&cmd[1..]).status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rusage: running {}: {e}", cmd[0]);
+            return ExitCode::from(127);
+        }
+    };
+    let Ok(r) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) else {
+        eprintln!("rusage: getrusage failed");
+        return ExitCode::FAILURE;
+    };
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let cpu = secs(r.user_time()) + secs(r.system_time());
+    if let Err(e) = std::fs::write(file, format!("{cpu}\n")) {
+        eprintln!("rusage: writing {file}: {e}");
+        return ExitCode::FAILURE;
+    }
+    match status.code() {
+        Some(c) => ExitCode::from(c as u8),
+        None => ExitCode::FAILURE,
+    }
 }
 
 /// Replaces this process with `cmd` through `how` (execv or execvp);

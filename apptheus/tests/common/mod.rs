@@ -10,13 +10,13 @@ pub mod cgroup;
 use std::{
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    sync::MutexGuard,
 };
 
 pub use apptheus_testkit::{
     cgroupfs::{MemoryController, our_cgroup_dirs},
     host::{
-        TrustDir, children_cpu_seconds, launch_workload, run, scaled, serial, time_scale, unique,
+        Serial, TrustDir, children_cpu_seconds, launch_workload, run, scaled, serial, time_scale,
+        unique,
     },
     scrape::{container_id, http_get, value},
     sim::starter_sim,
@@ -42,7 +42,7 @@ pub fn privileged() -> bool {
 /// directory holding the starter simulator as `starter`. Bind them in this
 /// order (`let Some((_serial, trust, starter)) = ...`), so that they go in
 /// the reverse.
-pub fn trusted_starter() -> Option<(MutexGuard<'static, ()>, TrustDir, PathBuf)> {
+pub fn trusted_starter() -> Option<(Serial, TrustDir, PathBuf)> {
     if !privileged() {
         return None;
     }
