@@ -4,7 +4,7 @@
 //! becomes the "master" which optionally connects to apptheus' monitoring
 //! socket, keeps the connection open, and waits for the container.
 //!
-//!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
+//!   apptheus-starter-sim [--socket PATH] [--no-namespaces] [--arg0 NAME] -- CMD [ARGS...]
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
 //!   apptheus-starter-sim rusage FILE -- CMD [ARGS...]
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
@@ -54,11 +54,18 @@ fn main() -> ExitCode {
     }
     let mut socket = None;
     let mut namespaces = true;
+    let mut arg0 = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--socket" => {
                 socket = args.get(i + 1).cloned();
+                i += 2;
+            }
+            // The container's CMD is executed with this first argument (as
+            // Apptainer's tool names the starter runs it makes).
+            "--arg0" => {
+                arg0 = args.get(i + 1).cloned();
                 i += 2;
             }
             "--no-namespaces" => {
@@ -80,7 +87,7 @@ fn main() -> ExitCode {
     // SAFETY: single-threaded here; the child only calls async-signal-safe
     // functions (unshare, fork, exec, waitpid) before exec or exit.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => container(cmd, namespaces),
+        Ok(ForkResult::Child) => container(cmd, namespaces, arg0.as_deref()),
         Ok(ForkResult::Parent { child }) => {
             // The master: connect like Apptainer does, send nothing, keep
             // the connection for the container's life.
@@ -168,7 +175,7 @@ fn exec(
     ExitCode::from(127)
 }
 
-fn container(cmd: &[String], namespaces: bool) -> ExitCode {
+fn container(cmd: &[String], namespaces: bool, arg0: Option<&str>) -> ExitCode {
     if namespaces {
         if let Err(e) = unshare(
             CloneFlags::CLONE_NEWNS
@@ -191,7 +198,18 @@ fn container(cmd: &[String], namespaces: bool) -> ExitCode {
             }
         }
     }
-    exec(cmd, |argv| execvp(&argv[0], argv))
+    match arg0 {
+        None => exec(cmd, |argv| execvp(&argv[0], argv)),
+        Some(name) => {
+            let Ok(path) = CString::new(cmd[0].as_bytes()) else {
+                eprintln!("argument with a NUL byte");
+                return ExitCode::from(2);
+            };
+            let mut named = cmd.to_vec();
+            named[0] = name.to_string();
+            exec(&named, |argv| execvp(&path, argv))
+        }
+    }
 }
 
 fn exit_code(status: nix::Result<WaitStatus>) -> ExitCode {
