@@ -165,7 +165,7 @@ fn a_cancelled_jobs_container_goes_with_it_and_slurm_removes_its_cgroups() {
     let m = agent.metrics();
     let rss = of(&m, "apptheus_container_memory_rss_bytes", &id).unwrap();
     assert!(
-        rss >= 60.0 * MIB && rss <= 80.0 * MIB,
+        (60.0 * MIB..=80.0 * MIB).contains(&rss),
         "the container's own memory ({:.1} MiB for 64 MiB touched), not the batch shell's\n{m}",
         rss / MIB
     );
@@ -210,7 +210,7 @@ fn a_batch_script_that_execs_apptainer_is_read_from_its_task_cgroup() {
     let m = agent.metrics();
     let rss = of(&m, "apptheus_container_memory_rss_bytes", &id).unwrap();
     assert!(
-        rss >= 60.0 * MIB && rss <= 80.0 * MIB,
+        (60.0 * MIB..=80.0 * MIB).contains(&rss),
         "{:.1} MiB for 64 MiB touched\n{m}",
         rss / MIB
     );
