@@ -199,7 +199,7 @@ fn a_batch_scripts_container_counts_only_itself() {
         r = to_read.display(),
     );
     let mut shell = job.shell(&format!(
-        "{busy}; dd if=/dev/zero of={shm} bs=1048576 count=64 || exit 99; \
+        "{busy}; {sim} write {shm} 67108864 || exit 99; \
          {sim} workload --alloc-mib 32 --spin 0.3 --sleep {sleep} & \
          {sim} rusage {truth} -- {launch}; rc=$?; wait; exit $rc",
         busy = SHELL_BUSY_LOOP,
@@ -385,7 +385,8 @@ fn a_batch_script_that_execs_apptainer_hands_on_none_of_its_own_use() {
     let mut job = SlurmJob::new(&mc, "job_77", 512 << 20);
     let shm = ShmFile::new();
     let mut filler = job.shell(&format!(
-        "dd if=/dev/zero of={} bs=1048576 count=64",
+        "{} write {} 67108864",
+        starter_sim().display(),
         shm.0.display()
     ));
     assert!(

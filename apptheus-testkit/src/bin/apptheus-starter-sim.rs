@@ -7,6 +7,7 @@
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] [--arg0 NAME] -- CMD [ARGS...]
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
 //!   apptheus-starter-sim rusage FILE -- CMD [ARGS...]
+//!   apptheus-starter-sim write FILE BYTES
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--read-file PATH]
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         Some("workload") => return workload(&args[1..]),
         Some("launch") => return launch(&args[1..]),
         Some("rusage") => return rusage(&args[1..]),
+        Some("write") => return write(&args[1..]),
         _ => {}
     }
     let mut socket = None;
@@ -153,6 +155,23 @@ fn rusage(args: &[String]) -> ExitCode {
     match status.code() {
         Some(c) => ExitCode::from(c as u8),
         None => ExitCode::FAILURE,
+    }
+}
+
+/// Writes BYTES zero bytes to FILE and keeps it (e.g. shared memory in
+/// /dev/shm, charged to the writer's memory cgroup).
+fn write(args: &[String]) -> ExitCode {
+    let (Some(path), Some(Ok(bytes))) = (args.first(), args.get(1).map(|b| b.parse::<usize>()))
+    else {
+        eprintln!("usage: apptheus-starter-sim write FILE BYTES");
+        return ExitCode::from(2);
+    };
+    match std::fs::write(path, vec![0u8; bytes]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("write {path}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
