@@ -1,6 +1,6 @@
 //! sched_process_exit: a container's task is gone; the last one ends the
 //! container.
-use apptheus_common::{Event, EventKind};
+use apptheus_common::{Event, EventKind, Stat};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::btf_tracepoint,
@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, container_of, emit, offset, read_at, unattribute},
+    kernel::{atomic_add, boot_ns, bump, container_of, emit, offset, read_at, unattribute},
     maps::{CONTAINERS, WATCHED},
 };
 
@@ -78,22 +78,30 @@ fn try_exit() {
 }
 
 /// The exiting (current) task's CPU time in nanoseconds and its storage
-/// reads and writes in bytes; 0 for what this kernel does not account or
-/// cannot be read.
+/// reads and writes in bytes; 0 for what this kernel does not account.
+/// A field that cannot be read counts as 0 and as an error of the program
+/// (what the task used is then missing from its container's totals).
 fn used() -> (u64, u64, u64) {
     // SAFETY: a helper without arguments; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let field = |off: u32| -> u64 {
+    let mut failed = false;
+    let mut field = |off: u32| -> u64 {
         if off == 0 {
-            0
-        } else {
-            read_at::<u64>(task, off).unwrap_or(0)
+            return 0;
         }
+        read_at::<u64>(task, off).unwrap_or_else(|_| {
+            failed = true;
+            0
+        })
     };
-    (
+    let out = (
         field(offset!(task_runtime)),
         field(offset!(task_read_bytes)),
         field(offset!(task_write_bytes)),
-    )
+    );
+    if failed {
+        bump(Stat::ExitErrors);
+    }
+    out
 }

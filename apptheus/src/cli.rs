@@ -115,6 +115,20 @@ pub struct Args {
     #[arg(long = "ebpf.stats", value_name = "BOOL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ebpf_stats: bool,
 
+    /// Tasks (threads) of containers the kernel programs follow at once,
+    /// node-wide (about 100 bytes of kernel memory each). A task beyond is
+    /// not followed: counted in apptheus_ebpf_map_full_total{map="tasks"}.
+    #[arg(long = "ebpf.max-tasks", value_name = "N", default_value_t = apptheus_common::MAX_TASKS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub ebpf_max_tasks: u32,
+
+    /// Starter runs the kernel programs follow at once, node-wide (about
+    /// 250 bytes of kernel memory each). A run beyond is not attributed:
+    /// counted in apptheus_ebpf_map_full_total{map="containers"}.
+    #[arg(long = "ebpf.max-containers", value_name = "N", default_value_t = apptheus_common::MAX_CONTAINERS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub ebpf_max_containers: u32,
+
     /// Only log messages at this level or above.
     #[arg(
         long = "log.level",
@@ -243,6 +257,12 @@ mod tests {
         assert!(a.on_demand);
         assert!(!parse(&["--monitor.on-demand=false"]).unwrap().on_demand);
         assert_eq!(a.cgroup_open_files, None);
+        assert_eq!(a.ebpf_max_tasks, 262_144);
+        assert_eq!(a.ebpf_max_containers, 16_384);
+        let small = parse(&["--ebpf.max-tasks=8", "--ebpf.max-containers=2"]).unwrap();
+        assert_eq!((small.ebpf_max_tasks, small.ebpf_max_containers), (8, 2));
+        let e = parse(&["--ebpf.max-tasks=0"]).unwrap_err().to_string();
+        assert!(e.contains("--ebpf.max-tasks"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::{
 };
 
 mod adopting;
+mod drops;
 mod placing;
 mod processes;
 mod sampling;
@@ -66,6 +67,8 @@ pub(crate) struct Agent {
     bpf_stats: Option<std::os::fd::OwnedFd>,
     /// Kernel events lost so far, as last reported.
     lost_seen: u64,
+    /// The kernel programs' other drops, as last reported.
+    drops: crate::model::drops::Reported,
     /// The statistics sources.
     sources: sources::Sources,
     /// A container ended since the last publication: its final sample
@@ -129,6 +132,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 collectors: args.collectors.selected(),
                 cgroup2: host.layout.v2.clone(),
                 procfs: args.procfs.clone(),
+                sizes: kernel::Sizes {
+                    tasks: args.ebpf_max_tasks,
+                    containers: args.ebpf_max_containers,
+                    runq_containers: args.collectors.runqlat_max_containers,
+                },
             },
         ) {
             Ok(k) => Some(k),
@@ -220,6 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         delegated: Delegated::default(),
         bpf_stats: None,
         lost_seen: 0,
+        drops: Default::default(),
         publish_soon: false,
         reconciled: None,
     };

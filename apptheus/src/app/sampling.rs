@@ -88,6 +88,7 @@ impl Agent {
             self.reconcile();
             self.end_empty_containers();
         }
+        self.report_drops();
         self.retry_placements();
         self.retry_removals();
         let expired = self.registry.expire(now);

@@ -183,6 +183,10 @@ metrics! {
         "Containers seen starting since the agent started (not those adopted from an earlier run).";
     EBPF_EVENTS_LOST = "apptheus_ebpf_events_lost_total", Counter, &[],
         "Kernel events that did not fit in the ring buffer (recovered by reconciling with the kernel's maps).";
+    EBPF_MAP_FULL = "apptheus_ebpf_map_full_total", Counter, &["map"],
+        "Things lost because a kernel map was full, by map: tasks (a container's task not followed; raise --ebpf.max-tasks), containers (a starter run not attributed; raise --ebpf.max-containers), runq (a container's run-queue waits not observed; raise --collector.runqlat.max-containers).";
+    EBPF_PROGRAM_ERRORS = "apptheus_ebpf_program_errors_total", Counter, &["program"],
+        "Runs of a kernel program that stopped on a kernel read that failed, losing what they handled (an exec not identified, a task not followed, an exited task's usage not banked, a move or an OOM kill not seen, file bytes not counted).";
     SOCKET_CONNECTIONS = "apptheus_socket_connections_total", Counter, &["result"],
         "Connections to the monitoring socket, by result.";
     SAMPLE_DURATION = "apptheus_sample_duration_seconds", Gauge, &[],

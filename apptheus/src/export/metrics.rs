@@ -28,6 +28,10 @@ pub struct AgentMetrics {
     pub containers: IntGauge,
     pub containers_started: IntCounter,
     pub ebpf_events_lost: IntCounter,
+    /// What the kernel programs dropped: a map full, by map; a run that
+    /// failed, by program (see `model::drops`).
+    pub ebpf_map_full: IntCounterVec,
+    pub ebpf_program_errors: IntCounterVec,
     pub socket_connections: IntCounterVec,
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
@@ -100,6 +104,20 @@ impl AgentMetrics {
         let containers = must(IntGauge::with_opts(opts(&cat::CONTAINERS)));
         let containers_started = must(IntCounter::with_opts(opts(&cat::CONTAINERS_STARTED)));
         let ebpf_events_lost = must(IntCounter::with_opts(opts(&cat::EBPF_EVENTS_LOST)));
+        let ebpf_map_full = must(IntCounterVec::new(
+            opts(&cat::EBPF_MAP_FULL),
+            cat::EBPF_MAP_FULL.labels,
+        ));
+        for m in crate::model::drops::Map::ALL {
+            ebpf_map_full.with_label_values(&[m.label()]);
+        }
+        let ebpf_program_errors = must(IntCounterVec::new(
+            opts(&cat::EBPF_PROGRAM_ERRORS),
+            cat::EBPF_PROGRAM_ERRORS.labels,
+        ));
+        for (p, _, _) in crate::model::drops::PROGRAM_ERRORS {
+            ebpf_program_errors.with_label_values(&[p]);
+        }
         let socket_connections = must(IntCounterVec::new(
             opts(&cat::SOCKET_CONNECTIONS),
             cat::SOCKET_CONNECTIONS.labels,
@@ -163,6 +181,8 @@ impl AgentMetrics {
             Box::new(containers.clone()),
             Box::new(containers_started.clone()),
             Box::new(ebpf_events_lost.clone()),
+            Box::new(ebpf_map_full.clone()),
+            Box::new(ebpf_program_errors.clone()),
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(samples.clone()),
@@ -191,6 +211,8 @@ impl AgentMetrics {
             containers,
             containers_started,
             ebpf_events_lost,
+            ebpf_map_full,
+            ebpf_program_errors,
             socket_connections,
             sample_duration,
             samples,

@@ -3,6 +3,7 @@
 pub(crate) mod cgroups;
 pub(crate) mod collectors;
 pub(crate) mod container;
+pub(crate) mod drops;
 pub(crate) mod event;
 pub(crate) mod lifecycle;
 pub(crate) mod metadata;
