@@ -40,6 +40,7 @@ use crate::{
     model::{event::KernelEvent, registry::Registry},
 };
 
+mod admission;
 mod adopting;
 mod drops;
 mod placing;
@@ -69,6 +70,8 @@ pub(crate) struct Agent {
     lost_seen: u64,
     /// The kernel programs' other drops, as last reported.
     drops: crate::model::drops::Reported,
+    /// The per-user caps on starter runs.
+    caps: crate::model::caps::Caps,
     /// The statistics sources.
     sources: sources::Sources,
     /// A container ended since the last publication: its final sample
@@ -216,6 +219,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let procfs = Procfs::new(&args.procfs);
     let open_files = sources::open_files(args.cgroup_open_files, fd_limit);
+    let caps = crate::model::caps::Caps::new(args.limits());
     let mut agent = Agent {
         sources: sources::Sources::new(&args, open_files),
         placer: Placer::new(&host.layout, &args.procfs),
@@ -229,6 +233,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bpf_stats: None,
         lost_seen: 0,
         drops: Default::default(),
+        caps,
         publish_soon: false,
         reconciled: None,
     };

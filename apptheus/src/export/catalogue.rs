@@ -178,9 +178,9 @@ metrics! {
         &["version", "revision", "branch", "rustversion", "target"],
         "A metric with a constant '1' value labeled by version, revision, branch, rustversion and target from which apptheus was built.";
     CONTAINERS = "apptheus_containers", Gauge, &[],
-        "Containers currently tracked (running, or ended and within the grace period).";
+        "Containers currently exported (running, or ended and within the grace period).";
     CONTAINERS_STARTED = "apptheus_containers_started_total", Counter, &[],
-        "Containers seen starting since the agent started (not those adopted from an earlier run).";
+        "Containers seen starting since the agent started (not those adopted from an earlier run, nor starter runs that never ran anything).";
     EBPF_EVENTS_LOST = "apptheus_ebpf_events_lost_total", Counter, &[],
         "Kernel events that did not fit in the ring buffer (recovered by reconciling with the kernel's maps).";
     EBPF_MAP_FULL = "apptheus_ebpf_map_full_total", Counter, &["map"],
@@ -203,6 +203,10 @@ metrics! {
         "How containers are found: 1 for the mode in use (ebpf: kernel programs; socket: Apptainer's monitoring socket alone).";
     CONTAINER_PLACEMENT = "apptheus_container_placement_seconds", Histogram, &[],
         "Time from a starter's exec to every task of its container being inside the container's cgroups.";
+    STARTER_RUNS_UNSTARTED = "apptheus_starter_runs_unstarted_total", Counter, &[],
+        "Runs of a trusted starter that ended before running anything of their own (a start that failed at once, or a forged one): not containers, not exported.";
+    STARTER_RUNS_REFUSED = "apptheus_starter_runs_refused_total", Counter, &["reason"],
+        "Runs of a trusted starter not followed because their user was over a cap, by reason: rate (--limit.user-starts-per-second, --limit.user-start-burst), live (--limit.user-containers).";
     HELPER_RUNS = "apptheus_helper_runs_total", Counter, &[],
         "Runs of a starter that Apptainer's command-line tool made for itself (unpacking an image into a temporary sandbox, a clean-up); not containers.";
     INSTANCE_JOINS = "apptheus_instance_joins_total", Counter, &[],

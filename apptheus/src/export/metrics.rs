@@ -39,6 +39,10 @@ pub struct AgentMetrics {
     /// Starter runs Apptainer made for itself (not containers), and runs
     /// that joined an instance.
     pub helper_runs: IntCounter,
+    /// Starter runs that never ran anything, and runs refused by a cap
+    /// (see `model::caps`).
+    pub starter_runs_unstarted: IntCounter,
+    pub starter_runs_refused: IntCounterVec,
     pub joins: IntCounter,
     /// Trusted files, by role (starter, launcher).
     pub trusted_files: IntGaugeVec,
@@ -151,6 +155,15 @@ impl AgentMetrics {
                 ]),
         ));
         let helper_runs = must(IntCounter::with_opts(opts(&cat::HELPER_RUNS)));
+        let starter_runs_unstarted =
+            must(IntCounter::with_opts(opts(&cat::STARTER_RUNS_UNSTARTED)));
+        let starter_runs_refused = must(IntCounterVec::new(
+            opts(&cat::STARTER_RUNS_REFUSED),
+            cat::STARTER_RUNS_REFUSED.labels,
+        ));
+        for r in crate::model::caps::Refusal::ALL {
+            starter_runs_refused.with_label_values(&[r.label()]);
+        }
         let joins = must(IntCounter::with_opts(opts(&cat::INSTANCE_JOINS)));
         let trusted_files = must(IntGaugeVec::new(
             opts(&cat::TRUSTED_FILES),
@@ -192,6 +205,8 @@ impl AgentMetrics {
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(helper_runs.clone()),
+            Box::new(starter_runs_unstarted.clone()),
+            Box::new(starter_runs_refused.clone()),
             Box::new(joins.clone()),
             Box::new(trusted_files.clone()),
             Box::new(prewarm_windows.clone()),
@@ -222,6 +237,8 @@ impl AgentMetrics {
             mode,
             placement_seconds,
             helper_runs,
+            starter_runs_unstarted,
+            starter_runs_refused,
             joins,
             trusted_files,
             prewarm_windows,

@@ -1,5 +1,6 @@
 //! The agent's data, pure: containers and their life, samples, metadata.
 //! Nothing here touches the kernel, the file system or the network.
+pub(crate) mod caps;
 pub(crate) mod cgroups;
 pub(crate) mod collectors;
 pub(crate) mod container;
