@@ -45,6 +45,7 @@ mod adopting;
 mod drops;
 mod placing;
 mod processes;
+mod recovering;
 mod sampling;
 mod sockets;
 mod sources;
@@ -92,6 +93,15 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for a change in the trusted files' directories (never, without
+/// a watch).
+async fn dir_changed(w: &mut Option<crate::host::dirwatch::DirWatch>) -> std::io::Result<()> {
+    match w {
+        Some(w) => w.changed().await,
         None => std::future::pending().await,
     }
 }
@@ -299,6 +309,7 @@ impl Agent {
         let mut trust_check = tokio::time::interval(TRUST_RECHECK);
         trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         trust_check.tick().await;
+        let mut trust_watch = self.watch_trusted();
         // A first sample: ready, and the adopted containers' values.
         tokio::task::block_in_place(|| self.sample_all(&mut events, None));
         ready.store(true, Ordering::Release);
@@ -338,6 +349,17 @@ impl Agent {
                     }
                 }
                 _ = sighup.recv() => self.reload_trust("SIGHUP"),
+                r = dir_changed(&mut trust_watch) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "watching the trusted files' directories failed; a replaced starter is trusted within 5 s");
+                        trust_watch = None;
+                    } else {
+                        // Watched afresh first (a directory may have been
+                        // replaced): a change from now on is seen.
+                        trust_watch = self.watch_trusted();
+                        self.reload_trust("trusted file changed");
+                    }
+                }
                 _ = trust_check.tick() => self.reload_trust("trusted path changed"),
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
