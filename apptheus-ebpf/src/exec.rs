@@ -26,7 +26,9 @@ use crate::{
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn apptheus_exec(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_exec(&ctx);
+    if try_exec(&ctx).is_err() {
+        bump(Stat::ExecErrors);
+    }
     0
 }
 
@@ -44,7 +46,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     {
         let slot = runq_slot_of(old_pid);
         unattribute(old_pid);
-        let _ = attribute(tid, cid, RUN_DELAY_UNKNOWN, slot);
+        if attribute(tid, cid, RUN_DELAY_UNKNOWN, slot).is_err() {
+            bump(Stat::TasksMapFull);
+        }
     }
 
     // Already in a container: a nested starter stays part of the outer one.
@@ -84,7 +88,7 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     // What the task used before it became the starter (a batch script
     // that `exec`s Apptainer) is not the container's.
-    let (runtime, read, write) = task_use();
+    let (runtime, read, write) = task_use(Stat::ExecErrors);
     let mut state = ContainerState {
         live_tasks: 1,
         execs: 1,

@@ -1,6 +1,6 @@
 //! sched_process_exit: a container's task is gone; the last one ends the
 //! container.
-use apptheus_common::{Event, EventKind};
+use apptheus_common::{Event, EventKind, Stat};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
@@ -42,7 +42,7 @@ fn try_exit() {
     };
     // What the task used, banked before the count drops: once user space
     // sees the last task gone, the totals are complete.
-    let (runtime, read, write) = task_use();
+    let (runtime, read, write) = task_use(Stat::ExitErrors);
     // SAFETY: st points into a live map value.
     let left = unsafe {
         atomic_add(&raw mut (*st).exited_runtime_ns, runtime);

@@ -16,7 +16,9 @@ use crate::{
 /// TP_PROTO(struct task_struct *parent, struct task_struct *child)
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn apptheus_fork(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_fork(&ctx);
+    if try_fork(&ctx).is_err() {
+        bump(Stat::ForkErrors);
+    }
     0
 }
 

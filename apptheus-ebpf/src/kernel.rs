@@ -136,23 +136,32 @@ pub fn emit(ev: &Event) {
 
 /// The current task's CPU time in nanoseconds
 /// (`task_struct.se.sum_exec_runtime`) and its storage reads and writes in
-/// bytes (`task_struct.ioac`); 0 for what this kernel does not account or
-/// cannot be read.
+/// bytes (`task_struct.ioac`); 0 for what this kernel does not account. A
+/// field that cannot be read counts as 0 and as an error of the program
+/// (`errors`: what the task used is then missing from, or not subtracted
+/// from, its container's totals).
 #[inline(always)]
-pub fn task_use() -> (u64, u64, u64) {
+pub fn task_use(errors: Stat) -> (u64, u64, u64) {
     // SAFETY: a helper without arguments; the pointer is only read through
     // bpf_probe_read_kernel.
     let task = unsafe { bpf_get_current_task() } as *const u8;
-    let field = |off: u32| -> u64 {
+    let mut failed = false;
+    let mut field = |off: u32| -> u64 {
         if off == 0 {
-            0
-        } else {
-            read_at::<u64>(task, off).unwrap_or(0)
+            return 0;
         }
+        read_at::<u64>(task, off).unwrap_or_else(|_| {
+            failed = true;
+            0
+        })
     };
-    (
+    let out = (
         field(offset!(task_runtime)),
         field(offset!(task_read_bytes)),
         field(offset!(task_write_bytes)),
-    )
+    );
+    if failed {
+        bump(errors);
+    }
+    out
 }

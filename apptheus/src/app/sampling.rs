@@ -53,6 +53,7 @@ impl Agent {
         if self.kernel.is_none() {
             self.end_empty_containers();
         }
+        self.show_runs();
         self.publish();
         self.sources.publish(&self.metrics);
         self.metrics
@@ -84,9 +85,11 @@ impl Agent {
             self.reconcile();
             self.end_empty_containers();
         }
+        self.report_drops();
         self.retry_placements();
         self.retry_removals();
         self.end_finished_without_kernel();
+        self.tidy_runs();
         let expired = self.registry.expire(now);
         for c in &expired {
             tracing::debug!(container_id = %c.id, "series removed after the grace period");
@@ -152,6 +155,9 @@ impl Agent {
     /// A container's last task is gone: final sample, its cgroups removed,
     /// its series kept for the grace period.
     pub(super) fn end_container(&mut self, ck: u64) {
+        if self.ending(ck) {
+            return;
+        }
         self.sample_one(ck);
         let grace = self.args.grace_period;
         let Some(c) = self.registry.get_mut(ck) else {

@@ -48,6 +48,9 @@ impl Agent {
             }
             return;
         }
+        if !self.admit_run(&s) {
+            return;
+        }
         let pid = s.starter_pid;
         let environ = self.procfs.environ(pid).ok();
         let cwd = self.procfs.cwd(pid);
@@ -84,6 +87,9 @@ impl Agent {
             }
             RunKind::Container | RunKind::Instance { .. } => {}
         }
+        if !self.admit_container(&s) {
+            return;
+        }
 
         // Where Slurm put the job is trusted over the environment.
         let cgroups = self.procfs.cgroup(pid).ok();
@@ -106,12 +112,17 @@ impl Agent {
             c.parts
                 .push(Part::new(Origin::Placed { member: s.key }, cg));
         }
-        tracing::info!(container_id = %c.id, pid, uid = s.uid, user = %c.user,
-            starter = %c.starter_path.display(), image = c.meta.image.as_deref().unwrap_or(""),
-            instance = c.meta.instance.as_deref().unwrap_or(""),
-            slurm_job_id = c.meta.slurm_job_id.as_deref().unwrap_or(""),
-            source = ?s.source, "container started");
-        if self.registry.insert(c) && s.source != Source::Adopted {
+        // A run the kernel reported is shown once it runs something of
+        // its own (see `admission`).
+        c.shown = s.source != Source::Kernel;
+        if c.shown {
+            log_started(&c, s.source);
+        } else {
+            tracing::debug!(container_id = %c.id, pid, uid = s.uid,
+                "starter run seen; shown once it runs something of its own");
+        }
+        let shown = c.shown;
+        if self.registry.insert(c) && shown && s.source != Source::Adopted {
             self.metrics.containers_started.inc();
         }
         // Placement at once: until its tasks are inside, a container's
@@ -161,4 +172,13 @@ impl Agent {
         .or_else(|| self.procfs.exe_path(pid))
         .unwrap_or_default()
     }
+}
+
+/// Logs a container's start, with what is known of it.
+pub(super) fn log_started(c: &Container, source: Source) {
+    tracing::info!(container_id = %c.id, pid = c.starter_pid(), uid = c.uid, user = %c.user,
+        starter = %c.starter_path.display(), image = c.meta.image.as_deref().unwrap_or(""),
+        instance = c.meta.instance.as_deref().unwrap_or(""),
+        slurm_job_id = c.meta.slurm_job_id.as_deref().unwrap_or(""),
+        source = ?source, "container started");
 }

@@ -1,10 +1,18 @@
 //! The trusted starters and launchers: resolved at start, re-resolved on
-//! SIGHUP and every few seconds (a package upgrade replaces the file at a
-//! path; Apptainer may be installed after the agent).
+//! SIGHUP, at once when their directories change (a package upgrade
+//! replaces the file at a path), and every few seconds (Apptainer may be
+//! installed after the agent, into directories that did not exist).
+use std::collections::BTreeSet;
+
 use tokio::sync::watch;
 
 use super::Agent;
-use crate::{attribution::trust::TrustedSet, cli::Args, export::metrics::AgentMetrics};
+use crate::{
+    attribution::trust::{self, TrustedSet},
+    cli::Args,
+    export::metrics::AgentMetrics,
+    host::dirwatch::DirWatch,
+};
 
 pub(super) struct Trust {
     pub starters: TrustedSet,
@@ -65,6 +73,32 @@ impl Trust {
 }
 
 impl Agent {
+    /// Watches the directories of every file that is or may become
+    /// trusted: the paths given, else the standard places, and the
+    /// launchers. None (with a warning) if inotify is unavailable: the
+    /// re-resolution every few seconds remains.
+    pub(super) fn watch_trusted(&self) -> Option<DirWatch> {
+        let mut files = self.args.trusted_paths();
+        if files.is_empty() {
+            files = trust::default_starters(std::path::Path::new("/"));
+        }
+        let mut launchers = self.args.launcher_paths();
+        if launchers.is_empty() {
+            launchers = trust::default_launchers(files.iter().map(|p| p.as_path()));
+        }
+        files.extend(launchers);
+        match DirWatch::new(&files) {
+            Ok(w) => {
+                tracing::debug!(dirs = ?w.watched(), "watching the trusted files' directories");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the trusted files' directories (inotify); a replaced starter is trusted within 5 s");
+                None
+            }
+        }
+    }
+
     /// Re-resolves the trusted paths.
     pub(super) fn reload_trust(&mut self, reason: &str) {
         let resolved = TrustedSet::resolve(&self.args.trusted_paths()).and_then(|t| {
@@ -91,14 +125,17 @@ impl Agent {
                     tracing::info!(before = %trust.launchers.describe(), after = %l.describe(), "{reason}: launchers changed");
                     trust.launchers = l;
                 }
+                let mut new = BTreeSet::new();
                 if t != trust.starters {
                     tracing::info!(before = %trust.starters.describe(), after = %t.describe(), "{reason}: trusted starters changed");
                     if let Some(tx) = &trust.tx {
                         tx.send_replace(t.clone());
                     }
+                    new = t.ids().difference(&trust.starters.ids()).copied().collect();
                     trust.starters = t;
                 }
                 trust.publish(&self.metrics);
+                self.recover_runs(&new);
             }
             Err(e) => {
                 // Said once per distinct problem, not at every re-check.

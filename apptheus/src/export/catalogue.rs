@@ -159,11 +159,15 @@ metrics! {
         &["version", "revision", "branch", "rustversion", "target"],
         "A metric with a constant '1' value labeled by version, revision, branch, rustversion and target from which apptheus was built.";
     CONTAINERS = "apptheus_containers", Gauge, &[],
-        "Containers currently tracked (running, or ended and within the grace period).";
+        "Containers currently exported (running, or ended and within the grace period).";
     CONTAINERS_STARTED = "apptheus_containers_started_total", Counter, &[],
-        "Containers seen starting since the agent started (not those adopted from an earlier run).";
+        "Containers seen starting since the agent started (not those adopted from an earlier run, nor starter runs that never ran anything).";
     EBPF_EVENTS_LOST = "apptheus_ebpf_events_lost_total", Counter, &[],
         "Kernel events that did not fit in the ring buffer (recovered by reconciling with the kernel's maps).";
+    EBPF_MAP_FULL = "apptheus_ebpf_map_full_total", Counter, &["map"],
+        "Things lost because a kernel map was full, by map: tasks (a container's task not followed; raise --ebpf.max-tasks), containers (a starter run not attributed; raise --ebpf.max-containers), runq (a container's run-queue waits not observed; raise --collector.runqlat.max-containers).";
+    EBPF_PROGRAM_ERRORS = "apptheus_ebpf_program_errors_total", Counter, &["program"],
+        "Runs of a kernel program that stopped on a kernel read that failed, losing what they handled (an exec not identified, a task not followed, an exited task's usage not banked, a move or an OOM kill not seen, file bytes not counted).";
     SOCKET_CONNECTIONS = "apptheus_socket_connections_total", Counter, &["result"],
         "Connections to the monitoring socket, by result.";
     SAMPLE_DURATION = "apptheus_sample_duration_seconds", Gauge, &[],
@@ -180,6 +184,10 @@ metrics! {
         "How containers are found: 1 for the mode in use (ebpf: kernel programs; socket: Apptainer's monitoring socket alone).";
     CONTAINER_PLACEMENT = "apptheus_container_placement_seconds", Histogram, &[],
         "Time from a starter's exec to every task of its container being inside the container's cgroups.";
+    STARTER_RUNS_UNSTARTED = "apptheus_starter_runs_unstarted_total", Counter, &[],
+        "Runs of a trusted starter that ended before running anything of their own (a start that failed at once, or a forged one): not containers, not exported.";
+    STARTER_RUNS_REFUSED = "apptheus_starter_runs_refused_total", Counter, &["reason"],
+        "Runs of a trusted starter not followed because their user was over a cap, by reason: rate (--limit.user-starts-per-second, --limit.user-start-burst), live (--limit.user-containers).";
     HELPER_RUNS = "apptheus_helper_runs_total", Counter, &[],
         "Runs of a starter that Apptainer's command-line tool made for itself (unpacking an image into a temporary sandbox, a clean-up); not containers.";
     INSTANCE_JOINS = "apptheus_instance_joins_total", Counter, &[],

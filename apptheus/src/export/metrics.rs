@@ -28,6 +28,10 @@ pub struct AgentMetrics {
     pub containers: IntGauge,
     pub containers_started: IntCounter,
     pub ebpf_events_lost: IntCounter,
+    /// What the kernel programs dropped: a map full, by map; a run that
+    /// failed, by program (see `model::drops`).
+    pub ebpf_map_full: IntCounterVec,
+    pub ebpf_program_errors: IntCounterVec,
     pub socket_connections: IntCounterVec,
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
@@ -35,6 +39,10 @@ pub struct AgentMetrics {
     /// Starter runs Apptainer made for itself (not containers), and runs
     /// that joined an instance.
     pub helper_runs: IntCounter,
+    /// Starter runs that never ran anything, and runs refused by a cap
+    /// (see `model::caps`).
+    pub starter_runs_unstarted: IntCounter,
+    pub starter_runs_refused: IntCounterVec,
     pub joins: IntCounter,
     /// Trusted files, by role (starter, launcher).
     pub trusted_files: IntGaugeVec,
@@ -100,6 +108,20 @@ impl AgentMetrics {
         let containers = must(IntGauge::with_opts(opts(&cat::CONTAINERS)));
         let containers_started = must(IntCounter::with_opts(opts(&cat::CONTAINERS_STARTED)));
         let ebpf_events_lost = must(IntCounter::with_opts(opts(&cat::EBPF_EVENTS_LOST)));
+        let ebpf_map_full = must(IntCounterVec::new(
+            opts(&cat::EBPF_MAP_FULL),
+            cat::EBPF_MAP_FULL.labels,
+        ));
+        for m in crate::model::drops::Map::ALL {
+            ebpf_map_full.with_label_values(&[m.label()]);
+        }
+        let ebpf_program_errors = must(IntCounterVec::new(
+            opts(&cat::EBPF_PROGRAM_ERRORS),
+            cat::EBPF_PROGRAM_ERRORS.labels,
+        ));
+        for (p, _, _) in crate::model::drops::PROGRAM_ERRORS {
+            ebpf_program_errors.with_label_values(&[p]);
+        }
         let socket_connections = must(IntCounterVec::new(
             opts(&cat::SOCKET_CONNECTIONS),
             cat::SOCKET_CONNECTIONS.labels,
@@ -133,6 +155,15 @@ impl AgentMetrics {
                 ]),
         ));
         let helper_runs = must(IntCounter::with_opts(opts(&cat::HELPER_RUNS)));
+        let starter_runs_unstarted =
+            must(IntCounter::with_opts(opts(&cat::STARTER_RUNS_UNSTARTED)));
+        let starter_runs_refused = must(IntCounterVec::new(
+            opts(&cat::STARTER_RUNS_REFUSED),
+            cat::STARTER_RUNS_REFUSED.labels,
+        ));
+        for r in crate::model::caps::Refusal::ALL {
+            starter_runs_refused.with_label_values(&[r.label()]);
+        }
         let joins = must(IntCounter::with_opts(opts(&cat::INSTANCE_JOINS)));
         let trusted_files = must(IntGaugeVec::new(
             opts(&cat::TRUSTED_FILES),
@@ -163,6 +194,8 @@ impl AgentMetrics {
             Box::new(containers.clone()),
             Box::new(containers_started.clone()),
             Box::new(ebpf_events_lost.clone()),
+            Box::new(ebpf_map_full.clone()),
+            Box::new(ebpf_program_errors.clone()),
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(samples.clone()),
@@ -172,6 +205,8 @@ impl AgentMetrics {
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(helper_runs.clone()),
+            Box::new(starter_runs_unstarted.clone()),
+            Box::new(starter_runs_refused.clone()),
             Box::new(joins.clone()),
             Box::new(trusted_files.clone()),
             Box::new(prewarm_windows.clone()),
@@ -191,6 +226,8 @@ impl AgentMetrics {
             containers,
             containers_started,
             ebpf_events_lost,
+            ebpf_map_full,
+            ebpf_program_errors,
             socket_connections,
             sample_duration,
             samples,
@@ -200,6 +237,8 @@ impl AgentMetrics {
             mode,
             placement_seconds,
             helper_runs,
+            starter_runs_unstarted,
+            starter_runs_refused,
             joins,
             trusted_files,
             prewarm_windows,

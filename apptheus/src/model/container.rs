@@ -202,6 +202,10 @@ pub struct Container {
     /// What is exported, refreshed by each sample (shared with the
     /// snapshot readers get until the next).
     pub sample: Option<std::sync::Arc<Sample>>,
+    /// Exported. A starter run the kernel reported is shown once it runs
+    /// something of its own (see `app::admission`); until then it is
+    /// followed and placed, but not a container to the readers.
+    pub shown: bool,
 }
 
 impl Container {
@@ -228,6 +232,7 @@ impl Container {
             sources_decided: false,
             known: KnownProcesses::default(),
             sample: None,
+            shown: true,
         }
     }
 
