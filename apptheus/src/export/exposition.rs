@@ -35,6 +35,20 @@ impl Format {
     }
 }
 
+/// An encoding of the exposition: a format, gzip-compressed or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    pub format: Format,
+    pub gzip: bool,
+}
+
+impl Encoding {
+    /// A small number for it (0-3).
+    pub fn index(self) -> u8 {
+        u8::from(self.format == Format::OpenMetrics) | (u8::from(self.gzip) << 1)
+    }
+}
+
 /// Picks the format from an Accept header: OpenMetrics 1.0.0 when the
 /// client prefers it (as Prometheus does), the classic text format
 /// otherwise.

@@ -10,7 +10,7 @@ use prometheus::{
 use crate::{
     build_info,
     export::{
-        cadence::{Reader, Trigger},
+        cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
         exposition::{self, EncodeError, Format},
@@ -22,6 +22,10 @@ use crate::{
 /// Results of a connection to the monitoring socket, for
 /// `apptheus_socket_connections_total{result}`.
 pub const SOCKET_RESULTS: [&str; 3] = ["accepted", "rejected", "error"];
+
+/// A read's answer, for `apptheus_reads_total{answer}`: served at once, or
+/// after waiting for a sample.
+pub const READ_ANSWERS: [&str; 2] = ["at_once", "waited"];
 
 pub struct AgentMetrics {
     registry: Registry,
@@ -52,6 +56,9 @@ pub struct AgentMetrics {
     pub http_open: IntGauge,
     /// Samples taken, by trigger (see [`cat::SAMPLES`]).
     pub samples: IntCounterVec,
+    /// Reads, by kind and whether they waited; scrape schedules followed.
+    pub reads: IntCounterVec,
+    pub scrape_schedules: IntGauge,
     /// Each statistics source's outcome and time in the latest sample.
     pub source_success: IntGaugeVec,
     pub source_duration: prometheus::GaugeVec,
@@ -112,6 +119,13 @@ impl AgentMetrics {
         for t in Trigger::ALL {
             samples.with_label_values(&[t.name()]);
         }
+        let reads = must(IntCounterVec::new(opts(&cat::READS), cat::READS.labels));
+        for k in ReadKind::ALL {
+            for answer in READ_ANSWERS {
+                reads.with_label_values(&[k.name(), answer]);
+            }
+        }
+        let scrape_schedules = must(IntGauge::with_opts(opts(&cat::SCRAPE_SCHEDULES)));
         let source_success = must(IntGaugeVec::new(
             opts(&cat::SOURCE_SUCCESS),
             cat::SOURCE_SUCCESS.labels,
@@ -166,6 +180,8 @@ impl AgentMetrics {
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(samples.clone()),
+            Box::new(reads.clone()),
+            Box::new(scrape_schedules.clone()),
             Box::new(source_success.clone()),
             Box::new(source_duration.clone()),
             Box::new(cgroup_open_files.clone()),
@@ -194,6 +210,8 @@ impl AgentMetrics {
             socket_connections,
             sample_duration,
             samples,
+            reads,
+            scrape_schedules,
             source_success,
             source_duration,
             cgroup_open_files,
@@ -215,9 +233,13 @@ impl AgentMetrics {
         })
     }
 
-    /// Waits, when need be, for a sample recent enough for `reader`.
+    /// Waits, when need be, for a sample recent enough for `reader`, and
+    /// counts the read.
     pub async fn fresh(&self, reader: Reader) {
-        self.demand.fresh(reader).await;
+        let (kind, waited) = self.demand.fresh(reader).await;
+        let answer = READ_ANSWERS[usize::from(waited)];
+        self.reads.with_label_values(&[kind.name(), answer]).inc();
+        self.scrape_schedules.set(self.demand.schedules() as i64);
     }
 
     /// Records which attribution mode runs.

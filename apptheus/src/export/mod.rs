@@ -8,4 +8,5 @@ pub(crate) mod exposition;
 pub(crate) mod families;
 pub(crate) mod metrics;
 pub(crate) mod protos;
+pub(crate) mod schedule;
 pub(crate) mod snapshot;
