@@ -58,6 +58,8 @@ impl Agent {
             self.end_empty_containers();
         }
         self.publish();
+        // Scheduled scrapes then only copy the encoded exposition.
+        self.metrics.prepare();
         self.sources.publish(&self.metrics);
         self.metrics
             .sample_duration

@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::export::schedule::{MAX_PERIOD, Schedule};
+use crate::export::schedule::{MAX_PERIOD, Schedule, snap};
 
 /// Who reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -371,7 +371,7 @@ impl Cadence {
     fn learn(&mut self, key: Key, t: f64, encoding: u8) -> Option<(bool, f64)> {
         let i = self.scraper(key, t)?;
         let taken = self.confirmed_scrapes();
-        let (interval, cost) = (self.interval, self.cost());
+        let (interval, cost, min_period) = (self.interval, self.cost(), self.min_period());
         let sc = &mut self.scrapers[i];
         sc.seen = t;
         sc.encoding = encoding;
@@ -384,6 +384,10 @@ impl Cadence {
             .filter_map(|(n, s)| s.error(t).map(|e| (n, e + s.period() / 100.0)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(n, _)| n);
+        let best = best.filter(|&n| {
+            let g = &sc.schedules[n];
+            g.confirmed() || !pairs_instead(sc, g, t, min_period)
+        });
         if let Some(n) = best {
             let was = sc.schedules[n].confirmed();
             if !was && !sc.trusted() && taken >= MAX_SCHEDULES {
@@ -407,21 +411,9 @@ impl Cadence {
     }
 
     /// Guesses from a read at `t` of scraper `i` that no schedule
-    /// explained: paired with its two latest reads far enough back (not
-    /// two of one schedule).
+    /// explained (see [`partners`]).
     fn guess(&mut self, i: usize, t: f64) {
-        let mut pairs: Vec<(f64, Option<u64>)> = Vec::with_capacity(2);
-        for &(r, by) in self.scrapers[i].recent.iter().rev() {
-            if pairs.len() == 2 || t - r > MAX_PERIOD {
-                break;
-            }
-            if t - r < 0.9 * self.min_period() || (by.is_some() && pairs.iter().any(|p| p.1 == by))
-            {
-                continue;
-            }
-            pairs.push((r, by));
-        }
-        for (r, _) in pairs {
+        for r in partners(&self.scrapers[i], t, self.min_period()) {
             let Some(g) = Schedule::guess(self.next_id, r, t, self.min_period()) else {
                 continue;
             };
@@ -613,29 +605,76 @@ impl Cadence {
     }
 }
 
+/// The reads of `sc` that a read at `t` no schedule explains is paired
+/// with, for guesses: its two latest far enough back (not two that one
+/// schedule predicted).
+fn partners(sc: &Scraper, t: f64, min_period: f64) -> Vec<f64> {
+    let mut pairs: Vec<(f64, Option<u64>)> = Vec::with_capacity(2);
+    for &(r, by) in sc.recent.iter().rev() {
+        if pairs.len() == 2 || t - r > MAX_PERIOD {
+            break;
+        }
+        if t - r < 0.9 * min_period || (by.is_some() && pairs.iter().any(|p| p.1 == by)) {
+            continue;
+        }
+        pairs.push((r, by));
+    }
+    pairs.into_iter().map(|p| p.0).collect()
+}
+
+/// Whether a read at `t` that fits guess `g` is better taken as the
+/// second read of a new guess that has the period of another guess, made
+/// from two other reads, when `g`'s period is not theirs: two scrapers at
+/// one address (an HA pair, one period), rather than one guess mixing
+/// their reads.
+fn pairs_instead(sc: &Scraper, g: &Schedule, t: f64, min_period: f64) -> bool {
+    partners(sc, t, min_period).into_iter().any(|r| {
+        let period = snap(t - r);
+        (period - g.period()).abs() > SAME_PERIOD
+            && sc.schedules.iter().any(|k| {
+                !k.confirmed()
+                    && k.id != g.id
+                    && (k.period() - period).abs() <= SAME_PERIOD
+                    && !k.from().contains(&r)
+                    && !k.from().contains(&t)
+            })
+    })
+}
+
 /// Two scrapers behind one address read on the same period, as a rule
 /// (an HA pair): where two guesses of one period explain four distinct
 /// reads, the guesses of other periods made from those reads go.
 fn prune(schedules: &mut Vec<Schedule>) {
     let guesses: Vec<&Schedule> = schedules.iter().filter(|s| !s.confirmed()).collect();
     let shares = |a: &Schedule, b: &Schedule| a.from().iter().any(|r| b.from().contains(r));
-    let mut drop: Vec<u64> = Vec::new();
+    let mut pairs: Vec<(&Schedule, &Schedule)> = Vec::new();
     for (n, a) in guesses.iter().enumerate() {
         for b in &guesses[n + 1..] {
-            if (a.period() - b.period()).abs() > SAME_PERIOD || shares(a, b) {
-                continue;
+            if (a.period() - b.period()).abs() <= SAME_PERIOD && !shares(a, b) {
+                pairs.push((a, b));
             }
-            drop.extend(
-                guesses
-                    .iter()
-                    .filter(|h| {
-                        (h.period() - a.period()).abs() > SAME_PERIOD
-                            && (shares(h, a) || shares(h, b))
-                    })
-                    .map(|h| h.id),
-            );
         }
     }
+    // Only when one period pairs them: four reads of two scrapers 15 s
+    // apart, 13.75 s from each other, are as well two 13.75 s apart and
+    // 15 s from each other (their next reads will tell).
+    let Some(&(first, _)) = pairs.first() else {
+        return;
+    };
+    if pairs
+        .iter()
+        .any(|(a, _)| (a.period() - first.period()).abs() > SAME_PERIOD)
+    {
+        return;
+    }
+    let drop: Vec<u64> = guesses
+        .iter()
+        .filter(|h| {
+            (h.period() - first.period()).abs() > SAME_PERIOD
+                && pairs.iter().any(|(a, b)| shares(h, a) || shares(h, b))
+        })
+        .map(|h| h.id)
+        .collect();
     schedules.retain(|s| !drop.contains(&s.id));
 }
 

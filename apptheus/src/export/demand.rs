@@ -53,7 +53,15 @@ impl Demand {
         }
         let now = Instant::now();
         let mut published = self.published.subscribe();
-        let arrival = self.cadence().arrive(reader, now);
+        let (arrival, before, after) = {
+            let mut c = self.cadence();
+            let before = c.schedules();
+            let arrival = c.arrive(reader, now);
+            (arrival, before, c.schedules())
+        };
+        if before != after {
+            tracing::debug!(schedules = after, "scrape schedules followed");
+        }
         // Wake the sampler either way: it plans its next sample anew.
         self.changed.notify_one();
         let Answer::Wait { since } = arrival.answer else {

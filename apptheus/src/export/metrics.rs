@@ -13,7 +13,8 @@ use crate::{
         cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
-        exposition::{self, EncodeError, Format},
+        exposition::{self, EncodeError, Encoding, Format},
+        prepared::Prepared,
         protos,
         snapshot::Snapshot,
     },
@@ -65,8 +66,8 @@ pub struct AgentMetrics {
     /// cgroup files kept open between samples.
     pub cgroup_open_files: IntGauge,
     /// The latest snapshot of every container, replaced whole at each
-    /// sample and encoded at each scrape.
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// sample, and its encodings as they are asked for.
+    prepared: RwLock<Arc<Prepared>>,
     /// When readers read, and when to sample for them.
     pub demand: Demand,
 }
@@ -228,7 +229,7 @@ impl AgentMetrics {
             http_closed,
             http_requests_rejected,
             http_open,
-            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            prepared: RwLock::new(Arc::new(Prepared::new(Arc::new(Snapshot::default())))),
             demand,
         })
     }
@@ -252,11 +253,12 @@ impl AgentMetrics {
     /// Replaces the containers' snapshot with a new one.
     pub fn publish(&self, snapshot: Snapshot) {
         let large = snapshot.rows.len() > 2000;
+        let new = Arc::new(Prepared::new(Arc::new(snapshot)));
         let mut guard = self
-            .snapshot
+            .prepared
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let old = std::mem::replace(&mut *guard, Arc::new(snapshot));
+        let old = std::mem::replace(&mut *guard, new);
         drop(guard);
         drop(old);
         // Large snapshots leave large freed blocks behind; glibc keeps them
@@ -266,12 +268,26 @@ impl AgentMetrics {
         }
     }
 
-    /// The latest snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
+    /// Encodes the latest snapshot now in the encodings that scrapers with
+    /// a schedule ask for (after a sample: their scrapes then only copy
+    /// it).
+    pub fn prepare(&self) {
+        let set = self.demand.encodings();
+        if set != 0 {
+            self.current().prepare(set);
+        }
+    }
+
+    fn current(&self) -> Arc<Prepared> {
+        self.prepared
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current().snapshot.clone()
     }
 
     /// Everything to expose, as families, sorted by name (for pushing).
@@ -282,10 +298,20 @@ impl AgentMetrics {
         all
     }
 
-    /// The exposition in `format`: the agent's own metrics, then the
-    /// containers' from the latest snapshot, both encoded now.
+    /// The exposition in `encoding`: the agent's own metrics, encoded now,
+    /// then the containers' from the latest snapshot, as it was encoded
+    /// for an earlier read or after the sample (see `prepared`).
+    pub fn exposition(&self, encoding: Encoding) -> Result<Vec<u8>, EncodeError> {
+        let own = exposition::encode_own(&self.registry.gather(), encoding.format)?;
+        self.current().body(own, encoding)
+    }
+
+    /// The plain exposition in `format`.
     pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
-        exposition::encode_with(&self.registry.gather(), &self.snapshot(), format)
+        self.exposition(Encoding {
+            format,
+            gzip: false,
+        })
     }
 }
 

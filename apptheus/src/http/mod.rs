@@ -2,7 +2,6 @@
 //! basic authentication and extra headers from `--web.config.file`.
 use std::{
     hash::{Hash as _, Hasher as _},
-    io::Write as _,
     net::{IpAddr, SocketAddr},
     sync::{
         Arc,
@@ -284,8 +283,8 @@ impl Server {
     }
 
     fn metrics<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let format = encoding_of(req).format;
-        let body = match self.metrics.encode(format) {
+        let encoding = encoding_of(req);
+        let body = match self.metrics.exposition(encoding) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "encoding metrics failed");
@@ -295,30 +294,13 @@ impl Server {
                 );
             }
         };
-        let gzip = req
-            .headers()
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(accepts_gzip);
         let mut builder = Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, format.content_type())
+            .header(header::CONTENT_TYPE, encoding.format.content_type())
             .header(header::VARY, "Accept-Encoding");
-        let body = if gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::fast(),
-            );
-            match enc.write_all(&body).and_then(|()| enc.finish()) {
-                Ok(z) => {
-                    builder = builder.header(header::CONTENT_ENCODING, "gzip");
-                    z
-                }
-                Err(_) => body,
-            }
-        } else {
-            body
-        };
+        if encoding.gzip {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        }
         builder
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))

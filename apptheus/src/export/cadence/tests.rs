@@ -509,3 +509,23 @@ fn the_bounds_follow_the_interval() {
         .count();
     assert!(others <= 61, "{others}");
 }
+
+/// Two scrapers at one address, offset by a little less than half their
+/// period: the read that fits a guess mixing the two is taken for the
+/// second of a pair of one period instead, and both are followed.
+#[test]
+fn a_pair_near_half_a_period_apart_is_two_schedules() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(0.5, 0.002);
+        let mut all = reads(every(3.0, 15.0, 600.0, uniform(seed, 0.1)), 0, prom(1, 1));
+        all.extend(reads(
+            every(9.9, 15.0, 600.0, uniform(seed + 50, 0.1)),
+            1,
+            prom(1, 1),
+        ));
+        sim.run(all, 600.0);
+        assert_eq!(sim.c.schedules(), 2, "seed {seed}");
+        assert_eq!(sim.waits(0, 2), Vec::<f64>::new(), "seed {seed}");
+        assert_eq!(sim.waits(1, 2), Vec::<f64>::new(), "seed {seed}");
+    }
+}
