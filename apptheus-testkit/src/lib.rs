@@ -17,6 +17,9 @@
 //! - [`workload`]: a static C program with known resource use, built into
 //!   the images, and what it reports;
 //! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd);
+//! - [`prometheus`]: a real Prometheus server scraping the agent;
+//! - [`forward`]: connections forwarded from another address (a scraper
+//!   behind NAT or a proxy);
 //! - [`running`]: a started process with its output.
 //!
 //! Apptainer and Slurm need root. A test that can't run reports it through
@@ -25,7 +28,9 @@ pub mod agent;
 pub mod apptainer;
 pub mod cgroupfs;
 pub mod enter;
+pub mod forward;
 pub mod host;
+pub mod prometheus;
 pub mod root;
 pub mod running;
 pub mod scrape;

@@ -61,13 +61,15 @@ pub struct Args {
     )]
     pub socket_path: PathBuf,
 
-    /// The most time a served or pushed sample of the containers'
-    /// statistics may be old (e.g. 500ms, 0.5s, 1m). Samples are taken for
-    /// the reads that come (scrapes and pushes: just before each reader's
-    /// expected read, or during a read that finds none recent enough), not
-    /// on a clock; a container's final sample is taken when it ends. A
-    /// sample that takes longer than the interval is served up to its own
-    /// duration old.
+    /// The most time a sample of the containers' statistics served to a
+    /// scheduled scrape or a push may be old (e.g. 500ms, 0.5s, 1m).
+    /// Samples are taken for the reads that come (just before each read a
+    /// scraper's learned schedule predicts, or during a read that finds
+    /// none recent enough), not on a clock; other reads are served samples
+    /// up to ten intervals old and take at most one sample per ten
+    /// intervals; a container's final sample is taken when it ends. A
+    /// sample that takes longer than half the interval is served up to
+    /// twice its own duration old.
     #[arg(
         long = "monitor.interval",
         alias = "monitor.inverval",

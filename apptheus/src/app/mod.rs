@@ -225,7 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
     // Pushing (optional) runs in its own tasks: it never delays sampling.
-    let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
+    let _push_tasks = crate::push::spawn(&args.push, metrics.clone())?;
 
     let procfs = Procfs::new(&args.procfs);
     let open_files = sources::open_files(args.cgroup_open_files, fd_limit);

@@ -55,6 +55,8 @@ impl Agent {
         }
         self.show_runs();
         self.publish();
+        // Scheduled scrapes then only copy the encoded exposition.
+        self.metrics.prepare();
         self.sources.publish(&self.metrics);
         self.metrics
             .sample_duration

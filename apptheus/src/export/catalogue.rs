@@ -173,7 +173,11 @@ metrics! {
     SAMPLE_DURATION = "apptheus_sample_duration_seconds", Gauge, &[],
         "How long the latest sample of every container's statistics took.";
     SAMPLES = "apptheus_samples_total", Counter, &["trigger"],
-        "Samples of every container's statistics, by what asked for them: scrape (a scrape found none recent enough), ahead (taken just before a reader's expected scrape), push, interval (--monitor.on-demand=false).";
+        "Samples of every container's statistics, by what asked for them: scrape (a scrape found none recent enough and waited), ahead (taken just before a read a schedule predicted), push, interval (--monitor.on-demand=false).";
+    READS = "apptheus_reads_total", Counter, &["reader", "answer"],
+        "Reads of the metrics, by reader: scheduled (a read a learned scrape schedule predicted), unscheduled (any other scrape), push; and by answer: at_once (a recent enough sample was there), waited (the read waited for a sample).";
+    SCRAPE_SCHEDULES = "apptheus_scrape_schedules", Gauge, &[],
+        "Scrapers' schedules followed: a sample is taken just ahead of each read they predict.";
     SOURCE_SUCCESS = "apptheus_source_success", Gauge, &["source"],
         "Whether a statistics source read everything it found in the latest sample (1) or met a broken or unreadable file (0); a source with nothing to read on this host counts as a success.";
     SOURCE_DURATION = "apptheus_source_duration_seconds", Gauge, &["source"],

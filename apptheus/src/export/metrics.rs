@@ -10,10 +10,11 @@ use prometheus::{
 use crate::{
     build_info,
     export::{
-        cadence::{Reader, Trigger},
+        cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
-        exposition::{self, EncodeError, Format},
+        exposition::{self, EncodeError, Encoding, Format},
+        prepared::Prepared,
         protos,
         snapshot::Snapshot,
     },
@@ -22,6 +23,10 @@ use crate::{
 /// Results of a connection to the monitoring socket, for
 /// `apptheus_socket_connections_total{result}`.
 pub const SOCKET_RESULTS: [&str; 3] = ["accepted", "rejected", "error"];
+
+/// A read's answer, for `apptheus_reads_total{answer}`: served at once, or
+/// after waiting for a sample.
+pub const READ_ANSWERS: [&str; 2] = ["at_once", "waited"];
 
 pub struct AgentMetrics {
     registry: Registry,
@@ -60,14 +65,17 @@ pub struct AgentMetrics {
     pub http_open: IntGauge,
     /// Samples taken, by trigger (see [`cat::SAMPLES`]).
     pub samples: IntCounterVec,
+    /// Reads, by kind and whether they waited; scrape schedules followed.
+    pub reads: IntCounterVec,
+    pub scrape_schedules: IntGauge,
     /// Each statistics source's outcome and time in the latest sample.
     pub source_success: IntGaugeVec,
     pub source_duration: prometheus::GaugeVec,
     /// cgroup files kept open between samples.
     pub cgroup_open_files: IntGauge,
     /// The latest snapshot of every container, replaced whole at each
-    /// sample and encoded at each scrape.
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// sample, and its encodings as they are asked for.
+    prepared: RwLock<Arc<Prepared>>,
     /// When readers read, and when to sample for them.
     pub demand: Demand,
 }
@@ -134,6 +142,13 @@ impl AgentMetrics {
         for t in Trigger::ALL {
             samples.with_label_values(&[t.name()]);
         }
+        let reads = must(IntCounterVec::new(opts(&cat::READS), cat::READS.labels));
+        for k in ReadKind::ALL {
+            for answer in READ_ANSWERS {
+                reads.with_label_values(&[k.name(), answer]);
+            }
+        }
+        let scrape_schedules = must(IntGauge::with_opts(opts(&cat::SCRAPE_SCHEDULES)));
         let source_success = must(IntGaugeVec::new(
             opts(&cat::SOURCE_SUCCESS),
             cat::SOURCE_SUCCESS.labels,
@@ -199,6 +214,8 @@ impl AgentMetrics {
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(samples.clone()),
+            Box::new(reads.clone()),
+            Box::new(scrape_schedules.clone()),
             Box::new(source_success.clone()),
             Box::new(source_duration.clone()),
             Box::new(cgroup_open_files.clone()),
@@ -231,6 +248,8 @@ impl AgentMetrics {
             socket_connections,
             sample_duration,
             samples,
+            reads,
+            scrape_schedules,
             source_success,
             source_duration,
             cgroup_open_files,
@@ -249,14 +268,18 @@ impl AgentMetrics {
             http_closed,
             http_requests_rejected,
             http_open,
-            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            prepared: RwLock::new(Arc::new(Prepared::new(Arc::new(Snapshot::default())))),
             demand,
         })
     }
 
-    /// Waits, when need be, for a sample recent enough for `reader`.
+    /// Waits, when need be, for a sample recent enough for `reader`, and
+    /// counts the read.
     pub async fn fresh(&self, reader: Reader) {
-        self.demand.fresh(reader).await;
+        let (kind, waited) = self.demand.fresh(reader).await;
+        let answer = READ_ANSWERS[usize::from(waited)];
+        self.reads.with_label_values(&[kind.name(), answer]).inc();
+        self.scrape_schedules.set(self.demand.schedules() as i64);
     }
 
     /// Records which attribution mode runs.
@@ -269,11 +292,12 @@ impl AgentMetrics {
     /// Replaces the containers' snapshot with a new one.
     pub fn publish(&self, snapshot: Snapshot) {
         let large = snapshot.rows.len() > 2000;
+        let new = Arc::new(Prepared::new(Arc::new(snapshot)));
         let mut guard = self
-            .snapshot
+            .prepared
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let old = std::mem::replace(&mut *guard, Arc::new(snapshot));
+        let old = std::mem::replace(&mut *guard, new);
         drop(guard);
         drop(old);
         // Large snapshots leave large freed blocks behind; glibc keeps them
@@ -283,12 +307,26 @@ impl AgentMetrics {
         }
     }
 
-    /// The latest snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
+    /// Encodes the latest snapshot now in the encodings that scrapers with
+    /// a schedule ask for (after a sample: their scrapes then only copy
+    /// it).
+    pub fn prepare(&self) {
+        let set = self.demand.encodings();
+        if set != 0 {
+            self.current().prepare(set);
+        }
+    }
+
+    fn current(&self) -> Arc<Prepared> {
+        self.prepared
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// The latest snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current().snapshot.clone()
     }
 
     /// Everything to expose, as families, sorted by name (for pushing).
@@ -299,10 +337,20 @@ impl AgentMetrics {
         all
     }
 
-    /// The exposition in `format`: the agent's own metrics, then the
-    /// containers' from the latest snapshot, both encoded now.
+    /// The exposition in `encoding`: the agent's own metrics, encoded now,
+    /// then the containers' from the latest snapshot, as it was encoded
+    /// for an earlier read or after the sample (see `prepared`).
+    pub fn exposition(&self, encoding: Encoding) -> Result<Vec<u8>, EncodeError> {
+        let own = exposition::encode_own(&self.registry.gather(), encoding.format)?;
+        self.current().body(own, encoding)
+    }
+
+    /// The plain exposition in `format`.
     pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
-        exposition::encode_with(&self.registry.gather(), &self.snapshot(), format)
+        self.exposition(Encoding {
+            format,
+            gzip: false,
+        })
     }
 }
 

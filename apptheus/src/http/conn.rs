@@ -481,10 +481,9 @@ where
     let handler = Arc::clone(server);
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let handler = Arc::clone(&handler);
-        // Scrapes are told apart by address (sampling follows each reader).
+        // Where a scrape comes from (sampling follows each scraper).
         if let Some((_, peer)) = key {
-            req.extensions_mut()
-                .insert(crate::export::cadence::Reader::Scrape(peer.ip()));
+            req.extensions_mut().insert(super::Peer(peer.ip()));
         }
         async move { Ok::<_, std::convert::Infallible>(answer(&handler, &req, key).await) }
     });

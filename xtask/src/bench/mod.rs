@@ -6,8 +6,9 @@
 //!
 //! Modules: `agent` (the agent as the benchmarks run it), `workloads`
 //! (overhead, placement, accuracy), `scale` (many containers, sample cost,
-//! beside cAdvisor: `peer`), `runqlat`, `meter` (what a process costs),
-//! `report` and `targets` (BENCHMARKS.md's section).
+//! beside cAdvisor: `peer`), `readers` (real and hostile readers), `runqlat`,
+//! `meter` (what a process costs), `report` and `targets` (BENCHMARKS.md's
+//! section).
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::bail;
@@ -18,6 +19,7 @@ use crate::build_ebpf::workspace_root;
 mod agent;
 mod meter;
 mod peer;
+mod readers;
 mod report;
 mod runqlat;
 mod scale;
@@ -35,7 +37,7 @@ pub struct Options {
     pub smoke: bool,
     /// Run only these benchmarks; the results go to
     /// target/bench-partial.md, not BENCHMARKS.md.
-    #[arg(long, value_delimiter = ',', value_parser = ["overhead", "placement", "scale", "sample", "peer", "runqlat", "accuracy"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["overhead", "placement", "scale", "sample", "peer", "readers", "runqlat", "accuracy"])]
     pub only: Vec<String>,
     /// Containers started one after another by each placement variant
     /// [default: 300, 5 with --smoke]
@@ -69,6 +71,17 @@ struct Sizes {
     peer_warmup: Duration,
     peer_window_defaults: Duration,
     peer_window_fixed: Duration,
+    /// The readers benchmark: containers, the agent's flags, Prometheus's
+    /// scrape interval, the window measured (longer where the interval
+    /// changes: the time at the slow interval), a hostile client's time,
+    /// and how often other reads may take a sample at that interval.
+    readers_containers: usize,
+    readers_agent_args: Vec<&'static str>,
+    readers_period: Duration,
+    readers_window: Duration,
+    readers_slow: Duration,
+    readers_hostile: Duration,
+    other_every: Duration,
     runqlat_rounds: usize,
     runqlat_secs: u64,
     spin_secs: f64,
@@ -94,6 +107,13 @@ impl Sizes {
                 peer_warmup: Duration::from_secs(1),
                 peer_window_defaults: Duration::from_secs(2),
                 peer_window_fixed: Duration::from_secs(2),
+                readers_containers: 5,
+                readers_agent_args: vec!["--monitor.interval=100ms"],
+                readers_period: Duration::from_secs(2),
+                readers_window: Duration::from_secs(6),
+                readers_slow: Duration::from_secs(24),
+                readers_hostile: Duration::from_secs(4),
+                other_every: Duration::from_secs(1),
                 runqlat_rounds: 1,
                 runqlat_secs: 1,
                 spin_secs: 0.3,
@@ -116,6 +136,13 @@ impl Sizes {
                 peer_warmup: Duration::from_secs(30),
                 peer_window_defaults: Duration::from_secs(60),
                 peer_window_fixed: Duration::from_secs(30),
+                readers_containers: 1000,
+                readers_agent_args: Vec::new(),
+                readers_period: Duration::from_secs(15),
+                readers_window: Duration::from_secs(120),
+                readers_slow: Duration::from_secs(300),
+                readers_hostile: Duration::from_secs(60),
+                other_every: Duration::from_secs(5),
                 runqlat_rounds: 15,
                 runqlat_secs: 3,
                 spin_secs: 5.0,
@@ -197,6 +224,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     if wanted("peer") {
         scale::peer(&ctx, &sizes, &mut report)?;
+    }
+    if wanted("readers") {
+        readers::readers(&ctx, &sizes, &mut report)?;
     }
     if wanted("runqlat") {
         if o.prebuilt {
