@@ -469,3 +469,186 @@ fn with_controllers_left_alone_a_v2_containers_memory_comes_from_its_processes()
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// A cgroup delegated to the test user (uid 1500) in the hierarchy of the
+/// memory controller, as systemd delegates `user@UID.service`: the
+/// directory and its `cgroup.procs` (and on cgroup v2 `cgroup.threads`
+/// and `cgroup.subtree_control`) are the user's. Removed on drop, with
+/// what the user made in it.
+struct Delegated(std::path::PathBuf);
+
+impl Delegated {
+    fn new(mc: &MemoryController, uid: u32) -> Self {
+        let dir = mc.root.join(format!("delegated-{}", unique()));
+        std::fs::create_dir(&dir).unwrap();
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+            "tasks",
+        ] {
+            let p = dir.join(f);
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        Self(dir)
+    }
+}
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let subdirs: Vec<_> = std::fs::read_dir(&self.0)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for d in subdirs {
+                let _ = std::fs::remove_dir(d);
+            }
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// After a restart the agent takes over only the cgroups it made: in a
+/// cgroup delegated to an ordinary user, directories with apptheus' naming
+/// that the user made (one naming a process of root's, one holding the
+/// user's own process) are neither adopted nor removed, and the user
+/// cannot give them apptheus' mark. A real container in the same agent's
+/// care is adopted.
+#[test]
+fn a_restarted_agent_adopts_only_the_cgroups_it_made() {
+    const USER: u32 = 1500;
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
+        return;
+    };
+    let Some(mc) = MemoryController::find() else {
+        apptheus::testing::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
+        return;
+    };
+    let flag = format!("--trust.path={}", starter.display());
+    let first = Agent::start(&[&flag]);
+    let sleep = format!("{}", 6.0 * time_scale());
+    let mut real = spawn_in(None, &starter, &["--sleep", &sleep]);
+    let real_id = wait_container(&first, &starter, "apptheus_container_tasks");
+    // Its cgroups carry apptheus' mark.
+    let mark = our_cgroup_dirs()
+        .into_iter()
+        .find(|d| d.ends_with(format!("apptheus-{real_id}")))
+        .map(|d| xattr(&d, "trusted.apptheus"))
+        .expect("the real container's cgroup");
+    assert!(mark.contains(&format!("container={real_id}")), "{mark}");
+
+    // The user's forgeries, in the cgroup delegated to them: a directory
+    // naming a process of root's (the agent's own), and one holding the
+    // user's own process.
+    let deleg = Delegated::new(&mc, USER);
+    let root_pid = first.child.id();
+    let d = deleg.0.display();
+    let script = format!(
+        "echo $$ > {d}/cgroup.procs && exec setpriv --reuid={USER} --regid={USER} --clear-groups \
+         sh -c 'mkdir {d}/apptheus-{root_pid}-7 && mkdir {d}/apptheus-$$-5 && \
+                echo $$ > {d}/apptheus-$$-5/cgroup.procs && echo ready && exec sleep {sleep}'"
+    );
+    let mut user = Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(user.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready", "the user's forgeries");
+    let user_pid = user.id();
+    let forged_root = deleg.0.join(format!("apptheus-{root_pid}-7"));
+    let forged_own = deleg.0.join(format!("apptheus-{user_pid}-5"));
+    // The user cannot mark them as apptheus' (trusted.* needs
+    // CAP_SYS_ADMIN), not even with a copy of a real mark.
+    let forge_mark = Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--clear-groups",
+        ])
+        .args([
+            "python3",
+            "-c",
+            "import os, sys; os.setxattr(sys.argv[1], 'trusted.apptheus', sys.argv[2].encode())",
+        ])
+        .arg(&forged_own)
+        .arg(mark.replace(&real_id, &format!("{user_pid}-5")))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!forge_mark.success(), "a user set a trusted.* attribute");
+
+    // A crash, and a new agent.
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = Agent::start(&[&flag]);
+    let m = second.metrics();
+    assert!(
+        container_id(&m, "container_id", &real_id).is_some(),
+        "the real container is adopted\n{m}\n{}",
+        second.log_text()
+    );
+    for forged in [format!("{root_pid}-7"), format!("{user_pid}-5")] {
+        assert!(
+            !m.contains(&format!("container_id=\"{forged}\"")),
+            "{forged} adopted\n{m}"
+        );
+        assert!(
+            !second.log_text().contains(&forged),
+            "{forged} touched\n{}",
+            second.log_text()
+        );
+    }
+    assert!(
+        forged_root.is_dir() && forged_own.is_dir(),
+        "the user's directories are left"
+    );
+    assert_eq!(
+        std::fs::read_to_string(forged_own.join("cgroup.procs"))
+            .unwrap()
+            .trim(),
+        user_pid.to_string(),
+        "the user's process is left where the user put it"
+    );
+    user.kill().unwrap();
+    user.wait().unwrap();
+    assert!(real.wait().unwrap().success());
+}
+
+/// The value of extended attribute `name` of `path`, as text.
+fn xattr(path: &Path, name: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; sys.stdout.write(os.getxattr(sys.argv[1], sys.argv[2]).decode())",
+        ])
+        .arg(path)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading {name} of {}: {:?}",
+        path.display(),
+        out
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
