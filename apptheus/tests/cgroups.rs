@@ -538,7 +538,7 @@ fn a_restarted_agent_adopts_only_the_cgroups_it_made() {
     let flag = format!("--trust.path={}", starter.display());
     let first = Agent::start(&[&flag]);
     let sleep = format!("{}", 6.0 * time_scale());
-    let mut real = spawn_in(None, &starter, &["--sleep", &sleep]);
+    let mut real = Reaped(spawn_in(None, &starter, &["--sleep", &sleep]));
     let real_id = wait_container(&first, &starter, "apptheus_container_tasks");
     // Its cgroups carry apptheus' mark.
     let mark = our_cgroup_dirs()
@@ -562,20 +562,22 @@ fn a_restarted_agent_adopts_only_the_cgroups_it_made() {
         "echo $$ > {d}/cgroup.procs && exec {}",
         as_user(USER, &["/bin/sh", "-c", &user_script])
     );
-    let mut user = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut user = Reaped(
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut ready = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(user.stdout.as_mut().unwrap()),
+        &mut std::io::BufReader::new(user.0.stdout.as_mut().unwrap()),
         &mut ready,
     )
     .unwrap();
     assert_eq!(ready.trim(), "ready", "the user's forgeries");
-    let user_pid = user.id();
+    let user_pid = user.0.id();
     let forged_root = deleg.0.join(format!("apptheus-{root_pid}-7"));
     let forged_own = deleg.0.join(format!("apptheus-{user_pid}-5"));
     // The user cannot mark them as apptheus' (trusted.* needs
@@ -640,9 +642,22 @@ fn a_restarted_agent_adopts_only_the_cgroups_it_made() {
         user_pid.to_string(),
         "the user's process is left where the user put it"
     );
-    user.kill().unwrap();
-    user.wait().unwrap();
-    assert!(real.wait().unwrap().success());
+    user.0.kill().unwrap();
+    user.0.wait().unwrap();
+    assert!(real.0.wait().unwrap().success());
+}
+
+/// A child process killed and reaped when dropped (a test that fails
+/// leaves nothing running for the next one to adopt).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A shell command line that runs `argv` as `uid` (its group the same
