@@ -21,6 +21,7 @@ pub use crate::host::limits::raise_fd_limit;
 pub mod cgroup {
     pub use crate::cgroup::{
         layout::Layout,
+        mark::Mark,
         placement::{Created, DIR_PREFIX, NoOwnCgroup, Placer},
         read::{MAX_DEVICES, Problem, StatWarning, read, read_with, user_hz},
     };

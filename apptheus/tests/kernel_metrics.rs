@@ -448,7 +448,14 @@ fn full_kernel_maps_are_counted_and_name_the_flag_to_raise() {
     });
     children.push(sh_container(
         &starter,
-        &format!("for i in $(seq 20); do sleep {hold} & done; wait"),
+        // (No `seq` in the VMs of `cargo xtask vm-test`.)
+        &format!(
+            "for i in {}; do sleep {hold} & done; wait",
+            (1..=20)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     ));
     agent.wait_for(WAIT, "the second container", || {
         value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(2.0)

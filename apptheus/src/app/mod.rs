@@ -345,7 +345,11 @@ impl Agent {
                 _ = soon.tick(), if self.publish_soon => {
                     tokio::task::block_in_place(|| self.publish());
                 }
-                _ = sighup.recv() => self.reload_trust("SIGHUP"),
+                _ = sighup.recv() => {
+                    if self.reload_trust("SIGHUP") {
+                        trust_watch = self.watch_trusted();
+                    }
+                }
                 r = dir_changed(&mut trust_watch) => {
                     if let Err(e) = r {
                         tracing::warn!(error = %e, "watching the trusted files' directories failed; a replaced starter is trusted within 5 s");
@@ -354,10 +358,15 @@ impl Agent {
                         // Watched afresh first (a directory may have been
                         // replaced): a change from now on is seen.
                         trust_watch = self.watch_trusted();
-                        self.reload_trust("trusted file changed");
+                        let _ = self.reload_trust("trusted file changed");
                     }
                 }
-                _ = trust_check.tick() => self.reload_trust("trusted path changed"),
+                _ = trust_check.tick() => {
+                    // A directory that did not exist may hold starters now.
+                    if self.reload_trust("trusted path changed") {
+                        trust_watch = self.watch_trusted();
+                    }
+                }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
             }

@@ -6,12 +6,15 @@ use std::path::Path;
 
 use super::Agent;
 use crate::{
-    cgroup::placement::{self, Placed, Placer},
+    cgroup::{
+        mark::Mark,
+        placement::{self, Placed, Placer},
+    },
     host::{clock, proctree},
     model::{
         cgroups::ContainerCgroups,
         collectors::Collector,
-        container::{Origin, Part, container_id},
+        container::{Origin, Part},
     },
 };
 
@@ -33,6 +36,15 @@ impl Agent {
         // it has none there: its statistics of that kind are read from its
         // processes.
         let mut why_lacking = None;
+        let mark = Mark {
+            container: ck,
+            container_pid: c.starter_pid(),
+            member: mk,
+            member_pid: pid,
+            uid: c.uid,
+            starter: c.starter_path.display().to_string(),
+            meta: c.meta.clone(),
+        };
         let cg = match c.placed_part(mk) {
             Some(p) => p.cgroups.clone(),
             None => {
@@ -42,13 +54,12 @@ impl Agent {
                 {
                     return;
                 }
-                let name = if primary {
-                    id.clone()
-                } else {
-                    container_id(pid, mk)
-                };
-                match self.placer.create(&name, pid) {
+                match self.placer.create(&mark) {
                     Ok(created) => {
+                        if let Some((dir, e)) = &created.unmarked {
+                            tracing::warn!(container_id = %id, dir = %dir.display(), error = %e,
+                                "cannot mark the container's cgroup as apptheus' (trusted.apptheus extended attribute); it will not be taken over after a restart");
+                        }
                         let shared = created.shared.clone();
                         if let Some(why) = created.why_shared {
                             tracing::info!(container_id = %id, cgroups = ?shared.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(),

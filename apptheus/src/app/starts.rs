@@ -52,16 +52,17 @@ impl Agent {
             return;
         }
         let pid = s.starter_pid;
-        let environ = self.procfs.environ(pid).ok();
-        let cwd = self.procfs.cwd(pid);
+        let alive = self.starter_is_the_runs(&s);
+        let environ = alive.then(|| self.procfs.environ(pid).ok()).flatten();
+        let cwd = alive.then(|| self.procfs.cwd(pid)).flatten();
         let arg0 = s
             .arg0
             .clone()
-            .or_else(|| self.procfs.arg0(pid).ok())
+            .or_else(|| alive.then(|| self.procfs.arg0(pid).ok()).flatten())
             .unwrap_or_default();
         let parent_launcher = s
             .parent_launcher
-            .unwrap_or_else(|| self.parent_runs_launcher(pid));
+            .unwrap_or_else(|| alive && self.parent_runs_launcher(pid));
         let run = apptainer::describe(&StarterFacts {
             arg0: &arg0,
             parent_launcher,
@@ -92,7 +93,7 @@ impl Agent {
         }
 
         // Where Slurm put the job is trusted over the environment.
-        let cgroups = self.procfs.cgroup(pid).ok();
+        let cgroups = alive.then(|| self.procfs.cgroup(pid).ok()).flatten();
         let slurm_job_id = cgroups
             .as_deref()
             .and_then(slurm::job_in_proc_cgroup)
@@ -149,6 +150,24 @@ impl Agent {
                 instance = c.meta.instance.as_deref().unwrap_or(""), "a run joined the instance");
         }
         self.place_member(ck, s.key, s.boot_ns);
+    }
+
+    /// Whether `s.starter_pid` is surely the run's starter, so that its
+    /// /proc files (environment, arguments, cgroups) are the run's. Not
+    /// for an adopted container whose starter is no longer in its cgroups
+    /// (which a user cannot move a process into): the pid may be another
+    /// process's now.
+    fn starter_is_the_runs(&self, s: &StartFacts) -> bool {
+        if s.source != Source::Adopted {
+            return true;
+        }
+        let Some(cg) = &s.cgroups else {
+            return false;
+        };
+        self.placer.cgroups_of(s.starter_pid).is_ok_and(|now| {
+            cg.dirs()
+                .any(|(h, d)| now.dir(h).is_some_and(|p| p.starts_with(d)))
+        })
     }
 
     /// Whether the parent of `pid` runs one of the trusted launchers.

@@ -99,8 +99,8 @@ impl Agent {
         }
     }
 
-    /// Re-resolves the trusted paths.
-    pub(super) fn reload_trust(&mut self, reason: &str) {
+    /// Re-resolves the trusted paths; true if the trusted files changed.
+    pub(super) fn reload_trust(&mut self, reason: &str) -> bool {
         let resolved = TrustedSet::resolve(&self.args.trusted_paths()).and_then(|t| {
             let l = TrustedSet::resolve_launchers(&self.args.launcher_paths(), &t)?;
             Ok((t, l))
@@ -112,6 +112,7 @@ impl Agent {
                 if reason == "SIGHUP" {
                     tracing::info!("SIGHUP: trusted starters unchanged");
                 }
+                false
             }
             Ok((t, l)) => {
                 trust.error = None;
@@ -119,7 +120,7 @@ impl Agent {
                     && let Err(e) = k.set_trusted(&t.ids(), &l.ids())
                 {
                     tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
-                    return;
+                    return false;
                 }
                 if l != trust.launchers {
                     tracing::info!(before = %trust.launchers.describe(), after = %l.describe(), "{reason}: launchers changed");
@@ -136,6 +137,7 @@ impl Agent {
                 }
                 trust.publish(&self.metrics);
                 self.recover_runs(&new);
+                true
             }
             Err(e) => {
                 // Said once per distinct problem, not at every re-check.
@@ -144,6 +146,7 @@ impl Agent {
                     tracing::error!(error = %text, "{reason}: cannot resolve trusted starters; keeping the old set");
                     trust.error = Some(text);
                 }
+                false
             }
         }
     }
