@@ -197,6 +197,29 @@ mod tests {
         }
     }
 
+    /// An instance stopped while a join of it runs lives on, but a join
+    /// started since goes to the instance of that name started again.
+    #[test]
+    fn a_join_finds_the_running_instance_of_its_name() {
+        let mut r = Registry::default();
+        let instance = |key, pid| {
+            let mut c = container(key, pid);
+            c.uid = 7;
+            c.meta.instance = Some("svc".into());
+            c
+        };
+        r.insert(instance(1, 10));
+        r.join(1, member(2, 20));
+        assert_eq!(r.instance(7, "svc"), Some(1));
+        assert_eq!(r.instance(8, "svc"), None, "another user's");
+        r.get_mut(1).unwrap().members[0].ended = true;
+        assert_eq!(r.instance(7, "svc"), None, "its own run ended");
+        r.insert(instance(5, 50));
+        assert_eq!(r.instance(7, "svc"), Some(5));
+        r.insert(instance(9, 90));
+        assert_eq!(r.instance(7, "svc"), Some(9), "the newest");
+    }
+
     #[test]
     fn containers_are_found_by_any_members_key_until_they_expire() {
         let mut r = Registry::default();
