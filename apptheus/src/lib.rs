@@ -22,6 +22,7 @@ pub mod logging;
 mod memory;
 mod model;
 mod push;
+mod sync;
 pub mod testing;
 mod webconfig;
 

@@ -18,6 +18,7 @@ use crate::{
         protos,
         snapshot::Snapshot,
     },
+    sync,
 };
 
 /// Results of a connection to the monitoring socket, for
@@ -293,10 +294,7 @@ impl AgentMetrics {
     pub fn publish(&self, snapshot: Snapshot) {
         let large = snapshot.rows.len() > 2000;
         let new = Arc::new(Prepared::new(Arc::new(snapshot)));
-        let mut guard = self
-            .prepared
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = sync::write(&self.prepared);
         let old = std::mem::replace(&mut *guard, new);
         drop(guard);
         drop(old);
@@ -318,10 +316,7 @@ impl AgentMetrics {
     }
 
     fn current(&self) -> Arc<Prepared> {
-        self.prepared
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        sync::read(&self.prepared).clone()
     }
 
     /// The latest snapshot.

@@ -43,7 +43,7 @@ pub const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "model",
-        modules: &["model", "build_info", "duration"],
+        modules: &["model", "build_info", "duration", "sync"],
     },
 ];
 
