@@ -109,6 +109,7 @@ impl Demand {
         self.published.send_modify(|n| *n += 1);
     }
 
+    #[cfg(feature = "testing")]
     pub fn on_demand(&self) -> bool {
         self.on_demand
     }

@@ -13,7 +13,7 @@ use crate::{
         cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
-        exposition::{self, EncodeError, Encoding, Format},
+        exposition::{self, EncodeError, Encoding},
         prepared::Prepared,
         protos,
         snapshot::Snapshot,
@@ -94,6 +94,7 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl AgentMetrics {
     /// The agent's metrics, its samples taken on a clock (readers never
     /// wait).
+    #[cfg(feature = "testing")]
     pub fn new() -> Arc<Self> {
         Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
     }
@@ -341,7 +342,8 @@ impl AgentMetrics {
     }
 
     /// The plain exposition in `format`.
-    pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
+    #[cfg(feature = "testing")]
+    pub fn encode(&self, format: exposition::Format) -> Result<Vec<u8>, EncodeError> {
         self.exposition(Encoding {
             format,
             gzip: false,
@@ -352,6 +354,7 @@ impl AgentMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::exposition::Format;
 
     #[test]
     fn build_info_and_process_metrics_are_exposed() {

@@ -507,6 +507,7 @@ where
     }
 }
 
+#[cfg(feature = "testing")]
 /// Serves one connection's worth of bytes from `io` as a connection just
 /// accepted is served (without its slot and first-byte wait): for fuzzing
 /// the request handling in memory.

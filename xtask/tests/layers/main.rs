@@ -41,6 +41,67 @@ fn the_daemon_keeps_its_layers() {
     );
 }
 
+#[test]
+fn test_only_modules_are_out_of_the_daemons_build() {
+    let lib = std::fs::read_to_string(daemon_src().join("lib.rs")).unwrap();
+    let lib = syn::parse_file(&lib).unwrap();
+    for name in rules::TEST_ONLY {
+        let declared = lib.items.iter().find_map(|i| match i {
+            syn::Item::Mod(m) if m.ident == name => Some(m),
+            _ => None,
+        });
+        let declared = declared.unwrap_or_else(|| panic!("lib.rs declares no module {name}"));
+        assert!(
+            declared.attrs.iter().any(|a| a.path().is_ident("cfg")
+                && a.meta.require_list().is_ok_and(|l| {
+                    l.tokens.to_string().replace(' ', "") == "feature=\"testing\""
+                })),
+            "lib.rs declares `mod {name}` without #[cfg(feature = \"testing\")]"
+        );
+    }
+    // The daemon's build (normal and build dependencies, no dev ones) does
+    // not turn the feature on, while the tests' build (the crate's
+    // dev-dependency on itself) does.
+    assert_eq!(features_of_the_daemon("normal,build"), [] as [&str; 0]);
+    assert!(features_of_the_daemon("all").contains(&"testing".to_owned()));
+}
+
+/// The features the apptheus crate is built with, through the given kinds
+/// of dependency edges (`cargo tree -e`).
+fn features_of_the_daemon(edges: &str) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO"))
+        .current_dir(daemon_src())
+        .args([
+            "tree",
+            "--locked",
+            "--offline",
+            "-p",
+            "apptheus",
+            "-e",
+            edges,
+        ])
+        .args(["--depth", "0", "-f", "{p} [{f}]"])
+        .output()
+        .unwrap();
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "cargo tree: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let features = tree
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit_once('['))
+        .and_then(|(_, f)| f.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("cargo tree said: {tree}"));
+    features
+        .split(',')
+        .filter(|f| !f.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Writes a source tree of `(path, text)` files into a temporary folder.
 fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

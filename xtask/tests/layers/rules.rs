@@ -101,6 +101,11 @@ pub const KNOWN_EXCEPTIONS: &[Exception] = &[
     },
 ];
 
+/// Modules for the tests, benchmarks and fuzzers only: declared in lib.rs
+/// under `#[cfg(feature = "testing")]`, a feature the daemon's own build
+/// never turns on.
+pub const TEST_ONLY: &[&str] = &["testing", "fuzzing"];
+
 pub const RULES: Rules = Rules {
     layers: LAYERS,
     sideways: SIDEWAYS,
