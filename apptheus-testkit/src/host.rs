@@ -57,6 +57,16 @@ pub fn serial() -> Serial {
     }
 }
 
+/// A TCP port on 127.0.0.1 that is free now (for a server a test starts
+/// next; another process may take it meanwhile, which the server's start
+/// then reports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free port on 127.0.0.1")
+        .port()
+}
+
 /// A name no other call of this process returns: `<pid>-<n>`.
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

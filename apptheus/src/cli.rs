@@ -294,6 +294,9 @@ mod tests {
         assert!(!parse(&["--cgroup.prewarm=false"]).unwrap().cgroup_prewarm);
         assert!(a.on_demand);
         assert!(!parse(&["--monitor.on-demand=false"]).unwrap().on_demand);
+        // Pushes every 15 s unless told, whatever --monitor.interval is.
+        let a2 = parse(&["--monitor.interval=2s"]).unwrap();
+        assert_eq!(a2.push.interval, Duration::from_secs(15));
         assert_eq!(a.cgroup_open_files, None);
         assert_eq!(a.ebpf_max_tasks, 262_144);
         assert_eq!(a.ebpf_max_containers, 16_384);

@@ -298,7 +298,7 @@ fn runc_as_a_trusted_launcher() {
         .map(Path::new)
         .find(|p| p.exists());
     let Some(runc) = runc else {
-        apptheus::testing::skip("runc (Debian package runc; scripts/setup.sh --test installs it)");
+        apptheus_testkit::skip("runc (Debian package runc; scripts/setup.sh --test installs it)");
         return;
     };
     let _serial = serial();

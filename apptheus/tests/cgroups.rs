@@ -532,7 +532,7 @@ fn a_restarted_agent_adopts_only_the_cgroups_it_made() {
         return;
     };
     let Some(mc) = MemoryController::find() else {
-        apptheus::testing::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
+        apptheus_testkit::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
         return;
     };
     let flag = format!("--trust.path={}", starter.display());

@@ -116,7 +116,7 @@ fn oom_kill_is_counted_by_the_kernel_and_logged() {
     }
     let _serial = serial();
     let Some(limit) = MemoryLimit::new(64 * MIB) else {
-        apptheus::testing::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
+        apptheus_testkit::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
         return;
     };
     let trust = TrustDir::new();

@@ -16,6 +16,9 @@ use crate::model::{
 
 /// The extended attribute.
 pub const XATTR: &str = "trusted.apptheus";
+
+/// Directory name prefix of the cgroups apptheus creates.
+pub const DIR_PREFIX: &str = "apptheus-";
 /// The value's first word, and its version.
 const MAGIC: &str = "apptheus-cgroup-v1";
 /// A value longer than this is not ours (four labels of at most a few
@@ -80,7 +83,7 @@ impl Mark {
     pub fn dir_name(&self) -> String {
         format!(
             "{}{}",
-            super::placement::DIR_PREFIX,
+            DIR_PREFIX,
             container_id(self.member_pid, self.member)
         )
     }
@@ -283,11 +286,11 @@ mod tests {
         match set(dir.path(), &mark()) {
             Ok(()) => assert_eq!(get(dir.path()).unwrap(), Some(mark())),
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                crate::testing::skip("CAP_SYS_ADMIN (trusted.* extended attributes)")
+                apptheus_testkit::skip("CAP_SYS_ADMIN (trusted.* extended attributes)")
             }
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                crate::testing::skip("extended attributes on the temporary directory's filesystem")
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => apptheus_testkit::skip(
+                "extended attributes on the temporary directory's filesystem",
+            ),
             Err(e) => panic!("{e}"),
         }
     }

@@ -20,8 +20,7 @@ use super::{
 };
 use crate::model::cgroups::ContainerCgroups;
 
-/// Directory name prefix of the cgroups apptheus creates.
-pub const DIR_PREFIX: &str = "apptheus-";
+pub use super::mark::DIR_PREFIX;
 /// Passes over a container's tasks before placement gives up.
 const MAX_PASSES: usize = 8;
 
@@ -647,7 +646,7 @@ mod tests {
         let created = placer.create(&own(77, 5)).unwrap();
         if let Some((dir, e)) = created.unmarked {
             // Marking needs CAP_SYS_ADMIN (`trusted.`).
-            crate::testing::skip(&format!("marking {}: {e}", dir.display()));
+            apptheus_testkit::skip(&format!("marking {}: {e}", dir.display()));
         } else {
             let found = placer.find_marked();
             assert_eq!(found.len(), 1);
@@ -794,7 +793,7 @@ mod tests {
     #[test]
     fn an_unmarked_directory_with_our_name_is_not_ours() {
         if !nix::unistd::geteuid().is_root() {
-            crate::testing::skip("root (a directory of a user's, a mark)");
+            apptheus_testkit::skip("root (a directory of a user's, a mark)");
             return;
         }
         let root = tempfile::tempdir().unwrap();
@@ -818,7 +817,7 @@ mod tests {
         std::fs::remove_dir(forged.join("apptheus-77-5")).unwrap();
         let created = placer.create(&own(77, 5)).unwrap();
         if created.unmarked.is_some() {
-            crate::testing::skip("CAP_SYS_ADMIN (trusted.* extended attributes)");
+            apptheus_testkit::skip("CAP_SYS_ADMIN (trusted.* extended attributes)");
             return;
         }
         let found = placer.find_marked();

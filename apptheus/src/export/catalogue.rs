@@ -58,6 +58,7 @@ macro_rules! metrics {
             labels: $labels,
         };)*
         /// Every metric, in the order of this file.
+        #[cfg(feature = "testing")]
         pub const ALL: &[&Metric] = &[$(&$ident),*];
     };
 }
@@ -222,22 +223,30 @@ metrics! {
     // --- The agent's process (the prometheus crate's process collector;
     // its definitions, recorded here so that docs and dashboards can be
     // checked against one list) ---------------------------------------------
+    #[cfg(feature = "testing")]
     PROCESS_CPU_SECONDS = "process_cpu_seconds_total", Counter, &[],
         "Total user and system CPU time spent in seconds.";
+    #[cfg(feature = "testing")]
     PROCESS_OPEN_FDS = "process_open_fds", Gauge, &[],
         "Number of open file descriptors.";
+    #[cfg(feature = "testing")]
     PROCESS_MAX_FDS = "process_max_fds", Gauge, &[],
         "Maximum number of open file descriptors.";
+    #[cfg(feature = "testing")]
     PROCESS_VIRTUAL_MEMORY = "process_virtual_memory_bytes", Gauge, &[],
         "Virtual memory size in bytes.";
+    #[cfg(feature = "testing")]
     PROCESS_RESIDENT_MEMORY = "process_resident_memory_bytes", Gauge, &[],
         "Resident memory size in bytes.";
+    #[cfg(feature = "testing")]
     PROCESS_START_TIME = "process_start_time_seconds", Gauge, &[],
         "Start time of the process since unix epoch in seconds.";
+    #[cfg(feature = "testing")]
     PROCESS_THREADS = "process_threads", Gauge, &[],
         "Number of OS threads in the process.";
 }
 
+#[cfg(feature = "testing")]
 /// The metric named `name`, if apptheus exports one.
 pub fn find(name: &str) -> Option<&'static Metric> {
     ALL.iter().copied().find(|m| m.name == name)

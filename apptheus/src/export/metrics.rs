@@ -13,11 +13,12 @@ use crate::{
         cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
-        exposition::{self, EncodeError, Encoding, Format},
+        exposition::{self, EncodeError, Encoding},
         prepared::Prepared,
         protos,
         snapshot::Snapshot,
     },
+    sync,
 };
 
 /// Results of a connection to the monitoring socket, for
@@ -93,6 +94,7 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl AgentMetrics {
     /// The agent's metrics, its samples taken on a clock (readers never
     /// wait).
+    #[cfg(feature = "testing")]
     pub fn new() -> Arc<Self> {
         Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
     }
@@ -293,10 +295,7 @@ impl AgentMetrics {
     pub fn publish(&self, snapshot: Snapshot) {
         let large = snapshot.rows.len() > 2000;
         let new = Arc::new(Prepared::new(Arc::new(snapshot)));
-        let mut guard = self
-            .prepared
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = sync::write(&self.prepared);
         let old = std::mem::replace(&mut *guard, new);
         drop(guard);
         drop(old);
@@ -318,10 +317,7 @@ impl AgentMetrics {
     }
 
     fn current(&self) -> Arc<Prepared> {
-        self.prepared
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        sync::read(&self.prepared).clone()
     }
 
     /// The latest snapshot.
@@ -346,7 +342,8 @@ impl AgentMetrics {
     }
 
     /// The plain exposition in `format`.
-    pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
+    #[cfg(feature = "testing")]
+    pub fn encode(&self, format: exposition::Format) -> Result<Vec<u8>, EncodeError> {
         self.exposition(Encoding {
             format,
             gzip: false,
@@ -357,6 +354,7 @@ impl AgentMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::exposition::Format;
 
     #[test]
     fn build_info_and_process_metrics_are_exposed() {

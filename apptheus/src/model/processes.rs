@@ -108,6 +108,7 @@ pub struct FromProcesses {
 }
 
 impl FromProcesses {
+    #[cfg(feature = "testing")]
     pub const ALL: FromProcesses = FromProcesses {
         cpu: true,
         memory: true,

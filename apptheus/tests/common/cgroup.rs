@@ -28,7 +28,7 @@ impl ParentCgroup {
 pub fn memory_controller() -> Option<MemoryController> {
     let mc = MemoryController::find();
     if mc.is_none() {
-        apptheus::testing::skip("a memory controller in this cgroup layout");
+        apptheus_testkit::skip("a memory controller in this cgroup layout");
     }
     mc
 }

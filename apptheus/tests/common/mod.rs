@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cgroup;
+pub mod tls;
 
 use std::{
     ops::{Deref, DerefMut},
@@ -15,27 +16,15 @@ use std::{
 pub use apptheus_testkit::{
     cgroupfs::{MemoryController, our_cgroup_dirs},
     host::{
-        Serial, TrustDir, children_cpu_seconds, launch_workload, run, scaled, serial, time_scale,
-        unique,
+        Serial, TrustDir, children_cpu_seconds, free_port, launch_workload, run, scaled, serial,
+        time_scale, unique,
     },
+    privileged,
     scrape::{container_id, http_get, value},
     sim::starter_sim,
 };
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_apptheus");
-
-/// True when the test can run; otherwise reports the skip (a failure in CI).
-pub fn privileged() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        apptheus::testing::skip("root");
-        return false;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        apptheus::testing::skip("kernel BTF");
-        return false;
-    }
-    true
-}
 
 /// How most tests start: `None` (the skip reported) unless
 /// [`privileged`]; else the lock that keeps agents apart, and a trusted

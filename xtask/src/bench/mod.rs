@@ -156,8 +156,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !apptheus_testkit::is_root() {
         let msg =
             "SKIPPED: cargo xtask bench needs root (it loads kernel programs and creates cgroups)";
-        if std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            bail!("{msg}; APPTHEUS_REQUIRE_PRIVILEGED=1 forbids skipping");
+        if apptheus_testkit::skips_forbidden() {
+            bail!(
+                "{msg}; {}=1 forbids skipping",
+                apptheus_testkit::REQUIRE_ENV
+            );
         }
         eprintln!("{msg}");
         return Ok(());

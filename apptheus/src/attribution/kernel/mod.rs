@@ -248,6 +248,7 @@ impl Kernel {
         Ok(kernel)
     }
 
+    #[cfg(feature = "testing")]
     /// For the benchmark only: loads the kernel object with every collector
     /// map shrunk, and attaches nothing but `apptheus_switch_baseline`, a
     /// `sched_switch` program that returns at once. Detached when the

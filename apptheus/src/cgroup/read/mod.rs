@@ -30,7 +30,9 @@ pub mod parse;
 mod pids;
 mod pressure;
 
-pub use files::{Budget, Problem, StatWarning};
+#[cfg(feature = "testing")]
+pub use files::StatWarning;
+pub use files::{Budget, Problem};
 use files::{Ctx, Hier};
 pub use v1_hz::user_hz;
 
@@ -263,6 +265,7 @@ pub fn sources(
     out
 }
 
+#[cfg(feature = "testing")]
 /// Reads a container's statistics once, every family, nothing kept open
 /// (tests, fixture trees). Never fails: what cannot be read is left out
 /// and explained in the warnings, each naming its file, once.
@@ -270,6 +273,7 @@ pub fn read(cg: &ContainerCgroups) -> (CgroupStats, Vec<StatWarning>) {
     read_with(cg, user_hz())
 }
 
+#[cfg(feature = "testing")]
 /// [`read`] with the unit of cpuacct.stat given (for tests).
 pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatWarning>) {
     let budget = Budget::new(0);
@@ -298,6 +302,7 @@ pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatW
     (stats, warnings)
 }
 
+#[cfg(feature = "testing")]
 /// Adds a warning unless the same one (file and problem) is there already:
 /// several families look at the same directory.
 pub fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
