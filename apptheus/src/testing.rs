@@ -9,8 +9,9 @@ pub use crate::host::limits::raise_fd_limit;
 pub mod cgroup {
     pub use crate::cgroup::{
         layout::Layout,
-        mark::Mark,
-        placement::{Created, DIR_PREFIX, NoOwnCgroup, Placer},
+        mark::{DIR_PREFIX, Mark},
+        placement::{Created, Placer},
+        policy::NoOwnCgroup,
         read::{MAX_DEVICES, Problem, StatWarning, read, read_with, user_hz},
     };
     pub use crate::model::{

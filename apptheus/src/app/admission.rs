@@ -143,7 +143,7 @@ impl Agent {
     /// less; a run that was never shown is shown if it ran something, else
     /// it was no container: counted, its cgroups removed, never exported
     /// (true: the caller has nothing more to do).
-    pub(super) fn ending(&mut self, ck: u64) -> bool {
+    pub(super) fn close_admission(&mut self, ck: u64) -> bool {
         let Some(c) = self.registry.get(ck) else {
             return false;
         };

@@ -11,10 +11,7 @@ use apptheus_common::ContainerState;
 
 use super::{Agent, StartFacts};
 use crate::{
-    cgroup::{
-        mark::Mark,
-        placement::{self, Placer},
-    },
+    cgroup::{leftovers, mark::Mark, placement::Placer, tasks},
     model::{
         cgroups::ContainerCgroups,
         container::{Member, Origin, Part, Source},
@@ -31,10 +28,11 @@ struct Found {
 impl Agent {
     pub(super) fn adopt_existing(&mut self) {
         let mut containers: BTreeMap<u64, Vec<Found>> = BTreeMap::new();
-        for (mark, cgroups) in self.placer.find_marked() {
-            let tids = Placer::dirs(&cgroups)
+        for (mark, cgroups) in leftovers::find_marked(self.placer.hierarchies()) {
+            let tids = cgroups
+                .distinct_dirs()
                 .first()
-                .map(|d| placement::threads(d))
+                .map(|d| tasks::threads(d))
                 .unwrap_or_default();
             containers.entry(mark.container).or_default().push(Found {
                 mark,

@@ -7,8 +7,12 @@
 //!   what it is (container, instance, join, helper) and its metadata;
 //! - `placing`: a container's cgroups, its tasks moved there, a runtime's
 //!   own cgroup followed;
-//! - `sampling`: statistics read (for the readers that come), containers
-//!   ended and expired, the snapshot readers get refreshed;
+//! - `sampling`: statistics read (for the readers that come), ended
+//!   containers expired, the snapshot readers get refreshed;
+//! - `ending`: a starter run's end, a container's with its last run (a
+//!   final sample, its cgroups removed);
+//! - `recovering`: runs the agent missed (lost events, a starter trusted
+//!   late);
 //! - `sources`: the statistics sources, each timed;
 //! - `sockets`: the monitoring socket's connections;
 //! - `trusting`: the trusted starters and launchers, re-resolved;
@@ -43,6 +47,7 @@ use crate::{
 mod admission;
 mod adopting;
 mod drops;
+mod ending;
 mod placing;
 mod processes;
 mod recovering;

@@ -8,7 +8,8 @@ use super::Agent;
 use crate::{
     cgroup::{
         mark::Mark,
-        placement::{self, Placed, Placer},
+        placement::{self, Placed},
+        tasks,
     },
     host::{clock, proctree},
     model::{
@@ -49,7 +50,7 @@ impl Agent {
             Some(p) => p.cgroups.clone(),
             None => {
                 if !primary
-                    && let Ok(now) = self.placer.cgroups_of(pid)
+                    && let Ok(now) = self.placer.hierarchies().cgroups_of(pid)
                     && c.live_parts().any(|p| p.cgroups.covers(&now))
                 {
                     return;
@@ -209,7 +210,7 @@ impl Agent {
     /// process's exit, so that the cgroup is read before the runtime
     /// removes it.
     fn follow_runtime(&mut self, ck: u64, mk: u64, tgid: u32) {
-        let Ok(now) = self.placer.cgroups_of(tgid) else {
+        let Ok(now) = self.placer.hierarchies().cgroups_of(tgid) else {
             return;
         };
         let Some(c) = self.registry.get(ck) else {
@@ -262,7 +263,7 @@ impl Agent {
         let mut moved = Vec::new();
         for m in c.members.iter().filter(|m| !m.ended) {
             for pid in proctree::tree(self.procfs.root(), m.starter_pid) {
-                let Ok(now) = self.placer.cgroups_of(pid) else {
+                let Ok(now) = self.placer.hierarchies().cgroups_of(pid) else {
                     continue;
                 };
                 if !c.live_parts().any(|p| p.cgroups.covers(&now)) {
@@ -292,7 +293,7 @@ impl Agent {
                 }
         };
         cg.dirs()
-            .flat_map(|(_, d)| placement::procs(d))
+            .flat_map(|(_, d)| tasks::procs(d))
             .find(|pid| !ours(*pid))
     }
 
@@ -313,7 +314,7 @@ impl Agent {
             .iter_mut()
             .find(|p| p.origin == (Origin::Placed { member: mk }))
         {
-            let busy = Placer::remove(&p.cgroups);
+            let busy = placement::Placer::remove(&p.cgroups);
             if !busy.is_empty() {
                 tracing::debug!(container_id = %id, dirs = ?busy, "cgroups still busy; removal retried at the next sample");
             }
@@ -356,7 +357,11 @@ impl Agent {
         let mut why_not = None;
         // Never the root cgroup: that would change the whole host.
         if self.args.cgroup_enable_controllers
-            && self.placer.v2_root().is_some_and(|root| root != parent)
+            && self
+                .placer
+                .hierarchies()
+                .v2_root()
+                .is_some_and(|root| root != parent)
         {
             match self.delegated.enable(parent) {
                 Ok(enabled) if enabled.is_empty() => {}
@@ -373,7 +378,7 @@ impl Agent {
                 }
             }
         }
-        if self.placer.v1_has("memory") || dir.join("memory.current").exists() {
+        if self.placer.hierarchies().v1_has("memory") || dir.join("memory.current").exists() {
             return None;
         }
         Some(why_not.unwrap_or_else(|| {
@@ -417,7 +422,7 @@ fn all_inside(k: &crate::attribution::kernel::Kernel, mk: u64, cg: &ContainerCgr
     let Some(state) = k.container(mk) else {
         return false;
     };
-    Placer::dirs(cg)
+    cg.distinct_dirs()
         .first()
-        .is_some_and(|d| placement::threads(d).len() as u64 == state.live_tasks)
+        .is_some_and(|d| tasks::threads(d).len() as u64 == state.live_tasks)
 }

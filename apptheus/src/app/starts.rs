@@ -164,10 +164,13 @@ impl Agent {
         let Some(cg) = &s.cgroups else {
             return false;
         };
-        self.placer.cgroups_of(s.starter_pid).is_ok_and(|now| {
-            cg.dirs()
-                .any(|(h, d)| now.dir(h).is_some_and(|p| p.starts_with(d)))
-        })
+        self.placer
+            .hierarchies()
+            .cgroups_of(s.starter_pid)
+            .is_ok_and(|now| {
+                cg.dirs()
+                    .any(|(h, d)| now.dir(h).is_some_and(|p| p.starts_with(d)))
+            })
     }
 
     /// Whether the parent of `pid` runs one of the trusted launchers.
