@@ -6,6 +6,7 @@
 //! finds containers; `app` drives each one's life (`model::lifecycle`),
 //! has `cgroup` place it and read its statistics, and hands the samples in
 //! `model` to `export`, which `http` and `push` serve.
+mod allocator;
 mod app;
 mod attribution;
 mod build_info;

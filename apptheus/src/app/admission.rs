@@ -21,14 +21,14 @@ use crate::{
     host::clock,
     model::{
         caps::{Refusal, SHOW_AFTER},
-        container::Source,
+        container::FoundBy,
     },
 };
 
 impl Agent {
     /// A new starter run: let in, or refused for its user's rate.
     pub(super) fn admit_run(&mut self, s: &StartFacts) -> bool {
-        if s.source == Source::Adopted {
+        if s.found_by == FoundBy::Adopted {
             return true;
         }
         match self.caps.start(s.uid, Instant::now()) {
@@ -44,7 +44,7 @@ impl Agent {
     /// live containers, or refused.
     pub(super) fn admit_container(&mut self, s: &StartFacts) -> bool {
         let now = Instant::now();
-        if s.source == Source::Adopted {
+        if s.found_by == FoundBy::Adopted {
             self.caps.open_anyway(s.uid, now);
             return true;
         }
@@ -119,7 +119,7 @@ impl Agent {
         }
         c.shown = true;
         self.metrics.containers_started.inc();
-        super::starts::log_started(c, Source::Kernel);
+        super::starts::log_started(c, FoundBy::Kernel);
         self.publish_soon = true;
     }
 

@@ -14,7 +14,7 @@ use crate::{
     cgroup::{leftovers, mark::Mark, placement::Placer, tasks},
     model::{
         cgroups::ContainerCgroups,
-        container::{Member, Origin, Part, Source},
+        container::{FoundBy, Member, Origin, Part},
     },
 };
 
@@ -94,7 +94,7 @@ impl Agent {
             file: None,
             parent_launcher: Some(false),
             arg0: None,
-            source: Source::Adopted,
+            found_by: FoundBy::Adopted,
             socket: None,
             cgroups: own.map(|r| r.cgroups.clone()),
         });

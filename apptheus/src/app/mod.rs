@@ -116,7 +116,11 @@ const TRUST_RECHECK: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    crate::memory::tune_allocator();
+    crate::allocator::tune_allocator();
+    for d in args.sources.deprecated() {
+        tracing::warn!(flag = %format!("--{}", d.given), instead = %format!("--{}", d.instead),
+            "deprecated flag: the cgroup statistics sources are switched with --source.<name> and --no-source.<name>");
+    }
     let trust = Trust::resolve(&args)?;
 
     let host = match preflight::check(&args.procfs, &args.sysfs, args.ebpf != EbpfMode::False) {
@@ -169,7 +173,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Loading parsed the kernel's BTF twice (offsets, then aya): tens of
     // MiB freed but kept by the allocator; give them back.
-    crate::memory::release_free_heap();
+    crate::allocator::release_free_heap();
     let mode = if kernel.is_some() { "ebpf" } else { "socket" };
     metrics.set_mode(mode);
     tracing::info!(mode, "attribution mode");
@@ -421,7 +425,7 @@ impl Agent {
                     file: Some(file),
                     parent_launcher: Some(parent_launcher),
                     arg0: Some(arg0),
-                    source: crate::model::container::Source::Kernel,
+                    found_by: crate::model::container::FoundBy::Kernel,
                     socket: None,
                     cgroups: None,
                 })

@@ -14,7 +14,7 @@ use apptheus_common::{ContainerState, FileId};
 use super::{Agent, StartFacts};
 use crate::{
     host::{clock, proctree},
-    model::container::Source,
+    model::container::FoundBy,
 };
 
 impl Agent {
@@ -108,7 +108,7 @@ impl Agent {
             file: Some(exe),
             parent_launcher: None,
             arg0: None,
-            source: Source::Kernel,
+            found_by: FoundBy::Kernel,
             socket: None,
             cgroups: None,
         });
@@ -152,7 +152,7 @@ impl Agent {
                     file: Some(st.starter),
                     parent_launcher: None,
                     arg0: None,
-                    source: Source::Kernel,
+                    found_by: FoundBy::Kernel,
                     socket: None,
                     cgroups: None,
                 });

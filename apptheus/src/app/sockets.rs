@@ -2,7 +2,7 @@
 //! witness of a run the kernel already attributes, or, without the kernel
 //! programs, the way runs are found at all.
 use super::{Agent, StartFacts};
-use crate::{attribution::socket::SocketEvent, host::clock, model::container::Source};
+use crate::{attribution::socket::SocketEvent, host::clock, model::container::FoundBy};
 
 impl Agent {
     pub(super) fn on_socket_event(&mut self, ev: SocketEvent) {
@@ -57,7 +57,7 @@ impl Agent {
                     file: Some(exe),
                     parent_launcher: None,
                     arg0: None,
-                    source: Source::Socket,
+                    found_by: FoundBy::Socket,
                     socket: Some(conn.0),
                     cgroups: None,
                 });

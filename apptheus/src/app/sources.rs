@@ -1,5 +1,5 @@
 //! The statistics sources the sampler runs for each container (the kernel
-//! programs' counters first, then the cgroup families that `--collector.*`
+//! programs' counters first, then the cgroup families that `--source.*`
 //! selects), each timed; what a sample of every container found is
 //! exported as `apptheus_source_success{source}` and
 //! `apptheus_source_duration_seconds{source}`.
@@ -12,7 +12,7 @@ use crate::{
     export::metrics::AgentMetrics,
     model::{
         container::{Container, KernelCounters},
-        source::{CgroupSource, Counters, Fresh, Outcome, Source, Target},
+        stats_source::{CgroupSource, Counters, Fresh, Outcome, StatsSource, Target},
     },
 };
 
@@ -38,7 +38,7 @@ pub(super) fn open_files(given: Option<usize>, fd_limit: Option<u64>) -> usize {
 /// run; with `runqlat`, its histogram too).
 struct KernelSource;
 
-impl Source for KernelSource {
+impl StatsSource for KernelSource {
     fn name(&self) -> &'static str {
         "kernel"
     }
@@ -73,7 +73,7 @@ struct Tally {
 }
 
 pub(crate) struct Sources {
-    list: Vec<Box<dyn Source + Send>>,
+    list: Vec<Box<dyn StatsSource + Send>>,
     tally: Vec<Tally>,
     budget: Budget,
 }
@@ -83,7 +83,7 @@ impl Sources {
     /// `open_files` cgroup files kept open.
     pub fn new(args: &Args, open_files: usize) -> Self {
         let budget = Budget::new(open_files);
-        let mut list: Vec<Box<dyn Source + Send>> = vec![Box::new(KernelSource)];
+        let mut list: Vec<Box<dyn StatsSource + Send>> = vec![Box::new(KernelSource)];
         list.extend(read::sources(
             |s: CgroupSource| args.sources.enabled(s),
             &budget,

@@ -12,7 +12,7 @@ use crate::{
     host::{clock, users},
     model::{
         cgroups::ContainerCgroups,
-        container::{Container, Member, Origin, Part, Source},
+        container::{Container, FoundBy, Member, Origin, Part},
         slurm,
     },
 };
@@ -31,7 +31,7 @@ pub(super) struct StartFacts {
     pub parent_launcher: Option<bool>,
     /// Its first argument, when the kernel read it.
     pub arg0: Option<String>,
-    pub source: Source,
+    pub found_by: FoundBy,
     /// The monitoring-socket connection it made.
     pub socket: Option<u64>,
     /// Its cgroups, when they exist already (adopted after a restart).
@@ -115,15 +115,15 @@ impl Agent {
         }
         // A run the kernel reported is shown once it runs something of
         // its own (see `admission`).
-        c.shown = s.source != Source::Kernel;
+        c.shown = s.found_by != FoundBy::Kernel;
         if c.shown {
-            log_started(&c, s.source);
+            log_started(&c, s.found_by);
         } else {
             tracing::debug!(container_id = %c.id, pid, uid = s.uid,
                 "starter run seen; shown once it runs something of its own");
         }
         let shown = c.shown;
-        if self.registry.insert(c) && shown && s.source != Source::Adopted {
+        if self.registry.insert(c) && shown && s.found_by != FoundBy::Adopted {
             self.metrics.containers_started.inc();
         }
         // Placement at once: until its tasks are inside, a container's
@@ -158,7 +158,7 @@ impl Agent {
     /// (which a user cannot move a process into): the pid may be another
     /// process's now.
     fn starter_is_the_runs(&self, s: &StartFacts) -> bool {
-        if s.source != Source::Adopted {
+        if s.found_by != FoundBy::Adopted {
             return true;
         }
         let Some(cg) = &s.cgroups else {
@@ -197,10 +197,10 @@ impl Agent {
 }
 
 /// Logs a container's start, with what is known of it.
-pub(super) fn log_started(c: &Container, source: Source) {
+pub(super) fn log_started(c: &Container, found_by: FoundBy) {
     tracing::info!(container_id = %c.id, pid = c.starter_pid(), uid = c.uid, user = %c.user,
         starter = %c.starter_path.display(), image = c.meta.image.as_deref().unwrap_or(""),
         instance = c.meta.instance.as_deref().unwrap_or(""),
         slurm_job_id = c.meta.slurm_job_id.as_deref().unwrap_or(""),
-        source = ?source, "container started");
+        source = ?found_by, "container started");
 }

@@ -7,13 +7,13 @@ use crate::model::{
     cgroups::ContainerCgroups,
     lifecycle::Lifecycle,
     metadata::Metadata,
-    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcSource},
+    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcessStats},
     stats::{CgroupStats, PartStats, combine},
 };
 
 /// How a container was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum FoundBy {
     /// The kernel saw a trusted starter exec.
     Kernel,
     /// Apptainer's starter connected to the monitoring socket.
@@ -193,7 +193,7 @@ pub struct Container {
     pub parts: Vec<Part>,
     /// Set when its own cgroups lack families (see
     /// [`crate::model::processes`]): those are read from its processes.
-    pub processes: Option<ProcSource>,
+    pub processes: Option<ProcessStats>,
     /// Whether where its statistics come from was decided (once, when its
     /// cgroups were first set up).
     pub sources_decided: bool,

@@ -56,7 +56,7 @@ impl Drop for SocketListenerHandle {
 /// safe because nothing is read from a caller, and a caller only counts once
 /// the kernel's credentials show it runs a trusted starter binary (see
 /// [`super::verify`]); anyone else is disconnected at once, within the
-/// bounds of [`super::Limits`].
+/// bounds of [`super::ConnectionCaps`].
 pub async fn bind(path: &Path) -> Result<SocketListenerHandle, SocketError> {
     let dir = path
         .parent()

@@ -21,9 +21,9 @@
 //! is closed at once and counted. Nothing is ever read from a caller
 //! (bytes it sends are discarded), so no client input is parsed.
 //!
-//! Resources are bounded whatever local users do: see [`Limits`].
+//! Resources are bounded whatever local users do: see [`ConnectionCaps`].
 
-pub(crate) mod limits;
+pub(crate) mod caps;
 mod listener;
 mod server;
 pub mod verify;
@@ -32,8 +32,8 @@ use std::path::PathBuf;
 
 use apptheus_common::FileId;
 
-pub use crate::host::limits::raise_fd_limit;
-pub use limits::Limits;
+pub use crate::host::rlimit::raise_fd_limit;
+pub use caps::ConnectionCaps;
 pub use listener::{SocketListenerHandle, bind};
 pub use server::serve;
 #[cfg(feature = "testing")]

@@ -19,14 +19,17 @@ use tokio::{
 };
 
 use super::{
-    ConnId, Limits, SocketEvent, SocketListenerHandle,
-    limits::{Refusal, Slot, Tracker},
+    ConnId, ConnectionCaps, SocketEvent, SocketListenerHandle,
+    caps::{Refusal, Slot, Tracker},
     verify::{Identified, NoHook, Peer, PeerCreds, VerifyError, identify},
 };
 use crate::{
     attribution::trust::TrustedSet,
     export::metrics::AgentMetrics,
-    host::limits::{Backoff, LogThrottle, fd_limit},
+    host::{
+        pacing::{Backoff, LogThrottle},
+        rlimit::fd_limit,
+    },
 };
 
 /// Bytes a trusted peer may send before its reads are slowed down.
@@ -62,7 +65,7 @@ struct Shared {
     procfs: PathBuf,
 }
 
-/// Serves the monitoring socket with the default [`Limits`]; see
+/// Serves the monitoring socket with the default [`ConnectionCaps`]; see
 /// [`serve_with`].
 pub async fn serve(
     listener: SocketListenerHandle,
@@ -71,7 +74,15 @@ pub async fn serve(
     tx: mpsc::Sender<SocketEvent>,
     metrics: Arc<AgentMetrics>,
 ) {
-    serve_with(listener, Limits::default(), procfs, trusted, tx, metrics).await
+    serve_with(
+        listener,
+        ConnectionCaps::default(),
+        procfs,
+        trusted,
+        tx,
+        metrics,
+    )
+    .await
 }
 
 /// Accepts connections until the receiver of `tx` is dropped (or this
@@ -84,7 +95,7 @@ pub async fn serve(
 /// /proc mounted at `procfs`.
 pub async fn serve_with(
     listener: SocketListenerHandle,
-    limits: Limits,
+    limits: ConnectionCaps,
     procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,

@@ -1,6 +1,6 @@
 //! Per-container cgroup statistics, read by one source per family: `cpu`,
 //! `memory`, `pids` (with threads), `blkio` and `pressure`, each a module
-//! of its own and a [`Source`] for the sampler. A family the host cannot
+//! of its own and a [`StatsSource`] for the sampler. A family the host cannot
 //! provide is None.
 //!
 //! Which hierarchy gives a family: the cgroup2 directory when it has the
@@ -23,8 +23,8 @@ use std::{
 
 mod blkio;
 mod cpu;
+mod enclosing_limits;
 mod files;
-mod limits;
 mod memory;
 pub mod parse;
 mod pids;
@@ -39,8 +39,8 @@ pub use v1_hz::user_hz;
 use crate::model::{
     cgroups::ContainerCgroups,
     processes::FromProcesses,
-    source::{CgroupSource as Which, Fresh, Outcome, Source, Target},
     stats::CgroupStats,
+    stats_source::{CgroupSource as Which, Fresh, Outcome, StatsSource, Target},
 };
 
 /// Devices reported per container at most: a container touching more
@@ -134,7 +134,7 @@ pub(crate) struct Shared {
     /// The unit of cpuacct.stat.
     pub user_hz: u64,
     /// Enclosing cgroups' limits, read once per sample.
-    pub limits: limits::Ancestors,
+    pub enclosing: enclosing_limits::Ancestors,
 }
 
 /// One family's files per cgroup set, planned once.
@@ -145,21 +145,21 @@ struct Planned<F> {
     files: Option<F>,
 }
 
-/// A [`Family`] as a [`Source`]: its files per (container, cgroup set).
-struct CgroupSource<F: Family> {
+/// A [`Family`] as a [`StatsSource`]: its files per (container, cgroup set).
+struct FamilySource<F: Family> {
     parts: HashMap<(u64, usize), Planned<F::Files>>,
     shared: Shared,
     budget: Budget,
     buf: Vec<u8>,
 }
 
-impl<F: Family> CgroupSource<F> {
+impl<F: Family> FamilySource<F> {
     fn new(budget: Budget, user_hz: u64) -> Self {
-        CgroupSource {
+        FamilySource {
             parts: HashMap::new(),
             shared: Shared {
                 user_hz,
-                limits: limits::Ancestors::default(),
+                enclosing: enclosing_limits::Ancestors::default(),
             },
             budget,
             buf: Vec::new(),
@@ -167,13 +167,13 @@ impl<F: Family> CgroupSource<F> {
     }
 }
 
-impl<F: Family> Source for CgroupSource<F> {
+impl<F: Family> StatsSource for FamilySource<F> {
     fn name(&self) -> &'static str {
         F::NAME
     }
 
     fn begin(&mut self) {
-        self.shared.limits.begin();
+        self.shared.enclosing.begin();
     }
 
     fn read(&mut self, t: &Target<'_>, out: &mut Fresh) -> Outcome {
@@ -241,23 +241,23 @@ pub fn sources(
     selected: impl Fn(Which) -> bool,
     budget: &Budget,
     user_hz: u64,
-) -> Vec<Box<dyn Source + Send>> {
-    let mut out: Vec<Box<dyn Source + Send>> = Vec::new();
+) -> Vec<Box<dyn StatsSource + Send>> {
+    let mut out: Vec<Box<dyn StatsSource + Send>> = Vec::new();
     let b = || budget.clone();
     if selected(Which::Cpu) {
-        out.push(Box::new(CgroupSource::<cpu::Cpu>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<cpu::Cpu>::new(b(), user_hz)));
     }
     if selected(Which::Memory) {
-        out.push(Box::new(CgroupSource::<memory::Memory>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<memory::Memory>::new(b(), user_hz)));
     }
     if selected(Which::Pids) {
-        out.push(Box::new(CgroupSource::<pids::Pids>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<pids::Pids>::new(b(), user_hz)));
     }
     if selected(Which::Blkio) {
-        out.push(Box::new(CgroupSource::<blkio::Blkio>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<blkio::Blkio>::new(b(), user_hz)));
     }
     if selected(Which::Pressure) {
-        out.push(Box::new(CgroupSource::<pressure::Pressure>::new(
+        out.push(Box::new(FamilySource::<pressure::Pressure>::new(
             b(),
             user_hz,
         )));

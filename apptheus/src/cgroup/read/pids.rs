@@ -51,7 +51,7 @@ impl Family for Pids {
             let above = match hier.dir(ctx.cg).map(|d| d.to_path_buf()) {
                 Some(dir) => {
                     shared
-                        .limits
+                        .enclosing
                         .min_above(&dir, "pids.max", parse::limit, ctx, |_, _, _| true)
                 }
                 None => None,
