@@ -13,6 +13,7 @@ mod build_info;
 mod cgroup;
 pub mod cli;
 mod duration;
+mod error_chain;
 mod export;
 /// The entry points fuzzers (and the fuzz regression tests) call: the
 /// surface kept stable for them, whatever moves behind it.

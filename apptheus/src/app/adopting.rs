@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use apptheus_common::ContainerState;
 
 use super::{Agent, StartFacts};
+use crate::error_chain::chain;
 use crate::{
     cgroup::{leftovers, mark::Mark, placement::Placer, tasks},
     model::{
@@ -74,7 +75,7 @@ impl Agent {
                     ..ContainerState::default()
                 };
                 if let Err(e) = k.adopt(r.mark.member, &state, &r.tids) {
-                    tracing::warn!(container_id = %r.mark.member_id(), error = %e, "cannot hand an adopted container to the kernel programs");
+                    tracing::warn!(container_id = %r.mark.member_id(), error = %chain(&e), "cannot hand an adopted container to the kernel programs");
                 }
             }
         }

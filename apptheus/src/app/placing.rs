@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::Agent;
+use crate::error_chain::chain;
 use crate::{
     cgroup::{
         mark::Mark,
@@ -81,7 +82,7 @@ impl Agent {
                         created.own
                     }
                     Err(e) => {
-                        tracing::warn!(container_id = %id, error = %e, "cannot create the container's cgroups; its statistics are read from its processes");
+                        tracing::warn!(container_id = %id, error = %chain(&e), "cannot create the container's cgroups; its statistics are read from its processes");
                         if primary {
                             if let Some(c) = self.registry.get_mut(ck) {
                                 c.life.unplaced();
@@ -89,7 +90,7 @@ impl Agent {
                             self.decide_sources(
                                 ck,
                                 &ContainerCgroups::default(),
-                                Some(format!("its cgroups could not be created: {e}")),
+                                Some(format!("its cgroups could not be created: {}", chain(&e))),
                             );
                         }
                         return;
@@ -126,7 +127,7 @@ impl Agent {
                 p.complete
             }
             Err(e) => {
-                tracing::warn!(container_id = %id, error = %e, "placing the container's tasks failed");
+                tracing::warn!(container_id = %id, error = %chain(e), "placing the container's tasks failed");
                 false
             }
         };
@@ -247,7 +248,7 @@ impl Agent {
                 if let Some(k) = self.kernel.as_mut()
                     && let Err(e) = k.watch(tgid, mk)
                 {
-                    tracing::warn!(container_id = %id, error = %e, "cannot watch the process the runtime moved; its cgroup's last statistics may be missed");
+                    tracing::warn!(container_id = %id, error = %chain(&e), "cannot watch the process the runtime moved; its cgroup's last statistics may be missed");
                 }
             }
         }
@@ -337,7 +338,7 @@ impl Agent {
                     Ok(()) => false,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                     Err(e) => {
-                        tracing::debug!(dir = %d.display(), error = %e, "cgroup removal still failing");
+                        tracing::debug!(dir = %d.display(), error = %chain(&e), "cgroup removal still failing");
                         true
                     }
                 });
@@ -373,8 +374,9 @@ impl Agent {
                     why_not = Some(e.to_string());
                 }
                 Err(e) => {
+                    let e = chain(&e).to_string();
                     tracing::warn!(container_id = %id, error = %e, "cannot enable controllers for the container's cgroup");
-                    why_not = Some(e.to_string());
+                    why_not = Some(e);
                 }
             }
         }
@@ -407,8 +409,11 @@ impl Agent {
         };
         let result = std::fs::metadata(dir)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .map_err(|e| e.to_string())
-            .and_then(|ino| k.register_cgroup(key, ino).map_err(|e| e.to_string()));
+            .map_err(|e| chain(&e).to_string())
+            .and_then(|ino| {
+                k.register_cgroup(key, ino)
+                    .map_err(|e| chain(&e).to_string())
+            });
         if let Err(e) = result {
             tracing::warn!(container_id = %id, dir = %dir.display(), error = %e,
                 "cannot hand the container's cgroup to the network collector; its network statistics will be missing");

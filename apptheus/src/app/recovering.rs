@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use apptheus_common::{ContainerState, FileId};
 
 use super::{Agent, StartFacts};
+use crate::error_chain::chain;
 use crate::{
     host::{clock, proctree},
     model::container::FoundBy,
@@ -91,7 +92,7 @@ impl Agent {
         if let Some(k) = self.kernel.as_mut()
             && let Err(e) = k.adopt(key, &state, &tids)
         {
-            tracing::warn!(pid, error = %e, "cannot hand a run of a newly trusted starter to the kernel programs");
+            tracing::warn!(pid, error = %chain(&e), "cannot hand a run of a newly trusted starter to the kernel programs");
             return;
         }
         tracing::info!(

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use tokio::sync::watch;
 
 use super::Agent;
+use crate::error_chain::chain;
 use crate::{
     attribution::trust::{self, TrustedSet},
     cli::Args,
@@ -93,7 +94,7 @@ impl Agent {
                 Some(w)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the trusted files' directories (inotify); a replaced starter is trusted within 5 s");
+                tracing::warn!(error = %chain(&e), "cannot watch the trusted files' directories (inotify); a replaced starter is trusted within 5 s");
                 None
             }
         }
@@ -119,7 +120,7 @@ impl Agent {
                 if let Some(k) = self.kernel.as_mut()
                     && let Err(e) = k.set_trusted(&t.ids(), &l.ids())
                 {
-                    tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
+                    tracing::error!(error = %chain(&e), "updating the kernel's trusted set failed; keeping the old one");
                     return false;
                 }
                 if l != trust.launchers {
@@ -141,7 +142,7 @@ impl Agent {
             }
             Err(e) => {
                 // Said once per distinct problem, not at every re-check.
-                let text = e.to_string();
+                let text = chain(&e).to_string();
                 if trust.error.as_deref() != Some(text.as_str()) {
                     tracing::error!(error = %text, "{reason}: cannot resolve trusted starters; keeping the old set");
                     trust.error = Some(text);

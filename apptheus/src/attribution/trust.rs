@@ -12,15 +12,15 @@ use std::{
 
 use apptheus_common::FileId;
 
+use crate::error_chain::chain;
 pub use crate::host::procfs::file_id;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error(
-        "trusted starter {path} does not exist ({source}); fix --trust.path, or install Apptainer there"
-    )]
+    #[error("trusted starter {path} does not exist (fix --trust.path, or install Apptainer there)")]
     Missing {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("trusted starter {path} is not a regular file")]
@@ -34,9 +34,10 @@ pub enum TrustError {
         what: String,
         who: &'static str,
     },
-    #[error("launcher {path} does not exist ({source}); fix --trust.launcher")]
+    #[error("launcher {path} does not exist (fix --trust.launcher)")]
     LauncherMissing {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("launcher {path} is not a regular file; fix --trust.launcher")]
@@ -76,7 +77,7 @@ impl TrustedSet {
                 Ok(id) => files.push(TrustedFile { path, id }),
                 Err(e) if explicit => return Err(e),
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "skipping standard starter")
+                    tracing::warn!(path = %path.display(), error = %chain(&e), "skipping standard starter")
                 }
             }
         }

@@ -11,6 +11,7 @@
 //! hierarchical. While controllers are enabled the parent cannot take
 //! processes, so apptheus disables what it enabled as soon as the parent
 //! has no child cgroup left.
+use crate::error_chain::chain;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
@@ -28,9 +29,16 @@ pub enum DelegationError {
     Occupied { dir: PathBuf, procs: usize },
     #[error("{dir} is a {kind:?} cgroup; controllers are enabled for domain cgroups only")]
     NotDomain { dir: PathBuf, kind: String },
-    #[error("{file}: {source}")]
-    Io {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {file}")]
+    Write {
         file: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }
@@ -46,7 +54,7 @@ pub fn missing(available: &str, enabled: &str) -> Vec<&'static str> {
 }
 
 fn read(file: PathBuf) -> Result<String, DelegationError> {
-    std::fs::read_to_string(&file).map_err(|source| DelegationError::Io { file, source })
+    std::fs::read_to_string(&file).map_err(|source| DelegationError::Read { path: file, source })
 }
 
 fn write_subtree_control(dir: &Path, what: &str) -> Result<(), DelegationError> {
@@ -55,7 +63,7 @@ fn write_subtree_control(dir: &Path, what: &str) -> Result<(), DelegationError> 
         .write(true)
         .open(&file)
         .and_then(|mut f| f.write_all(what.as_bytes()))
-        .map_err(|source| DelegationError::Io { file, source })
+        .map_err(|source| DelegationError::Write { file, source })
 }
 
 /// Enables in `parent` the wanted controllers it can give and does not
@@ -103,7 +111,7 @@ pub fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
     match first_error {
         Some(e) if done.is_empty() => Err(e),
         Some(e) => {
-            tracing::debug!(dir = %parent.display(), error = %e, enabled = ?done, "some controllers could not be enabled");
+            tracing::debug!(dir = %parent.display(), error = %chain(&e), enabled = ?done, "some controllers could not be enabled");
             Ok(done)
         }
         None => Ok(done),
@@ -112,8 +120,8 @@ pub fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
 
 /// Whether `dir` has a child cgroup.
 fn has_children(dir: &Path) -> Result<bool, DelegationError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DelegationError::Io {
-        file: dir.to_path_buf(),
+    let entries = std::fs::read_dir(dir).map_err(|source| DelegationError::Read {
+        path: dir.to_path_buf(),
         source,
     })?;
     Ok(entries
@@ -172,7 +180,7 @@ impl Delegated {
                     !released
                 }
                 Err(e) => {
-                    tracing::warn!(cgroup = %parent.display(), error = %e, "cannot disable the controllers apptheus had enabled");
+                    tracing::warn!(cgroup = %parent.display(), error = %chain(&e), "cannot disable the controllers apptheus had enabled");
                     false
                 }
             });

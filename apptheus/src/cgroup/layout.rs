@@ -45,9 +45,10 @@ pub struct Layout {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(

@@ -25,13 +25,18 @@ const MAX_PASSES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
-    #[error("reading the cgroups of pid {pid}: {source}")]
-    ProcCgroup { pid: u32, source: std::io::Error },
+    #[error("reading the cgroups of pid {pid}")]
+    ProcCgroup {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pid {pid} is in no cgroup of the {hierarchy} hierarchy (per /proc/{pid}/cgroup)")]
     NotInHierarchy { pid: u32, hierarchy: String },
-    #[error("creating cgroup {dir}: {source}")]
+    #[error("creating cgroup {dir}")]
     Create {
         dir: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(
@@ -39,10 +44,11 @@ pub enum PlaceError {
          made by someone else, it is not used"
     )]
     NotOurs { dir: PathBuf },
-    #[error("moving task {tid} into {dir}: {source}")]
+    #[error("moving task {tid} into {dir}")]
     Move {
         tid: u32,
         dir: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }

@@ -28,6 +28,7 @@ use std::{
 use prometheus::IntCounter;
 
 use super::placement::Placer;
+use crate::error_chain::chain;
 use crate::model::event::KernelEvent;
 
 /// How long after a launcher's exec its starter is waited for.
@@ -196,7 +197,7 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cgroup warm-up disabled: taking the cgroup migration lock failed; placements may wait for an RCU grace period (see --cgroup.prewarm)");
+                tracing::warn!(error = %chain(e.as_ref()), "cgroup warm-up disabled: taking the cgroup migration lock failed; placements may wait for an RCU grace period (see --cgroup.prewarm)");
                 return;
             }
         }

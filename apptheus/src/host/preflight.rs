@@ -100,7 +100,7 @@ pub fn check(procfs: &Path, sysfs: &Path, ebpf: bool) -> Result<Host, Vec<Proble
         Ok(l) => Some(l),
         Err(e) => {
             problems.push(Problem {
-                what: e.to_string(),
+                what: crate::error_chain::chain(&e).to_string(),
                 fix: "apptheus places each container in a cgroup of its own and needs a cgroup filesystem".into(),
             });
             None

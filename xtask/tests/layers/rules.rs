@@ -46,7 +46,7 @@ pub const LAYERS: &[Layer] = &[
     },
     Layer {
         name: "model",
-        modules: &["model", "build_info", "duration", "sync"],
+        modules: &["model", "build_info", "duration", "sync", "error_chain"],
     },
 ];
 

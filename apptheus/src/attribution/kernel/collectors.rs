@@ -13,6 +13,7 @@ use aya::{
     },
 };
 
+use crate::error_chain::chain;
 use crate::model::collectors::Collector;
 
 /// Where a program attaches.
@@ -47,7 +48,7 @@ impl std::fmt::Display for Hook {
 pub enum CollectorError {
     #[error("the kernel object has no program {0}: the build is broken")]
     Missing(&'static str),
-    #[error("the kernel refused program {program} on {hook}: {}", chain(source))]
+    #[error("the kernel refused program {program} on {hook}")]
     Program {
         program: &'static str,
         hook: Hook,
@@ -56,25 +57,12 @@ pub enum CollectorError {
     },
     #[error("cgroup2 is not mounted; the network collector attaches to its root")]
     NoCgroup2,
-    #[error("opening the cgroup2 root {path}: {source}")]
+    #[error("opening the cgroup2 root {path}")]
     Cgroup2 {
         path: String,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// An error and its causes, as one line (aya's syscall errors keep the
-/// errno in their source).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 /// The programs of a collector, by name in the kernel object.
@@ -184,7 +172,7 @@ fn unload(ebpf: &mut Ebpf, program: &str, hook: Hook) {
         Hook::Skb(_) => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.unload()),
     };
     if let Err(e) = result {
-        tracing::debug!(program, error = %e, "unloading a program of a disabled collector");
+        tracing::debug!(program, error = %chain(&e), "unloading a program of a disabled collector");
     }
 }
 

@@ -4,6 +4,7 @@ use apptheus_common::{EVENT_SIZE, Event, EventKind, START_PARENT_LAUNCHER, TASK_
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
+use crate::error_chain::chain;
 pub use crate::model::event::KernelEvent;
 
 /// A NUL-padded `task_struct.comm` as text (lossy, control characters
@@ -107,7 +108,7 @@ pub async fn read_events(
                         batch.push(ev);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "dropping malformed kernel event"),
+                Err(e) => tracing::warn!(error = %chain(&e), "dropping malformed kernel event"),
             }
         }
         guard.clear_ready();

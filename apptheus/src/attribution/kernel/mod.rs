@@ -22,6 +22,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 
+use crate::error_chain::chain;
 use crate::model::{
     collectors::{Collector, Collectors},
     container::{FsCounters, KernelCounters, NetCounters},
@@ -81,14 +82,14 @@ const PROGRAMS: [(&str, &str); 4] = [
 pub enum KernelError {
     #[error(transparent)]
     Offsets(#[from] offsets::OffsetError),
-    #[error("loading the kernel's BTF for the programs: {0}")]
+    #[error("loading the kernel's BTF for the programs")]
     Btf(#[source] aya::BtfError),
     #[error(
-        "the kernel refused to load apptheus' programs ({0}); apptheus needs root (or CAP_BPF, \
-         CAP_PERFMON and CAP_SYS_RESOURCE), and no kernel lockdown; or run with --ebpf=false"
+        "the kernel refused to load apptheus' programs (apptheus needs root, or CAP_BPF, \
+         CAP_PERFMON and CAP_SYS_RESOURCE, and no kernel lockdown; or run with --ebpf=false)"
     )]
     Load(#[source] aya::EbpfError),
-    #[error("the kernel refused program {program} on tracepoint {tracepoint}: {source}")]
+    #[error("the kernel refused program {program} on tracepoint {tracepoint}")]
     Program {
         program: &'static str,
         tracepoint: &'static str,
@@ -97,7 +98,7 @@ pub enum KernelError {
     },
     #[error("the kernel object has no {0}: the build is broken")]
     Missing(&'static str),
-    #[error("kernel map {map}: {source}")]
+    #[error("kernel map {map}")]
     Map {
         map: &'static str,
         #[source]
@@ -167,7 +168,7 @@ impl Kernel {
                     wanted.insert(c);
                 }
                 Err(e) => {
-                    tracing::warn!(collector = %c, error = %e, "kernel collector not supported by this kernel; disabled")
+                    tracing::warn!(collector = %c, error = %chain(&e), "kernel collector not supported by this kernel; disabled")
                 }
             }
         }
@@ -207,7 +208,7 @@ impl Kernel {
             match collectors::attach(&mut ebpf, &btf, c, opts.cgroup2.as_deref()) {
                 Ok(()) => active.insert(c),
                 Err(e) => {
-                    tracing::warn!(collector = %c, error = %e, "kernel collector cannot be attached; disabled")
+                    tracing::warn!(collector = %c, error = %chain(&e), "kernel collector cannot be attached; disabled")
                 }
             }
         }

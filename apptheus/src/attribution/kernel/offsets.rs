@@ -6,15 +6,20 @@ use std::path::Path;
 use apptheus_common::Offsets;
 use btf_rs::{Btf, BtfType, Type};
 
+use crate::error_chain::chain;
 use crate::model::collectors::Collector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     #[error(
-        "cannot read the kernel's BTF at {path} ({source}); apptheus needs a kernel built with \
-         CONFIG_DEBUG_INFO_BTF=y (Linux 5.10 and later in most distributions), or run with --ebpf=false"
+        "cannot read the kernel's BTF at {path} (apptheus needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y, Linux 5.10 and later in most distributions, or run with --ebpf=false)"
     )]
-    Btf { path: String, source: btf_rs::Error },
+    Btf {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
     #[error(
         "the running kernel's BTF has no field {field} in struct {strukt}; this kernel is not supported \
          by the kernel programs (run with --ebpf=false to use the monitoring socket alone)"
@@ -33,7 +38,7 @@ pub enum OffsetError {
     },
     #[error("the {0} collector reads x86_64 registers; it is not available on this architecture")]
     Arch(Collector),
-    #[error("reading BTF: {0}")]
+    #[error("reading BTF")]
     Parse(#[from] btf_rs::Error),
 }
 
@@ -82,7 +87,7 @@ fn optional(r: Result<u32, OffsetError>) -> u32 {
     match r {
         Ok(off) => off,
         Err(e) => {
-            tracing::info!(error = %e, "exited tasks' CPU time or I/O cannot be counted on this kernel");
+            tracing::info!(error = %chain(&e), "exited tasks' CPU time or I/O cannot be counted on this kernel");
             0
         }
     }

@@ -9,6 +9,7 @@ use std::{
 use tokio::net::{UnixListener, UnixStream};
 
 use super::SocketError;
+use crate::error_chain::chain;
 
 /// How long a live server may take to answer the probe of an existing
 /// socket file.
@@ -38,7 +39,7 @@ impl Drop for SocketListenerHandle {
             && (meta.dev(), meta.ino()) == self.file
             && let Err(e) = std::fs::remove_file(&self.path)
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the monitoring socket");
+            tracing::warn!(path = %self.path.display(), error = %chain(&e), "cannot remove the monitoring socket");
         }
     }
 }

@@ -71,9 +71,10 @@ pub enum SocketEvent {
 pub enum SocketError {
     #[error("socket path {path} has no parent directory; choose --socket.path")]
     NoParent { path: PathBuf },
-    #[error("cannot create the socket directory {dir}: {source}")]
+    #[error("cannot create the socket directory {dir}")]
     CreateDir {
         dir: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(
@@ -85,24 +86,28 @@ pub enum SocketError {
     InUse { path: PathBuf },
     #[error("{path} exists and is not a socket; remove it or choose --socket.path")]
     NotASocket { path: PathBuf },
-    #[error("cannot inspect {path}: {source}")]
+    #[error("cannot inspect {path}")]
     Inspect {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot remove the stale socket {path}: {source}")]
+    #[error("cannot remove the stale socket {path}")]
     RemoveStale {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot bind {path}: {source}")]
+    #[error("cannot bind {path}")]
     Bind {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot make {path} connectable by every user (mode 0666): {source}")]
+    #[error("cannot make {path} connectable by every user (mode 0666)")]
     Permissions {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }

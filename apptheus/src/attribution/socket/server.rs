@@ -23,6 +23,7 @@ use super::{
     caps::{Refusal, Slot, Tracker},
     verify::{Identified, NoHook, Peer, PeerCreds, VerifyError, identify},
 };
+use crate::error_chain::chain;
 use crate::{
     attribution::trust::TrustedSet,
     export::metrics::AgentMetrics,
@@ -145,7 +146,7 @@ pub async fn serve_with(
                 if let Err(e) = done
                     && e.is_panic()
                 {
-                    tracing::error!(error = %e, "a monitoring socket connection task panicked");
+                    tracing::error!(error = %chain(&e), "a monitoring socket connection task panicked");
                 }
             }
             accepted = accept(&listener) => match accepted {
@@ -160,7 +161,7 @@ pub async fn serve_with(
                     // off in every case: never spin, never give up.
                     let delay = backoff.next_delay();
                     if let Some(suppressed) = shared.logs.accept.permit() {
-                        tracing::warn!(error = %e, retry_in = ?delay, suppressed, "monitoring socket: accept failed");
+                        tracing::warn!(error = %chain(&e), retry_in = ?delay, suppressed, "monitoring socket: accept failed");
                     }
                     tokio::time::sleep(delay).await;
                 }
@@ -213,9 +214,9 @@ fn log_failure(shared: &Shared, e: &VerifyError) {
         return;
     };
     if e.is_peer_gone() {
-        tracing::debug!(error = %e, suppressed, "monitoring socket: caller gone before it was identified");
+        tracing::debug!(error = %chain(e), suppressed, "monitoring socket: caller gone before it was identified");
     } else {
-        tracing::warn!(error = %e, suppressed, "monitoring socket: cannot identify a caller");
+        tracing::warn!(error = %chain(e), suppressed, "monitoring socket: cannot identify a caller");
     }
 }
 
