@@ -320,7 +320,7 @@ impl Agent {
                 _ = soon.tick(), if self.publish_soon || self.any_closing() => {
                     self.end_closed();
                     if self.publish_soon {
-                        tokio::task::block_in_place(|| self.publish());
+                        tokio::task::block_in_place(|| self.publish_changes());
                     }
                 }
                 _ = sighup.recv() => self.reload_trust("SIGHUP"),
