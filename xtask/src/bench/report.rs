@@ -160,9 +160,10 @@ impl Report {
         }
         if let Some(f) = &self.floor {
             o.push_str(&format!(
-                "\n### The kernel's own read path: the floor under one container's sample\n\nThe {} cgroup files the agent kept open above, opened by the benchmark and read in place with `pread` at offset 0 as the agent reads them, pass after pass, nothing parsed: {:.1} us of CPU per container and pass. The agent's {:.1} us is {:.0} % above it. By file:\n\n| file | files | CPU per container |\n|---|---|---|\n",
+                "\n### The kernel's own read path: the floor under one container's sample\n\nThe {} cgroup files the agent kept open above, opened by the benchmark and read in place with `pread` at offset 0 as the agent reads them (container after container, a pass every 250 ms), nothing parsed: {:.1} us of CPU per container and pass ({:.1} us with each file read in a tight loop, caches warm). The agent's {:.1} us is {:.0} % above it. By file, in a tight loop:\n\n| file | files | CPU per container |\n|---|---|---|\n",
                 f.files,
                 f.us,
+                f.warm_us,
                 self.sample_cost.first().map_or(f64::NAN, |c| c.cpu_us),
                 self.sample_cost
                     .first()
