@@ -87,6 +87,9 @@ impl Agent {
         self.retry_placements();
         self.retry_removals();
         self.end_finished_without_kernel();
+        // A run that has lived long enough, or runs something of its own,
+        // is a container whether or not anybody reads.
+        self.show_runs();
         self.tidy_runs();
         let expired = self.registry.expire(now);
         for c in &expired {
@@ -94,7 +97,7 @@ impl Agent {
             self.sources.forget(c.key);
         }
         if !expired.is_empty() || self.publish_soon {
-            self.publish();
+            self.publish_changes();
         }
     }
 
@@ -128,6 +131,17 @@ impl Agent {
                 "a process in a runtime's cgroup exited; sampling"
             );
             self.sample_one(ck);
+        }
+    }
+
+    /// Makes changes made outside a sample (a container's final sample,
+    /// expired series) what scrapes see: at once, unless the sample for a
+    /// scrape about to come is ready (its exposition encoded for it): then
+    /// once that scrape came (the soon tick retries).
+    pub(super) fn publish_changes(&mut self) {
+        self.publish_soon = true;
+        if !self.metrics.demand.hold(Instant::now()) {
+            self.publish();
         }
     }
 
