@@ -4,11 +4,11 @@
 //! The log lines (`error = %chain(&e)`) and the exit message print errors
 //! this way.
 //!
-//! Some other crates' errors do quote their cause in their own message
-//! (aya's `map error: {0}`, its program load error's `returned
-//! {io_error}`): a cause that the message just before it already holds is
-//! not said again. The daemon's own errors never rely on that (a test in
-//! `logging` checks them).
+//! Every cause is printed as its error says it: nothing is compared or left
+//! out. Where another crate's error quotes the error it wraps (aya's
+//! `map error: {0}`), the daemon keeps the wrapped error as its cause
+//! instead (see `attribution::kernel::load_cause`). A test in `logging`
+//! checks that none of the daemon's errors quotes its cause.
 use std::{error::Error, fmt};
 
 /// An error followed by each of its sources, `: `-separated.
@@ -22,15 +22,10 @@ pub(crate) fn chain<'a>(e: &'a (dyn Error + 'static)) -> Chain<'a> {
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut said = self.0.to_string();
-        f.write_str(&said)?;
+        write!(f, "{}", self.0)?;
         let mut cause = self.0.source();
         while let Some(c) = cause {
-            let text = c.to_string();
-            if !said.contains(&text) {
-                write!(f, ": {text}")?;
-            }
-            said = text;
+            write!(f, ": {c}")?;
             cause = c.source();
         }
         Ok(())
@@ -66,22 +61,5 @@ mod tests {
         );
         let alone = std::io::Error::from_raw_os_error(libc::EACCES);
         assert_eq!(chain(&alone).to_string(), "Permission denied (os error 13)");
-    }
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("map error: {0}")]
-    struct Quoting(#[from] Missing);
-
-    /// Another crate's error that quotes its cause: the cause is not said
-    /// twice, its own cause still is.
-    #[test]
-    fn a_cause_quoted_by_the_message_before_is_not_repeated() {
-        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
-        let e = Quoting(Missing { source: io });
-        assert_eq!(
-            chain(&e).to_string(),
-            "map error: trusted starter /x does not exist (fix --trust.path): \
-             No such file or directory (os error 2)"
-        );
     }
 }

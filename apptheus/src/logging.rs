@@ -79,6 +79,10 @@ mod tests {
                 trust::TrustError,
             },
             cgroup::{delegation::DelegationError, layout::LayoutError, placement::PlaceError},
+            export::exposition::EncodeError,
+            http::HttpError,
+            push::PushError,
+            webconfig::{WebConfigError, watch::LoadError},
         };
 
         /// Every error of the daemon that has a cause gives it as its
@@ -91,7 +95,7 @@ mod tests {
             let program = || aya::programs::ProgramError::AlreadyLoaded;
             let errors: Vec<Box<dyn Error>> = vec![
                 Box::new(KernelError::Btf(aya::BtfError::InvalidHeader)),
-                Box::new(KernelError::Load(aya::EbpfError::NoBTF)),
+                Box::new(KernelError::Load(Box::new(aya::EbpfError::NoBTF))),
                 Box::new(KernelError::Program {
                     program: "p",
                     tracepoint: "t",
@@ -103,7 +107,7 @@ mod tests {
                 }),
                 Box::new(OffsetError::Btf {
                     path: "/sys/kernel/btf/vmlinux".into(),
-                    source: btf_rs::Error::Format("bad".into()),
+                    source: Box::new(btf_rs::Error::Format("bad".into())),
                 }),
                 Box::new(OffsetError::Parse(btf_rs::Error::Format("bad".into()))),
                 Box::new(CollectorError::Program {
@@ -176,6 +180,22 @@ mod tests {
                 Box::new(LayoutError::Read {
                     path: p(),
                     source: io(),
+                }),
+                Box::new(HttpError::Bind {
+                    addr: "[::]:9100".into(),
+                    source: io(),
+                }),
+                Box::new(PushError::Hostname(io())),
+                Box::new(PushError::Tls(rustls::Error::General("bad".into()))),
+                Box::new(EncodeError::Write(io())),
+                Box::new(WebConfigError::Tls(rustls::Error::General("bad".into()))),
+                Box::new(LoadError {
+                    path: p(),
+                    problem: WebConfigError::Read {
+                        what: "the file",
+                        path: p(),
+                        source: io(),
+                    },
                 }),
             ];
             for e in &errors {

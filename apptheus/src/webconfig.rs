@@ -41,7 +41,7 @@ pub const CIPHER_SUITES: [&str; 6] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebConfigError {
-    #[error("not valid YAML for a web config: {0}")]
+    #[error("not valid YAML for a web config")]
     Syntax(#[source] serde_norway::Error),
     #[error("tls_server_config: {given} is set but {missing} is not; both are needed for TLS")]
     Incomplete {
@@ -95,14 +95,14 @@ pub enum WebConfigError {
     )]
     UserName(String),
     #[error(
-        "basic_auth_users.{user}: not a bcrypt hash ({source}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
+        "basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
     )]
     Hash {
         user: String,
         #[source]
         source: bcrypt::BcryptError,
     },
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -111,7 +111,7 @@ pub enum WebConfigError {
     },
     #[error("{what}: {why}")]
     Pem { what: String, why: String },
-    #[error("the TLS settings are rejected: {0}")]
+    #[error("the TLS settings are rejected")]
     Tls(#[from] rustls::Error),
 }
 
@@ -502,10 +502,10 @@ mod tests {
         parse(text, Path::new("/etc/apptheus")).unwrap()
     }
 
+    /// The error as the log line and the exit message say it (its causes
+    /// included).
     fn err(text: &str) -> String {
-        parse(text, Path::new("/etc/apptheus"))
-            .unwrap_err()
-            .to_string()
+        crate::error_chain::chain(&parse(text, Path::new("/etc/apptheus")).unwrap_err()).to_string()
     }
 
     #[test]

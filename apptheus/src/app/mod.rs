@@ -115,13 +115,6 @@ async fn dir_changed(w: &mut Option<crate::host::dirwatch::DirWatch>) -> std::io
 /// How often the trusted paths are re-resolved without a SIGHUP.
 const TRUST_RECHECK: Duration = Duration::from_secs(5);
 
-/// An error of http/ or push/ passed on as its message alone. TODO(house):
-/// export pass: their errors still quote their cause in their message;
-/// once they no longer do, they are passed on as they are, and this goes.
-fn said_once(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
-}
-
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     crate::allocator::tune_allocator();
@@ -232,7 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for addr in &args.listen_address {
         for sa in http::parse_listen_address(addr)? {
-            let l = http::bind(sa).await.map_err(said_once)?;
+            let l = http::bind(sa).await?;
             tracing::info!(address = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), path = %args.telemetry_path, "serving metrics");
             listeners.push(l);
         }
@@ -242,7 +235,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
     // Pushing (optional) runs in its own tasks: it never delays sampling.
-    let _push_tasks = crate::push::spawn(&args.push, metrics.clone()).map_err(said_once)?;
+    let _push_tasks = crate::push::spawn(&args.push, metrics.clone())?;
 
     let procfs = Procfs::new(&args.procfs);
     let open_files = sources::open_files(args.cgroup_open_files, fd_limit);

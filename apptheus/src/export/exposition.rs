@@ -96,9 +96,9 @@ pub fn negotiate(accept: &str) -> Format {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    #[error("text encoding: {0}")]
+    #[error("text encoding")]
     Text(#[from] prometheus::Error),
-    #[error("writing the exposition: {0}")]
+    #[error("writing the exposition")]
     Write(#[from] std::io::Error),
 }
 

@@ -64,7 +64,7 @@ impl Prepared {
             .get_or_init(|| match Part::encode(&self.snapshot, e) {
                 Ok(p) => p.map(Arc::new),
                 Err(err) => {
-                    tracing::error!(error = %err, "encoding the containers' metrics failed");
+                    tracing::error!(error = %crate::error_chain::chain(&err), "encoding the containers' metrics failed");
                     None
                 }
             })

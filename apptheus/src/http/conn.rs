@@ -370,9 +370,9 @@ fn reset(stream: &TcpStream) {
 enum Ended {
     #[error("{0}")]
     Cut(Cut),
-    #[error("{0}")]
+    #[error(transparent)]
     Http(hyper::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -397,7 +397,7 @@ async fn run(slot: Slot, stream: TcpStream, peer: SocketAddr, t: Timeouts, evict
         Err(Ended::Cut(cut)) => server.conns.count_cut(peer, cut),
         Err(e) => {
             if let Some(suppressed) = server.conns.logs.ended.permit() {
-                tracing::debug!(%peer, error = %e, suppressed, "HTTP connection ended with an error");
+                tracing::debug!(%peer, error = %crate::error_chain::chain(&e), suppressed, "HTTP connection ended with an error");
             }
         }
     }

@@ -85,10 +85,11 @@ pub enum HttpError {
     #[error("invalid --web.listen-address '{addr}': {why} (expected host:port or :port)")]
     Address { addr: String, why: String },
     #[error(
-        "cannot listen on {addr}: {source}; is another exporter using the port? Choose another with --web.listen-address"
+        "cannot listen on {addr} (is another exporter using the port? Choose another with --web.listen-address)"
     )]
     Bind {
         addr: String,
+        #[source]
         source: std::io::Error,
     },
 }
@@ -288,7 +289,7 @@ impl Server {
         let body = match self.metrics.exposition(encoding) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, "encoding metrics failed");
+                tracing::error!(error = %crate::error_chain::chain(&e), "encoding metrics failed");
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "encoding metrics failed\n",

@@ -80,11 +80,11 @@ fn parse_push_interval(s: &str) -> Result<Duration, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("cannot determine the host name for the instance label ({0}); set --push.instance")]
-    Hostname(std::io::Error),
-    #[error("the TLS client configuration: {0}")]
+    #[error("cannot determine the host name for the instance label (set --push.instance)")]
+    Hostname(#[source] std::io::Error),
+    #[error("the TLS client configuration is rejected")]
     Tls(#[from] rustls::Error),
-    #[error("building the request for {url}: {source}")]
+    #[error("building the request for {url}")]
     Request {
         url: String,
         #[source]
@@ -92,7 +92,7 @@ pub enum PushError {
     },
     #[error("encoding the metrics: {0}")]
     Encode(String),
-    #[error("sending to {url}: {source}")]
+    #[error("sending to {url}")]
     Send {
         url: String,
         #[source]
@@ -247,9 +247,9 @@ async fn run(target: Target, client: HttpClient, metrics: Arc<AgentMetrics>, int
                 let wait = backoff(failed, interval);
                 // Logarithmic: a long outage does not flood the log.
                 if failed.is_power_of_two() {
-                    tracing::warn!(target = name, error = %e, failed, retry_in = ?wait, "push failed");
+                    tracing::warn!(target = name, error = %crate::error_chain::chain(&e), failed, retry_in = ?wait, "push failed");
                 } else {
-                    tracing::debug!(target = name, error = %e, failed, retry_in = ?wait, "push failed");
+                    tracing::debug!(target = name, error = %crate::error_chain::chain(&e), failed, retry_in = ?wait, "push failed");
                 }
                 next = Instant::now() + wait;
             }

@@ -26,9 +26,10 @@ pub struct Active {
 
 /// A web config file that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("web config file {}: {problem}", path.display())]
+#[error("web config file {}", path.display())]
 pub struct LoadError {
     pub path: PathBuf,
+    #[source]
     pub problem: WebConfigError,
 }
 
@@ -142,7 +143,7 @@ impl WebConfigHandle {
                 Reload::Reloaded
             }
             Err(e) => {
-                tracing::error!(error = %e, "web config change not applied; keeping the previous configuration");
+                tracing::error!(error = %crate::error_chain::chain(&e), "web config change not applied; keeping the previous configuration");
                 Reload::Failed
             }
         }
@@ -211,14 +212,14 @@ mod tests {
     fn start_errors_name_the_file_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web.yml");
-        let e = WebConfigHandle::load(&path).unwrap_err().to_string();
+        let e = crate::error_chain::chain(&WebConfigHandle::load(&path).unwrap_err()).to_string();
         assert!(e.contains("web.yml") && e.contains("cannot read"), "{e}");
         std::fs::write(
             &path,
             "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
         )
         .unwrap();
-        let e = WebConfigHandle::load(&path).unwrap_err().to_string();
+        let e = crate::error_chain::chain(&WebConfigHandle::load(&path).unwrap_err()).to_string();
         assert!(e.contains("web.yml") && e.contains("missing.crt"), "{e}");
     }
 

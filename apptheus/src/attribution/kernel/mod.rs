@@ -88,7 +88,7 @@ pub enum KernelError {
         "the kernel refused to load apptheus' programs (apptheus needs root, or CAP_BPF, \
          CAP_PERFMON and CAP_SYS_RESOURCE, and no kernel lockdown; or run with --ebpf=false)"
     )]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Cause),
     #[error("the kernel refused program {program} on tracepoint {tracepoint}")]
     Program {
         program: &'static str,
@@ -104,6 +104,24 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// Why something the daemon's own error names failed, when that is another
+/// crate's error of several types.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why aya could not load the programs. aya's load error quotes the error
+/// it wraps in its own message (`map error: {0}`): the wrapped error is
+/// then the cause, so that the log line says it once.
+pub fn load_cause(e: aya::EbpfError) -> Cause {
+    match e {
+        aya::EbpfError::MapError(e) => Box::new(e),
+        aya::EbpfError::ProgramError(e) => Box::new(e),
+        aya::EbpfError::BtfError(e) => Box::new(e),
+        aya::EbpfError::ParseError(e) => Box::new(e),
+        aya::EbpfError::KsymsError(e) => Box::new(e),
+        e => Box::new(e),
+    }
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
@@ -199,7 +217,9 @@ impl Kernel {
             );
             loader.map_max_entries(MAP_RUNQ_TASKS, pids);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load(load_cause(e)))?;
         for (program, tracepoint) in PROGRAMS {
             attach(&mut ebpf, &btf, program, tracepoint)?;
         }
@@ -264,7 +284,9 @@ impl Kernel {
                 loader.map_max_entries(map, 1);
             }
         }
-        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load(load_cause(e)))?;
         attach(&mut ebpf, &btf, "apptheus_switch_baseline", "sched_switch")?;
         Ok(ebpf)
     }

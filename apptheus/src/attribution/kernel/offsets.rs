@@ -18,7 +18,7 @@ pub enum OffsetError {
     Btf {
         path: String,
         #[source]
-        source: btf_rs::Error,
+        source: super::Cause,
     },
     #[error(
         "the running kernel's BTF has no field {field} in struct {strukt}; this kernel is not supported \
@@ -46,7 +46,12 @@ pub enum OffsetError {
 pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
     Btf::from_file(path).map_err(|source| OffsetError::Btf {
         path: path.display().to_string(),
-        source,
+        // btf_rs's I/O error quotes the I/O error it wraps: that error is
+        // the cause.
+        source: match source {
+            btf_rs::Error::IO(io) => Box::new(io),
+            e => Box::new(e),
+        },
     })
 }
 
