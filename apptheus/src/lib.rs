@@ -22,7 +22,6 @@ pub mod fuzzing;
 mod host;
 mod http;
 pub mod logging;
-mod memory;
 mod model;
 mod push;
 mod sync;

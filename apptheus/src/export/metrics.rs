@@ -302,7 +302,7 @@ impl AgentMetrics {
         // Large snapshots leave large freed blocks behind; glibc keeps them
         // unless asked (the threshold keeps small nodes from paying for it).
         if large {
-            crate::memory::release_free_heap();
+            crate::allocator::release_free_heap();
         }
     }
 

@@ -39,9 +39,6 @@ pub const LAYERS: &[Layer] = &[
             "host",
             "webconfig",
             "allocator",
-            // The allocator's old name, which export/ still uses until its
-            // own pass of issue 26; then it goes.
-            "memory",
         ],
     },
     Layer {
@@ -81,16 +78,6 @@ pub const SIDEWAYS: &[Allowed] = &[
         from: "export",
         to: "allocator",
         why: "the heap goes back to the system after a large exposition",
-    },
-    Allowed {
-        from: "export",
-        to: "memory",
-        why: "the allocator's old name, until export/'s pass of issue 26",
-    },
-    Allowed {
-        from: "memory",
-        to: "allocator",
-        why: "the allocator's old name, until export/'s pass of issue 26",
     },
     Allowed {
         from: Allowed::ANY,
