@@ -15,10 +15,11 @@
 use std::sync::{Arc, OnceLock, atomic::AtomicBool};
 
 use crate::{
+    app::preflight,
     attribution::{apptainer, socket},
     cgroup,
     export::exposition,
-    host::{preflight, proctree},
+    host::proctree,
     http, model, webconfig,
 };
 

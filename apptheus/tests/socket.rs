@@ -254,7 +254,7 @@ impl Daemon {
             "/proc".into(),
             trusted_rx,
             tx,
-            Arc::clone(&metrics),
+            metrics.socket_connections.clone(),
         ));
         Self {
             rt,

@@ -40,7 +40,7 @@ use crate::{
     cgroup::{delegation::Delegated, placement::Placer},
     cli::{Args, EbpfMode},
     export::{cadence::Trigger, demand::Demand, metrics::AgentMetrics},
-    host::{preflight, procfs::Procfs},
+    host::procfs::Procfs,
     http,
     model::{event::KernelEvent, registry::Registry},
 };
@@ -50,6 +50,7 @@ mod adopting;
 mod drops;
 mod ending;
 mod placing;
+pub(crate) mod preflight;
 mod processes;
 mod recovering;
 mod sampling;
@@ -201,7 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.procfs.clone(),
         trusted_rx,
         socket_tx,
-        metrics.clone(),
+        metrics.socket_connections.clone(),
     ));
 
     // Listen before declaring ourselves up: a port in use is a start error.

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::{
     io::AsyncReadExt,
     net::UnixStream,
@@ -26,7 +26,6 @@ use super::{
 use crate::error_chain::chain;
 use crate::{
     attribution::trust::TrustedSet,
-    export::metrics::AgentMetrics,
     host::{
         pacing::{Backoff, LogThrottle},
         rlimit::fd_limit,
@@ -73,7 +72,7 @@ pub async fn serve(
     procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,
-    metrics: Arc<AgentMetrics>,
+    connections: IntCounterVec,
 ) {
     serve_with(
         listener,
@@ -81,15 +80,15 @@ pub async fn serve(
         procfs,
         trusted,
         tx,
-        metrics,
+        connections,
     )
     .await
 }
 
 /// Accepts connections until the receiver of `tx` is dropped (or this
 /// future is), verifying each caller on its own task; reports trusted
-/// callers on `tx` and counts every connection in
-/// `apptheus_socket_connections_total{result}`.
+/// callers on `tx` and counts every connection in `connections`, by
+/// result (the agent's `apptheus_socket_connections_total{result}`).
 ///
 /// On return, open connections are closed without `Disconnected` events
 /// and the socket file is removed. Callers are identified through the
@@ -100,7 +99,7 @@ pub async fn serve_with(
     procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,
-    metrics: Arc<AgentMetrics>,
+    connections: IntCounterVec,
 ) {
     let limits = match fd_limit().and_then(|soft| limits.fitted_to(soft).map(|l| (soft, l))) {
         Some((soft, fitted)) => {
@@ -114,7 +113,7 @@ pub async fn serve_with(
         }
         None => limits,
     };
-    let counter = |r: &str| metrics.socket_connections.with_label_values(&[r]);
+    let counter = |r: &str| connections.with_label_values(&[r]);
     let shared = Arc::new(Shared {
         trusted,
         tx,

@@ -1,5 +1,6 @@
-//! Start-up checks: everything apptheus needs from the host, each failure
-//! named with its fix, all reported at once.
+//! Start-up checks: everything apptheus needs from the host (capabilities,
+//! BTF, a cgroup filesystem), each failure named with its fix, all
+//! reported at once. Part of the wiring: it asks host/ and cgroup/ alike.
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::layout::{Layout, LayoutKind};
