@@ -6,6 +6,11 @@
 //! finds containers; `app` drives each one's life (`model::lifecycle`),
 //! has `cgroup` place it and read its statistics, and hands the samples in
 //! `model` to `export`, which `http` and `push` serve.
+// What is `pub` is reachable from outside the crate: the daemon's entry
+// points and, for the tests, benchmarks and fuzzers, the testing and fuzzing
+// modules; the rest is `pub(crate)` or less. Checked with the testing
+// feature on, where that surface is whole (clippy --all-targets).
+#![cfg_attr(feature = "testing", warn(unreachable_pub))]
 mod allocator;
 mod app;
 mod attribution;

@@ -81,7 +81,7 @@ pub(crate) struct Sources {
 impl Sources {
     /// The kernel source and the selected cgroup sources, with at most
     /// `open_files` cgroup files kept open.
-    pub fn new(args: &Args, open_files: usize) -> Self {
+    pub(super) fn new(args: &Args, open_files: usize) -> Self {
         let budget = Budget::new(open_files);
         let mut list: Vec<Box<dyn StatsSource + Send>> = vec![Box::new(KernelSource)];
         list.extend(read::sources(
@@ -99,13 +99,13 @@ impl Sources {
     }
 
     /// A sample of every container begins.
-    pub fn begin_round(&mut self) {
+    pub(super) fn begin_round(&mut self) {
         self.tally.fill(Tally::default());
         self.begin_one();
     }
 
     /// A sample of one container begins (outside a sample of every one).
-    pub fn begin_one(&mut self) {
+    pub(super) fn begin_one(&mut self) {
         for s in &mut self.list {
             s.begin();
         }
@@ -114,7 +114,7 @@ impl Sources {
     /// Reads one container: what each source gives goes into its members'
     /// counters and its cgroup sets' latest statistics (a set found gone
     /// keeps what was read before), then into what is exported.
-    pub fn sample(&mut self, c: &mut Container, kernel: Option<&Kernel>) {
+    pub(super) fn sample(&mut self, c: &mut Container, kernel: Option<&Kernel>) {
         let t = Target {
             key: c.key,
             members: &c.members,
@@ -157,14 +157,14 @@ impl Sources {
     }
 
     /// Closes what is kept open for container `key` (it ended).
-    pub fn forget(&mut self, key: u64) {
+    pub(super) fn forget(&mut self, key: u64) {
         for s in &mut self.list {
             s.forget(key);
         }
     }
 
     /// What the latest sample of every container found, for scrapes.
-    pub fn publish(&self, m: &AgentMetrics) {
+    pub(super) fn publish(&self, m: &AgentMetrics) {
         for (s, t) in self.list.iter().zip(&self.tally) {
             m.source_success
                 .with_label_values(&[s.name()])

@@ -29,7 +29,7 @@ impl Trust {
     /// Resolves `--trust.path` and `--trust.launcher`. A path given that
     /// does not exist stops the agent (a typo); with none given, finding
     /// no starter is a warning: the agent trusts them once they appear.
-    pub fn resolve(args: &Args) -> anyhow::Result<Trust> {
+    pub(super) fn resolve(args: &Args) -> anyhow::Result<Trust> {
         let starters = TrustedSet::resolve(&args.trusted_paths())?;
         if starters.files.is_empty() {
             tracing::warn!(
@@ -55,13 +55,13 @@ impl Trust {
         })
     }
 
-    pub fn with_sender(mut self, tx: watch::Sender<TrustedSet>) -> Trust {
+    pub(super) fn with_sender(mut self, tx: watch::Sender<TrustedSet>) -> Trust {
         self.tx = Some(tx);
         self
     }
 
     /// Shows how many starters and launchers are trusted.
-    pub fn publish(&self, metrics: &AgentMetrics) {
+    pub(super) fn publish(&self, metrics: &AgentMetrics) {
         metrics
             .trusted_files
             .with_label_values(&["starter"])

@@ -145,7 +145,7 @@ const STARTERS: [&str; 2] = ["starter", "starter-suid"];
 /// prefixes /usr and /usr/local (upstream packages, source installs), and
 /// `/usr/lib/<multiarch>/{apptainer,singularity}/bin/starter{,-suid}`
 /// (Debian, Ubuntu) for every multiarch directory present.
-pub fn default_starters(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn default_starters(root: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = ["usr/libexec", "usr/local/libexec"]
         .iter()
         .map(|d| root.join(d))
@@ -176,7 +176,7 @@ pub fn default_starters(root: &Path) -> Vec<PathBuf> {
 /// The command-line tools (`<prefix>/bin/apptainer`, `.../singularity`)
 /// for starters installed in one of the [`default_starters`] layouts,
 /// without duplicates; starters elsewhere suggest no launcher.
-pub fn default_launchers<'a>(starters: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
+pub(crate) fn default_launchers<'a>(starters: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for starter in starters {
         let Some(prefix) = install_prefix(starter) else {
@@ -225,7 +225,7 @@ fn launcher(path: PathBuf) -> Result<TrustedFile, TrustError> {
 
 /// The identity of the file at `path` (symlinks followed), after checking
 /// that no unprivileged user could replace it.
-pub fn identify(path: &Path) -> Result<FileId, TrustError> {
+pub(crate) fn identify(path: &Path) -> Result<FileId, TrustError> {
     let meta = std::fs::metadata(path).map_err(|source| TrustError::Missing {
         path: path.to_path_buf(),
         source,

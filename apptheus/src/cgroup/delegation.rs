@@ -18,10 +18,10 @@ use std::{
 };
 
 /// The controllers apptheus asks for, in the order they are enabled.
-pub const WANTED: [&str; 4] = ["memory", "io", "pids", "cpu"];
+pub(crate) const WANTED: [&str; 4] = ["memory", "io", "pids", "cpu"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum DelegationError {
+pub(crate) enum DelegationError {
     #[error(
         "{dir} still holds {procs} process(es) that are not the container's; cgroup v2 lets a cgroup \
          with processes give its children no controller"
@@ -45,7 +45,7 @@ pub enum DelegationError {
 
 /// The wanted controllers that `available` (a cgroup.controllers) offers
 /// and `enabled` (a cgroup.subtree_control) lacks.
-pub fn missing(available: &str, enabled: &str) -> Vec<&'static str> {
+pub(crate) fn missing(available: &str, enabled: &str) -> Vec<&'static str> {
     let has = |list: &str, c: &str| list.split_whitespace().any(|x| x == c);
     WANTED
         .into_iter()
@@ -70,7 +70,7 @@ fn write_subtree_control(dir: &Path, what: &str) -> Result<(), DelegationError> 
 /// give yet; returns those it enabled (empty when there was nothing to do).
 /// Refuses while `parent` holds a process: that is not the container's
 /// (its tasks were moved out), so it stays where it is.
-pub fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
+pub(crate) fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
     let want = {
         let available = read(parent.join("cgroup.controllers"))?;
         let enabled = read(parent.join("cgroup.subtree_control"))?;
@@ -132,7 +132,7 @@ fn has_children(dir: &Path) -> Result<bool, DelegationError> {
 /// Disables `controllers` in `parent` again if it has no child cgroup
 /// left; returns whether it did (false: children remain, try later).
 /// A parent that is gone needs nothing.
-pub fn release(parent: &Path, controllers: &[String]) -> Result<bool, DelegationError> {
+pub(crate) fn release(parent: &Path, controllers: &[String]) -> Result<bool, DelegationError> {
     if !parent.exists() {
         return Ok(true);
     }
@@ -150,14 +150,14 @@ pub fn release(parent: &Path, controllers: &[String]) -> Result<bool, Delegation
 /// The controllers apptheus enabled, by parent cgroup, so that each is
 /// disabled again once the parent has no child cgroup left.
 #[derive(Debug, Default)]
-pub struct Delegated {
+pub(crate) struct Delegated {
     by_parent: std::collections::BTreeMap<PathBuf, Vec<String>>,
 }
 
 impl Delegated {
     /// Enables in `parent` what a container's cgroup below it needs, and
     /// remembers what it enabled.
-    pub fn enable(&mut self, parent: &Path) -> Result<Vec<String>, DelegationError> {
+    pub(crate) fn enable(&mut self, parent: &Path) -> Result<Vec<String>, DelegationError> {
         let enabled = enable(parent)?;
         if !enabled.is_empty() {
             self.by_parent
@@ -170,7 +170,7 @@ impl Delegated {
 
     /// Disables what was enabled in parents that have no child cgroup
     /// left.
-    pub fn release_unused(&mut self) {
+    pub(crate) fn release_unused(&mut self) {
         self.by_parent
             .retain(|parent, controllers| match release(parent, controllers) {
                 Ok(released) => {

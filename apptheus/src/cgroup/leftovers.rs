@@ -16,7 +16,7 @@ use crate::model::cgroups::ContainerCgroups;
 /// hierarchy: directories with apptheus' naming and its mark, naming
 /// them (see [`mark`]). A directory of that name without the mark (a
 /// user's) is neither taken nor touched.
-pub fn find_marked(hierarchies: &Hierarchies) -> BTreeMap<Mark, ContainerCgroups> {
+pub(crate) fn find_marked(hierarchies: &Hierarchies) -> BTreeMap<Mark, ContainerCgroups> {
     let mut out: BTreeMap<Mark, ContainerCgroups> = BTreeMap::new();
     for h in hierarchies.iter() {
         let mut found = Vec::new();

@@ -45,7 +45,7 @@ impl std::fmt::Display for NoOwnCgroup {
 /// path in a hierarchy holding v1 `controllers`; none for cgroup2): None
 /// if so, else why not. Everywhere but in a Slurm job it may: beneath the
 /// starter's cgroup every enclosing limit holds.
-pub fn own_cgroup_refused(controllers: &[String], parent: &Path) -> Option<NoOwnCgroup> {
+pub(crate) fn own_cgroup_refused(controllers: &[String], parent: &Path) -> Option<NoOwnCgroup> {
     crate::model::slurm::parse(&parent.to_string_lossy())?;
     if controllers.is_empty() {
         Some(NoOwnCgroup::SlurmV2)

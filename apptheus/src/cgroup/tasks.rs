@@ -4,12 +4,12 @@
 use std::path::Path;
 
 /// The processes (thread-group ids) in a cgroup directory.
-pub fn procs(dir: &Path) -> Vec<u32> {
+pub(crate) fn procs(dir: &Path) -> Vec<u32> {
     read_ids(&dir.join("cgroup.procs"))
 }
 
 /// The threads in a cgroup directory (v2 cgroup.threads, v1 tasks).
-pub fn threads(dir: &Path) -> Vec<u32> {
+pub(crate) fn threads(dir: &Path) -> Vec<u32> {
     let v2 = dir.join("cgroup.threads");
     if v2.exists() {
         read_ids(&v2)

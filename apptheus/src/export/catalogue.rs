@@ -51,7 +51,7 @@ const ID_DEVICE: &[&str] = &["container_id", "device"];
 
 macro_rules! metrics {
     ($($(#[$doc:meta])* $ident:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
-        $($(#[$doc])* pub const $ident: Metric = Metric {
+        $($(#[$doc])* pub(crate) const $ident: Metric = Metric {
             name: $name,
             kind: Kind::$kind,
             help: $help,

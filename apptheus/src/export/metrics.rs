@@ -23,11 +23,11 @@ use crate::{
 
 /// Results of a connection to the monitoring socket, for
 /// `apptheus_socket_connections_total{result}`.
-pub const SOCKET_RESULTS: [&str; 3] = ["accepted", "rejected", "error"];
+pub(crate) const SOCKET_RESULTS: [&str; 3] = ["accepted", "rejected", "error"];
 
 /// A read's answer, for `apptheus_reads_total{answer}`: served at once, or
 /// after waiting for a sample.
-pub const READ_ANSWERS: [&str; 2] = ["at_once", "waited"];
+pub(crate) const READ_ANSWERS: [&str; 2] = ["at_once", "waited"];
 
 pub struct AgentMetrics {
     registry: Registry,

@@ -38,7 +38,7 @@ const LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// What cut a connection short, for
 /// `apptheus_http_connections_closed_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
+pub(super) enum Cut {
     /// Its slot went to a connection of an address that held fewer.
     Evicted,
     /// No first byte, or no next request on a kept-alive connection, in time.
@@ -55,7 +55,7 @@ pub enum Cut {
 }
 
 impl Cut {
-    pub const ALL: [Cut; 7] = [
+    pub(super) const ALL: [Cut; 7] = [
         Cut::Evicted,
         Cut::Idle,
         Cut::Headers,
@@ -65,7 +65,7 @@ impl Cut {
         Cut::Lifetime,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Cut::Evicted => "evicted",
             Cut::Idle => "idle_timeout",
@@ -79,11 +79,11 @@ impl Cut {
 }
 
 /// Rejection reasons, for `apptheus_http_connections_rejected_total{reason}`.
-pub const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
+pub(super) const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
 
 /// The reason of `apptheus_http_requests_rejected_total` for a request
 /// answered 429 because its address already had answers under way.
-pub const REQUEST_REFUSALS: [&str; 1] = ["per_address_responses"];
+pub(super) const REQUEST_REFUSALS: [&str; 1] = ["per_address_responses"];
 
 /// Bytes handed to hyper at a time: hyper asks for the next piece only
 /// once it has written most of the last, so an answer counts as under way
@@ -92,7 +92,7 @@ const PIECE: usize = 64 * 1024;
 
 /// Closes an evicted connection: its task waits on this.
 #[derive(Debug, Default)]
-pub struct Evict(Notify);
+pub(super) struct Evict(Notify);
 
 impl Evict {
     fn evict(&self) {
@@ -111,7 +111,7 @@ struct Logs {
 }
 
 /// Every listener's connections, counted together.
-pub struct Connections {
+pub(crate) struct Connections {
     pool: Mutex<Pool<Arc<Evict>>>,
     rejected: IntCounterVec,
     closed: IntCounterVec,
@@ -121,7 +121,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(limits: Limits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
+    pub(crate) fn new(limits: Limits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
         // Every reason's series from the start, 0 until it happens.
         for r in REFUSALS {
             metrics.http_rejected.with_label_values(&[r.label()]);
@@ -149,12 +149,12 @@ impl Connections {
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         lock(&self.pool).limits().clone()
     }
 
     /// Logs a failed accept, at most once a second.
-    pub fn accept_failed(&self, e: &io::Error, retry_in: Duration) {
+    pub(crate) fn accept_failed(&self, e: &io::Error, retry_in: Duration) {
         if let Some(suppressed) = self.logs.accept.permit() {
             tracing::warn!(error = %e, ?retry_in, suppressed, "HTTP: accepting a connection failed");
         }
@@ -204,7 +204,7 @@ impl Drop for Slot {
 
 /// Takes a slot for a connection just accepted and starts serving it, or
 /// resets it. Never waits.
-pub fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+pub(super) fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
     let conns = &server.conns;
     let key = client_key(peer.ip());
     let evict = Arc::new(Evict::default());
@@ -272,7 +272,7 @@ impl Drop for Responding {
 /// holding its [`Responding`] as long as it holds the answer: once the last
 /// piece is taken, what is left of the answer is at most two pieces in
 /// hyper's hands, whoever (a client that reads all but the end) stalls.
-pub struct Paced {
+pub(super) struct Paced {
     data: Bytes,
     responding: Option<Responding>,
 }

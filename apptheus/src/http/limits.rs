@@ -22,7 +22,7 @@ use std::{
 
 /// Bounds on HTTP connections; see the module's documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Open connections in all, every listener together. Fitted under the
     /// descriptor limit by [`Limits::fitted_to`]. A connection in the
     /// middle of a request holds about 30 KiB (hyper's buffers and state):
@@ -79,7 +79,7 @@ impl Limits {
     /// quarter of what a soft descriptor limit of `soft` leaves after
     /// [`FD_RESERVE`] (the monitoring socket may take much of the rest);
     /// `None` when they already fit.
-    pub fn fitted_to(&self, soft: u64) -> Option<Self> {
+    pub(crate) fn fitted_to(&self, soft: u64) -> Option<Self> {
         let room =
             usize::try_from((soft.saturating_sub(FD_RESERVE) / 4).max(16)).unwrap_or(usize::MAX);
         (self.max_connections > room).then(|| Self {
@@ -93,7 +93,7 @@ impl Limits {
 /// The address a client is counted under: an IPv4 address as it is (an
 /// IPv4-mapped IPv6 address as the IPv4 one), an IPv6 address by its /64,
 /// the block one host usually gets.
-pub fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
@@ -105,7 +105,7 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Its address already holds [`Limits::max_per_address`] connections.
     PerAddress,
     /// Every slot is taken, and no address holds more than its own.
@@ -114,7 +114,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `reason` label of `apptheus_http_connections_rejected_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::PerAddress => "per_address_limit",
             Self::Total => "total_limit",
@@ -124,14 +124,14 @@ impl Refusal {
 
 /// How long an admitted connection may wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     pub first_byte: Duration,
     pub headers: Duration,
 }
 
 /// A connection taken in.
 #[derive(Debug)]
-pub struct Admitted<H> {
+pub(crate) struct Admitted<H> {
     pub id: u64,
     pub timeouts: Timeouts,
     /// The connection whose slot was given to this one: close it.
@@ -141,7 +141,7 @@ pub struct Admitted<H> {
 /// Open connections by client address. `H` is what the server needs to
 /// close an evicted connection.
 #[derive(Debug)]
-pub struct Pool<H> {
+pub(crate) struct Pool<H> {
     limits: Limits,
     total: usize,
     next_id: u64,
@@ -155,7 +155,7 @@ pub struct Pool<H> {
 }
 
 impl<H> Pool<H> {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
             limits,
             total: 0,
@@ -166,30 +166,30 @@ impl<H> Pool<H> {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Open connections in all.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.total
     }
 
     /// Open connections of `key`.
-    pub fn open_of(&self, key: IpAddr) -> usize {
+    pub(crate) fn open_of(&self, key: IpAddr) -> usize {
         self.by_key.get(&key).map_or(0, BTreeMap::len)
     }
 
     #[cfg(test)]
     /// Client addresses with at least one open connection.
-    pub fn addresses(&self) -> usize {
+    pub(crate) fn addresses(&self) -> usize {
         self.by_key.len()
     }
 
     /// Takes a slot for a new connection of `key` (see [`client_key`]),
     /// evicting another address's oldest connection when the pool is full
     /// and that address holds more than `key` does.
-    pub fn admit(&mut self, key: IpAddr, handle: H) -> Result<Admitted<H>, Refusal> {
+    pub(crate) fn admit(&mut self, key: IpAddr, handle: H) -> Result<Admitted<H>, Refusal> {
         let mine = self.open_of(key);
         if mine >= self.limits.max_per_address {
             return Err(Refusal::PerAddress);
@@ -237,7 +237,7 @@ impl<H> Pool<H> {
 
     /// Frees the slot of connection `id` of `key`; `None` when it is no
     /// longer there (it was evicted).
-    pub fn remove(&mut self, key: IpAddr, id: u64) -> Option<H> {
+    pub(crate) fn remove(&mut self, key: IpAddr, id: u64) -> Option<H> {
         let conns = self.by_key.get_mut(&key)?;
         let before = conns.len();
         let handle = conns.remove(&id)?;
@@ -251,7 +251,7 @@ impl<H> Pool<H> {
 
     /// Counts an answer of `key` starting; false (nothing counted) when
     /// `key` already has [`Limits::max_responses_per_address`] under way.
-    pub fn start_response(&mut self, key: IpAddr) -> bool {
+    pub(crate) fn start_response(&mut self, key: IpAddr) -> bool {
         let n = self.responses.entry(key).or_default();
         if *n >= self.limits.max_responses_per_address {
             return false;
@@ -261,7 +261,7 @@ impl<H> Pool<H> {
     }
 
     /// Counts an answer of `key` sent (or abandoned).
-    pub fn end_response(&mut self, key: IpAddr) {
+    pub(crate) fn end_response(&mut self, key: IpAddr) {
         if let Some(n) = self.responses.get_mut(&key) {
             *n = n.saturating_sub(1);
             if *n == 0 {

@@ -24,12 +24,12 @@ use crate::{
 };
 
 mod conn;
-pub mod limits;
+pub(crate) mod limits;
 
-pub use conn::Connections;
+pub(crate) use conn::Connections;
 #[cfg(feature = "testing")]
 pub(crate) use conn::serve_stream;
-pub use limits::Limits;
+pub(crate) use limits::Limits;
 
 /// The address a request came from (a request extension).
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +81,7 @@ fn encoding_of<B>(req: &Request<B>) -> exposition::Encoding {
 const LISTEN_BACKLOG: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("invalid --web.listen-address '{addr}': {why} (expected host:port or :port)")]
     Address { addr: String, why: String },
     #[error(
@@ -94,7 +94,7 @@ pub enum HttpError {
     },
 }
 
-pub struct Server {
+pub(crate) struct Server {
     pub metrics: Arc<AgentMetrics>,
     pub telemetry_path: String,
     pub ready: Arc<AtomicBool>,
@@ -106,7 +106,7 @@ pub struct Server {
 impl Server {
     /// A server with the default [`Limits`], fitted under the descriptor
     /// limit.
-    pub fn new(
+    pub(crate) fn new(
         metrics: Arc<AgentMetrics>,
         telemetry_path: String,
         ready: Arc<AtomicBool>,
@@ -128,7 +128,7 @@ impl Server {
     }
 
     /// A server with the given connection limits, as they are.
-    pub fn with_limits(
+    pub(crate) fn with_limits(
         metrics: Arc<AgentMetrics>,
         telemetry_path: String,
         ready: Arc<AtomicBool>,
@@ -147,7 +147,7 @@ impl Server {
 }
 
 /// Parses a listen address the way Go does: ":9091" means every address.
-pub fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
+pub(crate) fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
     let bad = |why: &str| HttpError::Address {
         addr: addr.to_string(),
         why: why.to_string(),
@@ -173,7 +173,7 @@ pub fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
 
 /// Binds a listener; "every address" falls back to IPv4 only on hosts
 /// without IPv6.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     match listen(addr) {
         Ok(l) => Ok(l),
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
@@ -205,7 +205,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves connections on `listener` until the task is dropped. Accepting
 /// never waits for a free slot: a connection beyond the limits is refused
 /// at once, or takes the slot of a heavier address's (see [`limits`]).
-pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     let mut backoff = Backoff::new();
     loop {
         match listener.accept().await {
@@ -311,7 +311,7 @@ impl Server {
 
 /// Whether an Accept-Encoding header allows gzip (and does not refuse it
 /// with q=0).
-pub fn accepts_gzip(value: &str) -> bool {
+pub(crate) fn accepts_gzip(value: &str) -> bool {
     value.split(',').any(|part| {
         let mut it = part.split(';').map(str::trim);
         let coding = it.next().unwrap_or("");

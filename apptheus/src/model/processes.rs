@@ -22,7 +22,7 @@ use crate::model::stats::{BlkioDevice, CgroupStats, CpuStats, MemoryStats, PidsS
 /// allows: after a read that took `t`, not before `t / PSS_CPU_SHARE` has
 /// passed (every sample for small containers; every 100 s for one whose
 /// read takes 1 s).
-pub const PSS_CPU_SHARE: f64 = 0.01;
+pub(crate) const PSS_CPU_SHARE: f64 = 0.01;
 
 /// One read of the container's live processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -11,14 +11,14 @@ use crate::model::{
 };
 
 /// The kernel programs' counters, as the kernel source reads them.
-pub trait Counters {
+pub(crate) trait Counters {
     /// The counters of starter run `member`; None when the kernel does not
     /// know it (any more).
     fn counters(&self, member: u64) -> Option<KernelCounters>;
 }
 
 /// What a source reads of one container.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// The container's key.
     pub key: u64,
     /// Its starter runs (the kernel's counters are per run).
@@ -31,14 +31,14 @@ pub struct Target<'a> {
 
 /// Where a source puts what it read: one slot per member and per part,
 /// in the target's order.
-pub struct Fresh {
+pub(crate) struct Fresh {
     pub counters: Vec<Option<KernelCounters>>,
     pub parts: Vec<FreshPart>,
 }
 
 /// What was read of one cgroup set at this sample.
 #[derive(Debug, Default)]
-pub struct FreshPart {
+pub(crate) struct FreshPart {
     /// Whether it is read at this sample (not gone already).
     pub read: bool,
     /// Its directories' hash: a source that keeps files open for a set
@@ -51,7 +51,7 @@ pub struct FreshPart {
 }
 
 impl Fresh {
-    pub fn new(t: &Target<'_>) -> Self {
+    pub(crate) fn new(t: &Target<'_>) -> Self {
         Fresh {
             counters: vec![None; t.members.len()],
             parts: t
@@ -91,7 +91,7 @@ fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
 
 /// How a source's read of one container went.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// It found something to read.
     pub found: bool,
     /// What was broken or unreadable (each names its file).
@@ -99,7 +99,7 @@ pub struct Outcome {
 }
 
 /// A source of per-container statistics.
-pub trait StatsSource {
+pub(crate) trait StatsSource {
     /// Its name, in `--source.<name>` and in `source="<name>"`.
     fn name(&self) -> &'static str;
 

@@ -14,11 +14,11 @@ use super::{WebConfigError, auth::BasicAuth, parse, tls};
 use crate::sync;
 
 /// How often the files are checked for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(3);
+pub(crate) const RELOAD_EVERY: Duration = Duration::from_secs(3);
 
 /// The configuration in force.
 #[derive(Debug, Default)]
-pub struct Active {
+pub(crate) struct Active {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub auth: Option<BasicAuth>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -27,7 +27,7 @@ pub struct Active {
 /// A web config file that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("web config file {}", path.display())]
-pub struct LoadError {
+pub(crate) struct LoadError {
     pub path: PathBuf,
     #[source]
     pub problem: WebConfigError,
@@ -35,7 +35,7 @@ pub struct LoadError {
 
 /// Whether a check for changes changed anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
+pub(crate) enum Reload {
     Unchanged,
     Reloaded,
     /// The files changed but do not load; the previous configuration stays.
@@ -43,7 +43,7 @@ pub enum Reload {
 }
 
 #[derive(Debug)]
-pub struct WebConfigHandle {
+pub(crate) struct WebConfigHandle {
     path: PathBuf,
     current: RwLock<Arc<Active>>,
     /// Fingerprint of the files as last looked at (loaded or not).
@@ -51,7 +51,7 @@ pub struct WebConfigHandle {
 }
 
 /// Reads and builds everything the file describes.
-pub fn load(path: &Path) -> Result<Active, LoadError> {
+pub(crate) fn load(path: &Path) -> Result<Active, LoadError> {
     let fail = |problem| LoadError {
         path: path.to_path_buf(),
         problem,
@@ -109,7 +109,7 @@ fn fingerprint(path: &Path) -> Vec<u8> {
 
 impl WebConfigHandle {
     /// Loads the file: an error here is a start-up error.
-    pub fn load(path: &Path) -> Result<Arc<Self>, LoadError> {
+    pub(crate) fn load(path: &Path) -> Result<Arc<Self>, LoadError> {
         let seen = fingerprint(path);
         let active = load(path)?;
         log_active(path, &active);
@@ -121,12 +121,12 @@ impl WebConfigHandle {
     }
 
     /// The configuration in force now.
-    pub fn current(&self) -> Arc<Active> {
+    pub(crate) fn current(&self) -> Arc<Active> {
         sync::read(&self.current).clone()
     }
 
     /// Reloads if any of the files changed since last looked at.
-    pub fn reload_if_changed(&self) -> Reload {
+    pub(crate) fn reload_if_changed(&self) -> Reload {
         let now = fingerprint(&self.path);
         {
             let mut seen = sync::lock(&self.seen);
@@ -150,7 +150,7 @@ impl WebConfigHandle {
     }
 
     /// Checks for changes every `every` until the handle is dropped.
-    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

@@ -18,7 +18,7 @@ use crate::model::collectors::Collector;
 
 /// Where a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     /// A BTF tracepoint (tp_btf).
     Btf(&'static str),
     /// A raw tracepoint.
@@ -28,7 +28,7 @@ pub enum Hook {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkbDirection {
+pub(crate) enum SkbDirection {
     Ingress,
     Egress,
 }
@@ -45,7 +45,7 @@ impl std::fmt::Display for Hook {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CollectorError {
+pub(crate) enum CollectorError {
     #[error("the kernel object has no program {0}: the build is broken")]
     Missing(&'static str),
     #[error("the kernel refused program {program} on {hook}")]
@@ -66,7 +66,7 @@ pub enum CollectorError {
 }
 
 /// The programs of a collector, by name in the kernel object.
-pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
+pub(crate) const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
     match c {
         Collector::Oom => &[("apptheus_oom", Hook::Btf("mark_victim"))],
         Collector::Network => &[
@@ -80,7 +80,7 @@ pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
 
 /// The maps only a collector uses; the loader shrinks them to one entry
 /// when the collector is off, so they cost no kernel memory.
-pub const fn maps(c: Collector) -> &'static [&'static str] {
+pub(crate) const fn maps(c: Collector) -> &'static [&'static str] {
     match c {
         Collector::Network => &[MAP_CGROUPS],
         Collector::Runqlat => &[MAP_RUNQ, MAP_RUNQ_SLOTS, MAP_RUNQ_TASKS],
@@ -90,7 +90,7 @@ pub const fn maps(c: Collector) -> &'static [&'static str] {
 
 /// Loads and attaches every program of `c`. On failure the programs of
 /// `c` loaded so far are unloaded again (which detaches them).
-pub fn attach(
+pub(crate) fn attach(
     ebpf: &mut Ebpf,
     btf: &Btf,
     c: Collector,

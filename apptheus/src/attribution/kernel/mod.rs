@@ -1,9 +1,9 @@
 //! Loading the kernel programs, and the user-space side of their maps.
-pub mod collectors;
-pub mod events;
-pub mod offsets;
+pub(crate) mod collectors;
+pub(crate) mod events;
+pub(crate) mod offsets;
 mod runq;
-pub mod stats;
+pub(crate) mod stats;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -108,12 +108,12 @@ pub enum KernelError {
 
 /// Why something the daemon's own error names failed, when that is another
 /// crate's error of several types.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why aya could not load the programs. aya's load error quotes the error
 /// it wraps in its own message (`map error: {0}`): the wrapped error is
 /// then the cause, so that the log line says it once.
-pub fn load_cause(e: aya::EbpfError) -> Cause {
+pub(crate) fn load_cause(e: aya::EbpfError) -> Cause {
     match e {
         aya::EbpfError::MapError(e) => Box::new(e),
         aya::EbpfError::ProgramError(e) => Box::new(e),

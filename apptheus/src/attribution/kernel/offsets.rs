@@ -43,7 +43,7 @@ pub enum OffsetError {
 }
 
 /// Loads BTF from a file such as /sys/kernel/btf/vmlinux.
-pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
+pub(crate) fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
     Btf::from_file(path).map_err(|source| OffsetError::Btf {
         path: path.display().to_string(),
         // btf_rs's I/O error quotes the I/O error it wraps: that error is
@@ -56,7 +56,7 @@ pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
 }
 
 /// Resolves every offset the programs need.
-pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
+pub(crate) fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
     Ok(Offsets {
         task_pid: member_offset(btf, "task_struct", "pid")?,
         task_tgid: member_offset(btf, "task_struct", "tgid")?,
@@ -100,7 +100,7 @@ fn optional(r: Result<u32, OffsetError>) -> u32 {
 
 /// What the programs of one collector need beyond the base offsets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CollectorNeeds {
+pub(crate) struct CollectorNeeds {
     /// Offsets to merge into the base ones (only this collector's fields set).
     pub offsets: Offsets,
     /// `mark_victim`'s first argument is a pid, not a task (OOM collector).
@@ -109,7 +109,7 @@ pub struct CollectorNeeds {
 
 /// Resolves what collector `c` needs on this kernel; an error means the
 /// collector cannot run here.
-pub fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, OffsetError> {
+pub(crate) fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, OffsetError> {
     let mut n = CollectorNeeds::default();
     match c {
         Collector::Oom => {
@@ -150,7 +150,7 @@ pub fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, Offs
 
 /// Copies the non-zero fields of `from` into `into` (a zero offset, such as
 /// inode.i_mode's, is zero in both).
-pub fn merge(into: &mut Offsets, from: &Offsets) {
+pub(crate) fn merge(into: &mut Offsets, from: &Offsets) {
     let pick = |a: &mut u32, b: u32| {
         if b != 0 {
             *a = b;
@@ -230,7 +230,7 @@ fn first_arg_is_integer(btf: &Btf, tracepoint: &str) -> Result<bool, OffsetError
 
 /// Byte offset of `field` in `struct strukt`, looking through anonymous
 /// structs and unions.
-pub fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, OffsetError> {
+pub(crate) fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, OffsetError> {
     let candidates = btf
         .resolve_types_by_name(strukt)
         .map_err(|_| OffsetError::MissingStruct(strukt.to_string()))?;

@@ -32,10 +32,11 @@ use std::path::PathBuf;
 
 use apptheus_common::FileId;
 
-pub use crate::host::rlimit::raise_fd_limit;
+pub(crate) use crate::host::rlimit::raise_fd_limit;
 pub use caps::ConnectionCaps;
-pub use listener::{SocketListenerHandle, bind};
-pub use server::serve;
+pub(crate) use listener::SocketListenerHandle;
+pub use listener::bind;
+pub(crate) use server::serve;
 #[cfg(feature = "testing")]
 pub use server::serve_with;
 

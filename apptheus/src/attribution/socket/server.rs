@@ -67,7 +67,7 @@ struct Shared {
 
 /// Serves the monitoring socket with the default [`ConnectionCaps`]; see
 /// [`serve_with`].
-pub async fn serve(
+pub(crate) async fn serve(
     listener: SocketListenerHandle,
     procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,

@@ -20,9 +20,9 @@ use super::{
 };
 use crate::model::stats::{CgroupStats, MemoryStats};
 
-pub struct Memory;
+pub(super) struct Memory;
 
-pub enum Files {
+pub(super) enum Files {
     V2 {
         current: File,
         stat: File,

@@ -26,13 +26,14 @@ mod cpu;
 mod enclosing_limits;
 mod files;
 mod memory;
-pub mod parse;
+pub(crate) mod parse;
 mod pids;
 mod pressure;
 
+pub(crate) use files::Budget;
+pub use files::Problem;
 #[cfg(feature = "testing")]
 pub use files::StatWarning;
-pub use files::{Budget, Problem};
 use files::{Ctx, Hier};
 pub use v1_hz::user_hz;
 
@@ -55,7 +56,7 @@ const REPLAN_AFTER: Duration = Duration::from_secs(30);
 /// nothing but its tasks) cannot give, among those `enabled`: a hierarchy
 /// where it has no cgroup of its own (a Slurm job's), or a cgroup2
 /// directory without the family's controller.
-pub fn lacking(own: &ContainerCgroups, enabled: impl Fn(Which) -> bool) -> FromProcesses {
+pub(crate) fn lacking(own: &ContainerCgroups, enabled: impl Fn(Which) -> bool) -> FromProcesses {
     let v2 = |f: &str| own.v2.as_ref().is_some_and(|d| d.join(f).exists());
     let v1 = |c: &str| own.v1.contains_key(c);
     FromProcesses {
@@ -110,17 +111,17 @@ impl<'a> Dirs<'a> {
     }
 
     /// The cgroup2 directory, if it has `file` (a controller's mark).
-    pub fn v2_with(&self, file: &str) -> Option<&'a Path> {
+    pub(crate) fn v2_with(&self, file: &str) -> Option<&'a Path> {
         self.v2.filter(|d| d.join(file).exists())
     }
 
     /// A v1 controller's directory, if it exists.
-    pub fn v1(&self, controller: &str) -> Option<&'a Path> {
+    pub(crate) fn v1(&self, controller: &str) -> Option<&'a Path> {
         self.v1.get(controller).copied()
     }
 
     /// The v1 controller of `hier` as the `'static` name files keep.
-    pub fn v1_hier(&self, controller: &'static str) -> Option<Hier> {
+    pub(crate) fn v1_hier(&self, controller: &'static str) -> Option<Hier> {
         self.v1(controller).map(|_| Hier::V1(controller))
     }
 
@@ -237,7 +238,7 @@ fn plan<F: Family>(cg: &ContainerCgroups, ctx: &mut Ctx<'_>) -> Option<F::Files>
 }
 
 /// The cgroup sources selected, in the order they are read.
-pub fn sources(
+pub(crate) fn sources(
     selected: impl Fn(Which) -> bool,
     budget: &Budget,
     user_hz: u64,
@@ -305,7 +306,7 @@ pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatW
 #[cfg(feature = "testing")]
 /// Adds a warning unless the same one (file and problem) is there already:
 /// several families look at the same directory.
-pub fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
+pub(crate) fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
     let same = |o: &StatWarning| o.path == w.path && o.problem.to_string() == w.problem.to_string();
     if !warnings.iter().any(same) {
         warnings.push(w);
