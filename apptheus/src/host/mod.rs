@@ -8,11 +8,3 @@ pub(crate) mod procstats;
 pub(crate) mod proctree;
 pub(crate) mod rlimit;
 pub(crate) mod users;
-
-/// TODO(house): export pass: http/ still imports these as `host::limits`.
-pub(crate) mod limits {
-    pub(crate) use super::{
-        pacing::{Backoff, LogThrottle},
-        rlimit::fd_limit,
-    };
-}

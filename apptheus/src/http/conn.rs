@@ -25,9 +25,9 @@ use tokio::{
 
 use super::{
     Server,
-    limits::{Limits, Pool, Refusal, Timeouts, client_key},
+    pool::{Pool, PoolLimits, Refusal, Timeouts, client_key},
 };
-use crate::{host::limits::LogThrottle, sync::lock};
+use crate::{host::pacing::LogThrottle, sync::lock};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -50,7 +50,7 @@ pub(super) enum Cut {
     TlsHandshakeFailed,
     /// A response write made no progress in time (the client does not read).
     WriteStall,
-    /// Open longer than [`Limits::lifetime`].
+    /// Open longer than [`PoolLimits::lifetime`].
     Lifetime,
 }
 
@@ -121,7 +121,7 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    pub(crate) fn new(limits: Limits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
+    pub(crate) fn new(limits: PoolLimits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
         // Every reason's series from the start, 0 until it happens.
         for r in REFUSALS {
             metrics.http_rejected.with_label_values(&[r.label()]);
@@ -149,7 +149,7 @@ impl Connections {
         }
     }
 
-    pub(crate) fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> PoolLimits {
         lock(&self.pool).limits().clone()
     }
 
@@ -641,7 +641,7 @@ mod tests {
     use crate::export::metrics::AgentMetrics;
     use tokio::io::{AsyncReadExt as _, DuplexStream};
 
-    fn server(limits: Limits) -> Arc<Server> {
+    fn server(limits: PoolLimits) -> Arc<Server> {
         Arc::new(Server::with_limits(
             AgentMetrics::new(),
             "/metrics".into(),
@@ -663,7 +663,7 @@ mod tests {
     #[test]
     fn every_reason_is_exported_from_the_start() {
         let metrics = AgentMetrics::new();
-        let _server = Connections::new(Limits::default(), &metrics);
+        let _server = Connections::new(PoolLimits::default(), &metrics);
         let text = String::from_utf8(
             metrics
                 .encode(crate::export::exposition::Format::Text)
@@ -686,9 +686,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_does_not_read_is_cut_after_the_write_stall() {
-        let s = server(Limits {
+        let s = server(PoolLimits {
             write_stall: Duration::from_millis(300),
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let (mut client, io) = tokio::io::duplex(4096);
         // Twenty pipelined scrapes, and no read: the answers fill the pipe.
@@ -705,7 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn unfinished_headers_and_a_silent_kept_alive_connection_are_told_apart() {
-        let s = server(Limits::default());
+        let s = server(PoolLimits::default());
         let (mut client, io) = tokio::io::duplex(64 * 1024);
         client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
         let ended = serve_duplex(&s, Duration::from_millis(200), io).await;
@@ -730,9 +730,9 @@ mod tests {
     #[tokio::test]
     async fn a_big_answer_counts_against_its_address_until_its_last_piece_is_taken() {
         use http_body_util::BodyExt as _;
-        let s = server(Limits {
+        let s = server(PoolLimits {
             max_responses_per_address: 1,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let key: IpAddr = "127.0.0.1".parse().unwrap();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -762,9 +762,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_beyond_the_answers_under_way_gets_429() {
-        let s = server(Limits {
+        let s = server(PoolLimits {
             max_responses_per_address: 0,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let (mut client, io) = tokio::io::duplex(64 * 1024);
         let talk = async {
@@ -805,10 +805,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_server_refuses_an_address_over_its_cap_and_evicts_for_a_lighter_one() {
-        let s = server(Limits {
+        let s = server(PoolLimits {
             max_connections: 3,
             max_per_address: 2,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let listener = super::super::bind("127.0.0.1:0".parse().unwrap())
             .await

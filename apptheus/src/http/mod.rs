@@ -19,17 +19,17 @@ use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
     export::{cadence::Reader, exposition, metrics::AgentMetrics},
-    host::limits::{Backoff, fd_limit},
+    host::{pacing::Backoff, rlimit::fd_limit},
     webconfig::{WebConfigHandle, watch::Active},
 };
 
 mod conn;
-pub(crate) mod limits;
+pub(crate) mod pool;
 
 pub(crate) use conn::Connections;
 #[cfg(feature = "testing")]
 pub(crate) use conn::serve_stream;
-pub(crate) use limits::Limits;
+pub(crate) use pool::PoolLimits;
 
 /// The address a request came from (a request extension).
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +104,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// A server with the default [`Limits`], fitted under the descriptor
+    /// A server with the default [`PoolLimits`], fitted under the descriptor
     /// limit.
     pub(crate) fn new(
         metrics: Arc<AgentMetrics>,
@@ -112,7 +112,7 @@ impl Server {
         ready: Arc<AtomicBool>,
         web: Option<Arc<WebConfigHandle>>,
     ) -> Self {
-        let limits = Limits::default();
+        let limits = PoolLimits::default();
         let limits = match fd_limit().and_then(|soft| limits.fitted_to(soft).map(|l| (soft, l))) {
             Some((soft, fitted)) => {
                 tracing::warn!(
@@ -133,7 +133,7 @@ impl Server {
         telemetry_path: String,
         ready: Arc<AtomicBool>,
         web: Option<Arc<WebConfigHandle>>,
-        limits: Limits,
+        limits: PoolLimits,
     ) -> Self {
         let conns = Connections::new(limits, &metrics);
         Self {

@@ -22,9 +22,9 @@ use std::{
 
 /// Bounds on HTTP connections; see the module's documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Limits {
+pub(crate) struct PoolLimits {
     /// Open connections in all, every listener together. Fitted under the
-    /// descriptor limit by [`Limits::fitted_to`]. A connection in the
+    /// descriptor limit by [`PoolLimits::fitted_to`]. A connection in the
     /// middle of a request holds about 30 KiB (hyper's buffers and state):
     /// 512 keep a full table within about 16 MiB, and are far more than
     /// the scrapers of a node need.
@@ -52,7 +52,7 @@ pub(crate) struct Limits {
     pub lifetime: Duration,
 }
 
-impl Default for Limits {
+impl Default for PoolLimits {
     fn default() -> Self {
         Self {
             max_connections: 512,
@@ -74,7 +74,7 @@ impl Default for Limits {
 /// the same way.
 const FD_RESERVE: u64 = 256;
 
-impl Limits {
+impl PoolLimits {
     /// These limits with `max_connections` lowered, if need be, to a
     /// quarter of what a soft descriptor limit of `soft` leaves after
     /// [`FD_RESERVE`] (the monitoring socket may take much of the rest);
@@ -106,7 +106,7 @@ pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// Its address already holds [`Limits::max_per_address`] connections.
+    /// Its address already holds [`PoolLimits::max_per_address`] connections.
     PerAddress,
     /// Every slot is taken, and no address holds more than its own.
     Total,
@@ -142,7 +142,7 @@ pub(crate) struct Admitted<H> {
 /// close an evicted connection.
 #[derive(Debug)]
 pub(crate) struct Pool<H> {
-    limits: Limits,
+    limits: PoolLimits,
     total: usize,
     next_id: u64,
     /// Each address's connections, oldest (smallest id) first.
@@ -155,7 +155,7 @@ pub(crate) struct Pool<H> {
 }
 
 impl<H> Pool<H> {
-    pub(crate) fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: PoolLimits) -> Self {
         Self {
             limits,
             total: 0,
@@ -166,7 +166,7 @@ impl<H> Pool<H> {
         }
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &PoolLimits {
         &self.limits
     }
 
@@ -250,7 +250,7 @@ impl<H> Pool<H> {
     }
 
     /// Counts an answer of `key` starting; false (nothing counted) when
-    /// `key` already has [`Limits::max_responses_per_address`] under way.
+    /// `key` already has [`PoolLimits::max_responses_per_address`] under way.
     pub(crate) fn start_response(&mut self, key: IpAddr) -> bool {
         let n = self.responses.entry(key).or_default();
         if *n >= self.limits.max_responses_per_address {
@@ -288,12 +288,12 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn limits(total: usize, per_address: usize, share: usize) -> Limits {
-        Limits {
+    fn limits(total: usize, per_address: usize, share: usize) -> PoolLimits {
+        PoolLimits {
             max_connections: total,
             max_per_address: per_address,
             fair_share: share,
-            ..Limits::default()
+            ..PoolLimits::default()
         }
     }
 
@@ -384,9 +384,9 @@ mod tests {
 
     #[test]
     fn answers_under_way_are_capped_per_address() {
-        let mut p: Pool<()> = Pool::new(Limits {
+        let mut p: Pool<()> = Pool::new(PoolLimits {
             max_responses_per_address: 2,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let (a, b) = (ip("127.0.0.1"), ip("127.0.0.2"));
         assert!(p.start_response(a) && p.start_response(a));
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_cap_is_fitted_under_the_descriptor_limit() {
-        let l = Limits::default();
+        let l = PoolLimits::default();
         assert_eq!(l.fitted_to(1 << 20), None);
         let f = l.fitted_to(1024).unwrap();
         assert_eq!(f.max_connections, (1024 - 256) / 4);
