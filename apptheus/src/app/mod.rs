@@ -39,7 +39,10 @@ use crate::{
     },
     cgroup::{delegation::Delegated, placement::Placer},
     cli::{Args, EbpfMode},
-    export::{cadence::Trigger, demand::Demand, metrics::AgentMetrics},
+    export::{
+        metrics::AgentMetrics,
+        on_demand::{Demand, Trigger},
+    },
     host::procfs::Procfs,
     http,
     model::{event::KernelEvent, registry::Registry},
@@ -306,7 +309,7 @@ impl Agent {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-        // Sampling follows the readers (`demand`), or, with
+        // Sampling follows the readers (`export::on_demand`), or, with
         // --monitor.on-demand=false, a clock; what is not a sample
         // (reconciling with the kernel, expiring series) has its own.
         let on_demand = self.args.on_demand;

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::Agent;
 use crate::{
-    export::{cadence::Trigger, snapshot::Snapshot},
+    export::{on_demand::Trigger, snapshot::Snapshot},
     model::event::KernelEvent,
 };
 

@@ -10,10 +10,9 @@ use prometheus::{
 use crate::{
     build_info,
     export::{
-        cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
-        demand::Demand,
         exposition::{self, EncodeError, Encoding},
+        on_demand::{Demand, ReadKind, Reader, Trigger},
         prepared::Prepared,
         protos,
         snapshot::Snapshot,
@@ -99,7 +98,7 @@ impl AgentMetrics {
         Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
     }
 
-    /// The agent's metrics, its samples taken as `demand` says.
+    /// The agent's metrics, its samples taken as `on_demand` says.
     pub fn with_demand(demand: Demand) -> Arc<Self> {
         let registry = Registry::new();
         let build = must(IntGaugeVec::new(

@@ -18,7 +18,7 @@ use hyper::{
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
-    export::{cadence::Reader, exposition, metrics::AgentMetrics},
+    export::{exposition, metrics::AgentMetrics, on_demand::Reader},
     host::{pacing::Backoff, rlimit::fd_limit},
     webconfig::{WebConfigHandle, watch::Active},
 };

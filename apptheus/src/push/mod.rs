@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::{
     duration::parse_duration,
-    export::{cadence::Reader, metrics::AgentMetrics},
+    export::{metrics::AgentMetrics, on_demand::Reader},
 };
 
 pub(crate) mod pushgateway;

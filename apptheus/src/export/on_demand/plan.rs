@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::export::schedule::{MAX_PERIOD, Schedule, snap};
+use super::schedule::{MAX_PERIOD, Schedule, snap};
 
 /// Who reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
