@@ -254,7 +254,7 @@ impl Daemon {
             "/proc".into(),
             trusted_rx,
             tx,
-            metrics.socket_connections.clone(),
+            metrics.own.socket_connections.clone(),
         ));
         Self {
             rt,
@@ -281,6 +281,7 @@ impl Daemon {
 
     fn count(&self, result: &str) -> u64 {
         self.metrics
+            .own
             .socket_connections
             .with_label_values(&[result])
             .get()

@@ -61,6 +61,7 @@ impl Agent {
     /// let go by the kernel.
     fn refuse(&mut self, s: &StartFacts, why: Refusal) {
         self.metrics
+            .own
             .starter_runs_refused
             .with_label_values(&[why.label()])
             .inc();
@@ -118,7 +119,7 @@ impl Agent {
             return;
         }
         c.shown = true;
-        self.metrics.containers_started.inc();
+        self.metrics.own.containers_started.inc();
         super::starts::log_started(c, FoundBy::Kernel);
         self.publish_soon = true;
     }
@@ -158,7 +159,7 @@ impl Agent {
             self.show(ck);
             return false;
         }
-        self.metrics.starter_runs_unstarted.inc();
+        self.metrics.own.starter_runs_unstarted.inc();
         tracing::debug!(container_id = %c.id, pid = c.starter_pid(), uid = c.uid,
             "a starter run ended without running anything of its own; not a container");
         let members: Vec<u64> = c.members.iter().map(|m| m.key).collect();

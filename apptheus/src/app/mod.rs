@@ -180,7 +180,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // MiB freed but kept by the allocator; give them back.
     crate::allocator::release_free_heap();
     let mode = if kernel.is_some() { "ebpf" } else { "socket" };
-    metrics.set_mode(mode);
+    metrics.own.set_mode(mode);
     tracing::info!(mode, "attribution mode");
 
     // Service managers often start daemons with a soft limit of 1024
@@ -205,7 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.procfs.clone(),
         trusted_rx,
         socket_tx,
-        metrics.socket_connections.clone(),
+        metrics.own.socket_connections.clone(),
     ));
 
     // Listen before declaring ourselves up: a port in use is a start error.
@@ -393,8 +393,8 @@ impl Agent {
             return None;
         }
         let counters = crate::cgroup::prewarm::Counters {
-            windows: self.metrics.prewarm_windows.clone(),
-            writes: self.metrics.prewarm_writes.clone(),
+            windows: self.metrics.own.prewarm_windows.clone(),
+            writes: self.metrics.own.prewarm_writes.clone(),
         };
         match crate::cgroup::prewarm::Handle::spawn(self.placer.clone(), counters) {
             Ok(h) => Some(h),

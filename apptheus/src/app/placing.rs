@@ -112,7 +112,7 @@ impl Agent {
             Ok(p) => {
                 if p.complete {
                     let elapsed = clock::boot_time_now().as_secs_f64() - boot_ns as f64 / 1e9;
-                    self.metrics.placement_seconds.observe(elapsed.max(0.0));
+                    self.metrics.own.placement_seconds.observe(elapsed.max(0.0));
                     tracing::debug!(container_id = %id, moved = p.moved, passes = p.passes,
                         seconds = elapsed, "container placed");
                     if let Some(dir) = &cg.v2

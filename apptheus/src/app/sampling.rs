@@ -55,10 +55,15 @@ impl Agent {
         self.metrics.prepare();
         self.sources.publish(&self.metrics);
         self.metrics
+            .own
             .sample_duration
             .set(started.elapsed().as_secs_f64());
         if let Some(t) = trigger {
-            self.metrics.samples.with_label_values(&[t.name()]).inc();
+            self.metrics
+                .own
+                .samples
+                .with_label_values(&[t.name()])
+                .inc();
         }
         self.metrics.demand.published(started);
     }
@@ -75,7 +80,10 @@ impl Agent {
                 .reconciled
                 .is_none_or(|t| now.duration_since(t) >= RECONCILE_EVERY);
         if lost > self.lost_seen {
-            self.metrics.ebpf_events_lost.inc_by(lost - self.lost_seen);
+            self.metrics
+                .own
+                .ebpf_events_lost
+                .inc_by(lost - self.lost_seen);
             self.lost_seen = lost;
         }
         if due {
@@ -153,6 +161,9 @@ impl Agent {
             _ => Vec::new(),
         };
         self.metrics.publish(Snapshot::of(&self.registry, programs));
-        self.metrics.containers.set(self.registry.count() as i64);
+        self.metrics
+            .own
+            .containers
+            .set(self.registry.count() as i64);
     }
 }

@@ -166,14 +166,16 @@ impl Sources {
     /// What the latest sample of every container found, for scrapes.
     pub(super) fn publish(&self, m: &AgentMetrics) {
         for (s, t) in self.list.iter().zip(&self.tally) {
-            m.source_success
+            m.own
+                .source_success
                 .with_label_values(&[s.name()])
                 .set(i64::from(!t.failed));
-            m.source_duration
+            m.own
+                .source_duration
                 .with_label_values(&[s.name()])
                 .set(t.time.as_secs_f64());
         }
-        m.cgroup_open_files.set(self.budget.in_use() as i64);
+        m.own.cgroup_open_files.set(self.budget.in_use() as i64);
     }
 }
 

@@ -72,7 +72,7 @@ impl Agent {
         match &run.kind {
             RunKind::Helper => {
                 tracing::debug!(pid, arg0 = %arg0, "a helper run of Apptainer's own, not a container");
-                self.metrics.helper_runs.inc();
+                self.metrics.own.helper_runs.inc();
                 if let Some(k) = self.kernel.as_mut() {
                     k.forget(s.key);
                 }
@@ -124,7 +124,7 @@ impl Agent {
         }
         let shown = c.shown;
         if self.registry.insert(c) && shown && s.found_by != FoundBy::Adopted {
-            self.metrics.containers_started.inc();
+            self.metrics.own.containers_started.inc();
         }
         // Placement at once: until its tasks are inside, a container's
         // memory is charged to the enclosing cgroup (v1 never moves charges).
@@ -144,7 +144,7 @@ impl Agent {
         if !self.registry.join(ck, member) {
             return;
         }
-        self.metrics.joins.inc();
+        self.metrics.own.joins.inc();
         if let Some(c) = self.registry.get(ck) {
             tracing::info!(container_id = %c.id, pid = s.starter_pid,
                 instance = c.meta.instance.as_deref().unwrap_or(""), "a run joined the instance");

@@ -63,10 +63,12 @@ impl Trust {
     /// Shows how many starters and launchers are trusted.
     pub(super) fn publish(&self, metrics: &AgentMetrics) {
         metrics
+            .own
             .trusted_files
             .with_label_values(&["starter"])
             .set(self.starters.files.len() as i64);
         metrics
+            .own
             .trusted_files
             .with_label_values(&["launcher"])
             .set(self.launchers.files.len() as i64);

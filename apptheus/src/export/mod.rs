@@ -8,4 +8,6 @@ pub(crate) mod metrics;
 pub(crate) mod on_demand;
 pub(crate) mod prepared;
 pub(crate) mod protos;
+pub(crate) mod self_metrics;
 pub(crate) mod snapshot;
+pub(crate) mod store;

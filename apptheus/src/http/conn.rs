@@ -124,20 +124,20 @@ impl Connections {
     pub(crate) fn new(limits: PoolLimits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
         // Every reason's series from the start, 0 until it happens.
         for r in REFUSALS {
-            metrics.http_rejected.with_label_values(&[r.label()]);
+            metrics.own.http_rejected.with_label_values(&[r.label()]);
         }
         for c in Cut::ALL {
-            metrics.http_closed.with_label_values(&[c.label()]);
+            metrics.own.http_closed.with_label_values(&[c.label()]);
         }
         for r in REQUEST_REFUSALS {
-            metrics.http_requests_rejected.with_label_values(&[r]);
+            metrics.own.http_requests_rejected.with_label_values(&[r]);
         }
         Self {
             pool: Mutex::new(Pool::new(limits)),
-            rejected: metrics.http_rejected.clone(),
-            closed: metrics.http_closed.clone(),
-            requests_rejected: metrics.http_requests_rejected.clone(),
-            open: metrics.http_open.clone(),
+            rejected: metrics.own.http_rejected.clone(),
+            closed: metrics.own.http_closed.clone(),
+            requests_rejected: metrics.own.http_requests_rejected.clone(),
+            open: metrics.own.http_open.clone(),
             logs: Logs {
                 refused: LogThrottle::new(LOG_INTERVAL),
                 throttled: LogThrottle::new(LOG_INTERVAL),

@@ -222,8 +222,8 @@ pub(crate) fn backoff(failed: u32, interval: Duration) -> Duration {
 
 async fn run(target: Target, client: HttpClient, metrics: Arc<AgentMetrics>, interval: Duration) {
     let name = target.name();
-    let pushes = metrics.pushes.with_label_values(&[name]);
-    let failures = metrics.push_failures.with_label_values(&[name]);
+    let pushes = metrics.own.pushes.with_label_values(&[name]);
+    let failures = metrics.own.push_failures.with_label_values(&[name]);
     let mut failed: u32 = 0;
     // The first push after the first samples.
     let mut next = Instant::now() + interval;
