@@ -1,39 +1,41 @@
 //! One HTTP connection's life: admission into the [`Pool`], the wait for
 //! its first byte (before anything is allocated for it), the TLS
 //! handshake, the requests, and what cut it short, counted and logged at
-//! most once a second per kind.
+//! most once a second per kind (`logs`). An answer is paced out by
+//! `response`; the stream is watched for stalls by `watched`.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    task::{Context, Poll},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use bytes::Bytes;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     sync::Notify,
-    time::{Instant, Sleep},
+    time::Instant,
 };
 
 use super::{
     Server,
     pool::{Pool, PoolLimits, Refusal, Timeouts, client_key},
 };
-use crate::{host::pacing::LogThrottle, sync::lock};
+use crate::sync::lock;
+
+mod logs;
+mod response;
+mod watched;
+
+use logs::Logs;
+use response::answer;
+use watched::{Flags, Watched};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 /// hyper's smallest read buffer limit; requests need far less.
 const MAX_BUF: usize = 8 * 1024;
-const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What cut a connection short, for
 /// `apptheus_http_connections_closed_total{reason}`.
@@ -85,11 +87,6 @@ pub(super) const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
 /// answered 429 because its address already had answers under way.
 pub(super) const REQUEST_REFUSALS: [&str; 1] = ["per_address_responses"];
 
-/// Bytes handed to hyper at a time: hyper asks for the next piece only
-/// once it has written most of the last, so an answer counts as under way
-/// until it is nearly all written.
-const PIECE: usize = 64 * 1024;
-
 /// Closes an evicted connection: its task waits on this.
 #[derive(Debug, Default)]
 pub(super) struct Evict(Notify);
@@ -99,15 +96,6 @@ impl Evict {
         // Stores a permit if the task is not waiting yet.
         self.0.notify_one();
     }
-}
-
-struct Logs {
-    refused: LogThrottle,
-    throttled: LogThrottle,
-    cut: LogThrottle,
-    idle: LogThrottle,
-    accept: LogThrottle,
-    ended: LogThrottle,
 }
 
 /// Every listener's connections, counted together.
@@ -138,14 +126,7 @@ impl Connections {
             closed: metrics.own.http_closed.clone(),
             requests_rejected: metrics.own.http_requests_rejected.clone(),
             open: metrics.own.http_open.clone(),
-            logs: Logs {
-                refused: LogThrottle::new(LOG_INTERVAL),
-                throttled: LogThrottle::new(LOG_INTERVAL),
-                cut: LogThrottle::new(LOG_INTERVAL),
-                idle: LogThrottle::new(LOG_INTERVAL),
-                accept: LogThrottle::new(LOG_INTERVAL),
-                ended: LogThrottle::new(LOG_INTERVAL),
-            },
+            logs: Logs::new(),
         }
     }
 
@@ -234,125 +215,6 @@ pub(super) fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
         id: admitted.id,
     };
     tokio::spawn(run(slot, stream, peer, admitted.timeouts, evict));
-}
-
-/// An answer under way, counted against its address until dropped.
-struct Responding {
-    server: Arc<Server>,
-    key: IpAddr,
-}
-
-impl Responding {
-    fn start(server: &Arc<Server>, key: IpAddr, peer: SocketAddr) -> Option<Self> {
-        if lock(&server.conns.pool).start_response(key) {
-            return Some(Self {
-                server: Arc::clone(server),
-                key,
-            });
-        }
-        let conns = &server.conns;
-        conns
-            .requests_rejected
-            .with_label_values(&[REQUEST_REFUSALS[0]])
-            .inc();
-        if let Some(suppressed) = conns.logs.throttled.permit() {
-            tracing::warn!(%peer, suppressed, "HTTP: request refused, its address has answers under way");
-        }
-        None
-    }
-}
-
-impl Drop for Responding {
-    fn drop(&mut self) {
-        lock(&self.server.conns.pool).end_response(self.key);
-    }
-}
-
-/// A response body handed out in pieces of [`PIECE`] bytes, each a copy,
-/// holding its [`Responding`] as long as it holds the answer: once the last
-/// piece is taken, what is left of the answer is at most two pieces in
-/// hyper's hands, whoever (a client that reads all but the end) stalls.
-pub(super) struct Paced {
-    data: Bytes,
-    responding: Option<Responding>,
-}
-
-impl Paced {
-    fn new(data: Bytes, responding: Option<Responding>) -> Self {
-        Self { data, responding }
-    }
-}
-
-impl hyper::body::Body for Paced {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.data.is_empty() {
-            this.responding = None;
-            return Poll::Ready(None);
-        }
-        let n = this.data.len().min(PIECE);
-        let piece = if n == this.data.len() && this.responding.is_none() {
-            std::mem::take(&mut this.data)
-        } else {
-            let piece = Bytes::copy_from_slice(&this.data[..n]);
-            this.data = this.data.slice(n..);
-            piece
-        };
-        if this.data.is_empty() {
-            // Frees the answer, and its count.
-            this.data = Bytes::new();
-            this.responding = None;
-        }
-        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.data.len() as u64)
-    }
-}
-
-/// The handler's answer to `req`, or a 429 when `key`'s address already
-/// has answers under way (`key` is None only when fuzzing).
-async fn answer<B>(
-    server: &Arc<Server>,
-    req: &hyper::Request<B>,
-    key: Option<(IpAddr, SocketAddr)>,
-) -> hyper::Response<Paced> {
-    use http_body_util::BodyExt as _;
-    let responding = match key {
-        Some((key, peer)) => match Responding::start(server, key, peer) {
-            Some(r) => Some(r),
-            None => {
-                let mut r = hyper::Response::new(Paced::new(
-                    Bytes::from_static(b"Too many requests under way from this address\n"),
-                    None,
-                ));
-                *r.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
-                r.headers_mut().insert(
-                    hyper::header::RETRY_AFTER,
-                    hyper::header::HeaderValue::from_static("1"),
-                );
-                return r;
-            }
-        },
-        None => None,
-    };
-    let (parts, body) = server.respond(req).await.into_parts();
-    let data = match body.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(never) => match never {},
-    };
-    hyper::Response::from_parts(parts, Paced::new(data, responding))
 }
 
 /// Closes with a reset: nothing is left in TIME_WAIT, and the client
@@ -527,116 +389,13 @@ where
     .map_err(|e| e.to_string())
 }
 
-/// What [`Watched`] saw, read after hyper is done with the connection.
-#[derive(Debug, Default)]
-struct Flags {
-    /// Bytes of a request came in since the last response bytes went out.
-    in_request: AtomicBool,
-    /// A write made no progress within the stall limit.
-    write_stalled: AtomicBool,
-}
-
-/// The connection's stream, watched: a write that stays pending longer
-/// than `stall` fails (hyper has no write timeout), and reads and writes
-/// tell whether the client is in the middle of a request.
-struct Watched<I> {
-    io: I,
-    stall: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    flags: Arc<Flags>,
-}
-
-impl<I> Watched<I> {
-    fn watch<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        r: Poll<io::Result<T>>,
-        wrote: impl FnOnce(&T) -> bool,
-    ) -> Poll<io::Result<T>> {
-        match r {
-            Poll::Ready(Ok(v)) => {
-                self.sleep = None;
-                if wrote(&v) {
-                    // Response bytes: what comes in next is a new request.
-                    self.flags.in_request.store(false, Ordering::Relaxed);
-                }
-                Poll::Ready(Ok(v))
-            }
-            Poll::Pending => {
-                let stall = self.stall;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.flags.write_stalled.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client did not read the response",
-                    )));
-                }
-                Poll::Pending
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.flags.in_request.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, data);
-        this.watch(cx, r, |n| *n > 0)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.watch(cx, r, |n| *n > 0)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_flush(cx);
-        this.watch(cx, r, |()| false)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.watch(cx, r, |()| false)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use bytes::Bytes;
+
+    use super::response::{PIECE, Paced, Responding};
     use super::*;
     use crate::export::metrics::AgentMetrics;
     use tokio::io::{AsyncReadExt as _, DuplexStream};
