@@ -106,7 +106,7 @@ fn reads_no_schedule_explains_take_at_most_one_sample_per_5_s() {
     assert_eq!(value(&m1, "apptheus_scrape_schedules", &[]), Some(0.0));
 }
 
-/// Two Prometheus servers scraping every 6 s, at phases of their own:
+/// Two Prometheus servers scraping every 10 s, at phases of their own:
 /// from two addresses (one connects through a forwarder from 127.0.0.2),
 /// or both from one. Once each made its first reads, the agent follows
 /// two schedules, takes at most one sample per scrape, and no scrape
@@ -115,12 +115,12 @@ fn ha_pair(behind_one_address: bool) {
     let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
     };
-    // A 2 s bound on a served sample's age, so that a scrape this shared
-    // machine delays by up to a second is still served what was sampled
-    // for it (the sampling itself does not depend on the interval).
-    let agent = Agent::trusting(&starter, &["--monitor.interval=2s"]);
+    // A 1 s bound on a served sample's age (schedules then have periods
+    // of 10 s or more), so that a scrape this shared machine delays by
+    // half a second is still served what was sampled for it.
+    let agent = Agent::trusting(&starter, &["--monitor.interval=1s"]);
     let _container = Container::start(&starter);
-    let interval = Duration::from_secs(6);
+    let interval = Duration::from_secs(10);
     let forward = if behind_one_address {
         None
     } else {

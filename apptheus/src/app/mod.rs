@@ -343,7 +343,7 @@ impl Agent {
                 }
                 _ = housekeeping.tick(), if on_demand => self.housekeep(),
                 _ = soon.tick(), if self.publish_soon => {
-                    tokio::task::block_in_place(|| self.publish());
+                    tokio::task::block_in_place(|| self.publish_changes());
                 }
                 _ = sighup.recv() => {
                     if self.reload_trust("SIGHUP") {

@@ -98,7 +98,7 @@ impl Agent {
             self.sources.forget(c.key);
         }
         if !expired.is_empty() || self.publish_soon {
-            self.publish();
+            self.publish_changes();
         }
     }
 
@@ -323,6 +323,17 @@ impl Agent {
                     cgroups: None,
                 });
             }
+        }
+    }
+
+    /// Makes changes made outside a sample (a container's final sample,
+    /// expired series) what scrapes see: at once, unless the sample for a
+    /// scrape about to come is ready (its exposition encoded for it): then
+    /// once that scrape came (the soon tick retries).
+    pub(super) fn publish_changes(&mut self) {
+        self.publish_soon = true;
+        if !self.metrics.demand.hold(Instant::now()) {
+            self.publish();
         }
     }
 

@@ -582,6 +582,26 @@ impl Cadence {
         self.next_cost = (self.next_cost + 1) % self.costs.len();
     }
 
+    /// Whether a sample taken for a predicted read is published and that
+    /// read has not come yet: a change published now (a container's final
+    /// sample) would make the read encode the exposition again, so it waits
+    /// for the read (at most the sample's bound and the schedule's
+    /// tolerance).
+    pub fn hold(&self, now: Instant) -> bool {
+        let t = self.secs(now);
+        let Some(latest) = self.latest else {
+            return false;
+        };
+        self.scrapers
+            .iter()
+            .flat_map(|sc| &sc.schedules)
+            .filter(|s| s.confirmed())
+            .any(|s| {
+                let p = s.next();
+                latest >= p - self.sched_bound(s) && latest <= p && t <= p + s.tolerance()
+            })
+    }
+
     /// Scrapers' schedules followed now (confirmed).
     pub fn schedules(&self) -> usize {
         self.confirmed_scrapes()
@@ -607,10 +627,13 @@ impl Cadence {
 
 /// The reads of `sc` that a read at `t` no schedule explains is paired
 /// with, for guesses: its two latest far enough back (not two that one
-/// schedule predicted).
+/// schedule predicted), with at most two of its reads in between (as many
+/// as two other scrapers at one address make): a scraper that reads more
+/// often than a schedule may is not taken for several schedules of a
+/// multiple of its period.
 fn partners(sc: &Scraper, t: f64, min_period: f64) -> Vec<f64> {
     let mut pairs: Vec<(f64, Option<u64>)> = Vec::with_capacity(2);
-    for &(r, by) in sc.recent.iter().rev() {
+    for &(r, by) in sc.recent.iter().rev().take(3) {
         if pairs.len() == 2 || t - r > MAX_PERIOD {
             break;
         }

@@ -114,6 +114,12 @@ impl Demand {
         self.on_demand
     }
 
+    /// Whether changes published now should wait for a scrape about to
+    /// come (see `Cadence::hold`).
+    pub fn hold(&self, now: Instant) -> bool {
+        self.on_demand && self.cadence().hold(now)
+    }
+
     /// Scrapers' schedules followed now.
     pub fn schedules(&self) -> usize {
         self.cadence().schedules()

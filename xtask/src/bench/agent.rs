@@ -178,6 +178,10 @@ impl Agent {
         Ok(agent)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
     /// Where it serves.
     pub fn addr(&self) -> &str {
         &self.process.addr

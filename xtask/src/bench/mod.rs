@@ -17,6 +17,7 @@ use apptheus_testkit::{scrape::value, sim::STARTER_SIM};
 use crate::build_ebpf::workspace_root;
 
 mod agent;
+mod floor;
 mod meter;
 mod peer;
 mod readers;
@@ -67,6 +68,8 @@ struct Sizes {
     scrape_every: Duration,
     sample_containers: usize,
     sample_window: Duration,
+    /// Passes over the cgroup files to measure the kernel's read path.
+    floor_passes: usize,
     peer_sizes: Vec<usize>,
     peer_warmup: Duration,
     peer_window_defaults: Duration,
@@ -103,6 +106,7 @@ impl Sizes {
                 scrape_every: Duration::from_secs(1),
                 sample_containers: 5,
                 sample_window: Duration::from_secs(2),
+                floor_passes: 5,
                 peer_sizes: vec![5],
                 peer_warmup: Duration::from_secs(1),
                 peer_window_defaults: Duration::from_secs(2),
@@ -132,6 +136,7 @@ impl Sizes {
                 scrape_every: Duration::from_secs(15),
                 sample_containers: 200,
                 sample_window: Duration::from_secs(20),
+                floor_passes: 50,
                 peer_sizes: vec![100, 1000],
                 peer_warmup: Duration::from_secs(30),
                 peer_window_defaults: Duration::from_secs(60),

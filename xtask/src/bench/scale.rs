@@ -79,7 +79,9 @@ pub fn tracked(agent: &Agent, n: usize) -> anyhow::Result<()> {
             count("message=\"container started\"")
                 .saturating_sub(count("message=\"container exited\""))
         });
-        if running == n {
+        // Containers of others (another run's, adopted at start) may be
+        // there too.
+        if running >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -255,7 +257,8 @@ pub fn sample_cost(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         let mut sources: Vec<(String, f64)> = Vec::new();
         let mut looks: f64 = 0.0;
         while t0.elapsed() < s.sample_window {
-            std::thread::sleep(Duration::from_millis(1000));
+            // Reads cost the agent an encoding each: a few, spread out.
+            std::thread::sleep(s.sample_window / 4);
             let m = agent.metrics()?;
             looks += 1.0;
             for l in m
@@ -286,6 +289,22 @@ pub fn sample_cost(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
             bail!("{label}: no sample was taken");
         }
         let per = |secs: f64| secs / (n as f64) * 1e6;
+        // The floor: the files this agent keeps open, read by the kernel
+        // alone (measured once the agent is gone).
+        let floor_files = if extra.is_none() {
+            super::floor::open_cgroup_files(agent.pid()).ok()
+        } else {
+            None
+        };
+        drop(agent);
+        if let Some(files) = floor_files {
+            match super::floor::measure(&files, n, s.floor_passes) {
+                Ok(f) => r.floor = Some(f),
+                Err(e) => r
+                    .notes
+                    .push(format!("the kernel's read path: not measured: {e:#}")),
+            }
+        }
         r.sample_cost.push(SampleCost {
             label: label.to_string(),
             n,

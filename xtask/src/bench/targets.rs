@@ -42,7 +42,15 @@ impl Report {
         rows.push((
             format!("one container's sample, {} host", layout()),
             "<= 50 us",
-            cost.map_or("-".into(), |c| format!("{c:.1} us of CPU")),
+            cost.map_or("-".into(), |c| {
+                format!(
+                    "{c:.1} us of CPU{}",
+                    self.floor.as_ref().map_or(String::new(), |f| format!(
+                        " (the kernel's read path of the same files alone: {:.1} us)",
+                        f.us
+                    ))
+                )
+            }),
             verdict(cost.map(|c| c <= 50.0)),
         ));
         for (defaults, what) in [

@@ -21,6 +21,8 @@ struct Sim {
     running: Option<f64>,
     samples: Vec<(f64, Trigger)>,
     seen: Vec<Seen>,
+    /// Where the last run stopped.
+    now: f64,
 }
 
 impl Sim {
@@ -33,6 +35,7 @@ impl Sim {
             running: None,
             samples: Vec::new(),
             seen: Vec::new(),
+            now: 0.0,
         }
     }
 
@@ -48,7 +51,7 @@ impl Sim {
     fn run(&mut self, mut reads: Vec<(f64, usize, Reader)>, until: f64) {
         reads.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut i = 0;
-        let mut t: f64 = 0.0;
+        let mut t: f64 = self.now;
         loop {
             if let Some(s) = self.running
                 && s + self.cost <= t + 1e-9
@@ -84,6 +87,7 @@ impl Sim {
             let next_done = self.running.map_or(f64::INFINITY, |s| s + self.cost);
             let next = next_read.min(next_done).min(next_due);
             if !next.is_finite() || next > until {
+                self.now = until.max(t);
                 return;
             }
             t = next.max(t + 1e-6);
@@ -528,4 +532,38 @@ fn a_pair_near_half_a_period_apart_is_two_schedules() {
         assert_eq!(sim.waits(0, 2), Vec::<f64>::new(), "seed {seed}");
         assert_eq!(sim.waits(1, 2), Vec::<f64>::new(), "seed {seed}");
     }
+}
+
+/// Between a sample taken for a scrape and the scrape, changes wait.
+#[test]
+fn changes_wait_for_the_scrape_a_sample_was_taken_for() {
+    let mut sim = Sim::new(0.5, 0.08);
+    sim.run(reads(every(3.0, 15.0, 64.0, |_| 0.0), 0, prom(1, 1)), 61.0);
+    let t0 = sim.t0;
+    let at = |s: f64| t0 + Duration::from_secs_f64(s);
+    assert!(!sim.c.hold(at(61.0)), "not before that sample");
+    sim.run(Vec::new(), 62.9);
+    // The sample for the read at 63 s was taken: held until it comes.
+    assert!(sim.c.hold(at(62.9)));
+    sim.c.arrive(prom(1, 1), at(63.0));
+    assert!(!sim.c.hold(at(63.01)), "released by the read");
+    // A read that does not come releases it after its tolerance.
+    let mut sim = Sim::new(0.5, 0.08);
+    sim.run(reads(every(3.0, 15.0, 50.0, |_| 0.0), 0, prom(1, 1)), 62.9);
+    let t0 = sim.t0;
+    let at = |s: f64| t0 + Duration::from_secs_f64(s);
+    assert!(sim.c.hold(at(62.9)));
+    assert!(!sim.c.hold(at(64.0)));
+}
+
+/// A scraper faster than ten intervals is served like any other reader,
+/// not followed as several schedules of a multiple of its period.
+#[test]
+fn a_scraper_faster_than_a_schedule_may_be_is_not_followed() {
+    let mut sim = Sim::new(2.0, 0.01);
+    sim.run(reads(every(3.0, 6.0, 600.0, |_| 0.0), 0, prom(1, 1)), 600.0);
+    assert_eq!(sim.c.schedules(), 0);
+    assert!(sim.kinds(0).iter().all(|k| *k == ReadKind::Unscheduled));
+    // At most one sample per ten intervals (20 s).
+    assert!(sim.samples.len() <= 31, "{}", sim.samples.len());
 }
