@@ -141,8 +141,8 @@ fn unlinked_pages(root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The long flags `--help` lists (`-h, --help`, `--trust.path <PATHS>`,
-/// `--collector.cpu          CPU time ...`).
+/// The flags `--help` lists, long and short (`-h, --help`, `--trust.path
+/// <PATHS>`, `--collector.cpu          CPU time ...`).
 fn help_flags(help: &str) -> Vec<String> {
     help.lines()
         .map(str::trim_start)
@@ -150,7 +150,7 @@ fn help_flags(help: &str) -> Vec<String> {
         .flat_map(|l| {
             let spec = l.split("  ").next().unwrap_or_default();
             spec.split([' ', ','])
-                .filter(|w| w.starts_with("--"))
+                .filter(|w| w.starts_with('-'))
                 .map(str::to_string)
                 .collect::<Vec<_>>()
         })
@@ -387,7 +387,7 @@ fn the_checks_refuse_what_they_must() {
         "Options:\n      --a.b <X>\n          text\n  -h, --help\n          Print help\n\
          Sources:\n      --collector.cpu      CPU (cpu.stat). [default: on]\n",
     );
-    assert_eq!(help, ["--a.b", "--help", "--collector.cpu"]);
+    assert_eq!(help, ["--a.b", "-h", "--help", "--collector.cpu"]);
     let pages = [
         (
             "README.md".to_string(),
@@ -404,6 +404,7 @@ fn the_checks_refuse_what_they_must() {
         flag_problems(&help, &pages),
         [
             "--a.b: documented 2 times ([\"README.md\", \"docs/ops.md\"])",
+            "-h: in no flags table",
             "--help: in no flags table",
             "--collector.cpu: in no flags table",
             "docs/ops.md: documents --gone, which `apptheus --help` does not list",
