@@ -302,6 +302,19 @@ impl Container {
             .iter()
             .filter_map(|m| m.counters.clone())
             .reduce(|a, b| a.plus(&b));
+        // A cgroup's CPU misses what its tasks used before they were placed
+        // and, in a runtime's cgroup removed before its last reading, what
+        // they used since the one before: never less than what the kernel
+        // banked at the exits of the container's tasks (all of it, once
+        // the last has exited).
+        if let (Some(cpu), Some(exited)) =
+            (cgroup.cpu.as_mut(), kernel.as_ref().and_then(|k| k.exited))
+        {
+            let banked = exited
+                .runtime_ns
+                .saturating_sub(exited.before_start.runtime_ns);
+            cpu.usage_seconds = cpu.usage_seconds.max(banked as f64 / 1e9);
+        }
         self.sample = Some(std::sync::Arc::new(Sample {
             cgroup,
             kernel,
@@ -349,6 +362,53 @@ mod tests {
             }),
             ..CgroupStats::default()
         }
+    }
+
+    /// A runtime removed its cgroup before it was read again (an instance
+    /// stopped with its join): the CPU the kernel banked at the tasks'
+    /// exits stands; what the starter's process used before its exec does
+    /// not count.
+    #[test]
+    fn cpu_is_never_less_than_the_kernel_banked_at_the_exits() {
+        let mut c = Container::new(1, 10, SystemTime::UNIX_EPOCH);
+        let mut own = Part::new(Origin::Placed { member: 1 }, ContainerCgroups::default());
+        own.last = Some(cpu(0.1));
+        c.parts = vec![own];
+        c.members[0].counters = Some(KernelCounters {
+            exited: Some(ExitedTotals {
+                runtime_ns: 2_000_000_000,
+                io: None,
+                before_start: crate::model::processes::Baseline {
+                    runtime_ns: 500_000_000,
+                    ..Default::default()
+                },
+            }),
+            ..KernelCounters::default()
+        });
+        c.refresh_sample();
+        let got = c
+            .sample
+            .as_ref()
+            .unwrap()
+            .cgroup
+            .cpu
+            .as_ref()
+            .unwrap()
+            .usage_seconds;
+        assert!((got - 1.5).abs() < 1e-9, "{got}");
+        // More in the cgroups (live tasks): the cgroups' figure.
+        c.parts[0].last = Some(cpu(3.0));
+        c.refresh_sample();
+        let got = c
+            .sample
+            .as_ref()
+            .unwrap()
+            .cgroup
+            .cpu
+            .as_ref()
+            .unwrap()
+            .usage_seconds;
+        assert!((got - 3.0).abs() < 1e-9, "{got}");
     }
 
     /// An instance with one join: the join's tasks and cgroup count in the
