@@ -124,7 +124,7 @@ impl Agent {
     }
 
     /// Shows the runs not shown yet that run something of their own now
-    /// (before each publication).
+    /// (before each publication, and at every housekeeping tick).
     pub(super) fn show_runs(&mut self) {
         let waiting: Vec<u64> = self
             .registry

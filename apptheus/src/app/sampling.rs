@@ -91,6 +91,9 @@ impl Agent {
         self.retry_placements();
         self.retry_removals();
         self.end_finished_without_kernel();
+        // A run that has lived long enough, or runs something of its own,
+        // is a container whether or not anybody reads.
+        self.show_runs();
         self.tidy_runs();
         let expired = self.registry.expire(now);
         for c in &expired {

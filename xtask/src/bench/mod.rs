@@ -170,6 +170,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         eprintln!("{msg}");
         return Ok(());
     }
+    // Its agents would adopt another test's or benchmark's cgroups, and
+    // theirs this one's: one at a time on a host.
+    let _serial = apptheus_testkit::host::serial();
     let root = workspace_root();
     let profile = if o.smoke { "debug" } else { "release" };
     if !o.prebuilt {
