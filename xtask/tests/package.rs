@@ -596,9 +596,29 @@ fn package_installs_runs_and_purges_cleanly() {
         "usr/share/man/man1/apptheus.1.gz",
         "usr/share/doc/apptheus/copyright",
         "usr/share/doc/apptheus/README.md",
+        "usr/share/doc/apptheus/BENCHMARKS.md",
     ] {
         assert!(root.join(f).exists(), "{f} not installed");
     }
+    // Every page the README leads to, as it is in the clone.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut pages = 0;
+    for page in fs::read_dir(&docs).unwrap() {
+        let page = page.unwrap().path();
+        let name = page.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            let installed = root.join("usr/share/doc/apptheus/docs").join(&name);
+            let text =
+                fs::read(&installed).unwrap_or_else(|e| panic!("docs/{name} not installed: {e}"));
+            assert_eq!(
+                text,
+                fs::read(&page).unwrap(),
+                "docs/{name} installed differs"
+            );
+            pages += 1;
+        }
+    }
+    assert!(pages >= 7, "only {pages} pages under docs/");
     let mode = fs::metadata(root.join("usr/bin/apptheus")).unwrap().mode();
     assert_eq!(mode & 0o7777, 0o755);
     // Enabled (deb-systemd-helper), though not started: no systemd runs here.
