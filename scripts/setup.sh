@@ -13,7 +13,7 @@
 #                               need (cargo-deb, dpkg-dev, debootstrap,
 #                               systemd-nspawn)
 #
-# Facts behind the pins are in README.md ("Building from source").
+# Facts behind the pins are in docs/architecture.md ("Building from source").
 set -euo pipefail
 
 TOOLCHAIN=1.98.0
@@ -40,7 +40,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Disk space --------------------------------------------------------------
-# Measured from a fresh clone (README.md, "Disk space"): target/ peaks at
+# Measured from a fresh clone (docs/architecture.md, "Disk space"): target/ peaks at
 # about 3.1 GiB over the whole test suite (builds, VM kernels and images),
 # the release build alone under 1 GiB; the fuzz step's build (scripts/fuzz.sh)
 # adds about 1.1 GiB while it runs; the figures below add a margin.

@@ -23,6 +23,16 @@ pub fn our_cgroup_dirs() -> Vec<PathBuf> {
     out
 }
 
+/// The directories of [`our_cgroup_dirs`] that were not among `before`:
+/// what a test's containers left, whatever other agents on a shared host
+/// (another sandbox, an earlier run that was killed) left beside them.
+pub fn new_cgroup_dirs(before: &[PathBuf]) -> Vec<PathBuf> {
+    our_cgroup_dirs()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect()
+}
+
 /// Where this host's memory controller is: the v1 `memory` hierarchy
 /// (hybrid and pure v1 layouts), or the cgroup2 mount when its root hands
 /// `memory` to its children (pure v2). Read from /proc/self/mountinfo, so

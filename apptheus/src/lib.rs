@@ -1,8 +1,8 @@
 //! apptheus: per-container metrics for Apptainer on HPC nodes, attributed
 //! in the kernel, for Prometheus.
 //!
-//! The way of a container's data, one direction only (see README,
-//! "Architecture"): `attribution` (kernel programs, monitoring socket)
+//! The way of a container's data, one direction only (see
+//! docs/architecture.md): `attribution` (kernel programs, monitoring socket)
 //! finds containers; `app` drives each one's life (`model::lifecycle`),
 //! has `cgroup` place it and read its statistics, and hands the samples in
 //! `model` to `export`, which `http` and `push` serve.

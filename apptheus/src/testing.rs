@@ -38,7 +38,7 @@ pub mod kernel {
 /// it) and the exposition of containers' statistics.
 pub mod export {
     pub use crate::export::{
-        catalogue::{ALL as CATALOGUE, Kind, Metric, find},
+        catalogue::{ALL as CATALOGUE, Kind, Metric, SECTIONS, Section, find},
         exposition::Format,
         metrics::AgentMetrics,
         protos::families,

@@ -248,6 +248,7 @@ fn a_restarted_agent_adopts_running_containers_and_leaves_nothing_behind() {
     let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
     };
+    let before = our_cgroup_dirs();
     let flag = format!("--trust.path={}", starter.display());
     let mut first = Agent::start(&[&flag]);
     // Long enough to outlive the restart, however slow the machine.
@@ -284,7 +285,7 @@ fn a_restarted_agent_adopts_running_containers_and_leaves_nothing_behind() {
     second.wait_for(
         WAIT,
         "the adopted container to end and its cgroups to go",
-        || our_cgroup_dirs().is_empty() && second.log_text().contains("container exited"),
+        || new_cgroup_dirs(&before).is_empty() && second.log_text().contains("container exited"),
     );
 }
 
@@ -293,6 +294,7 @@ fn a_thousand_container_cycles_leave_no_cgroup_behind() {
     let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
     };
+    let before = our_cgroup_dirs();
     let agent = Agent::trusting(&starter, &["--monitor.grace-period=1s"]);
     for _ in 0..1000 {
         assert!(run(Command::new(&starter).args(["--no-namespaces", "--", "/bin/true"])).success());
@@ -302,7 +304,7 @@ fn a_thousand_container_cycles_leave_no_cgroup_behind() {
         "1000 containers started and every cgroup removed",
         || {
             value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1000.0)
-                && our_cgroup_dirs().is_empty()
+                && new_cgroup_dirs(&before).is_empty()
         },
     );
     agent.wait_for(WAIT, "the series to expire", || {

@@ -356,13 +356,21 @@ fn a_slurm_jobs_memory_limit_holds_for_a_batch_scripts_container() {
         !status.success(),
         "300 MiB in a 256 MiB job must be refused or OOM-killed"
     );
-    let m = agent.metrics();
-    let id = container_id(&m, "starter", &starter.display().to_string()).expect("the container");
-    assert!(
-        m.lines().any(|l| l.starts_with("apptheus_container_info{")
-            && l.contains(&format!("container_id=\"{id}\""))
-            && l.contains(&format!("slurm_job_id=\"{sluid}\""))),
-        "{m}"
+    // As a scraper sees it: within a sample's age.
+    let starter_label = starter.display().to_string();
+    agent.wait_for(
+        WAIT,
+        "the OOM-killed container, labelled with the job",
+        || {
+            let m = agent.metrics();
+            container_id(&m, "starter", &starter_label).is_some_and(|id| {
+                m.lines().any(|l| {
+                    l.starts_with("apptheus_container_info{")
+                        && l.contains(&format!("container_id=\"{id}\""))
+                        && l.contains(&format!("slurm_job_id=\"{sluid}\""))
+                })
+            })
+        },
     );
     assert!(ours_below(job.job()).is_empty());
     job.remove().expect("the tree goes, leaves first");

@@ -1,6 +1,7 @@
 //! Developer chores: `cargo xtask <command>`.
 mod bench;
 mod build_ebpf;
+mod docs;
 mod package;
 mod vm;
 
@@ -26,6 +27,9 @@ enum Command {
     /// Run the placement benchmark in VMs with default-kernel cgroup mounts
     /// (software emulation: compare its variants with each other).
     VmBench(vm::bench::Options),
+    /// Write the metrics reference of docs/metrics.md from the metric
+    /// catalogue (apptheus/src/export/catalogue.rs).
+    Docs,
     /// Build the Debian package (cargo-deb): binary, systemd unit, defaults, man page.
     Package(package::Options),
 }
@@ -36,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::VmTest(o) => vm::run(&o),
         Command::Bench(o) => bench::run(&o),
         Command::VmBench(o) => vm::bench::run(&o),
+        Command::Docs => docs::run(),
         Command::Package(o) => package::run(&o).map(|deb| println!("{}", deb.display())),
     }
 }

@@ -23,13 +23,15 @@ pub struct Options {
     pub out_dir: Option<PathBuf>,
 }
 
-/// Paths every package must hold (as `dpkg-deb -c` lists them).
-pub const REQUIRED: [&str; 6] = [
+/// Paths every package must hold (as `dpkg-deb -c` lists them); the pages
+/// under docs/ too, see [`docs_pages`].
+pub const REQUIRED: [&str; 7] = [
     "./usr/bin/apptheus",
     "./usr/lib/systemd/system/apptheus.service",
     "./etc/default/apptheus",
     "./usr/share/man/man1/apptheus.1.gz",
     "./usr/share/doc/apptheus/README.md",
+    "./usr/share/doc/apptheus/BENCHMARKS.md",
     "./usr/share/doc/apptheus/copyright",
 ];
 
@@ -141,9 +143,32 @@ pub fn contents(deb: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// The pages under docs/, where the package puts them (the README leads
+/// to every one).
+pub fn docs_pages(root: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = root.join("docs");
+    let mut pages = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            pages.push(format!("./usr/share/doc/apptheus/docs/{name}"));
+        }
+    }
+    if pages.is_empty() {
+        bail!("{} holds no page", dir.display());
+    }
+    pages.sort();
+    Ok(pages)
+}
+
 fn check_contents(deb: &Path) -> anyhow::Result<()> {
     let paths = contents(deb)?;
-    for want in REQUIRED {
+    let docs = docs_pages(&workspace_root())?;
+    for want in REQUIRED
+        .iter()
+        .copied()
+        .chain(docs.iter().map(String::as_str))
+    {
         if !paths.iter().any(|p| p == want) {
             bail!("{} lacks {want}; it holds {paths:#?}", deb.display());
         }

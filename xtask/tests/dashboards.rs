@@ -208,20 +208,34 @@ fn the_check_refuses_names_the_agent_does_not_export() {
     assert!(check::substitute("x{a=~\"$nodes\"}", &vars).is_err());
 }
 
-/// Every metric README.md and the dashboard and rules name is in the
-/// catalogue: a renamed or removed metric cannot linger in the docs.
+/// Every metric README.md, the pages under docs/, the multi-node example
+/// and the dashboard and rules name is in the catalogue: a renamed or removed
+/// metric cannot linger in the docs.
 #[test]
 fn docs_and_dashboards_name_only_catalogued_metrics() {
     let c = catalogue();
     let known = |n: &str| c.families.contains_key(n) || c.series.contains_key(n);
     let mut problems = Vec::new();
     let mut found = 0;
-    for file in [
+    let mut files: Vec<String> = [
         "README.md",
+        "examples/multi-node/README.md",
         "dashboards/apptheus.json",
         "dashboards/apptheus-rules.yml",
         "dashboards/apptheus-rules.test.yml",
-    ] {
+    ]
+    .map(String::from)
+    .into();
+    let mut pages: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    pages.sort();
+    assert!(!pages.is_empty(), "no page under docs/");
+    files.extend(pages);
+    for file in &files {
         let text = std::fs::read_to_string(repo().join(file)).unwrap();
         let (n, unknown) = check::unknown_metrics(&text, known);
         found += n;

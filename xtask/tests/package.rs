@@ -388,6 +388,7 @@ fn under_systemd(root: &Path, work: &Path, caps: &[String]) {
         apptheus_testkit::skip("systemd-nspawn (systemd-container: scripts/setup.sh --test)");
         return;
     }
+    let before = apptheus_testkit::cgroupfs::our_cgroup_dirs();
     let starter = work.join("starter");
     fs::copy("/usr/bin/sleep", &starter).unwrap();
     let had_state = Path::new(NSPAWN_STATE).exists();
@@ -536,6 +537,26 @@ fn under_systemd(root: &Path, work: &Path, caps: &[String]) {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // The container ends before the agent stops: the agent removes what it
+    // made for it (else its directories would outlive the container here,
+    // where no later agent of this root runs to remove them).
+    booted.out(&["systemctl", "stop", "apptheus-test-container"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !booted.journal().contains("container exited") {
+        assert!(
+            Instant::now() < deadline,
+            "the container's end not seen:\n{}",
+            booted.journal()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = apptheus_testkit::cgroupfs::new_cgroup_dirs(&before);
+    assert!(
+        left.is_empty(),
+        "cgroups left by the agent under systemd: {left:?}\n{}",
+        booted.journal()
+    );
+
     // Reload (ExecReload: /bin/kill -HUP) and stop (RuntimeDirectory goes).
     booted.out(&["systemctl", "reload", "apptheus"]);
     booted.out(&["systemctl", "stop", "apptheus"]);
@@ -553,6 +574,8 @@ fn package_installs_runs_and_purges_cleanly() {
     if !privileged() {
         return;
     }
+    // The host's cgroups are shared with other test binaries' agents.
+    let _serial = apptheus_testkit::host::serial();
     let started = Instant::now();
     let work = tempfile::Builder::new()
         .prefix("package-test-")
@@ -596,9 +619,29 @@ fn package_installs_runs_and_purges_cleanly() {
         "usr/share/man/man1/apptheus.1.gz",
         "usr/share/doc/apptheus/copyright",
         "usr/share/doc/apptheus/README.md",
+        "usr/share/doc/apptheus/BENCHMARKS.md",
     ] {
         assert!(root.join(f).exists(), "{f} not installed");
     }
+    // Every page the README leads to, as it is in the clone.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let mut pages = 0;
+    for page in fs::read_dir(&docs).unwrap() {
+        let page = page.unwrap().path();
+        let name = page.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".md") {
+            let installed = root.join("usr/share/doc/apptheus/docs").join(&name);
+            let text =
+                fs::read(&installed).unwrap_or_else(|e| panic!("docs/{name} not installed: {e}"));
+            assert_eq!(
+                text,
+                fs::read(&page).unwrap(),
+                "docs/{name} installed differs"
+            );
+            pages += 1;
+        }
+    }
+    assert!(pages >= 7, "only {pages} pages under docs/");
     let mode = fs::metadata(root.join("usr/bin/apptheus")).unwrap().mode();
     assert_eq!(mode & 0o7777, 0o755);
     // Enabled (deb-systemd-helper), though not started: no systemd runs here.

@@ -5,8 +5,9 @@
 //! Before the kernel collectors and the statistics sources had flags of
 //! their own, both were switched with `--collector.<name>`: that spelling
 //! of a source's flags (`--collector.cpu`, `--no-collector.memory`, ...)
-//! still works, hidden from the help, and [`SourceArgs::deprecated`] names
-//! each one given so that the agent can warn once.
+//! still works, listed in the help as deprecated, and
+//! [`SourceArgs::deprecated`] names each one given so that the agent can
+//! warn once.
 use clap::{Arg, ArgAction, ArgMatches, Command, parser::ValueSource};
 
 use crate::model::stats_source::CgroupSource;
@@ -102,8 +103,8 @@ impl clap::Args for SourceArgs {
             cmd = cmd
                 .arg(flag(f.on).help(format!("{} [default: on]", f.help)))
                 .arg(flag(f.off).help(format!("Disable the {name} source")))
-                .arg(flag(f.old_on).hide(true))
-                .arg(flag(f.old_off).hide(true));
+                .arg(flag(f.old_on).help(format!("Deprecated: use --{}", f.on)))
+                .arg(flag(f.old_off).help(format!("Deprecated: use --{}", f.off)));
         }
         cmd
     }
@@ -245,7 +246,8 @@ mod tests {
         );
     }
 
-    /// The help shows the new spelling only.
+    /// The help shows the new spelling, and the old one as deprecated,
+    /// naming the flag to use instead.
     #[test]
     fn the_help_names_the_source_flags() {
         use clap::CommandFactory as _;
@@ -254,7 +256,13 @@ mod tests {
         for f in &FLAGS {
             assert!(help.contains(&format!("--{}", f.on)), "{help}");
             assert!(help.contains(&format!("--{}", f.off)), "{help}");
+            for (old, new) in [(f.old_on, f.on), (f.old_off, f.off)] {
+                let at = help
+                    .find(&format!("--{old}\n"))
+                    .unwrap_or_else(|| panic!("--{old} not in {help}"));
+                let said = help[at..].lines().nth(1).unwrap_or_default();
+                assert_eq!(said.trim(), format!("Deprecated: use --{new}"), "{help}");
+            }
         }
-        assert!(!help.contains("collector."), "{help}");
     }
 }

@@ -3,7 +3,7 @@
 //! for its request. Pure bookkeeping, no I/O: the server (`conn.rs`) acts
 //! on what it decides.
 //!
-//! The policy, and why (README, "Security model"):
+//! The policy, and why (docs/security.md, "The HTTP endpoint"):
 //! - Accepting never stops. A newcomer over its address's cap is refused at
 //!   once (reset), whatever the other addresses do.
 //! - When every slot is taken, a newcomer from an address that holds fewer

@@ -37,7 +37,7 @@ impl Collector {
 
     /// Whether the collector runs unless `--no-collector.<name>` is given.
     /// The ones off by default cost measurably on hot kernel paths (see
-    /// README, "Kernel collectors").
+    /// docs/performance.md, "Kernel collectors").
     pub const fn default_enabled(self) -> bool {
         match self {
             Collector::Oom | Collector::Network => true,

@@ -14,7 +14,7 @@ use std::{
 };
 
 pub use apptheus_testkit::{
-    cgroupfs::{MemoryController, our_cgroup_dirs},
+    cgroupfs::{MemoryController, new_cgroup_dirs, our_cgroup_dirs},
     host::{
         Serial, TrustDir, children_cpu_seconds, free_port, launch_workload, run, scaled, serial,
         time_scale, unique,

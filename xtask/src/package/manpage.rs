@@ -160,7 +160,10 @@ pub fn render(h: &Help, version: &str) -> String {
         ".SH FILES\n.TP\n.I /etc/default/apptheus\nAPPTHEUS_ARGS, the flags of the service.\n\
          .TP\n.I /usr/lib/systemd/system/apptheus.service\nThe systemd unit.\n\
          .TP\n.I /run/apptheus/gateway.sock\nApptainer's monitoring socket.\n\
-         .TP\n.I /usr/share/doc/apptheus/README.md\nMetrics, cgroup placement, troubleshooting.\n",
+         .TP\n.I /usr/share/doc/apptheus/README.md\nWhat apptheus is, installing it, the first scrape.\n\
+         .TP\n.I /usr/share/doc/apptheus/docs/\nOperating it (flags, the service, upgrades, troubleshooting), \
+         metrics, Apptainer and Slurm integration, the security model, compatibility, performance, \
+         architecture.\n",
     );
     m.push_str(".SH SEE ALSO\n.BR systemctl (1),\n.BR prometheus (1)\n");
     m

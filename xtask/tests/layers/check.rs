@@ -81,7 +81,7 @@ impl Rules {
             if self.layer(t).is_none() {
                 problems.push(format!(
                     "module `{t}` is in no layer: add it to LAYERS in xtask/tests/layers/rules.rs \
-                     (and to the README's architecture)"
+                     (and to the diagram of docs/architecture.md)"
                 ));
             }
         }

@@ -1,4 +1,4 @@
-//! The daemon keeps its layers (README, "Architecture"; the rules are in
+//! The daemon keeps its layers (docs/architecture.md; the rules are in
 //! rules.rs): its imports, read from `apptheus/src`, point down the layers
 //! only, sideways only where the architecture allows it, and never in a
 //! cycle. The checker itself is tested on a small tree that breaks each
@@ -18,7 +18,7 @@ fn daemon_src() -> PathBuf {
 #[test]
 fn the_daemon_keeps_its_layers() {
     let tree = imports::read(&daemon_src(), "apptheus").expect("read apptheus/src");
-    // The reader finds what the README's diagram shows, so that an empty
+    // The reader finds what the architecture's diagram shows, so that an empty
     // list below means something.
     for (from, to) in [
         ("app", "attribution"),
@@ -272,7 +272,7 @@ fn the_check_finds_upward_and_sideways_imports_and_cycles() {
         RULES.check(&t),
         [
             "module `stray` is in no layer: add it to LAYERS in xtask/tests/layers/rules.rs \
-             (and to the README's architecture)",
+             (and to the diagram of docs/architecture.md)",
             "layer \"middle\" names `gone`, which is no module: remove it",
             "SIDEWAYS: top -> left must name two modules of one layer and say why",
             "bottom.rs:3: `bottom::tests` imports `lone`, a layer above (middle above bottom)",

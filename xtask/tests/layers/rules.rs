@@ -1,4 +1,4 @@
-//! The daemon's layers (README, "Architecture"), in one place: which
+//! The daemon's layers (docs/architecture.md, "Layers"), in one place: which
 //! module sits in which layer, which imports between modules of one layer
 //! the architecture allows, and the imports that break the rules today and
 //! are to go. `cargo test -p xtask --test layers` checks `apptheus/src`
@@ -8,8 +8,8 @@
 //! (any depth); never one above; one beside it only as `SIDEWAYS` allows;
 //! and no import cycle between the daemon's modules. Unit tests
 //! (`#[cfg(test)]`) keep the same rules. A new top-level module goes into a
-//! layer here (the check fails until it does), and into the README's
-//! diagram.
+//! layer here (the check fails until it does), and into the diagram of
+//! docs/architecture.md.
 use crate::check::{Allowed, Exception, Layer, Rules};
 
 /// Top to bottom. `lib` is the crate root (`lib.rs`); `main` the binary.

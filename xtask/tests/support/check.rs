@@ -299,7 +299,7 @@ pub fn check_all(c: &Catalogue, queries: &[Query]) -> Vec<String> {
     problems
 }
 
-/// Metric names in prose or queries (README.md, the dashboard, the rules):
+/// Metric names in prose or queries (README.md, docs/, the dashboard, the rules):
 /// `apptheus_...` and `process_...` words, with `{a,b}` alternatives
 /// expanded and a trailing `{labels}` dropped, and `..._suffix` for a name
 /// sharing a prefix with the name before it. Returns how many were found
