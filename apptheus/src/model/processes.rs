@@ -283,10 +283,6 @@ impl ProcessStats {
     }
 }
 
-/// TODO(house): export pass: export/families' test still says `ProcSource`.
-#[cfg(test)]
-pub(crate) use ProcessStats as ProcSource;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn statistics_from_processes_are_in_the_usual_families() {
         use crate::model::{
-            processes::{ExitedTotals, FromProcesses, ProcReading, ProcSource},
+            processes::{ExitedTotals, FromProcesses, ProcReading, ProcessStats},
             stats::{CgroupStats, MemoryStats},
         };
         let mut by_cgroup = Container::new(1, 10, SystemTime::UNIX_EPOCH);
@@ -238,7 +238,7 @@ mod tests {
         });
         by_cgroup.refresh_sample();
         let mut by_processes = Container::new(2, 20, SystemTime::UNIX_EPOCH);
-        let mut p = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut p = ProcessStats::new(FromProcesses::ALL, "shared");
         p.update(
             &ProcReading {
                 processes: 2,
