@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// Parses a Go-style duration. A bare "0" is allowed; any other number
 /// needs a unit (ns, us, µs, ms, s, m, h).
-pub fn parse_duration(input: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     if s == "0" {
         return Ok(Duration::ZERO);

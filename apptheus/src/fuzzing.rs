@@ -15,10 +15,11 @@
 use std::sync::{Arc, OnceLock, atomic::AtomicBool};
 
 use crate::{
+    app::preflight,
     attribution::{apptainer, socket},
     cgroup,
     export::exposition,
-    host::{preflight, proctree},
+    host::proctree,
     http, model, webconfig,
 };
 
@@ -143,7 +144,7 @@ pub fn proc_file(data: &[u8]) -> Option<Reached> {
         }
         1 => {
             let t = text(rest);
-            let c = cgroup::procfile::parse(&t);
+            let c = cgroup::proc_cgroup::parse(&t);
             for path in c.v2.iter().chain(c.v1.values()) {
                 assert!(path.starts_with('/'), "{path:?}");
             }

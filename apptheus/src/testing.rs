@@ -3,14 +3,15 @@
 //! is private to the crate. (How a test skips is apptheus-testkit's
 //! `skip`.)
 
-pub use crate::host::limits::raise_fd_limit;
+pub use crate::host::rlimit::raise_fd_limit;
 
 /// Reading a container's cgroup statistics (fixture-tree tests).
 pub mod cgroup {
     pub use crate::cgroup::{
         layout::Layout,
-        mark::Mark,
-        placement::{Created, DIR_PREFIX, NoOwnCgroup, Placer},
+        mark::{DIR_PREFIX, Mark},
+        placement::{Created, Placer},
+        policy::NoOwnCgroup,
         read::{MAX_DEVICES, Problem, StatWarning, read, read_with, user_hz},
     };
     pub use crate::model::{
@@ -22,7 +23,7 @@ pub mod cgroup {
 /// The monitoring socket, run on its own (socket tests).
 pub mod socket {
     pub use crate::attribution::{
-        socket::{ConnId, Limits, SocketEvent, bind, serve_with, verify},
+        socket::{ConnId, ConnectionCaps, SocketEvent, bind, serve_with, verify},
         trust::{TrustedFile, TrustedSet, file_id},
     };
     pub use crate::export::metrics::AgentMetrics;

@@ -13,14 +13,14 @@ use std::{
 use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-pub mod auth;
-pub mod tls;
-pub mod watch;
+pub(crate) mod auth;
+pub(crate) mod tls;
+pub(crate) mod watch;
 
-pub use watch::WebConfigHandle;
+pub(crate) use watch::WebConfigHandle;
 
 /// Response headers the exporter toolkit allows in `http_server_config.headers`.
-pub const ALLOWED_HEADERS: [&str; 5] = [
+pub(crate) const ALLOWED_HEADERS: [&str; 5] = [
     "Content-Security-Policy",
     "X-Frame-Options",
     "X-Content-Type-Options",
@@ -30,7 +30,7 @@ pub const ALLOWED_HEADERS: [&str; 5] = [
 
 /// Go's cipher suite names for TLS 1.2 that rustls (ring) implements; TLS
 /// 1.3 suites are not configurable, as in Go.
-pub const CIPHER_SUITES: [&str; 6] = [
+pub(crate) const CIPHER_SUITES: [&str; 6] = [
     "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
     "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
     "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
@@ -40,8 +40,8 @@ pub const CIPHER_SUITES: [&str; 6] = [
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum WebConfigError {
-    #[error("not valid YAML for a web config: {0}")]
+pub(crate) enum WebConfigError {
+    #[error("not valid YAML for a web config")]
     Syntax(#[source] serde_norway::Error),
     #[error("tls_server_config: {given} is set but {missing} is not; both are needed for TLS")]
     Incomplete {
@@ -95,14 +95,14 @@ pub enum WebConfigError {
     )]
     UserName(String),
     #[error(
-        "basic_auth_users.{user}: not a bcrypt hash ({source}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
+        "basic_auth_users.{user}: not a bcrypt hash (make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
     )]
     Hash {
         user: String,
         #[source]
         source: bcrypt::BcryptError,
     },
-    #[error("cannot read {what} {}: {source}", path.display())]
+    #[error("cannot read {what} {}", path.display())]
     Read {
         what: &'static str,
         path: PathBuf,
@@ -111,13 +111,13 @@ pub enum WebConfigError {
     },
     #[error("{what}: {why}")]
     Pem { what: String, why: String },
-    #[error("the TLS settings are rejected: {0}")]
+    #[error("the TLS settings are rejected")]
     Tls(#[from] rustls::Error),
 }
 
 /// How the server treats client certificates (Go's `tls.ClientAuthType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClientAuth {
+pub(crate) enum ClientAuth {
     #[default]
     NoClientCert,
     /// Asks for a certificate, accepts any or none (no verification).
@@ -151,7 +151,7 @@ impl ClientAuth {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TlsVersion {
+pub(crate) enum TlsVersion {
     Tls12,
     Tls13,
 }
@@ -170,7 +170,7 @@ impl TlsVersion {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Curve {
+pub(crate) enum Curve {
     X25519,
     P256,
     P384,
@@ -191,14 +191,14 @@ impl Curve {
 
 /// PEM text given inline, or a file holding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pem {
+pub(crate) enum Pem {
     Inline(String),
     File(PathBuf),
 }
 
 impl Pem {
     /// The file behind it, if any.
-    pub fn path(&self) -> Option<&Path> {
+    pub(crate) fn path(&self) -> Option<&Path> {
         match self {
             Pem::File(p) => Some(p),
             Pem::Inline(_) => None,
@@ -208,7 +208,7 @@ impl Pem {
 
 /// Validated TLS settings; files are named, not yet read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
+pub(crate) struct TlsSettings {
     pub cert: Pem,
     pub key: Pem,
     pub client_auth: ClientAuth,
@@ -225,7 +225,7 @@ pub struct TlsSettings {
 
 impl TlsSettings {
     /// Files this configuration reads, for change detection.
-    pub fn files(&self) -> Vec<&Path> {
+    pub(crate) fn files(&self) -> Vec<&Path> {
         [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
             .into_iter()
             .flatten()
@@ -236,7 +236,7 @@ impl TlsSettings {
 
 /// A validated web configuration.
 #[derive(Debug, Clone, Default)]
-pub struct WebConfig {
+pub(crate) struct WebConfig {
     pub tls: Option<TlsSettings>,
     /// User name to bcrypt hash; empty means no authentication.
     pub users: BTreeMap<String, String>,
@@ -291,7 +291,7 @@ struct RawHttp {
 /// Parses and validates the text of a web config file. Relative file names
 /// are taken from `base_dir` (the config file's directory), as the
 /// exporter toolkit does.
-pub fn parse(text: &str, base_dir: &Path) -> Result<WebConfig, WebConfigError> {
+pub(crate) fn parse(text: &str, base_dir: &Path) -> Result<WebConfig, WebConfigError> {
     // An empty file is a valid, empty configuration.
     let raw: RawFile = if text.trim().is_empty() {
         RawFile::default()
@@ -502,10 +502,10 @@ mod tests {
         parse(text, Path::new("/etc/apptheus")).unwrap()
     }
 
+    /// The error as the log line and the exit message say it (its causes
+    /// included).
     fn err(text: &str) -> String {
-        parse(text, Path::new("/etc/apptheus"))
-            .unwrap_err()
-            .to_string()
+        crate::error_chain::chain(&parse(text, Path::new("/etc/apptheus")).unwrap_err()).to_string()
     }
 
     #[test]

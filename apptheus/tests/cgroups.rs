@@ -697,3 +697,49 @@ fn xattr(path: &Path, name: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A cgroup statistics source is switched off with `--no-source.<name>`,
+/// and still with an admin's older `--no-collector.<name>`, which the
+/// agent warns about once: neither source runs, and the container has
+/// none of their families; the other sources go on.
+#[test]
+fn a_source_switched_off_in_either_spelling_reads_nothing() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
+        return;
+    };
+    let agent = Agent::trusting(&starter, &["--no-source.memory", "--no-collector.pids"]);
+    let sleep = format!("{}", 30.0 * time_scale());
+    let mut child = spawn_in(None, &starter, &["--sleep", &sleep]);
+    let id = wait_container(
+        &agent,
+        &starter,
+        "apptheus_container_cpu_usage_seconds_total",
+    );
+    let m = agent.metrics();
+    let source = |name: &str| value(&m, "apptheus_source_success", &[("source", name)]);
+    for on in ["kernel", "cpu", "blkio", "pressure"] {
+        assert_eq!(source(on), Some(1.0), "{on} runs\n{m}");
+    }
+    for off in ["memory", "pids"] {
+        assert_eq!(source(off), None, "{off} is off\n{m}");
+    }
+    for family in [
+        "apptheus_container_memory_usage_bytes",
+        "apptheus_container_pids",
+    ] {
+        assert_eq!(of(&m, family, &id), None, "{family}\n{m}");
+    }
+    let log = agent.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("deprecated flag"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains("flag=--no-collector.pids")
+            && warnings[0].contains("instead=--no-source.pids"),
+        "{log}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -21,7 +21,7 @@ use std::{
 };
 
 use apptheus::testing::socket::{
-    self, AgentMetrics, ConnId, Limits, SocketEvent, TrustedFile, TrustedSet, file_id,
+    self, AgentMetrics, ConnId, ConnectionCaps, SocketEvent, TrustedFile, TrustedSet, file_id,
     verify::{self, PeerCreds},
 };
 use apptheus_common::FileId;
@@ -236,7 +236,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(set: TrustedSet, limits: Limits) -> Self {
+    fn start(set: TrustedSet, limits: ConnectionCaps) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -254,7 +254,7 @@ impl Daemon {
             "/proc".into(),
             trusted_rx,
             tx,
-            Arc::clone(&metrics),
+            metrics.own.socket_connections.clone(),
         ));
         Self {
             rt,
@@ -281,6 +281,7 @@ impl Daemon {
 
     fn count(&self, result: &str) -> u64 {
         self.metrics
+            .own
             .socket_connections
             .with_label_values(&[result])
             .get()
@@ -354,7 +355,7 @@ fn trusted_caller_is_reported_until_it_disconnects() {
     let Some((_serial, py)) = begin() else {
         return;
     };
-    let mut d = Daemon::start(py.set.clone(), Limits::default());
+    let mut d = Daemon::start(py.set.clone(), ConnectionCaps::default());
 
     let client = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1", "hold"]);
     assert_eq!(client.line(LONG), "connected");
@@ -384,7 +385,7 @@ fn untrusted_callers_are_closed_counted_and_not_reported() {
     let Some((_serial, py)) = begin() else {
         return;
     };
-    let mut d = Daemon::start(py.set.clone(), Limits::default());
+    let mut d = Daemon::start(py.set.clone(), ConnectionCaps::default());
 
     // The genuine interpreter, but not the trusted file: same path name
     // elsewhere or same content does not matter, identity does.
@@ -588,10 +589,10 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     // trusted connections through verification (the default of 64 pending
     // per uid is meant for one starter per container), and cap trusted
     // connections per uid at 1,000 to see the cap at work.
-    let limits = Limits {
+    let limits = ConnectionCaps {
         max_pending_per_uid: 2048,
         max_trusted_per_uid: 1000,
-        ..Limits::default()
+        ..ConnectionCaps::default()
     };
     let mut d = Daemon::start(py.set.clone(), limits);
     let base = fd_count();

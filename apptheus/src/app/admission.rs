@@ -21,14 +21,14 @@ use crate::{
     host::clock,
     model::{
         caps::{Refusal, SHOW_AFTER},
-        container::Source,
+        container::FoundBy,
     },
 };
 
 impl Agent {
     /// A new starter run: let in, or refused for its user's rate.
     pub(super) fn admit_run(&mut self, s: &StartFacts) -> bool {
-        if s.source == Source::Adopted {
+        if s.found_by == FoundBy::Adopted {
             return true;
         }
         match self.caps.start(s.uid, Instant::now()) {
@@ -44,7 +44,7 @@ impl Agent {
     /// live containers, or refused.
     pub(super) fn admit_container(&mut self, s: &StartFacts) -> bool {
         let now = Instant::now();
-        if s.source == Source::Adopted {
+        if s.found_by == FoundBy::Adopted {
             self.caps.open_anyway(s.uid, now);
             return true;
         }
@@ -61,6 +61,7 @@ impl Agent {
     /// let go by the kernel.
     fn refuse(&mut self, s: &StartFacts, why: Refusal) {
         self.metrics
+            .own
             .starter_runs_refused
             .with_label_values(&[why.label()])
             .inc();
@@ -118,8 +119,8 @@ impl Agent {
             return;
         }
         c.shown = true;
-        self.metrics.containers_started.inc();
-        super::starts::log_started(c, Source::Kernel);
+        self.metrics.own.containers_started.inc();
+        super::starts::log_started(c, FoundBy::Kernel);
         self.publish_soon = true;
     }
 
@@ -143,7 +144,7 @@ impl Agent {
     /// less; a run that was never shown is shown if it ran something, else
     /// it was no container: counted, its cgroups removed, never exported
     /// (true: the caller has nothing more to do).
-    pub(super) fn ending(&mut self, ck: u64) -> bool {
+    pub(super) fn close_admission(&mut self, ck: u64) -> bool {
         let Some(c) = self.registry.get(ck) else {
             return false;
         };
@@ -158,7 +159,7 @@ impl Agent {
             self.show(ck);
             return false;
         }
-        self.metrics.starter_runs_unstarted.inc();
+        self.metrics.own.starter_runs_unstarted.inc();
         tracing::debug!(container_id = %c.id, pid = c.starter_pid(), uid = c.uid,
             "a starter run ended without running anything of its own; not a container");
         let members: Vec<u64> = c.members.iter().map(|m| m.key).collect();

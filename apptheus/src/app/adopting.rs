@@ -10,14 +10,12 @@ use std::collections::BTreeMap;
 use apptheus_common::ContainerState;
 
 use super::{Agent, StartFacts};
+use crate::error_chain::chain;
 use crate::{
-    cgroup::{
-        mark::Mark,
-        placement::{self, Placer},
-    },
+    cgroup::{leftovers, mark::Mark, placement::Placer, tasks},
     model::{
         cgroups::ContainerCgroups,
-        container::{Member, Origin, Part, Source},
+        container::{FoundBy, Member, Origin, Part},
     },
 };
 
@@ -31,10 +29,11 @@ struct Found {
 impl Agent {
     pub(super) fn adopt_existing(&mut self) {
         let mut containers: BTreeMap<u64, Vec<Found>> = BTreeMap::new();
-        for (mark, cgroups) in self.placer.find_marked() {
-            let tids = Placer::dirs(&cgroups)
+        for (mark, cgroups) in leftovers::find_marked(self.placer.hierarchies()) {
+            let tids = cgroups
+                .distinct_dirs()
                 .first()
-                .map(|d| placement::threads(d))
+                .map(|d| tasks::threads(d))
                 .unwrap_or_default();
             containers.entry(mark.container).or_default().push(Found {
                 mark,
@@ -76,7 +75,7 @@ impl Agent {
                     ..ContainerState::default()
                 };
                 if let Err(e) = k.adopt(r.mark.member, &state, &r.tids) {
-                    tracing::warn!(container_id = %r.mark.member_id(), error = %e, "cannot hand an adopted container to the kernel programs");
+                    tracing::warn!(container_id = %r.mark.member_id(), error = %chain(&e), "cannot hand an adopted container to the kernel programs");
                 }
             }
         }
@@ -96,7 +95,7 @@ impl Agent {
             file: None,
             parent_launcher: Some(false),
             arg0: None,
-            source: Source::Adopted,
+            found_by: FoundBy::Adopted,
             socket: None,
             cgroups: own.map(|r| r.cgroups.clone()),
         });

@@ -14,6 +14,7 @@ impl Agent {
             match news.drop {
                 Drop::MapFull(map) => {
                     self.metrics
+                        .own
                         .ebpf_map_full
                         .with_label_values(&[map.label()])
                         .inc_by(news.more);
@@ -29,6 +30,7 @@ impl Agent {
                 }
                 Drop::ProgramError(program) => {
                     self.metrics
+                        .own
                         .ebpf_program_errors
                         .with_label_values(&[program])
                         .inc_by(news.more);

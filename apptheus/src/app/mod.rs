@@ -7,8 +7,12 @@
 //!   what it is (container, instance, join, helper) and its metadata;
 //! - `placing`: a container's cgroups, its tasks moved there, a runtime's
 //!   own cgroup followed;
-//! - `sampling`: statistics read (for the readers that come), containers
-//!   ended and expired, the snapshot readers get refreshed;
+//! - `sampling`: statistics read (for the readers that come), ended
+//!   containers expired, the snapshot readers get refreshed;
+//! - `ending`: a starter run's end, a container's with its last run (a
+//!   final sample, its cgroups removed);
+//! - `recovering`: runs the agent missed (lost events, a starter trusted
+//!   late);
 //! - `sources`: the statistics sources, each timed;
 //! - `sockets`: the monitoring socket's connections;
 //! - `trusting`: the trusted starters and launchers, re-resolved;
@@ -27,6 +31,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
+use crate::error_chain::chain;
 use crate::{
     attribution::{
         kernel::{self, Kernel},
@@ -34,8 +39,11 @@ use crate::{
     },
     cgroup::{delegation::Delegated, placement::Placer},
     cli::{Args, EbpfMode},
-    export::{cadence::Trigger, demand::Demand, metrics::AgentMetrics},
-    host::{preflight, procfs::Procfs},
+    export::{
+        metrics::AgentMetrics,
+        on_demand::{Demand, Trigger},
+    },
+    host::procfs::Procfs,
     http,
     model::{event::KernelEvent, registry::Registry},
 };
@@ -43,7 +51,9 @@ use crate::{
 mod admission;
 mod adopting;
 mod drops;
+mod ending;
 mod placing;
+pub(crate) mod preflight;
 mod processes;
 mod recovering;
 mod sampling;
@@ -111,7 +121,11 @@ const TRUST_RECHECK: Duration = Duration::from_secs(5);
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    crate::memory::tune_allocator();
+    crate::allocator::tune_allocator();
+    for d in args.sources.deprecated() {
+        tracing::warn!(flag = %format!("--{}", d.given), instead = %format!("--{}", d.instead),
+            "deprecated flag: the cgroup statistics sources are switched with --source.<name> and --no-source.<name>");
+    }
     let trust = Trust::resolve(&args)?;
 
     let host = match preflight::check(&args.procfs, &args.sysfs, args.ebpf != EbpfMode::False) {
@@ -154,7 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ) {
             Ok(k) => Some(k),
             Err(e) if mode == EbpfMode::Auto => {
-                tracing::warn!(error = %e, "kernel programs unavailable; attributing through the monitoring socket alone");
+                tracing::warn!(error = %chain(&e), "kernel programs unavailable; attributing through the monitoring socket alone");
                 None
             }
             Err(e) => {
@@ -164,9 +178,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Loading parsed the kernel's BTF twice (offsets, then aya): tens of
     // MiB freed but kept by the allocator; give them back.
-    crate::memory::release_free_heap();
+    crate::allocator::release_free_heap();
     let mode = if kernel.is_some() { "ebpf" } else { "socket" };
-    metrics.set_mode(mode);
+    metrics.own.set_mode(mode);
     tracing::info!(mode, "attribution mode");
 
     // Service managers often start daemons with a soft limit of 1024
@@ -177,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Some(n)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot raise the open file limit");
+            tracing::warn!(error = %chain(&e), "cannot raise the open file limit");
             None
         }
     };
@@ -191,7 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.procfs.clone(),
         trusted_rx,
         socket_tx,
-        metrics.clone(),
+        metrics.own.socket_connections.clone(),
     ));
 
     // Listen before declaring ourselves up: a port in use is a start error.
@@ -251,7 +265,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         match crate::attribution::kernel::stats::enable() {
             Ok(fd) => agent.bpf_stats = Some(fd),
             Err(e) => {
-                tracing::warn!(error = %e, "--ebpf.stats: the kernel refused BPF run-time statistics (Linux 5.8+ needed)")
+                tracing::warn!(error = %chain(&e), "--ebpf.stats: the kernel refused BPF run-time statistics (Linux 5.8+ needed)")
             }
         }
     }
@@ -286,7 +300,7 @@ impl Agent {
                 if let Err(e) =
                     crate::attribution::kernel::events::read_events(ring, tx, first).await
                 {
-                    tracing::error!(error = %e, "reading kernel events stopped");
+                    tracing::error!(error = %chain(&e), "reading kernel events stopped");
                 }
             });
         } else {
@@ -295,7 +309,7 @@ impl Agent {
         let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
         let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-        // Sampling follows the readers (`demand`), or, with
+        // Sampling follows the readers (`export::on_demand`), or, with
         // --monitor.on-demand=false, a clock; what is not a sample
         // (reconciling with the kernel, expiring series) has its own.
         let on_demand = self.args.on_demand;
@@ -352,7 +366,7 @@ impl Agent {
                 }
                 r = dir_changed(&mut trust_watch) => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "watching the trusted files' directories failed; a replaced starter is trusted within 5 s");
+                        tracing::warn!(error = %chain(&e), "watching the trusted files' directories failed; a replaced starter is trusted within 5 s");
                         trust_watch = None;
                     } else {
                         // Watched afresh first (a directory may have been
@@ -379,13 +393,13 @@ impl Agent {
             return None;
         }
         let counters = crate::cgroup::prewarm::Counters {
-            windows: self.metrics.prewarm_windows.clone(),
-            writes: self.metrics.prewarm_writes.clone(),
+            windows: self.metrics.own.prewarm_windows.clone(),
+            writes: self.metrics.own.prewarm_writes.clone(),
         };
         match crate::cgroup::prewarm::Handle::spawn(self.placer.clone(), counters) {
             Ok(h) => Some(h),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start the cgroup warm-up thread; placements may wait for an RCU grace period");
+                tracing::warn!(error = %chain(&e), "cannot start the cgroup warm-up thread; placements may wait for an RCU grace period");
                 None
             }
         }
@@ -416,7 +430,7 @@ impl Agent {
                     file: Some(file),
                     parent_launcher: Some(parent_launcher),
                     arg0: Some(arg0),
-                    source: crate::model::container::Source::Kernel,
+                    found_by: crate::model::container::FoundBy::Kernel,
                     socket: None,
                     cgroups: None,
                 })

@@ -5,10 +5,12 @@
 use std::path::Path;
 
 use super::Agent;
+use crate::error_chain::chain;
 use crate::{
     cgroup::{
         mark::Mark,
-        placement::{self, Placed, Placer},
+        placement::{self, Placed},
+        tasks,
     },
     host::{clock, proctree},
     model::{
@@ -49,7 +51,7 @@ impl Agent {
             Some(p) => p.cgroups.clone(),
             None => {
                 if !primary
-                    && let Ok(now) = self.placer.cgroups_of(pid)
+                    && let Ok(now) = self.placer.hierarchies().cgroups_of(pid)
                     && c.live_parts().any(|p| p.cgroups.covers(&now))
                 {
                     return;
@@ -80,7 +82,7 @@ impl Agent {
                         created.own
                     }
                     Err(e) => {
-                        tracing::warn!(container_id = %id, error = %e, "cannot create the container's cgroups; its statistics are read from its processes");
+                        tracing::warn!(container_id = %id, error = %chain(&e), "cannot create the container's cgroups; its statistics are read from its processes");
                         if primary {
                             if let Some(c) = self.registry.get_mut(ck) {
                                 c.life.unplaced();
@@ -88,7 +90,7 @@ impl Agent {
                             self.decide_sources(
                                 ck,
                                 &ContainerCgroups::default(),
-                                Some(format!("its cgroups could not be created: {e}")),
+                                Some(format!("its cgroups could not be created: {}", chain(&e))),
                             );
                         }
                         return;
@@ -110,7 +112,7 @@ impl Agent {
             Ok(p) => {
                 if p.complete {
                     let elapsed = clock::boot_time_now().as_secs_f64() - boot_ns as f64 / 1e9;
-                    self.metrics.placement_seconds.observe(elapsed.max(0.0));
+                    self.metrics.own.placement_seconds.observe(elapsed.max(0.0));
                     tracing::debug!(container_id = %id, moved = p.moved, passes = p.passes,
                         seconds = elapsed, "container placed");
                     if let Some(dir) = &cg.v2
@@ -125,7 +127,7 @@ impl Agent {
                 p.complete
             }
             Err(e) => {
-                tracing::warn!(container_id = %id, error = %e, "placing the container's tasks failed");
+                tracing::warn!(container_id = %id, error = %chain(e), "placing the container's tasks failed");
                 false
             }
         };
@@ -209,7 +211,7 @@ impl Agent {
     /// process's exit, so that the cgroup is read before the runtime
     /// removes it.
     fn follow_runtime(&mut self, ck: u64, mk: u64, tgid: u32) {
-        let Ok(now) = self.placer.cgroups_of(tgid) else {
+        let Ok(now) = self.placer.hierarchies().cgroups_of(tgid) else {
             return;
         };
         let Some(c) = self.registry.get(ck) else {
@@ -246,7 +248,7 @@ impl Agent {
                 if let Some(k) = self.kernel.as_mut()
                     && let Err(e) = k.watch(tgid, mk)
                 {
-                    tracing::warn!(container_id = %id, error = %e, "cannot watch the process the runtime moved; its cgroup's last statistics may be missed");
+                    tracing::warn!(container_id = %id, error = %chain(&e), "cannot watch the process the runtime moved; its cgroup's last statistics may be missed");
                 }
             }
         }
@@ -262,7 +264,7 @@ impl Agent {
         let mut moved = Vec::new();
         for m in c.members.iter().filter(|m| !m.ended) {
             for pid in proctree::tree(self.procfs.root(), m.starter_pid) {
-                let Ok(now) = self.placer.cgroups_of(pid) else {
+                let Ok(now) = self.placer.hierarchies().cgroups_of(pid) else {
                     continue;
                 };
                 if !c.live_parts().any(|p| p.cgroups.covers(&now)) {
@@ -292,7 +294,7 @@ impl Agent {
                 }
         };
         cg.dirs()
-            .flat_map(|(_, d)| placement::procs(d))
+            .flat_map(|(_, d)| tasks::procs(d))
             .find(|pid| !ours(*pid))
     }
 
@@ -313,7 +315,7 @@ impl Agent {
             .iter_mut()
             .find(|p| p.origin == (Origin::Placed { member: mk }))
         {
-            let busy = Placer::remove(&p.cgroups);
+            let busy = placement::Placer::remove(&p.cgroups);
             if !busy.is_empty() {
                 tracing::debug!(container_id = %id, dirs = ?busy, "cgroups still busy; removal retried at the next sample");
             }
@@ -336,7 +338,7 @@ impl Agent {
                     Ok(()) => false,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                     Err(e) => {
-                        tracing::debug!(dir = %d.display(), error = %e, "cgroup removal still failing");
+                        tracing::debug!(dir = %d.display(), error = %chain(&e), "cgroup removal still failing");
                         true
                     }
                 });
@@ -356,7 +358,11 @@ impl Agent {
         let mut why_not = None;
         // Never the root cgroup: that would change the whole host.
         if self.args.cgroup_enable_controllers
-            && self.placer.v2_root().is_some_and(|root| root != parent)
+            && self
+                .placer
+                .hierarchies()
+                .v2_root()
+                .is_some_and(|root| root != parent)
         {
             match self.delegated.enable(parent) {
                 Ok(enabled) if enabled.is_empty() => {}
@@ -368,12 +374,13 @@ impl Agent {
                     why_not = Some(e.to_string());
                 }
                 Err(e) => {
+                    let e = chain(&e).to_string();
                     tracing::warn!(container_id = %id, error = %e, "cannot enable controllers for the container's cgroup");
-                    why_not = Some(e.to_string());
+                    why_not = Some(e);
                 }
             }
         }
-        if self.placer.v1_has("memory") || dir.join("memory.current").exists() {
+        if self.placer.hierarchies().v1_has("memory") || dir.join("memory.current").exists() {
             return None;
         }
         Some(why_not.unwrap_or_else(|| {
@@ -402,8 +409,11 @@ impl Agent {
         };
         let result = std::fs::metadata(dir)
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .map_err(|e| e.to_string())
-            .and_then(|ino| k.register_cgroup(key, ino).map_err(|e| e.to_string()));
+            .map_err(|e| chain(&e).to_string())
+            .and_then(|ino| {
+                k.register_cgroup(key, ino)
+                    .map_err(|e| chain(&e).to_string())
+            });
         if let Err(e) = result {
             tracing::warn!(container_id = %id, dir = %dir.display(), error = %e,
                 "cannot hand the container's cgroup to the network collector; its network statistics will be missing");
@@ -417,7 +427,7 @@ fn all_inside(k: &crate::attribution::kernel::Kernel, mk: u64, cg: &ContainerCgr
     let Some(state) = k.container(mk) else {
         return false;
     };
-    Placer::dirs(cg)
+    cg.distinct_dirs()
         .first()
-        .is_some_and(|d| placement::threads(d).len() as u64 == state.live_tasks)
+        .is_some_and(|d| tasks::threads(d).len() as u64 == state.live_tasks)
 }

@@ -10,7 +10,7 @@ use super::Agent;
 use crate::{
     cgroup::read,
     host::{procstats, proctree},
-    model::{cgroups::ContainerCgroups, processes::ProcSource},
+    model::{cgroups::ContainerCgroups, processes::ProcessStats},
 };
 
 impl Agent {
@@ -40,7 +40,7 @@ impl Agent {
         tracing::info!(container_id = %c.id, families = %families.names(), reason = %why,
             "these statistics of the container are read from its own processes, for its whole life \
              (same metric names; the info metric's from_processes label says which)");
-        c.processes = Some(ProcSource::new(families, why));
+        c.processes = Some(ProcessStats::new(families, why));
     }
 
     /// Reads the processes of container `ck`, if some of its statistics

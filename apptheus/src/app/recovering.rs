@@ -1,18 +1,21 @@
-//! Runs of a newly trusted starter that began before the kernel knew its
-//! identity: between a package upgrade's rename of the new file over the
+//! Runs the agent missed. Runs of a newly trusted starter that began
+//! before the kernel knew its identity: between a package upgrade's rename of the new file over the
 //! old and the agent's re-resolution (a millisecond with the directory
 //! watch, up to the periodic re-check without), the kernel compares execs
 //! with the old identity and lets them go. Each re-resolution that trusts
 //! new files looks for their runs in /proc and follows them from then on,
-//! as a run found through the monitoring socket is.
+//! as a run found through the monitoring socket is. And containers whose
+//! start the event stream lost: the kernel's map of starter runs is
+//! compared with the registry now and then ([`Agent::reconcile`]).
 use std::collections::BTreeSet;
 
 use apptheus_common::{ContainerState, FileId};
 
 use super::{Agent, StartFacts};
+use crate::error_chain::chain;
 use crate::{
     host::{clock, proctree},
-    model::container::Source,
+    model::container::FoundBy,
 };
 
 impl Agent {
@@ -89,7 +92,7 @@ impl Agent {
         if let Some(k) = self.kernel.as_mut()
             && let Err(e) = k.adopt(key, &state, &tids)
         {
-            tracing::warn!(pid, error = %e, "cannot hand a run of a newly trusted starter to the kernel programs");
+            tracing::warn!(pid, error = %chain(&e), "cannot hand a run of a newly trusted starter to the kernel programs");
             return;
         }
         tracing::info!(
@@ -106,7 +109,7 @@ impl Agent {
             file: Some(exe),
             parent_launcher: None,
             arg0: None,
-            source: Source::Kernel,
+            found_by: FoundBy::Kernel,
             socket: None,
             cgroups: None,
         });
@@ -127,5 +130,34 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Recovers from lost events: the kernel's map is the truth.
+    pub(super) fn reconcile(&mut self) {
+        let Some(k) = &self.kernel else { return };
+        let states = k.containers();
+        for (key, st) in &states {
+            if self.registry.container_of(*key).is_none() && st.exited == 0 {
+                tracing::warn!(
+                    key,
+                    "container missed by the event stream; recovered from the kernel's map"
+                );
+                if let Some(k) = self.kernel.as_mut() {
+                    k.runq_track(*key);
+                }
+                self.on_start(StartFacts {
+                    key: *key,
+                    starter_pid: st.starter_tgid,
+                    uid: st.uid,
+                    boot_ns: st.start_boot_ns,
+                    file: Some(st.starter),
+                    parent_launcher: None,
+                    arg0: None,
+                    found_by: FoundBy::Kernel,
+                    socket: None,
+                    cgroups: None,
+                });
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! witness of a run the kernel already attributes, or, without the kernel
 //! programs, the way runs are found at all.
 use super::{Agent, StartFacts};
-use crate::{attribution::socket::SocketEvent, host::clock, model::container::Source};
+use crate::error_chain::chain;
+use crate::{attribution::socket::SocketEvent, host::clock, model::container::FoundBy};
 
 impl Agent {
     pub(super) fn on_socket_event(&mut self, ev: SocketEvent) {
@@ -46,7 +47,7 @@ impl Agent {
                         ..Default::default()
                     };
                     if let Err(e) = k.adopt(key, &state, &tids) {
-                        tracing::warn!(pid, error = %e, "cannot hand a socket-registered container to the kernel programs");
+                        tracing::warn!(pid, error = %chain(&e), "cannot hand a socket-registered container to the kernel programs");
                     }
                 }
                 self.on_start(StartFacts {
@@ -57,7 +58,7 @@ impl Agent {
                     file: Some(exe),
                     parent_launcher: None,
                     arg0: None,
-                    source: Source::Socket,
+                    found_by: FoundBy::Socket,
                     socket: Some(conn.0),
                     cgroups: None,
                 });

@@ -1,5 +1,5 @@
 //! The statistics sources the sampler runs for each container (the kernel
-//! programs' counters first, then the cgroup families that `--collector.*`
+//! programs' counters first, then the cgroup families that `--source.*`
 //! selects), each timed; what a sample of every container found is
 //! exported as `apptheus_source_success{source}` and
 //! `apptheus_source_duration_seconds{source}`.
@@ -12,7 +12,7 @@ use crate::{
     export::metrics::AgentMetrics,
     model::{
         container::{Container, KernelCounters},
-        source::{CgroupSource, Counters, Fresh, Outcome, Source, Target},
+        stats_source::{CgroupSource, Counters, Fresh, Outcome, StatsSource, Target},
     },
 };
 
@@ -38,7 +38,7 @@ pub(super) fn open_files(given: Option<usize>, fd_limit: Option<u64>) -> usize {
 /// run; with `runqlat`, its histogram too).
 struct KernelSource;
 
-impl Source for KernelSource {
+impl StatsSource for KernelSource {
     fn name(&self) -> &'static str {
         "kernel"
     }
@@ -73,7 +73,7 @@ struct Tally {
 }
 
 pub(crate) struct Sources {
-    list: Vec<Box<dyn Source + Send>>,
+    list: Vec<Box<dyn StatsSource + Send>>,
     tally: Vec<Tally>,
     budget: Budget,
 }
@@ -81,9 +81,9 @@ pub(crate) struct Sources {
 impl Sources {
     /// The kernel source and the selected cgroup sources, with at most
     /// `open_files` cgroup files kept open.
-    pub fn new(args: &Args, open_files: usize) -> Self {
+    pub(super) fn new(args: &Args, open_files: usize) -> Self {
         let budget = Budget::new(open_files);
-        let mut list: Vec<Box<dyn Source + Send>> = vec![Box::new(KernelSource)];
+        let mut list: Vec<Box<dyn StatsSource + Send>> = vec![Box::new(KernelSource)];
         list.extend(read::sources(
             |s: CgroupSource| args.sources.enabled(s),
             &budget,
@@ -99,13 +99,13 @@ impl Sources {
     }
 
     /// A sample of every container begins.
-    pub fn begin_round(&mut self) {
+    pub(super) fn begin_round(&mut self) {
         self.tally.fill(Tally::default());
         self.begin_one();
     }
 
     /// A sample of one container begins (outside a sample of every one).
-    pub fn begin_one(&mut self) {
+    pub(super) fn begin_one(&mut self) {
         for s in &mut self.list {
             s.begin();
         }
@@ -114,7 +114,7 @@ impl Sources {
     /// Reads one container: what each source gives goes into its members'
     /// counters and its cgroup sets' latest statistics (a set found gone
     /// keeps what was read before), then into what is exported.
-    pub fn sample(&mut self, c: &mut Container, kernel: Option<&Kernel>) {
+    pub(super) fn sample(&mut self, c: &mut Container, kernel: Option<&Kernel>) {
         let t = Target {
             key: c.key,
             members: &c.members,
@@ -157,23 +157,25 @@ impl Sources {
     }
 
     /// Closes what is kept open for container `key` (it ended).
-    pub fn forget(&mut self, key: u64) {
+    pub(super) fn forget(&mut self, key: u64) {
         for s in &mut self.list {
             s.forget(key);
         }
     }
 
     /// What the latest sample of every container found, for scrapes.
-    pub fn publish(&self, m: &AgentMetrics) {
+    pub(super) fn publish(&self, m: &AgentMetrics) {
         for (s, t) in self.list.iter().zip(&self.tally) {
-            m.source_success
+            m.own
+                .source_success
                 .with_label_values(&[s.name()])
                 .set(i64::from(!t.failed));
-            m.source_duration
+            m.own
+                .source_duration
                 .with_label_values(&[s.name()])
                 .set(t.time.as_secs_f64());
         }
-        m.cgroup_open_files.set(self.budget.in_use() as i64);
+        m.own.cgroup_open_files.set(self.budget.in_use() as i64);
     }
 }
 

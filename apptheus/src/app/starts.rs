@@ -12,7 +12,7 @@ use crate::{
     host::{clock, users},
     model::{
         cgroups::ContainerCgroups,
-        container::{Container, Member, Origin, Part, Source},
+        container::{Container, FoundBy, Member, Origin, Part},
         slurm,
     },
 };
@@ -31,7 +31,7 @@ pub(super) struct StartFacts {
     pub parent_launcher: Option<bool>,
     /// Its first argument, when the kernel read it.
     pub arg0: Option<String>,
-    pub source: Source,
+    pub found_by: FoundBy,
     /// The monitoring-socket connection it made.
     pub socket: Option<u64>,
     /// Its cgroups, when they exist already (adopted after a restart).
@@ -72,7 +72,7 @@ impl Agent {
         match &run.kind {
             RunKind::Helper => {
                 tracing::debug!(pid, arg0 = %arg0, "a helper run of Apptainer's own, not a container");
-                self.metrics.helper_runs.inc();
+                self.metrics.own.helper_runs.inc();
                 if let Some(k) = self.kernel.as_mut() {
                     k.forget(s.key);
                 }
@@ -115,16 +115,16 @@ impl Agent {
         }
         // A run the kernel reported is shown once it runs something of
         // its own (see `admission`).
-        c.shown = s.source != Source::Kernel;
+        c.shown = s.found_by != FoundBy::Kernel;
         if c.shown {
-            log_started(&c, s.source);
+            log_started(&c, s.found_by);
         } else {
             tracing::debug!(container_id = %c.id, pid, uid = s.uid,
                 "starter run seen; shown once it runs something of its own");
         }
         let shown = c.shown;
-        if self.registry.insert(c) && shown && s.source != Source::Adopted {
-            self.metrics.containers_started.inc();
+        if self.registry.insert(c) && shown && s.found_by != FoundBy::Adopted {
+            self.metrics.own.containers_started.inc();
         }
         // Placement at once: until its tasks are inside, a container's
         // memory is charged to the enclosing cgroup (v1 never moves charges).
@@ -144,7 +144,7 @@ impl Agent {
         if !self.registry.join(ck, member) {
             return;
         }
-        self.metrics.joins.inc();
+        self.metrics.own.joins.inc();
         if let Some(c) = self.registry.get(ck) {
             tracing::info!(container_id = %c.id, pid = s.starter_pid,
                 instance = c.meta.instance.as_deref().unwrap_or(""), "a run joined the instance");
@@ -158,16 +158,19 @@ impl Agent {
     /// (which a user cannot move a process into): the pid may be another
     /// process's now.
     fn starter_is_the_runs(&self, s: &StartFacts) -> bool {
-        if s.source != Source::Adopted {
+        if s.found_by != FoundBy::Adopted {
             return true;
         }
         let Some(cg) = &s.cgroups else {
             return false;
         };
-        self.placer.cgroups_of(s.starter_pid).is_ok_and(|now| {
-            cg.dirs()
-                .any(|(h, d)| now.dir(h).is_some_and(|p| p.starts_with(d)))
-        })
+        self.placer
+            .hierarchies()
+            .cgroups_of(s.starter_pid)
+            .is_ok_and(|now| {
+                cg.dirs()
+                    .any(|(h, d)| now.dir(h).is_some_and(|p| p.starts_with(d)))
+            })
     }
 
     /// Whether the parent of `pid` runs one of the trusted launchers.
@@ -194,10 +197,10 @@ impl Agent {
 }
 
 /// Logs a container's start, with what is known of it.
-pub(super) fn log_started(c: &Container, source: Source) {
+pub(super) fn log_started(c: &Container, found_by: FoundBy) {
     tracing::info!(container_id = %c.id, pid = c.starter_pid(), uid = c.uid, user = %c.user,
         starter = %c.starter_path.display(), image = c.meta.image.as_deref().unwrap_or(""),
         instance = c.meta.instance.as_deref().unwrap_or(""),
         slurm_job_id = c.meta.slurm_job_id.as_deref().unwrap_or(""),
-        source = ?source, "container started");
+        source = ?found_by, "container started");
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use tokio::sync::watch;
 
 use super::Agent;
+use crate::error_chain::chain;
 use crate::{
     attribution::trust::{self, TrustedSet},
     cli::Args,
@@ -28,7 +29,7 @@ impl Trust {
     /// Resolves `--trust.path` and `--trust.launcher`. A path given that
     /// does not exist stops the agent (a typo); with none given, finding
     /// no starter is a warning: the agent trusts them once they appear.
-    pub fn resolve(args: &Args) -> anyhow::Result<Trust> {
+    pub(super) fn resolve(args: &Args) -> anyhow::Result<Trust> {
         let starters = TrustedSet::resolve(&args.trusted_paths())?;
         if starters.files.is_empty() {
             tracing::warn!(
@@ -54,18 +55,20 @@ impl Trust {
         })
     }
 
-    pub fn with_sender(mut self, tx: watch::Sender<TrustedSet>) -> Trust {
+    pub(super) fn with_sender(mut self, tx: watch::Sender<TrustedSet>) -> Trust {
         self.tx = Some(tx);
         self
     }
 
     /// Shows how many starters and launchers are trusted.
-    pub fn publish(&self, metrics: &AgentMetrics) {
+    pub(super) fn publish(&self, metrics: &AgentMetrics) {
         metrics
+            .own
             .trusted_files
             .with_label_values(&["starter"])
             .set(self.starters.files.len() as i64);
         metrics
+            .own
             .trusted_files
             .with_label_values(&["launcher"])
             .set(self.launchers.files.len() as i64);
@@ -93,7 +96,7 @@ impl Agent {
                 Some(w)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the trusted files' directories (inotify); a replaced starter is trusted within 5 s");
+                tracing::warn!(error = %chain(&e), "cannot watch the trusted files' directories (inotify); a replaced starter is trusted within 5 s");
                 None
             }
         }
@@ -119,7 +122,7 @@ impl Agent {
                 if let Some(k) = self.kernel.as_mut()
                     && let Err(e) = k.set_trusted(&t.ids(), &l.ids())
                 {
-                    tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
+                    tracing::error!(error = %chain(&e), "updating the kernel's trusted set failed; keeping the old one");
                     return false;
                 }
                 if l != trust.launchers {
@@ -141,7 +144,7 @@ impl Agent {
             }
             Err(e) => {
                 // Said once per distinct problem, not at every re-check.
-                let text = e.to_string();
+                let text = chain(&e).to_string();
                 if trust.error.as_deref() != Some(text.as_str()) {
                     tracing::error!(error = %text, "{reason}: cannot resolve trusted starters; keeping the old set");
                     trust.error = Some(text);

@@ -12,14 +12,14 @@ use std::path::Path;
 use serde::Deserialize;
 
 /// Longest label value kept; longer values are cut at a character boundary.
-pub const MAX_VALUE_LEN: usize = 256;
+pub(crate) const MAX_VALUE_LEN: usize = 256;
 /// Chunks of engine configuration read at most (Apptainer uses one for
 /// anything but huge configurations).
 const MAX_CHUNKS: usize = 16;
 
 /// What a starter run is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunKind {
+pub(crate) enum RunKind {
     /// `exec`, `run`, `shell`, `build`...: a container of its own.
     Container,
     /// `instance start`: a container that lasts until `instance stop`.
@@ -33,7 +33,7 @@ pub enum RunKind {
 
 /// What is known of a starter run at its start.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StarterRun {
+pub(crate) struct StarterRun {
     pub kind: RunKind,
     /// What the user ran (the SIF path, not a temporary sandbox).
     pub image: Option<String>,
@@ -44,7 +44,7 @@ pub struct StarterRun {
 
 /// The facts about a starter process that its run is told from.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StarterFacts<'a> {
+pub(crate) struct StarterFacts<'a> {
     /// Its first argument.
     pub arg0: &'a str,
     /// Its parent runs a trusted launcher (Apptainer's command-line tool
@@ -62,7 +62,7 @@ const FAKEROOT: [&str; 2] = ["Apptainer fakeroot", "Singularity fakeroot"];
 const INSTANCE_URI: &str = "instance://";
 
 /// Tells what a starter run is and what it runs.
-pub fn describe(f: &StarterFacts<'_>) -> StarterRun {
+pub(crate) fn describe(f: &StarterFacts<'_>) -> StarterRun {
     let env = f.environ.map(Environ::parse).unwrap_or_default();
     let json = env.engine.as_ref().map(|e| &e.engine_config.json_config);
     let named = |prefixes: &[&str]| prefixes.iter().any(|p| f.arg0.starts_with(p));
@@ -251,7 +251,7 @@ struct OciProcess {
 
 /// A value as a label: lossy UTF-8, no control characters, at most
 /// [`MAX_VALUE_LEN`] bytes.
-pub fn clean(value: impl AsRef<[u8]>) -> String {
+pub(crate) fn clean(value: impl AsRef<[u8]>) -> String {
     let s = String::from_utf8_lossy(value.as_ref());
     let s: String = s.chars().filter(|c| !c.is_control()).collect();
     if s.len() <= MAX_VALUE_LEN {

@@ -12,15 +12,15 @@ use std::{
 
 use apptheus_common::FileId;
 
+use crate::error_chain::chain;
 pub use crate::host::procfs::file_id;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error(
-        "trusted starter {path} does not exist ({source}); fix --trust.path, or install Apptainer there"
-    )]
+    #[error("trusted starter {path} does not exist (fix --trust.path, or install Apptainer there)")]
     Missing {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("trusted starter {path} is not a regular file")]
@@ -34,9 +34,10 @@ pub enum TrustError {
         what: String,
         who: &'static str,
     },
-    #[error("launcher {path} does not exist ({source}); fix --trust.launcher")]
+    #[error("launcher {path} does not exist (fix --trust.launcher)")]
     LauncherMissing {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("launcher {path} is not a regular file; fix --trust.launcher")]
@@ -76,7 +77,7 @@ impl TrustedSet {
                 Ok(id) => files.push(TrustedFile { path, id }),
                 Err(e) if explicit => return Err(e),
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "skipping standard starter")
+                    tracing::warn!(path = %path.display(), error = %chain(&e), "skipping standard starter")
                 }
             }
         }
@@ -144,7 +145,7 @@ const STARTERS: [&str; 2] = ["starter", "starter-suid"];
 /// prefixes /usr and /usr/local (upstream packages, source installs), and
 /// `/usr/lib/<multiarch>/{apptainer,singularity}/bin/starter{,-suid}`
 /// (Debian, Ubuntu) for every multiarch directory present.
-pub fn default_starters(root: &Path) -> Vec<PathBuf> {
+pub(crate) fn default_starters(root: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = ["usr/libexec", "usr/local/libexec"]
         .iter()
         .map(|d| root.join(d))
@@ -175,7 +176,7 @@ pub fn default_starters(root: &Path) -> Vec<PathBuf> {
 /// The command-line tools (`<prefix>/bin/apptainer`, `.../singularity`)
 /// for starters installed in one of the [`default_starters`] layouts,
 /// without duplicates; starters elsewhere suggest no launcher.
-pub fn default_launchers<'a>(starters: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
+pub(crate) fn default_launchers<'a>(starters: impl IntoIterator<Item = &'a Path>) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for starter in starters {
         let Some(prefix) = install_prefix(starter) else {
@@ -224,7 +225,7 @@ fn launcher(path: PathBuf) -> Result<TrustedFile, TrustError> {
 
 /// The identity of the file at `path` (symlinks followed), after checking
 /// that no unprivileged user could replace it.
-pub fn identify(path: &Path) -> Result<FileId, TrustError> {
+pub(crate) fn identify(path: &Path) -> Result<FileId, TrustError> {
     let meta = std::fs::metadata(path).map_err(|source| TrustError::Missing {
         path: path.to_path_buf(),
         source,

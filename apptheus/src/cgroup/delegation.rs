@@ -11,16 +11,17 @@
 //! hierarchical. While controllers are enabled the parent cannot take
 //! processes, so apptheus disables what it enabled as soon as the parent
 //! has no child cgroup left.
+use crate::error_chain::chain;
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
 };
 
 /// The controllers apptheus asks for, in the order they are enabled.
-pub const WANTED: [&str; 4] = ["memory", "io", "pids", "cpu"];
+pub(crate) const WANTED: [&str; 4] = ["memory", "io", "pids", "cpu"];
 
 #[derive(Debug, thiserror::Error)]
-pub enum DelegationError {
+pub(crate) enum DelegationError {
     #[error(
         "{dir} still holds {procs} process(es) that are not the container's; cgroup v2 lets a cgroup \
          with processes give its children no controller"
@@ -28,16 +29,23 @@ pub enum DelegationError {
     Occupied { dir: PathBuf, procs: usize },
     #[error("{dir} is a {kind:?} cgroup; controllers are enabled for domain cgroups only")]
     NotDomain { dir: PathBuf, kind: String },
-    #[error("{file}: {source}")]
-    Io {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {file}")]
+    Write {
         file: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }
 
 /// The wanted controllers that `available` (a cgroup.controllers) offers
 /// and `enabled` (a cgroup.subtree_control) lacks.
-pub fn missing(available: &str, enabled: &str) -> Vec<&'static str> {
+pub(crate) fn missing(available: &str, enabled: &str) -> Vec<&'static str> {
     let has = |list: &str, c: &str| list.split_whitespace().any(|x| x == c);
     WANTED
         .into_iter()
@@ -46,7 +54,7 @@ pub fn missing(available: &str, enabled: &str) -> Vec<&'static str> {
 }
 
 fn read(file: PathBuf) -> Result<String, DelegationError> {
-    std::fs::read_to_string(&file).map_err(|source| DelegationError::Io { file, source })
+    std::fs::read_to_string(&file).map_err(|source| DelegationError::Read { path: file, source })
 }
 
 fn write_subtree_control(dir: &Path, what: &str) -> Result<(), DelegationError> {
@@ -55,14 +63,14 @@ fn write_subtree_control(dir: &Path, what: &str) -> Result<(), DelegationError> 
         .write(true)
         .open(&file)
         .and_then(|mut f| f.write_all(what.as_bytes()))
-        .map_err(|source| DelegationError::Io { file, source })
+        .map_err(|source| DelegationError::Write { file, source })
 }
 
 /// Enables in `parent` the wanted controllers it can give and does not
 /// give yet; returns those it enabled (empty when there was nothing to do).
 /// Refuses while `parent` holds a process: that is not the container's
 /// (its tasks were moved out), so it stays where it is.
-pub fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
+pub(crate) fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
     let want = {
         let available = read(parent.join("cgroup.controllers"))?;
         let enabled = read(parent.join("cgroup.subtree_control"))?;
@@ -103,7 +111,7 @@ pub fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
     match first_error {
         Some(e) if done.is_empty() => Err(e),
         Some(e) => {
-            tracing::debug!(dir = %parent.display(), error = %e, enabled = ?done, "some controllers could not be enabled");
+            tracing::debug!(dir = %parent.display(), error = %chain(&e), enabled = ?done, "some controllers could not be enabled");
             Ok(done)
         }
         None => Ok(done),
@@ -112,8 +120,8 @@ pub fn enable(parent: &Path) -> Result<Vec<String>, DelegationError> {
 
 /// Whether `dir` has a child cgroup.
 fn has_children(dir: &Path) -> Result<bool, DelegationError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| DelegationError::Io {
-        file: dir.to_path_buf(),
+    let entries = std::fs::read_dir(dir).map_err(|source| DelegationError::Read {
+        path: dir.to_path_buf(),
         source,
     })?;
     Ok(entries
@@ -124,7 +132,7 @@ fn has_children(dir: &Path) -> Result<bool, DelegationError> {
 /// Disables `controllers` in `parent` again if it has no child cgroup
 /// left; returns whether it did (false: children remain, try later).
 /// A parent that is gone needs nothing.
-pub fn release(parent: &Path, controllers: &[String]) -> Result<bool, DelegationError> {
+pub(crate) fn release(parent: &Path, controllers: &[String]) -> Result<bool, DelegationError> {
     if !parent.exists() {
         return Ok(true);
     }
@@ -142,14 +150,14 @@ pub fn release(parent: &Path, controllers: &[String]) -> Result<bool, Delegation
 /// The controllers apptheus enabled, by parent cgroup, so that each is
 /// disabled again once the parent has no child cgroup left.
 #[derive(Debug, Default)]
-pub struct Delegated {
+pub(crate) struct Delegated {
     by_parent: std::collections::BTreeMap<PathBuf, Vec<String>>,
 }
 
 impl Delegated {
     /// Enables in `parent` what a container's cgroup below it needs, and
     /// remembers what it enabled.
-    pub fn enable(&mut self, parent: &Path) -> Result<Vec<String>, DelegationError> {
+    pub(crate) fn enable(&mut self, parent: &Path) -> Result<Vec<String>, DelegationError> {
         let enabled = enable(parent)?;
         if !enabled.is_empty() {
             self.by_parent
@@ -162,7 +170,7 @@ impl Delegated {
 
     /// Disables what was enabled in parents that have no child cgroup
     /// left.
-    pub fn release_unused(&mut self) {
+    pub(crate) fn release_unused(&mut self) {
         self.by_parent
             .retain(|parent, controllers| match release(parent, controllers) {
                 Ok(released) => {
@@ -172,7 +180,7 @@ impl Delegated {
                     !released
                 }
                 Err(e) => {
-                    tracing::warn!(cgroup = %parent.display(), error = %e, "cannot disable the controllers apptheus had enabled");
+                    tracing::warn!(cgroup = %parent.display(), error = %chain(&e), "cannot disable the controllers apptheus had enabled");
                     false
                 }
             });

@@ -8,7 +8,7 @@ use std::{
 };
 
 /// The v1 controllers whose statistics apptheus reads.
-pub const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "blkio", "pids"];
+pub(crate) const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "blkio", "pids"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutKind {
@@ -45,9 +45,10 @@ pub struct Layout {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(

@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 /// The extended attribute.
-pub const XATTR: &str = "trusted.apptheus";
+pub(crate) const XATTR: &str = "trusted.apptheus";
 
 /// Directory name prefix of the cgroups apptheus creates.
 pub const DIR_PREFIX: &str = "apptheus-";
@@ -164,7 +164,7 @@ fn c_path(dir: &Path) -> std::io::Result<CString> {
 }
 
 /// Sets `mark` on directory `dir` (needs CAP_SYS_ADMIN).
-pub fn set(dir: &Path, mark: &Mark) -> std::io::Result<()> {
+pub(crate) fn set(dir: &Path, mark: &Mark) -> std::io::Result<()> {
     let path = c_path(dir)?;
     let name = CString::new(XATTR).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     let value = mark.encode();
@@ -188,7 +188,7 @@ pub fn set(dir: &Path, mark: &Mark) -> std::io::Result<()> {
 
 /// The mark on directory `dir`: None when it has none (or one that is not
 /// ours), an error when it cannot be read.
-pub fn get(dir: &Path) -> std::io::Result<Option<Mark>> {
+pub(crate) fn get(dir: &Path) -> std::io::Result<Option<Mark>> {
     let path = c_path(dir)?;
     let name = CString::new(XATTR).map_err(|_| std::io::ErrorKind::InvalidInput)?;
     let mut buf = vec![0u8; MAX_LEN + 1];

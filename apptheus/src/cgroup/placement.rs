@@ -8,31 +8,35 @@
 //! starter's cgroup either: the cgroups between belong to Slurm or systemd,
 //! which rely on where the processes are.
 use std::{
-    collections::{BTreeMap, BTreeSet},
     io::Write as _,
     path::{Path, PathBuf},
 };
 
 use super::{
-    layout::{Layout, V1_CONTROLLERS},
+    hierarchies::Hierarchies,
+    layout::Layout,
     mark::{self, Mark},
-    procfile,
+    policy::{NoOwnCgroup, own_cgroup_refused},
 };
 use crate::model::cgroups::ContainerCgroups;
 
-pub use super::mark::DIR_PREFIX;
 /// Passes over a container's tasks before placement gives up.
 const MAX_PASSES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
-    #[error("reading the cgroups of pid {pid}: {source}")]
-    ProcCgroup { pid: u32, source: std::io::Error },
+    #[error("reading the cgroups of pid {pid}")]
+    ProcCgroup {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pid {pid} is in no cgroup of the {hierarchy} hierarchy (per /proc/{pid}/cgroup)")]
     NotInHierarchy { pid: u32, hierarchy: String },
-    #[error("creating cgroup {dir}: {source}")]
+    #[error("creating cgroup {dir}")]
     Create {
         dir: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(
@@ -40,40 +44,18 @@ pub enum PlaceError {
          made by someone else, it is not used"
     )]
     NotOurs { dir: PathBuf },
-    #[error("moving task {tid} into {dir}: {source}")]
+    #[error("moving task {tid} into {dir}")]
     Move {
         tid: u32,
         dir: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }
 
-/// One hierarchy apptheus places containers in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Hierarchy {
-    mountpoint: PathBuf,
-    /// v1 controllers mounted there that apptheus reads; empty for cgroup2.
-    controllers: Vec<String>,
-}
-
-impl Hierarchy {
-    fn is_v2(&self) -> bool {
-        self.controllers.is_empty()
-    }
-
-    fn name(&self) -> String {
-        if self.is_v2() {
-            "cgroup2".into()
-        } else {
-            self.controllers.join(",")
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Placer {
-    procfs: PathBuf,
-    hierarchies: Vec<Hierarchy>,
+    hierarchies: Hierarchies,
 }
 
 /// How a placement went.
@@ -93,84 +75,21 @@ pub struct Placed {
 
 impl Placer {
     pub fn new(layout: &Layout, procfs: &Path) -> Self {
-        let mut hierarchies = Vec::new();
-        if let Some(v2) = &layout.v2 {
-            hierarchies.push(Hierarchy {
-                mountpoint: v2.clone(),
-                controllers: Vec::new(),
-            });
-        }
-        let mut by_mount: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-        for c in V1_CONTROLLERS {
-            if let Some(m) = layout.v1.get(c) {
-                by_mount
-                    .entry(m.mountpoint.clone())
-                    .or_default()
-                    .push(c.to_string());
-            }
-        }
-        hierarchies.extend(
-            by_mount
-                .into_iter()
-                .map(|(mountpoint, controllers)| Hierarchy {
-                    mountpoint,
-                    controllers,
-                }),
-        );
         Self {
-            procfs: procfs.to_path_buf(),
-            hierarchies,
+            hierarchies: Hierarchies::new(layout, procfs),
         }
     }
 
-    /// Whether a v1 hierarchy with `controller` is placed in.
-    pub fn v1_has(&self, controller: &str) -> bool {
+    /// The hierarchies it places in.
+    pub fn hierarchies(&self) -> &Hierarchies {
+        &self.hierarchies
+    }
+
+    /// Which cgroups task `pid` is in.
+    fn proc_cgroups(&self, pid: u32) -> Result<super::proc_cgroup::ProcCgroups, PlaceError> {
         self.hierarchies
-            .iter()
-            .any(|h| h.controllers.iter().any(|c| c == controller))
-    }
-
-    /// Where cgroup2 is mounted, if it is.
-    pub fn v2_root(&self) -> Option<&Path> {
-        self.hierarchies
-            .iter()
-            .find(|h| h.is_v2())
-            .map(|h| h.mountpoint.as_path())
-    }
-
-    fn proc_cgroups(&self, pid: u32) -> Result<procfile::ProcCgroups, PlaceError> {
-        let text = std::fs::read_to_string(self.procfs.join(pid.to_string()).join("cgroup"))
-            .map_err(|source| PlaceError::ProcCgroup { pid, source })?;
-        Ok(procfile::parse(&text))
-    }
-
-    /// The directory in hierarchy `h` of a process, per its /proc cgroup file.
-    fn dir_of(&self, h: &Hierarchy, cgs: &procfile::ProcCgroups) -> Option<PathBuf> {
-        let rel = if h.is_v2() {
-            cgs.v2.as_deref()?
-        } else {
-            cgs.v1.get(&h.controllers[0])?.as_str()
-        };
-        Some(h.mountpoint.join(rel.trim_start_matches('/')))
-    }
-
-    /// The cgroups process `pid` is in now, one directory per hierarchy.
-    pub fn cgroups_of(&self, pid: u32) -> Result<ContainerCgroups, PlaceError> {
-        let cgs = self.proc_cgroups(pid)?;
-        let mut out = ContainerCgroups::default();
-        for h in &self.hierarchies {
-            let Some(dir) = self.dir_of(h, &cgs) else {
-                continue;
-            };
-            if h.is_v2() {
-                out.v2 = Some(dir);
-            } else {
-                for c in &h.controllers {
-                    out.v1.insert(c.clone(), dir.clone());
-                }
-            }
-        }
-        Ok(out)
+            .proc_cgroups(pid)
+            .map_err(|source| PlaceError::ProcCgroup { pid, source })
     }
 
     /// Creates the cgroups of a container's starter run (`mark`: whose,
@@ -184,16 +103,17 @@ impl Placer {
         let cgs = self.proc_cgroups(starter_pid)?;
         let name = mark.dir_name();
         let mut out = Created::default();
-        for h in &self.hierarchies {
-            let parent = self
-                .dir_of(h, &cgs)
-                .ok_or_else(|| PlaceError::NotInHierarchy {
-                    pid: starter_pid,
-                    hierarchy: h.name(),
-                })?;
+        for h in self.hierarchies.iter() {
+            let parent =
+                self.hierarchies
+                    .dir_of(h, &cgs)
+                    .ok_or_else(|| PlaceError::NotInHierarchy {
+                        pid: starter_pid,
+                        hierarchy: h.name(),
+                    })?;
             let relative = parent.strip_prefix(&h.mountpoint).unwrap_or(&parent);
             if let Some(why) = own_cgroup_refused(&h.controllers, relative) {
-                set(&mut out.shared, h, parent);
+                h.assign(&mut out.shared, parent);
                 out.why_shared.get_or_insert(why);
                 continue;
             }
@@ -218,7 +138,7 @@ impl Placer {
                 }
                 Err(source) => return Err(PlaceError::Create { dir, source }),
             }
-            set(&mut out.own, h, dir);
+            h.assign(&mut out.own, dir);
         }
         Ok(out)
     }
@@ -234,12 +154,13 @@ impl Placer {
             .hierarchies
             .iter()
             .find(|h| !h.is_v2())
-            .or_else(|| self.hierarchies.first())
+            .or_else(|| self.hierarchies.iter().next())
             .ok_or_else(|| PlaceError::NotInHierarchy {
                 pid: tid,
                 hierarchy: "any".into(),
             })?;
         let dir = self
+            .hierarchies
             .dir_of(h, &cgs)
             .ok_or_else(|| PlaceError::NotInHierarchy {
                 pid: tid,
@@ -248,25 +169,14 @@ impl Placer {
         Ok(dir.join(if h.is_v2() { "cgroup.threads" } else { "tasks" }))
     }
 
-    /// The container's directories, one per hierarchy.
-    pub fn dirs(cg: &ContainerCgroups) -> Vec<PathBuf> {
-        let set: BTreeSet<&PathBuf> = cg.v2.iter().chain(cg.v1.values()).collect();
-        set.into_iter().cloned().collect()
-    }
-
     /// Where task `tid` is against the container's cgroups: per hierarchy,
     /// inside already, in the cgroup the container's cgroup was created in
     /// (so to be moved), or elsewhere (a runtime's own cgroup: left alone).
     fn whereabouts(&self, cg: &ContainerCgroups, tid: u32) -> Result<Whereabouts, PlaceError> {
         let cgs = self.proc_cgroups(tid)?;
         let mut w = Whereabouts::default();
-        for h in &self.hierarchies {
-            let want = if h.is_v2() {
-                cg.v2.as_ref()
-            } else {
-                cg.v1.get(&h.controllers[0])
-            };
-            let (Some(want), Some(have)) = (want, self.dir_of(h, &cgs)) else {
+        for h in self.hierarchies.iter() {
+            let (Some(want), Some(have)) = (h.dir_in(cg), self.hierarchies.dir_of(h, &cgs)) else {
                 continue;
             };
             if *want == have {
@@ -344,7 +254,7 @@ impl Placer {
     /// Removes the container's cgroups; the ones still busy (tasks not yet
     /// reaped) are returned for a later attempt.
     pub fn remove(cg: &ContainerCgroups) -> Vec<PathBuf> {
-        Self::dirs(cg)
+        cg.distinct_dirs()
             .into_iter()
             .filter(|d| match std::fs::remove_dir(d) {
                 Ok(()) => false,
@@ -352,29 +262,6 @@ impl Placer {
                 Err(_) => true,
             })
             .collect()
-    }
-
-    /// Finds the cgroups apptheus created in an earlier run, in every
-    /// hierarchy: directories with apptheus' naming and its mark, naming
-    /// them (see [`mark`]). A directory of that name without the mark (a
-    /// user's) is neither taken nor touched.
-    pub fn find_marked(&self) -> BTreeMap<Mark, ContainerCgroups> {
-        let mut out: BTreeMap<Mark, ContainerCgroups> = BTreeMap::new();
-        for h in &self.hierarchies {
-            let mut found = Vec::new();
-            walk(&h.mountpoint, 0, &mut found);
-            for (dir, m) in found {
-                let entry = out.entry(m).or_default();
-                if h.is_v2() {
-                    entry.v2 = Some(dir);
-                } else {
-                    for c in &h.controllers {
-                        entry.v1.insert(c.clone(), dir.clone());
-                    }
-                }
-            }
-        }
-        out
     }
 }
 
@@ -389,68 +276,6 @@ pub struct Created {
     /// A directory created that could not be marked, and why: the
     /// container is placed, but would not be taken over after a restart.
     pub unmarked: Option<(PathBuf, String)>,
-}
-
-fn set(cg: &mut ContainerCgroups, h: &Hierarchy, dir: PathBuf) {
-    if h.is_v2() {
-        cg.v2 = Some(dir);
-    } else {
-        for c in &h.controllers {
-            cg.v1.insert(c.clone(), dir.clone());
-        }
-    }
-}
-
-/// Why a container gets no cgroup of its own in a hierarchy: the
-/// starter's own cgroup is shared with it instead (read while nothing else
-/// runs there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoOwnCgroup {
-    /// A Slurm job's cgroup v1 memory hierarchy. There the kernel counts
-    /// an OOM kill only in the victim's own cgroup (v1 passes no memory
-    /// event up), and Slurm reads them in its task and step cgroups to
-    /// tell that a job ran out of memory; Slurm also removes those cgroups
-    /// at the end of each step, which a child of ours would make fail.
-    SlurmV1Memory,
-    /// A Slurm job's cgroup2 tree. Slurm's cgroup/v2 plugin follows a
-    /// step's processes by reading the `cgroup.procs` of the `task_<n>` and
-    /// `slurm` cgroups it created, not of cgroups below or beside them: a
-    /// process moved into a cgroup of ours (child or sibling) would no
-    /// longer be signalled by Slurm (scancel, time limit, the clean-up
-    /// SIGKILL where `cgroup.kill` is not used), nor waited for at the
-    /// step's end, nor seen by jobacct_gather/linux; and Slurm's `rmdir`
-    /// of its cgroups fails while a directory of ours is left there.
-    /// Controllers enabled in `task_<n>` would also keep Slurm from adding
-    /// processes to it.
-    SlurmV2,
-}
-
-impl std::fmt::Display for NoOwnCgroup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            NoOwnCgroup::SlurmV1Memory => {
-                "a Slurm job's cgroup v1 memory hierarchy (Slurm counts OOM kills in its own cgroups there)"
-            }
-            NoOwnCgroup::SlurmV2 => {
-                "a Slurm job's cgroup v2 tree (Slurm finds a step's processes in its task_<n> cgroups only, and removes them at the step's end)"
-            }
-        })
-    }
-}
-
-/// Whether a container's own cgroup may be created below `parent` (its
-/// path in a hierarchy holding v1 `controllers`; none for cgroup2): None
-/// if so, else why not. Everywhere but in a Slurm job it may: beneath the
-/// starter's cgroup every enclosing limit holds.
-pub fn own_cgroup_refused(controllers: &[String], parent: &Path) -> Option<NoOwnCgroup> {
-    crate::model::slurm::parse(&parent.to_string_lossy())?;
-    if controllers.is_empty() {
-        Some(NoOwnCgroup::SlurmV2)
-    } else if controllers.iter().any(|c| c == "memory") {
-        Some(NoOwnCgroup::SlurmV1Memory)
-    } else {
-        None
-    }
 }
 
 /// Where a task is against a container's cgroups.
@@ -476,64 +301,12 @@ fn made_for(dir: &Path, mark: &Mark) -> bool {
     }
 }
 
-/// Collects the directories apptheus made (named apptheus-* and marked so,
-/// the mark naming the directory), not descending into them; any other
-/// directory, one of a user's with our naming included, is descended
-/// into (one of ours may lie below).
-fn walk(dir: &Path, depth: usize, found: &mut Vec<(PathBuf, Mark)>) {
-    if depth > 32 {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let path = e.path();
-        let name = e.file_name();
-        let ours = name
-            .to_str()
-            .filter(|n| n.starts_with(DIR_PREFIX))
-            .and_then(|n| {
-                mark::get(&path)
-                    .ok()
-                    .flatten()
-                    .filter(|m| m.dir_name() == n)
-            });
-        match ours {
-            Some(m) => found.push((path, m)),
-            None => walk(&path, depth + 1, found),
-        }
-    }
-}
-
-/// The processes (thread-group ids) in a cgroup directory.
-pub fn procs(dir: &Path) -> Vec<u32> {
-    read_ids(&dir.join("cgroup.procs"))
-}
-
-/// The threads in a cgroup directory (v2 cgroup.threads, v1 tasks).
-pub fn threads(dir: &Path) -> Vec<u32> {
-    let v2 = dir.join("cgroup.threads");
-    if v2.exists() {
-        read_ids(&v2)
-    } else {
-        read_ids(&dir.join("tasks"))
-    }
-}
-
-fn read_ids(path: &Path) -> Vec<u32> {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::cgroup::layout::V1Mount;
+    use crate::cgroup::{layout::V1Mount, leftovers::find_marked};
 
     /// The mark of container `key`'s own run, started by `pid` (uid 0).
     fn own(pid: u32, key: u64) -> Mark {
@@ -639,7 +412,7 @@ mod tests {
             root.path().join("memory/batch/a/b/apptheus-77-5")
         );
         assert!(cg.v1["memory"].is_dir());
-        assert_eq!(Placer::dirs(&cg).len(), 3);
+        assert_eq!(cg.distinct_dirs().len(), 3);
         // Creating again is harmless.
         assert_eq!(placer.create(&own(77, 5)).unwrap().own, cg);
 
@@ -648,14 +421,14 @@ mod tests {
             // Marking needs CAP_SYS_ADMIN (`trusted.`).
             apptheus_testkit::skip(&format!("marking {}: {e}", dir.display()));
         } else {
-            let found = placer.find_marked();
+            let found = find_marked(placer.hierarchies());
             assert_eq!(found.len(), 1);
             assert_eq!(found[&own(77, 5)], cg);
         }
 
         assert!(Placer::remove(&cg).is_empty());
         assert!(!cg.v1["memory"].exists());
-        assert!(placer.find_marked().is_empty());
+        assert!(find_marked(placer.hierarchies()).is_empty());
     }
 
     /// In a Slurm job on cgroup v1 the memory hierarchy gets no cgroup of
@@ -694,36 +467,6 @@ mod tests {
             "nothing below Slurm's"
         );
         assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV1Memory));
-    }
-
-    /// Which hierarchies refuse a cgroup of ours, and why.
-    #[test]
-    fn refusals_are_for_slurms_memory_and_cgroup2_trees_only() {
-        let memory = ["memory".to_string()];
-        let cpu = ["cpu".to_string(), "cpuacct".to_string()];
-        let job_v1 = Path::new("/slurm_n1/uid_0/job_1/step_0/task_0");
-        let job_v2 = Path::new("/system.slice/n1_slurmstepd.scope/job_1/step_batch/user/task_0");
-        let sluid = Path::new("/system.slice/slurmstepd.scope/sEKNKTV3WPV500/step_0/user/task_0");
-        assert_eq!(own_cgroup_refused(&memory, Path::new("/user.slice")), None);
-        assert_eq!(
-            own_cgroup_refused(&memory, job_v1),
-            Some(NoOwnCgroup::SlurmV1Memory)
-        );
-        assert_eq!(own_cgroup_refused(&cpu, job_v1), None);
-        assert_eq!(own_cgroup_refused(&[], job_v2), Some(NoOwnCgroup::SlurmV2));
-        assert_eq!(own_cgroup_refused(&[], sluid), Some(NoOwnCgroup::SlurmV2));
-        // slurmd's own service is no job.
-        assert_eq!(
-            own_cgroup_refused(&[], Path::new("/system.slice/slurmd.service")),
-            None
-        );
-        assert_eq!(
-            own_cgroup_refused(
-                &[],
-                Path::new("/user.slice/user-1000.slice/session-3.scope")
-            ),
-            None
-        );
     }
 
     /// Pure v2, a batch script's task: nothing of ours in Slurm's tree,
@@ -771,18 +514,18 @@ mod tests {
         }
         let placer = Placer::new(&hybrid(root.path()), &procfs);
         let cg = placer.create(&own(10, 1)).unwrap().own;
-        for dir in Placer::dirs(&cg) {
+        for dir in cg.distinct_dirs() {
             std::fs::write(dir.join("cgroup.procs"), "").unwrap();
         }
         let placed = placer.place(&cg, || vec![10, 11]).unwrap();
         assert_eq!(placed.elsewhere, vec![11]);
         // Only the starter's pid was written, in every hierarchy.
-        for dir in Placer::dirs(&cg) {
+        for dir in cg.distinct_dirs() {
             let written = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
             assert_eq!(written, "10", "{}", dir.display());
         }
         assert_eq!(
-            placer.cgroups_of(11).unwrap().v1["memory"],
+            placer.hierarchies().cgroups_of(11).unwrap().v1["memory"],
             root.path().join("memory/apptainer/11")
         );
     }
@@ -807,7 +550,7 @@ mod tests {
             v1: BTreeMap::new(),
         };
         let placer = Placer::new(&v2, &procfs);
-        assert!(placer.find_marked().is_empty());
+        assert!(find_marked(placer.hierarchies()).is_empty());
         // Our run's directory exists already, unmarked and a user's: not
         // used.
         std::os::unix::fs::chown(forged.join("apptheus-77-5"), Some(1500), None).unwrap();
@@ -820,12 +563,12 @@ mod tests {
             apptheus_testkit::skip("CAP_SYS_ADMIN (trusted.* extended attributes)");
             return;
         }
-        let found = placer.find_marked();
+        let found = find_marked(placer.hierarchies());
         assert_eq!(found.len(), 1, "ours, below the user's: {found:?}");
         assert_eq!(found[&own(77, 5)].v2, Some(forged.join("apptheus-77-5")));
         // Renamed by whoever owns the parent: not taken for ours.
         std::fs::rename(forged.join("apptheus-77-5"), forged.join("apptheus-77-6")).unwrap();
-        assert!(placer.find_marked().is_empty());
+        assert!(find_marked(placer.hierarchies()).is_empty());
     }
 
     #[test]

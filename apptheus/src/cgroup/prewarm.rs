@@ -28,19 +28,20 @@ use std::{
 use prometheus::IntCounter;
 
 use super::placement::Placer;
+use crate::error_chain::chain;
 use crate::model::event::KernelEvent;
 
 /// How long after a launcher's exec its starter is waited for.
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 /// How long the lock is still kept warm after the starter's exec: its
 /// placement (a few writes, each of which would otherwise wait again once a
 /// grace period has passed without one) runs meanwhile.
-pub const AFTER_START: Duration = Duration::from_millis(50);
+pub(crate) const AFTER_START: Duration = Duration::from_millis(50);
 /// How often the lock is taken inside a window: well under the shortest
 /// grace period (a few jiffies: 4 ms a jiffy at HZ=250).
-pub const POKE_EVERY: Duration = Duration::from_millis(2);
+pub(crate) const POKE_EVERY: Duration = Duration::from_millis(2);
 /// Launchers waited for at once; beyond that the oldest is forgotten.
-pub const MAX_PENDING: usize = 4096;
+pub(crate) const MAX_PENDING: usize = 4096;
 /// Events queued for the warm-up thread; beyond that they are dropped
 /// (a dropped launch only loses its warm-up).
 const QUEUE: usize = 1024;
@@ -48,14 +49,14 @@ const QUEUE: usize = 1024;
 /// The launchers whose starter has not come yet, and until when each is
 /// waited for. Pure: time and liveness come from the caller.
 #[derive(Debug, Default)]
-pub struct Windows {
+pub(crate) struct Windows {
     pending: BTreeMap<u32, Instant>,
 }
 
 impl Windows {
     /// A launcher was executed by process `tgid` at `now`. Returns whether
     /// this opens a window (none was open).
-    pub fn launched(&mut self, tgid: u32, now: Instant) -> bool {
+    pub(crate) fn launched(&mut self, tgid: u32, now: Instant) -> bool {
         let opened = self.pending.is_empty();
         if self.pending.len() >= MAX_PENDING
             && !self.pending.contains_key(&tgid)
@@ -73,7 +74,7 @@ impl Windows {
 
     /// Process `tgid` executed a starter at `now`: its launcher's window
     /// ends [`AFTER_START`] later, once the placement has had its lock.
-    pub fn started(&mut self, tgid: u32, now: Instant) {
+    pub(crate) fn started(&mut self, tgid: u32, now: Instant) {
         if let Some(deadline) = self.pending.get_mut(&tgid) {
             *deadline = (*deadline).min(now + AFTER_START);
         }
@@ -81,13 +82,13 @@ impl Windows {
 
     /// Whether the lock should be kept warm at `now`; forgets launchers
     /// whose window is over or whose process is gone.
-    pub fn active(&mut self, now: Instant, alive: impl Fn(u32) -> bool) -> bool {
+    pub(crate) fn active(&mut self, now: Instant, alive: impl Fn(u32) -> bool) -> bool {
         self.pending
             .retain(|tgid, deadline| *deadline > now && alive(*tgid));
         !self.pending.is_empty()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 }
@@ -100,7 +101,7 @@ enum Msg {
 
 /// What the warm-up thread did, for the agent's own metrics.
 #[derive(Clone)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Windows opened.
     pub windows: IntCounter,
     /// Times the lock was taken.
@@ -110,13 +111,13 @@ pub struct Counters {
 /// The event reader's side: passes launches and starts to the warm-up
 /// thread without ever blocking.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     tx: SyncSender<Msg>,
 }
 
 impl Handle {
     /// Starts the warm-up thread.
-    pub fn spawn(placer: Placer, counters: Counters) -> std::io::Result<Self> {
+    pub(crate) fn spawn(placer: Placer, counters: Counters) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("cgroup-prewarm".into())
@@ -125,7 +126,7 @@ impl Handle {
     }
 
     /// Passes on a launcher's exec or a starter's.
-    pub fn observe(&self, ev: &KernelEvent) {
+    pub(crate) fn observe(&self, ev: &KernelEvent) {
         let msg = match ev {
             KernelEvent::LauncherExec { tgid, .. } => Msg::Launched(*tgid),
             KernelEvent::Started { tgid, .. } => Msg::Started(*tgid),
@@ -196,7 +197,7 @@ fn run(placer: &Placer, rx: &mpsc::Receiver<Msg>, counters: &Counters) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cgroup warm-up disabled: taking the cgroup migration lock failed; placements may wait for an RCU grace period (see --cgroup.prewarm)");
+                tracing::warn!(error = %chain(e.as_ref()), "cgroup warm-up disabled: taking the cgroup migration lock failed; placements may wait for an RCU grace period (see --cgroup.prewarm)");
                 return;
             }
         }

@@ -64,7 +64,7 @@ macro_rules! metrics {
     ($(section $title:literal {
         $($(#[$doc:meta])* $ident:ident = $name:literal, $kind:ident, $labels:expr, $help:literal;)*
     })*) => {
-        $($($(#[$doc])* pub const $ident: Metric = Metric {
+        $($($(#[$doc])* pub(crate) const $ident: Metric = Metric {
             name: $name,
             kind: Kind::$kind,
             help: $help,

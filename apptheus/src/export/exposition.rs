@@ -16,8 +16,8 @@ use crate::export::{
     snapshot::Snapshot,
 };
 
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-pub const OPENMETRICS_CONTENT_TYPE: &str =
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Encoding {
 /// Picks the format from an Accept header: OpenMetrics 1.0.0 when the
 /// client prefers it (as Prometheus does), the classic text format
 /// otherwise.
-pub fn negotiate(accept: &str) -> Format {
+pub(crate) fn negotiate(accept: &str) -> Format {
     let mut best_om: f32 = -1.0;
     let mut best_text: f32 = -1.0;
     for entry in accept.split(',') {
@@ -96,13 +96,13 @@ pub fn negotiate(accept: &str) -> Format {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
-    #[error("text encoding: {0}")]
+    #[error("text encoding")]
     Text(#[from] prometheus::Error),
-    #[error("writing the exposition: {0}")]
+    #[error("writing the exposition")]
     Write(#[from] std::io::Error),
 }
 
-pub fn encode(families: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
+pub(crate) fn encode(families: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
     match format {
         Format::Text => {
             let mut buf = Vec::with_capacity(16 * 1024);
@@ -115,7 +115,7 @@ pub fn encode(families: &[MetricFamily], format: Format) -> Result<Vec<u8>, Enco
 
 /// OpenMetrics 1.0.0 text. Counters are named without `_total` in their
 /// TYPE and HELP lines, with it on samples.
-pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
+pub(crate) fn encode_openmetrics(families: &[MetricFamily]) -> String {
     let mut out = encode_openmetrics_body(families);
     out.push_str("# EOF\n");
     out
@@ -125,7 +125,7 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
 /// by the containers' of a snapshot, written straight from it (what
 /// `prepared` gives in pieces).
 #[cfg(test)]
-pub fn encode_with(
+pub(crate) fn encode_with(
     own: &[MetricFamily],
     snap: &Snapshot,
     format: Format,
@@ -139,7 +139,7 @@ pub fn encode_with(
 
 /// The agent's own metrics (a few dozen series), in `format`; OpenMetrics
 /// without its closing `# EOF` (the containers' part ends with it).
-pub fn encode_own(own: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
+pub(crate) fn encode_own(own: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
     let mut buf = Vec::with_capacity(16 * 1024);
     match format {
         Format::Text => TextEncoder::new().encode(own, &mut buf)?,
@@ -155,7 +155,7 @@ const CHUNK: usize = 64 * 1024;
 /// OpenMetrics, the closing `# EOF`), written to `sink` a piece of about
 /// [`CHUNK`] bytes at a time: a compressor gets the exposition without the
 /// whole of it being held.
-pub fn write_containers(
+pub(crate) fn write_containers(
     snap: &Snapshot,
     format: Format,
     sink: &mut dyn std::io::Write,
@@ -440,7 +440,7 @@ fn sample(
 }
 
 /// Formats a sample value as Prometheus and OpenMetrics expect.
-pub fn format_value(v: f64) -> String {
+pub(crate) fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {

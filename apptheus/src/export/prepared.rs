@@ -27,7 +27,7 @@ use crate::export::{
 
 /// Plain parts bigger than this are not kept (estimated from the number
 /// of containers before encoding: about 3 KB each).
-pub const MAX_PLAIN: usize = 4 << 20;
+pub(crate) const MAX_PLAIN: usize = 4 << 20;
 const BYTES_PER_ROW: usize = 3200;
 
 /// The fixed header of a gzip member: deflate, no name, no time, unknown
@@ -35,7 +35,7 @@ const BYTES_PER_ROW: usize = 3200;
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
 
 /// A snapshot and its encoded parts.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub snapshot: Arc<Snapshot>,
     /// By [`Encoding::index`]: None when not to be kept.
     parts: [OnceLock<Option<Arc<Part>>>; 4],
@@ -51,7 +51,7 @@ struct Part {
 }
 
 impl Prepared {
-    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
         Prepared {
             snapshot,
             parts: Default::default(),
@@ -64,7 +64,7 @@ impl Prepared {
             .get_or_init(|| match Part::encode(&self.snapshot, e) {
                 Ok(p) => p.map(Arc::new),
                 Err(err) => {
-                    tracing::error!(error = %err, "encoding the containers' metrics failed");
+                    tracing::error!(error = %crate::error_chain::chain(&err), "encoding the containers' metrics failed");
                     None
                 }
             })
@@ -73,7 +73,7 @@ impl Prepared {
 
     /// Encodes now the parts of the encodings in `set` (bits, by
     /// [`Encoding::index`]).
-    pub fn prepare(&self, set: u8) {
+    pub(crate) fn prepare(&self, set: u8) {
         for i in 0..4u8 {
             if set & (1 << i) != 0 {
                 self.part(Encoding::from_index(i));
@@ -83,7 +83,7 @@ impl Prepared {
 
     /// The exposition in `e`: `own` (the agent's metrics, encoded in the
     /// same format), then the containers'.
-    pub fn body(&self, own: Vec<u8>, e: Encoding) -> Result<Vec<u8>, EncodeError> {
+    pub(crate) fn body(&self, own: Vec<u8>, e: Encoding) -> Result<Vec<u8>, EncodeError> {
         match self.part(e) {
             Some(p) if p.deflated => gzip_joined(&own, &p),
             Some(p) => {

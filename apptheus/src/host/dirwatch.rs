@@ -23,7 +23,7 @@ fn flags() -> AddWatchFlags {
 
 /// The directories to watch for `files`: each one's own, and, for a
 /// symbolic link, its target's (what the identity follows).
-pub fn dirs_of(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+pub(crate) fn dirs_of(files: &[PathBuf]) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();
     for f in files {
         if let Some(d) = f.parent() {
@@ -66,7 +66,7 @@ impl std::os::fd::AsRawFd for Fd {
 }
 
 /// Watches the directories of a set of files.
-pub struct DirWatch {
+pub(crate) struct DirWatch {
     fd: AsyncFd<Fd>,
     names: BTreeSet<OsString>,
     watched: BTreeSet<PathBuf>,
@@ -76,7 +76,7 @@ impl DirWatch {
     /// Watches the directories of `files` that exist (a directory that
     /// does not exist yet is not watched: the caller re-checks on a
     /// clock too). Needs a tokio runtime.
-    pub fn new(files: &[PathBuf]) -> std::io::Result<DirWatch> {
+    pub(crate) fn new(files: &[PathBuf]) -> std::io::Result<DirWatch> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         let mut watched = BTreeSet::new();
         for d in dirs_of(files) {
@@ -95,13 +95,13 @@ impl DirWatch {
     }
 
     /// The directories watched.
-    pub fn watched(&self) -> &BTreeSet<PathBuf> {
+    pub(crate) fn watched(&self) -> &BTreeSet<PathBuf> {
         &self.watched
     }
 
     /// Waits until one of the files may have changed (every event queued
     /// meanwhile is taken at once).
-    pub async fn changed(&mut self) -> std::io::Result<()> {
+    pub(crate) async fn changed(&mut self) -> std::io::Result<()> {
         loop {
             let mut guard = self.fd.readable().await?;
             let mut relevant = false;

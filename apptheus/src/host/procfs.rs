@@ -10,28 +10,28 @@ use std::{
 use apptheus_common::FileId;
 
 /// Most bytes read from a process's environment or command line.
-pub const MAX_ENVIRON_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_ENVIRON_BYTES: u64 = 1 << 20;
 /// Most bytes read from any other /proc file (status, stat, cgroup).
 const MAX_FILE_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Procfs {
+pub(crate) struct Procfs {
     root: PathBuf,
 }
 
 impl Procfs {
-    pub fn new(root: &Path) -> Self {
+    pub(crate) fn new(root: &Path) -> Self {
         Procfs {
             root: root.to_path_buf(),
         }
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// `<root>/<pid>/<file>`.
-    pub fn path(&self, pid: u32, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, pid: u32, file: &str) -> PathBuf {
         self.root.join(pid.to_string()).join(file)
     }
 
@@ -49,57 +49,57 @@ impl Procfs {
     }
 
     /// The process's environment as it started (NUL-separated).
-    pub fn environ(&self, pid: u32) -> io::Result<Vec<u8>> {
+    pub(crate) fn environ(&self, pid: u32) -> io::Result<Vec<u8>> {
         self.read(pid, "environ", MAX_ENVIRON_BYTES)
     }
 
     /// Its first argument.
-    pub fn arg0(&self, pid: u32) -> io::Result<String> {
+    pub(crate) fn arg0(&self, pid: u32) -> io::Result<String> {
         let bytes = self.read(pid, "cmdline", MAX_ENVIRON_BYTES)?;
         let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
         Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
     }
 
     /// Its working directory.
-    pub fn cwd(&self, pid: u32) -> Option<PathBuf> {
+    pub(crate) fn cwd(&self, pid: u32) -> Option<PathBuf> {
         std::fs::read_link(self.path(pid, "cwd")).ok()
     }
 
     /// The path its executable was started from (for log lines: in another
     /// mount namespace it may mean nothing here).
-    pub fn exe_path(&self, pid: u32) -> Option<PathBuf> {
+    pub(crate) fn exe_path(&self, pid: u32) -> Option<PathBuf> {
         std::fs::read_link(self.path(pid, "exe")).ok()
     }
 
     /// The identity of the file it executes.
-    pub fn exe_identity(&self, pid: u32) -> io::Result<FileId> {
+    pub(crate) fn exe_identity(&self, pid: u32) -> io::Result<FileId> {
         std::fs::metadata(self.path(pid, "exe")).map(|m| file_id(&m))
     }
 
     /// Its `/proc/<pid>/cgroup` text.
-    pub fn cgroup(&self, pid: u32) -> io::Result<String> {
+    pub(crate) fn cgroup(&self, pid: u32) -> io::Result<String> {
         self.read_text(pid, "cgroup")
     }
 
     /// Its command (`comm`).
-    pub fn comm(&self, pid: u32) -> Option<String> {
+    pub(crate) fn comm(&self, pid: u32) -> Option<String> {
         self.read_text(pid, "comm")
             .ok()
             .map(|s| s.trim().to_string())
     }
 
     /// Its real uid.
-    pub fn uid(&self, pid: u32) -> Option<u32> {
+    pub(crate) fn uid(&self, pid: u32) -> Option<u32> {
         parse_status_uid(&self.read_text(pid, "status").ok()?)
     }
 
     /// Its parent's pid.
-    pub fn ppid(&self, pid: u32) -> Option<u32> {
+    pub(crate) fn ppid(&self, pid: u32) -> Option<u32> {
         super::proctree::parse_ppid(&self.read_text(pid, "stat").ok()?)
     }
 
     /// Whether the process has exited (a zombie not yet reaped, or gone).
-    pub fn has_exited(&self, pid: u32) -> bool {
+    pub(crate) fn has_exited(&self, pid: u32) -> bool {
         self.read_text(pid, "stat")
             .map(|s| parse_stat_state(&s).is_none_or(|st| matches!(st, 'Z' | 'X')))
             .unwrap_or(true)
@@ -108,7 +108,7 @@ impl Procfs {
     /// When the process started (`stat` field 22, clock ticks since boot):
     /// with its pid, what tells it from a later process given the same id.
     /// None once it has exited.
-    pub fn start_time(&self, pid: u32) -> Option<u64> {
+    pub(crate) fn start_time(&self, pid: u32) -> Option<u64> {
         let stat = self.read_text(pid, "stat").ok()?;
         if parse_stat_state(&stat).is_none_or(|st| matches!(st, 'Z' | 'X')) {
             return None;

@@ -25,7 +25,7 @@ fn read_small(path: &Path) -> Option<String> {
 
 /// Reads processes `tgids` (each counted once) under `procfs`, their
 /// proportional set sizes too if `pss`.
-pub fn read(procfs: &Path, tgids: &[u32], pss: bool) -> ProcReading {
+pub(crate) fn read(procfs: &Path, tgids: &[u32], pss: bool) -> ProcReading {
     let mut r = ProcReading::default();
     let page = page_size();
     let mut pss_sum = 0;
@@ -50,7 +50,7 @@ pub fn read(procfs: &Path, tgids: &[u32], pss: bool) -> ProcReading {
 /// baseline of a container found with its tasks already running (through
 /// the monitoring socket, or after an agent restart): its counters start
 /// at zero from then.
-pub fn used_by(procfs: &Path, tids: &[u32]) -> Baseline {
+pub(crate) fn used_by(procfs: &Path, tids: &[u32]) -> Baseline {
     let mut b = Baseline::default();
     for tid in tids {
         let dir = procfs.join(tid.to_string());
@@ -122,7 +122,7 @@ const PF_EXITING: u64 = 0x4;
 /// field 9, the flags) nor dead (state `Z` or `X`, field 3). The command
 /// name (field 2) may hold spaces and parentheses: fields are counted from
 /// the last `)`.
-pub fn parse_live(stat: &str) -> Option<bool> {
+pub(crate) fn parse_live(stat: &str) -> Option<bool> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let state = *fields.first()?;
@@ -133,7 +133,7 @@ pub fn parse_live(stat: &str) -> Option<bool> {
 /// `statm`: its second and third fields, the resident pages and those of
 /// them backed by a file or shared memory (resident minus shared: the
 /// process's anonymous memory, what a cgroup calls its rss).
-pub fn parse_statm(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_statm(text: &str) -> Option<(u64, u64)> {
     let mut f = text.split_whitespace().skip(1);
     let resident = f.next()?.parse().ok()?;
     let shared = f.next()?.parse().ok()?;
@@ -141,7 +141,7 @@ pub fn parse_statm(text: &str) -> Option<(u64, u64)> {
 }
 
 /// The thread-group id of task `tid`, from its `status` file.
-pub fn tgid_of(procfs: &Path, tid: u32) -> Option<u32> {
+pub(crate) fn tgid_of(procfs: &Path, tid: u32) -> Option<u32> {
     let text = read_small(&procfs.join(tid.to_string()).join("status"))?;
     text.lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
@@ -150,14 +150,14 @@ pub fn tgid_of(procfs: &Path, tid: u32) -> Option<u32> {
 
 /// Resident and proportional set sizes of one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Memory {
+pub(crate) struct Memory {
     pub rss_bytes: u64,
     pub pss_bytes: u64,
 }
 
 /// `smaps_rollup`: the `Rss:` and `Pss:` lines, in kB. None when either
 /// is missing (an empty file: the process has no memory map).
-pub fn parse_smaps_rollup(text: &str) -> Option<Memory> {
+pub(crate) fn parse_smaps_rollup(text: &str) -> Option<Memory> {
     let kb = |name: &str| {
         text.lines().find_map(|l| {
             let rest = l.strip_prefix(name)?.strip_prefix(':')?;
@@ -173,7 +173,7 @@ pub fn parse_smaps_rollup(text: &str) -> Option<Memory> {
 }
 
 /// `io`: (`read_bytes`, `write_bytes`).
-pub fn parse_io(text: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_io(text: &str) -> Option<(u64, u64)> {
     let field = |name: &str| {
         text.lines().find_map(|l| {
             l.strip_prefix(name)?
@@ -187,7 +187,7 @@ pub fn parse_io(text: &str) -> Option<(u64, u64)> {
 }
 
 /// `schedstat`: its first field, the time spent on a CPU, in nanoseconds.
-pub fn parse_schedstat(text: &str) -> Option<u64> {
+pub(crate) fn parse_schedstat(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 

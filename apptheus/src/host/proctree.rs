@@ -10,7 +10,7 @@ const MAX_TREE: usize = 1_000_000;
 /// files (/proc/<pid>/task/<tid>/children): work in proportion to the tree,
 /// not to every process on the node. None when the kernel has no such
 /// files (CONFIG_PROC_CHILDREN unset) or `root` is gone.
-pub fn tree_by_children(procfs: &Path, root: u32) -> Option<Vec<u32>> {
+pub(crate) fn tree_by_children(procfs: &Path, root: u32) -> Option<Vec<u32>> {
     let mut out = vec![root];
     let mut i = 0;
     while i < out.len() && out.len() < MAX_TREE {
@@ -39,21 +39,21 @@ pub fn tree_by_children(procfs: &Path, root: u32) -> Option<Vec<u32>> {
 
 /// The pids in a `/proc/<pid>/task/<tid>/children` file (space-separated);
 /// anything else is skipped.
-pub fn parse_children(text: &str) -> impl Iterator<Item = u32> + '_ {
+pub(crate) fn parse_children(text: &str) -> impl Iterator<Item = u32> + '_ {
     text.split_whitespace()
         .filter_map(|c| c.parse::<u32>().ok())
 }
 
 /// `root` and its descendants: [`tree_by_children`] where the kernel
 /// allows, else [`descendants`].
-pub fn tree(procfs: &Path, root: u32) -> Vec<u32> {
+pub(crate) fn tree(procfs: &Path, root: u32) -> Vec<u32> {
     tree_by_children(procfs, root).unwrap_or_else(|| descendants(procfs, root))
 }
 
 /// Parses the parent pid out of /proc/<pid>/stat text. The command name
 /// (field 2) may hold spaces and parentheses, so fields are counted from
 /// the last ')'.
-pub fn parse_ppid(stat: &str) -> Option<u32> {
+pub(crate) fn parse_ppid(stat: &str) -> Option<u32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
     let _state = fields.next()?;
@@ -63,7 +63,7 @@ pub fn parse_ppid(stat: &str) -> Option<u32> {
 /// `root` and every process descended from it, found through parent pids.
 /// Processes re-parented away (daemonized) are not found this way; the
 /// cgroup keeps them once the tree is placed, since children inherit it.
-pub fn descendants(procfs: &Path, root: u32) -> Vec<u32> {
+pub(crate) fn descendants(procfs: &Path, root: u32) -> Vec<u32> {
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(procfs) {
         for e in entries.flatten() {

@@ -12,7 +12,7 @@ fn cache() -> &'static Mutex<HashMap<u32, String>> {
 }
 
 /// The user name of `uid`, or the uid as text when it has none.
-pub fn name(uid: u32) -> String {
+pub(crate) fn name(uid: u32) -> String {
     let mut c = lock(cache());
     if let Some(n) = c.get(&uid) {
         return n.clone();

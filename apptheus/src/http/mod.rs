@@ -18,18 +18,18 @@ use hyper::{
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::{
-    export::{cadence::Reader, exposition, metrics::AgentMetrics},
-    host::limits::{Backoff, fd_limit},
+    export::{exposition, metrics::AgentMetrics, on_demand::Reader},
+    host::{pacing::Backoff, rlimit::fd_limit},
     webconfig::{WebConfigHandle, watch::Active},
 };
 
 mod conn;
-pub mod limits;
+pub(crate) mod pool;
 
-pub use conn::Connections;
+pub(crate) use conn::Connections;
 #[cfg(feature = "testing")]
 pub(crate) use conn::serve_stream;
-pub use limits::Limits;
+pub(crate) use pool::PoolLimits;
 
 /// The address a request came from (a request extension).
 #[derive(Debug, Clone, Copy)]
@@ -81,19 +81,20 @@ fn encoding_of<B>(req: &Request<B>) -> exposition::Encoding {
 const LISTEN_BACKLOG: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     #[error("invalid --web.listen-address '{addr}': {why} (expected host:port or :port)")]
     Address { addr: String, why: String },
     #[error(
-        "cannot listen on {addr}: {source}; is another exporter using the port? Choose another with --web.listen-address"
+        "cannot listen on {addr} (is another exporter using the port? Choose another with --web.listen-address)"
     )]
     Bind {
         addr: String,
+        #[source]
         source: std::io::Error,
     },
 }
 
-pub struct Server {
+pub(crate) struct Server {
     pub metrics: Arc<AgentMetrics>,
     pub telemetry_path: String,
     pub ready: Arc<AtomicBool>,
@@ -103,15 +104,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server with the default [`Limits`], fitted under the descriptor
+    /// A server with the default [`PoolLimits`], fitted under the descriptor
     /// limit.
-    pub fn new(
+    pub(crate) fn new(
         metrics: Arc<AgentMetrics>,
         telemetry_path: String,
         ready: Arc<AtomicBool>,
         web: Option<Arc<WebConfigHandle>>,
     ) -> Self {
-        let limits = Limits::default();
+        let limits = PoolLimits::default();
         let limits = match fd_limit().and_then(|soft| limits.fitted_to(soft).map(|l| (soft, l))) {
             Some((soft, fitted)) => {
                 tracing::warn!(
@@ -127,12 +128,12 @@ impl Server {
     }
 
     /// A server with the given connection limits, as they are.
-    pub fn with_limits(
+    pub(crate) fn with_limits(
         metrics: Arc<AgentMetrics>,
         telemetry_path: String,
         ready: Arc<AtomicBool>,
         web: Option<Arc<WebConfigHandle>>,
-        limits: Limits,
+        limits: PoolLimits,
     ) -> Self {
         let conns = Connections::new(limits, &metrics);
         Self {
@@ -146,7 +147,7 @@ impl Server {
 }
 
 /// Parses a listen address the way Go does: ":9091" means every address.
-pub fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
+pub(crate) fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
     let bad = |why: &str| HttpError::Address {
         addr: addr.to_string(),
         why: why.to_string(),
@@ -172,7 +173,7 @@ pub fn parse_listen_address(addr: &str) -> Result<Vec<SocketAddr>, HttpError> {
 
 /// Binds a listener; "every address" falls back to IPv4 only on hosts
 /// without IPv6.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
     match listen(addr) {
         Ok(l) => Ok(l),
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
@@ -204,7 +205,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves connections on `listener` until the task is dropped. Accepting
 /// never waits for a free slot: a connection beyond the limits is refused
 /// at once, or takes the slot of a heavier address's (see [`limits`]).
-pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     let mut backoff = Backoff::new();
     loop {
         match listener.accept().await {
@@ -288,7 +289,7 @@ impl Server {
         let body = match self.metrics.exposition(encoding) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(error = %e, "encoding metrics failed");
+                tracing::error!(error = %crate::error_chain::chain(&e), "encoding metrics failed");
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "encoding metrics failed\n",
@@ -310,7 +311,7 @@ impl Server {
 
 /// Whether an Accept-Encoding header allows gzip (and does not refuse it
 /// with q=0).
-pub fn accepts_gzip(value: &str) -> bool {
+pub(crate) fn accepts_gzip(value: &str) -> bool {
     value.split(',').any(|part| {
         let mut it = part.split(';').map(str::trim);
         let coding = it.next().unwrap_or("");

@@ -34,7 +34,7 @@ impl Default for Limits {
 
 /// Why a run was refused (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The user started runs faster than the rate, beyond the burst.
     Rate,
     /// The user holds the most live containers allowed.
@@ -42,9 +42,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 2] = [Refusal::Rate, Refusal::Live];
+    pub(crate) const ALL: [Refusal; 2] = [Refusal::Rate, Refusal::Live];
 
-    pub const fn label(self) -> &'static str {
+    pub(crate) const fn label(self) -> &'static str {
         match self {
             Refusal::Rate => "rate",
             Refusal::Live => "live",
@@ -52,7 +52,7 @@ impl Refusal {
     }
 
     /// The flag that sets the cap.
-    pub const fn flag(self) -> &'static str {
+    pub(crate) const fn flag(self) -> &'static str {
         match self {
             Refusal::Rate => "--limit.user-starts-per-second and --limit.user-start-burst",
             Refusal::Live => "--limit.user-containers",
@@ -72,7 +72,7 @@ struct User {
 
 /// Each user's state.
 #[derive(Debug)]
-pub struct Caps {
+pub(crate) struct Caps {
     limits: Limits,
     users: BTreeMap<u32, User>,
     /// (uid, reason) refused already: said once in the log.
@@ -80,7 +80,7 @@ pub struct Caps {
 }
 
 impl Caps {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Caps {
             limits,
             users: BTreeMap::new(),
@@ -88,7 +88,7 @@ impl Caps {
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         self.limits
     }
 
@@ -108,7 +108,7 @@ impl Caps {
 
     /// A new run of user `uid` at `now`: let in (one of the user's runs
     /// taken), or refused for its rate.
-    pub fn start(&mut self, uid: u32, now: Instant) -> Result<(), Refusal> {
+    pub(crate) fn start(&mut self, uid: u32, now: Instant) -> Result<(), Refusal> {
         let u = self.user(uid, now);
         if u.tokens >= 1.0 {
             u.tokens -= 1.0;
@@ -120,7 +120,7 @@ impl Caps {
 
     /// A run of user `uid` becomes a container: counted live, or refused
     /// when the user holds the most allowed.
-    pub fn open(&mut self, uid: u32, now: Instant) -> Result<(), Refusal> {
+    pub(crate) fn open(&mut self, uid: u32, now: Instant) -> Result<(), Refusal> {
         let live = self.limits.live;
         let u = self.user(uid, now);
         if u.live >= live {
@@ -132,13 +132,13 @@ impl Caps {
 
     /// A container of user `uid` found without asking (adopted after a
     /// restart): counted live, whatever the cap.
-    pub fn open_anyway(&mut self, uid: u32, now: Instant) {
+    pub(crate) fn open_anyway(&mut self, uid: u32, now: Instant) {
         let u = self.user(uid, now);
         u.live += 1;
     }
 
     /// A container of user `uid` ended.
-    pub fn close(&mut self, uid: u32) {
+    pub(crate) fn close(&mut self, uid: u32) {
         if let Some(u) = self.users.get_mut(&uid) {
             u.live = u.live.saturating_sub(1);
         }
@@ -147,7 +147,7 @@ impl Caps {
     /// Sets each user's live count to what the registry says (`live`:
     /// uid and count), forgetting users with none whose runs are all
     /// refilled (so the map holds only active users).
-    pub fn recount(&mut self, live: &BTreeMap<u32, u32>, now: Instant) {
+    pub(crate) fn recount(&mut self, live: &BTreeMap<u32, u32>, now: Instant) {
         let uids: Vec<u32> = self.users.keys().chain(live.keys()).copied().collect();
         for uid in uids {
             let n = live.get(&uid).copied().unwrap_or(0);
@@ -161,13 +161,13 @@ impl Caps {
     }
 
     /// Whether a refusal of `uid` for `why` is the first (said in the log).
-    pub fn first_refusal(&mut self, uid: u32, why: Refusal) -> bool {
+    pub(crate) fn first_refusal(&mut self, uid: u32, why: Refusal) -> bool {
         self.said.insert((uid, why))
     }
 
     /// Users with state.
     #[cfg(test)]
-    pub fn users(&self) -> usize {
+    pub(crate) fn users(&self) -> usize {
         self.users.len()
     }
 }
@@ -175,7 +175,7 @@ impl Caps {
 /// How long a starter run that has not yet run anything of its own (no
 /// task of it executed another program) lives before it is shown as a
 /// container anyway.
-pub const SHOW_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const SHOW_AFTER: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

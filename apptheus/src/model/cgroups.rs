@@ -1,5 +1,8 @@
 //! The cgroup directories a container's statistics are read from.
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 /// The cgroup directories of one container: the cgroup2 one (if cgroup2 is
 /// mounted) and one per v1 controller.
@@ -16,6 +19,12 @@ impl ContainerCgroups {
             .iter()
             .map(|d| (None, d))
             .chain(self.v1.iter().map(|(c, d)| (Some(c.as_str()), d)))
+    }
+
+    /// Its directories, each once (co-mounted v1 controllers share one).
+    pub fn distinct_dirs(&self) -> Vec<PathBuf> {
+        let set: BTreeSet<&PathBuf> = self.v2.iter().chain(self.v1.values()).collect();
+        set.into_iter().cloned().collect()
     }
 
     pub fn dir(&self, hierarchy: Option<&str>) -> Option<&PathBuf> {

@@ -7,13 +7,13 @@ use crate::model::{
     cgroups::ContainerCgroups,
     lifecycle::Lifecycle,
     metadata::Metadata,
-    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcSource},
+    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcessStats},
     stats::{CgroupStats, PartStats, combine},
 };
 
 /// How a container was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum FoundBy {
     /// The kernel saw a trusted starter exec.
     Kernel,
     /// Apptainer's starter connected to the monitoring socket.
@@ -193,7 +193,7 @@ pub struct Container {
     pub parts: Vec<Part>,
     /// Set when its own cgroups lack families (see
     /// [`crate::model::processes`]): those are read from its processes.
-    pub processes: Option<ProcSource>,
+    pub processes: Option<ProcessStats>,
     /// Whether where its statistics come from was decided (once, when its
     /// cgroups were first set up).
     pub sources_decided: bool,
@@ -328,12 +328,12 @@ impl Container {
 }
 
 /// The `container_id` for a key and starter pid.
-pub fn container_id(starter_pid: u32, key: u64) -> String {
+pub(crate) fn container_id(starter_pid: u32, key: u64) -> String {
     format!("{starter_pid}-{key}")
 }
 
 /// Parses a `container_id` back into (starter pid, key).
-pub fn parse_container_id(id: &str) -> Option<(u32, u64)> {
+pub(crate) fn parse_container_id(id: &str) -> Option<(u32, u64)> {
     let (pid, key) = id.split_once('-')?;
     let pid: u32 = pid.parse().ok()?;
     let key: u64 = key.parse().ok()?;

@@ -65,7 +65,7 @@ pub enum Drop {
 
 /// The programs that count their errors, by the `program` label (the
 /// kernel object's `apptheus_<program>`), and what a failed run loses.
-pub const PROGRAM_ERRORS: [(&str, Stat, &str); 6] = [
+pub(crate) const PROGRAM_ERRORS: [(&str, Stat, &str); 6] = [
     (
         "exec",
         Stat::ExecErrors,
@@ -99,7 +99,7 @@ pub const PROGRAM_ERRORS: [(&str, Stat, &str); 6] = [
 ];
 
 /// What a counter of the `STATS` array counts.
-pub fn of(stat: Stat) -> Drop {
+pub(crate) fn of(stat: Stat) -> Drop {
     match stat {
         Stat::EventsLost => Drop::EventsLost,
         Stat::TasksMapFull => Drop::MapFull(Map::Tasks),
@@ -113,7 +113,7 @@ pub fn of(stat: Stat) -> Drop {
 }
 
 /// What a program's failed run loses, for the log.
-pub fn program_loss(program: &str) -> &'static str {
+pub(crate) fn program_loss(program: &str) -> &'static str {
     PROGRAM_ERRORS
         .iter()
         .find(|(name, _, _)| *name == program)
@@ -122,7 +122,7 @@ pub fn program_loss(program: &str) -> &'static str {
 
 /// New drops since the last report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct News {
+pub(crate) struct News {
     pub drop: Drop,
     /// How many more than last reported.
     pub more: u64,
@@ -132,7 +132,7 @@ pub struct News {
 
 /// The totals as last reported.
 #[derive(Debug, Default)]
-pub struct Reported {
+pub(crate) struct Reported {
     totals: BTreeMap<Drop, u64>,
 }
 
@@ -140,7 +140,7 @@ impl Reported {
     /// Compares `now` (totals since the programs were loaded, several
     /// counters of one kind summed by the caller or not) with what was
     /// reported; returns what grew, and remembers `now`.
-    pub fn update(&mut self, now: &[(Drop, u64)]) -> Vec<News> {
+    pub(crate) fn update(&mut self, now: &[(Drop, u64)]) -> Vec<News> {
         let mut sums: BTreeMap<Drop, u64> = BTreeMap::new();
         for (d, n) in now {
             *sums.entry(*d).or_default() += n;

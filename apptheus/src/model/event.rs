@@ -3,7 +3,7 @@ use apptheus_common::FileId;
 
 /// A decoded kernel event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KernelEvent {
+pub(crate) enum KernelEvent {
     /// A trusted starter was executed by a task in no container.
     Started {
         container: u64,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 /// Placement attempts (the first, then one per sample) before a container
 /// whose tasks keep escaping its cgroup is left as it is.
-pub const MAX_PLACEMENTS: u32 = 10;
+pub(crate) const MAX_PLACEMENTS: u32 = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

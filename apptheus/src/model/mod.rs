@@ -12,5 +12,5 @@ pub(crate) mod processes;
 pub(crate) mod programs;
 pub(crate) mod registry;
 pub(crate) mod slurm;
-pub(crate) mod source;
 pub(crate) mod stats;
+pub(crate) mod stats_source;

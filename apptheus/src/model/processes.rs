@@ -6,7 +6,7 @@
 //! container a cgroup of its own with that controller. Which families come
 //! from the processes is decided once, when the container's cgroups are
 //! set up, and holds for its life ([`FromProcesses`]); they are exported in
-//! the same families as the cgroups' statistics ([`ProcSource::overlay`]),
+//! the same families as the cgroups' statistics ([`ProcessStats::overlay`]),
 //! so a container has one series per quantity whatever it ran beside.
 //! Counters start at zero when the container starts: what the starter's
 //! process used before it became the starter (a batch script that `exec`s
@@ -22,7 +22,7 @@ use crate::model::stats::{BlkioDevice, CgroupStats, CpuStats, MemoryStats, PidsS
 /// allows: after a read that took `t`, not before `t / PSS_CPU_SHARE` has
 /// passed (every sample for small containers; every 100 s for one whose
 /// read takes 1 s).
-pub const PSS_CPU_SHARE: f64 = 0.01;
+pub(crate) const PSS_CPU_SHARE: f64 = 0.01;
 
 /// One read of the container's live processes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl FromProcesses {
 
 /// The container's statistics from its processes, as exported.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ProcStats {
+pub struct ProcessValues {
     pub processes: u64,
     pub threads: u64,
     /// As last read (see [`PSS_CPU_SHARE`]); None until first read.
@@ -159,21 +159,22 @@ pub struct ProcStats {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KnownProcesses(pub std::collections::BTreeMap<u32, u64>);
 
-/// A container some of whose statistics are read from its processes:
-/// which, why, and the latest statistics.
+/// The statistics of a container read from its processes: which
+/// families, why, and their latest values. (Read by `app::processes`
+/// through `host::procstats`; not one of the statistics sources.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProcSource {
+pub struct ProcessStats {
     pub families: FromProcesses,
     /// Why its cgroups cannot give them (logged once, at info level).
     pub why: String,
-    pub stats: Option<ProcStats>,
+    pub stats: Option<ProcessValues>,
     /// When the proportional set sizes are to be read again.
     pss_due: Option<Instant>,
 }
 
-impl ProcSource {
+impl ProcessStats {
     pub fn new(families: FromProcesses, why: impl Into<String>) -> Self {
-        ProcSource {
+        ProcessStats {
             families,
             why: why.into(),
             stats: None,
@@ -218,7 +219,7 @@ impl ProcSource {
                 (w + live.write_bytes).saturating_sub(b.write_bytes),
             ))
         });
-        self.stats = Some(ProcStats {
+        self.stats = Some(ProcessValues {
             processes: live.processes,
             threads: live.threads,
             pss_bytes,
@@ -303,7 +304,7 @@ mod tests {
     /// are the live processes' alone.
     #[test]
     fn counters_are_the_live_plus_the_exited() {
-        let mut s = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut s = ProcessStats::new(FromProcesses::ALL, "shared");
         let exited = ExitedTotals {
             runtime_ns: 1_500_000_000,
             io: Some((100, 200)),
@@ -340,7 +341,7 @@ mod tests {
     /// holds its value instead of going back.
     #[test]
     fn counters_never_go_back() {
-        let mut s = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut s = ProcessStats::new(FromProcesses::ALL, "shared");
         let exited = ExitedTotals {
             runtime_ns: 1_000_000_000,
             io: Some((100, 0)),
@@ -358,7 +359,7 @@ mod tests {
     /// no counter at all, never one that drops when a process exits.
     #[test]
     fn no_counters_without_the_kernels_totals() {
-        let mut s = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut s = ProcessStats::new(FromProcesses::ALL, "shared");
         s.update(&live(1_000_000_000, 100, 4096), None, Instant::now());
         let st = s.stats.clone().unwrap();
         assert_eq!(
@@ -384,7 +385,7 @@ mod tests {
     #[test]
     fn pss_is_read_within_its_cpu_budget() {
         let t0 = Instant::now();
-        let mut s = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut s = ProcessStats::new(FromProcesses::ALL, "shared");
         assert!(s.pss_due(t0));
         let mut r = live(0, 0, 200 << 20);
         r.pss_cost = Duration::from_millis(10);
@@ -444,7 +445,7 @@ mod tests {
     /// container's counters start at zero.
     #[test]
     fn what_the_starters_process_used_before_the_start_is_not_the_containers() {
-        let mut s = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut s = ProcessStats::new(FromProcesses::ALL, "shared");
         let before = Baseline {
             runtime_ns: 2_000_000_000,
             read_bytes: 0,
@@ -478,7 +479,7 @@ mod tests {
     /// their limits; the others stay the cgroups'.
     #[test]
     fn the_processes_families_replace_the_cgroups_and_keep_the_limits() {
-        let mut s = ProcSource::new(
+        let mut s = ProcessStats::new(
             FromProcesses {
                 memory: true,
                 pids: true,

@@ -21,7 +21,7 @@
 
 /// Where a cgroup path lies in Slurm's tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlurmPath<'a> {
+pub(crate) struct SlurmPath<'a> {
     /// The job: its numeric id, or its SLUID where Slurm names the job's
     /// directory so.
     pub job: &'a str,
@@ -34,7 +34,7 @@ pub struct SlurmPath<'a> {
 
 /// Where `path` (a cgroup path, as in /proc/<pid>/cgroup) lies in Slurm's
 /// tree, if Slurm put it there.
-pub fn parse(path: &str) -> Option<SlurmPath<'_>> {
+pub(crate) fn parse(path: &str) -> Option<SlurmPath<'_>> {
     let parts: Vec<&str> = path.split('/').collect();
     let mut below_slurm = false;
     for (i, part) in parts.iter().enumerate() {
@@ -65,14 +65,14 @@ pub fn parse(path: &str) -> Option<SlurmPath<'_>> {
 }
 
 /// The job (id or SLUID) of one cgroup path, if Slurm put the process there.
-pub fn job_in_path(path: &str) -> Option<String> {
+pub(crate) fn job_in_path(path: &str) -> Option<String> {
     parse(path).map(|p| p.job.to_string())
 }
 
 /// The job of a process from its `/proc/<pid>/cgroup` text: the first
 /// hierarchy whose path names a Slurm job (they agree where Slurm
 /// placed the process in several).
-pub fn job_in_proc_cgroup(text: &str) -> Option<String> {
+pub(crate) fn job_in_proc_cgroup(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|line| line.splitn(3, ':').nth(2))
         .find_map(job_in_path)

@@ -86,7 +86,7 @@ impl CgroupStats {
 
 /// One cgroup's statistics as they go into a container's total.
 #[derive(Debug, Clone, Copy)]
-pub struct PartStats<'a> {
+pub(crate) struct PartStats<'a> {
     pub stats: &'a CgroupStats,
     /// The cgroup still exists: its gauges (memory in use, tasks) count.
     /// A removed cgroup's counters still count: they are what its tasks
@@ -100,7 +100,7 @@ pub struct PartStats<'a> {
 /// A container's statistics from the cgroups it ran in (its own, a
 /// runtime's, an instance's joins'): counters summed over every cgroup,
 /// gauges over the live ones, limits from the cgroup that holds them. A family none of them had stays out.
-pub fn combine(parts: &[PartStats<'_>]) -> CgroupStats {
+pub(crate) fn combine(parts: &[PartStats<'_>]) -> CgroupStats {
     match parts {
         [] => CgroupStats::default(),
         [only] if only.live => only.stats.clone(),

@@ -18,14 +18,14 @@ use url::Url;
 
 use crate::{
     duration::parse_duration,
-    export::{cadence::Reader, metrics::AgentMetrics},
+    export::{metrics::AgentMetrics, on_demand::Reader},
 };
 
-pub mod pushgateway;
-pub mod remote_write;
+pub(crate) mod pushgateway;
+pub(crate) mod remote_write;
 
 /// The `job` label of pushed metrics.
-pub const JOB: &str = "apptheus";
+pub(crate) const JOB: &str = "apptheus";
 /// A push that takes longer than this has failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry waits this long; each further one twice as long.
@@ -79,12 +79,12 @@ fn parse_push_interval(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    #[error("cannot determine the host name for the instance label ({0}); set --push.instance")]
-    Hostname(std::io::Error),
-    #[error("the TLS client configuration: {0}")]
+pub(crate) enum PushError {
+    #[error("cannot determine the host name for the instance label (set --push.instance)")]
+    Hostname(#[source] std::io::Error),
+    #[error("the TLS client configuration is rejected")]
     Tls(#[from] rustls::Error),
-    #[error("building the request for {url}: {source}")]
+    #[error("building the request for {url}")]
     Request {
         url: String,
         #[source]
@@ -92,7 +92,7 @@ pub enum PushError {
     },
     #[error("encoding the metrics: {0}")]
     Encode(String),
-    #[error("sending to {url}: {source}")]
+    #[error("sending to {url}")]
     Send {
         url: String,
         #[source]
@@ -111,14 +111,14 @@ pub enum PushError {
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One place to push to.
-pub enum Target {
+pub(crate) enum Target {
     Pushgateway(pushgateway::Pushgateway),
     RemoteWrite(remote_write::RemoteWrite),
 }
 
 impl Target {
     /// The `target` label of the push counters.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Target::Pushgateway(_) => "pushgateway",
             Target::RemoteWrite(_) => "remote_write",
@@ -141,7 +141,7 @@ impl Target {
 }
 
 /// Starts a task per configured target; none when nothing is configured.
-pub fn spawn(
+pub(crate) fn spawn(
     args: &PushArgs,
     metrics: Arc<AgentMetrics>,
 ) -> Result<Vec<JoinHandle<()>>, PushError> {
@@ -213,7 +213,7 @@ fn client() -> Result<HttpClient, PushError> {
 }
 
 /// The wait before retry number `failed` (1 for the first).
-pub fn backoff(failed: u32, interval: Duration) -> Duration {
+pub(crate) fn backoff(failed: u32, interval: Duration) -> Duration {
     let doublings = failed.saturating_sub(1).min(16);
     FIRST_RETRY
         .saturating_mul(1 << doublings)
@@ -222,8 +222,8 @@ pub fn backoff(failed: u32, interval: Duration) -> Duration {
 
 async fn run(target: Target, client: HttpClient, metrics: Arc<AgentMetrics>, interval: Duration) {
     let name = target.name();
-    let pushes = metrics.pushes.with_label_values(&[name]);
-    let failures = metrics.push_failures.with_label_values(&[name]);
+    let pushes = metrics.own.pushes.with_label_values(&[name]);
+    let failures = metrics.own.push_failures.with_label_values(&[name]);
     let mut failed: u32 = 0;
     // The first push after the first samples.
     let mut next = Instant::now() + interval;
@@ -247,9 +247,9 @@ async fn run(target: Target, client: HttpClient, metrics: Arc<AgentMetrics>, int
                 let wait = backoff(failed, interval);
                 // Logarithmic: a long outage does not flood the log.
                 if failed.is_power_of_two() {
-                    tracing::warn!(target = name, error = %e, failed, retry_in = ?wait, "push failed");
+                    tracing::warn!(target = name, error = %crate::error_chain::chain(&e), failed, retry_in = ?wait, "push failed");
                 } else {
-                    tracing::debug!(target = name, error = %e, failed, retry_in = ?wait, "push failed");
+                    tracing::debug!(target = name, error = %crate::error_chain::chain(&e), failed, retry_in = ?wait, "push failed");
                 }
                 next = Instant::now() + wait;
             }
@@ -335,7 +335,7 @@ fn percent_decode(s: &str) -> String {
 /// A copy of the families whose `job` and `instance` labels (the grouping
 /// labels that pushing adds) are renamed `exported_job` and
 /// `exported_instance`, as Prometheus does when it scrapes them.
-pub fn without_target_labels(families: &[MetricFamily]) -> Vec<MetricFamily> {
+pub(crate) fn without_target_labels(families: &[MetricFamily]) -> Vec<MetricFamily> {
     let mut out = families.to_vec();
     for mf in &mut out {
         for m in &mut mf.metric {

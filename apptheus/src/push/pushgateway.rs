@@ -11,13 +11,13 @@ use url::Url;
 use super::{JOB, PushError, request, without_target_labels};
 use crate::export::exposition::{self, Format};
 
-pub struct Pushgateway {
+pub(crate) struct Pushgateway {
     url: Url,
     display: String,
 }
 
 impl Pushgateway {
-    pub fn new(base: &Url, instance: &str) -> Self {
+    pub(crate) fn new(base: &Url, instance: &str) -> Self {
         let url = group_url(base, instance);
         let mut display = url.clone();
         let _ = display.set_password(None);
@@ -28,11 +28,14 @@ impl Pushgateway {
     }
 
     /// The group's URL, without any password.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.display
     }
 
-    pub fn request(&self, families: &[MetricFamily]) -> Result<Request<Full<Bytes>>, PushError> {
+    pub(crate) fn request(
+        &self,
+        families: &[MetricFamily],
+    ) -> Result<Request<Full<Bytes>>, PushError> {
         let body = exposition::encode(&without_target_labels(families), Format::Text)
             .map_err(|e| PushError::Encode(e.to_string()))?;
         request(Method::PUT, &self.url, exposition::TEXT_CONTENT_TYPE)
@@ -47,7 +50,7 @@ impl Pushgateway {
 /// `<base>/metrics/job/apptheus/instance/<instance>`; a value that cannot be
 /// a path segment is sent base64url-encoded (`instance@base64/...`), which
 /// the Pushgateway understands.
-pub fn group_url(base: &Url, instance: &str) -> Url {
+pub(crate) fn group_url(base: &Url, instance: &str) -> Url {
     let mut url = base.clone();
     let mut path = url.path().trim_end_matches('/').to_string();
     path.push_str("/metrics/job/");

@@ -13,7 +13,7 @@ use super::{JOB, PushError, request};
 use crate::export::exposition::format_value;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct WriteRequest {
+pub(crate) struct WriteRequest {
     #[prost(message, repeated, tag = "1")]
     pub timeseries: Vec<TimeSeries>,
     #[prost(message, repeated, tag = "3")]
@@ -21,7 +21,7 @@ pub struct WriteRequest {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TimeSeries {
+pub(crate) struct TimeSeries {
     /// Sorted by name, names unique.
     #[prost(message, repeated, tag = "1")]
     pub labels: Vec<Label>,
@@ -30,7 +30,7 @@ pub struct TimeSeries {
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, prost::Message)]
-pub struct Label {
+pub(crate) struct Label {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(string, tag = "2")]
@@ -38,7 +38,7 @@ pub struct Label {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Sample {
+pub(crate) struct Sample {
     #[prost(double, tag = "1")]
     pub value: f64,
     /// Milliseconds since the epoch.
@@ -47,7 +47,7 @@ pub struct Sample {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct MetricMetadata {
+pub(crate) struct MetricMetadata {
     /// prompb's MetricType: 0 unknown, 1 counter, 2 gauge, 3 histogram,
     /// 5 summary.
     #[prost(int32, tag = "1")]
@@ -60,14 +60,14 @@ pub struct MetricMetadata {
     pub unit: String,
 }
 
-pub struct RemoteWrite {
+pub(crate) struct RemoteWrite {
     url: Url,
     display: String,
     instance: String,
 }
 
 impl RemoteWrite {
-    pub fn new(url: &Url, instance: &str) -> Self {
+    pub(crate) fn new(url: &Url, instance: &str) -> Self {
         let mut display = url.clone();
         let _ = display.set_password(None);
         Self {
@@ -77,11 +77,14 @@ impl RemoteWrite {
         }
     }
 
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.display
     }
 
-    pub fn request(&self, families: &[MetricFamily]) -> Result<Request<Full<Bytes>>, PushError> {
+    pub(crate) fn request(
+        &self,
+        families: &[MetricFamily],
+    ) -> Result<Request<Full<Bytes>>, PushError> {
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -99,7 +102,7 @@ impl RemoteWrite {
 }
 
 /// Protobuf, then snappy's block format (not its framed format).
-pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, PushError> {
+pub(crate) fn encode(req: &WriteRequest) -> Result<Vec<u8>, PushError> {
     snap::raw::Encoder::new()
         .compress_vec(&req.encode_to_vec())
         .map_err(|e| PushError::Encode(e.to_string()))
@@ -108,7 +111,11 @@ pub fn encode(req: &WriteRequest) -> Result<Vec<u8>, PushError> {
 /// One series per sample, all at `timestamp_ms`, labelled with
 /// job="apptheus" and `instance`; labels named job or instance in the
 /// metrics become exported_job and exported_instance.
-pub fn write_request(families: &[MetricFamily], instance: &str, timestamp_ms: i64) -> WriteRequest {
+pub(crate) fn write_request(
+    families: &[MetricFamily],
+    instance: &str,
+    timestamp_ms: i64,
+) -> WriteRequest {
     let mut out = WriteRequest::default();
     for mf in families {
         if mf.metric.is_empty() {

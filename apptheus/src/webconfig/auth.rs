@@ -24,7 +24,7 @@ const CACHE_MAX: usize = 1024;
 /// bcrypt checks run at once.
 const CONCURRENT_CHECKS: usize = 2;
 
-pub struct BasicAuth {
+pub(crate) struct BasicAuth {
     users: BTreeMap<String, String>,
     key: hmac::Key,
     cache: Mutex<HashMap<Vec<u8>, Instant>>,
@@ -40,7 +40,7 @@ impl std::fmt::Debug for BasicAuth {
 }
 
 /// User and password from an `Authorization: Basic` header.
-pub fn credentials(header: &HeaderValue) -> Option<(String, String)> {
+pub(crate) fn credentials(header: &HeaderValue) -> Option<(String, String)> {
     let value = header.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
@@ -56,7 +56,7 @@ pub fn credentials(header: &HeaderValue) -> Option<(String, String)> {
 
 impl BasicAuth {
     /// None when there are no users (no authentication).
-    pub fn new(users: BTreeMap<String, String>) -> Option<Self> {
+    pub(crate) fn new(users: BTreeMap<String, String>) -> Option<Self> {
         if users.is_empty() {
             return None;
         }
@@ -72,7 +72,7 @@ impl BasicAuth {
     }
 
     /// Whether the request's Authorization header holds valid credentials.
-    pub async fn check(&self, header: Option<&HeaderValue>) -> bool {
+    pub(crate) async fn check(&self, header: Option<&HeaderValue>) -> bool {
         let Some((user, password)) = header.and_then(credentials) else {
             return false;
         };

@@ -17,7 +17,7 @@ use super::{ClientAuth, Curve, Pem, TlsSettings, TlsVersion, WebConfigError};
 
 /// Builds the server configuration, reading the certificate, key and client
 /// CA files.
-pub fn server_config(t: &TlsSettings) -> Result<Arc<ServerConfig>, WebConfigError> {
+pub(crate) fn server_config(t: &TlsSettings) -> Result<Arc<ServerConfig>, WebConfigError> {
     let provider = Arc::new(crypto_provider(t));
     let certs = certificates(&t.cert, "cert_file")?;
     let key = private_key(&t.key)?;

@@ -14,11 +14,11 @@ use super::{WebConfigError, auth::BasicAuth, parse, tls};
 use crate::sync;
 
 /// How often the files are checked for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(3);
+pub(crate) const RELOAD_EVERY: Duration = Duration::from_secs(3);
 
 /// The configuration in force.
 #[derive(Debug, Default)]
-pub struct Active {
+pub(crate) struct Active {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub auth: Option<BasicAuth>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
@@ -26,15 +26,16 @@ pub struct Active {
 
 /// A web config file that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("web config file {}: {problem}", path.display())]
-pub struct LoadError {
+#[error("web config file {}", path.display())]
+pub(crate) struct LoadError {
     pub path: PathBuf,
+    #[source]
     pub problem: WebConfigError,
 }
 
 /// Whether a check for changes changed anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reload {
+pub(crate) enum Reload {
     Unchanged,
     Reloaded,
     /// The files changed but do not load; the previous configuration stays.
@@ -42,7 +43,7 @@ pub enum Reload {
 }
 
 #[derive(Debug)]
-pub struct WebConfigHandle {
+pub(crate) struct WebConfigHandle {
     path: PathBuf,
     current: RwLock<Arc<Active>>,
     /// Fingerprint of the files as last looked at (loaded or not).
@@ -50,7 +51,7 @@ pub struct WebConfigHandle {
 }
 
 /// Reads and builds everything the file describes.
-pub fn load(path: &Path) -> Result<Active, LoadError> {
+pub(crate) fn load(path: &Path) -> Result<Active, LoadError> {
     let fail = |problem| LoadError {
         path: path.to_path_buf(),
         problem,
@@ -108,7 +109,7 @@ fn fingerprint(path: &Path) -> Vec<u8> {
 
 impl WebConfigHandle {
     /// Loads the file: an error here is a start-up error.
-    pub fn load(path: &Path) -> Result<Arc<Self>, LoadError> {
+    pub(crate) fn load(path: &Path) -> Result<Arc<Self>, LoadError> {
         let seen = fingerprint(path);
         let active = load(path)?;
         log_active(path, &active);
@@ -120,12 +121,12 @@ impl WebConfigHandle {
     }
 
     /// The configuration in force now.
-    pub fn current(&self) -> Arc<Active> {
+    pub(crate) fn current(&self) -> Arc<Active> {
         sync::read(&self.current).clone()
     }
 
     /// Reloads if any of the files changed since last looked at.
-    pub fn reload_if_changed(&self) -> Reload {
+    pub(crate) fn reload_if_changed(&self) -> Reload {
         let now = fingerprint(&self.path);
         {
             let mut seen = sync::lock(&self.seen);
@@ -142,14 +143,14 @@ impl WebConfigHandle {
                 Reload::Reloaded
             }
             Err(e) => {
-                tracing::error!(error = %e, "web config change not applied; keeping the previous configuration");
+                tracing::error!(error = %crate::error_chain::chain(&e), "web config change not applied; keeping the previous configuration");
                 Reload::Failed
             }
         }
     }
 
     /// Checks for changes every `every` until the handle is dropped.
-    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -211,14 +212,14 @@ mod tests {
     fn start_errors_name_the_file_and_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web.yml");
-        let e = WebConfigHandle::load(&path).unwrap_err().to_string();
+        let e = crate::error_chain::chain(&WebConfigHandle::load(&path).unwrap_err()).to_string();
         assert!(e.contains("web.yml") && e.contains("cannot read"), "{e}");
         std::fs::write(
             &path,
             "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
         )
         .unwrap();
-        let e = WebConfigHandle::load(&path).unwrap_err().to_string();
+        let e = crate::error_chain::chain(&WebConfigHandle::load(&path).unwrap_err()).to_string();
         assert!(e.contains("web.yml") && e.contains("missing.crt"), "{e}");
     }
 

@@ -229,7 +229,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let outcomes = run_cells(o, &cells, &initramfs, &logs, &tests)?;
 
-    let failed = print_report(
+    let failed = report::print_matrix(
         &rows,
         &layouts,
         &cells,
@@ -237,24 +237,20 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         &tests,
         o.test_args.is_empty(),
     );
-    if !skips.is_empty() {
-        println!("\nleft out:");
-        for s in &skips {
-            println!("  - {}: {}", s.test, s.why);
-        }
-    }
-    if let Some(release) = missing_host {
-        println!(
-            "\nhost kernel {release}: /boot has no image of it (/boot/vmlinuz-{release}), so it is not in the matrix"
-        );
-    }
-    println!(
-        "\ntimings: build {build_secs:.0} s, kernels {fetch_secs:.0} s, initramfs {rootfs_secs:.0} s ({size_mib:.0} MiB), VMs {:.0} s (jobs {}), total {:.0} s",
-        outcomes.iter().map(|x| x.seconds).sum::<f64>(),
-        o.jobs.max(1),
-        started.elapsed().as_secs_f64()
+    report::print_tail(
+        &skips,
+        missing_host.as_deref(),
+        &report::Timings {
+            build: build_secs,
+            kernels: fetch_secs,
+            initramfs: rootfs_secs,
+            size_mib,
+            vms: outcomes.iter().map(|x| x.seconds).sum::<f64>(),
+            jobs: o.jobs.max(1),
+            total: started.elapsed().as_secs_f64(),
+        },
+        &logs,
     );
-    println!("console logs: {}", logs.display());
     if failed > 0 {
         bail!("{failed} cell(s) of the matrix failed");
     }
@@ -336,88 +332,6 @@ fn run_cells(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a cell did not run"))))
         .collect()
-}
-
-/// Prints the table, the failures with their output, the exceptions met;
-/// returns the number of failed cells.
-fn print_report(
-    rows: &[Kernel],
-    layouts: &[Layout],
-    cells: &[Cell],
-    outcomes: &[Outcome],
-    tests: &[String],
-    whole_binaries: bool,
-) -> usize {
-    let mut header = vec!["kernel".to_string(), "release".to_string()];
-    header.extend(layouts.iter().map(|l| l.to_string()));
-    let mut table = Vec::new();
-    for k in rows {
-        let mut r = vec![k.name.clone(), k.release.clone()];
-        for l in layouts {
-            let i = cells
-                .iter()
-                .position(|c| c.kernel.name == k.name && c.layout == *l);
-            r.push(i.map_or("-".into(), |i| {
-                format!("{} {:.0}s", outcomes[i].verdict.cell(), outcomes[i].seconds)
-            }));
-        }
-        table.push(r);
-    }
-    println!(
-        "\nvm-test: kernel x cgroup layout, tests {} (pass (n): n tests passed; exc.: documented exceptions)\n",
-        tests.join(", ")
-    );
-    print!("{}", report::table(&header, &table));
-
-    let mut failed = 0;
-    let mut excused: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (c, out) in cells.iter().zip(outcomes) {
-        let cell = format!("{} {}", c.kernel.name, c.layout);
-        if !out.console.notes.is_empty() {
-            println!("\n[{cell}] notes: {}", out.console.notes.join("; "));
-        }
-        for (f, e) in &out.verdict.excused {
-            excused
-                .entry(format!("{}: {}", f.what, e.why))
-                .or_default()
-                .push(cell.clone());
-        }
-        if out.verdict.ok() {
-            continue;
-        }
-        failed += 1;
-        for f in &out.verdict.unexpected {
-            println!("\n=== FAILED [{cell}] {}", f.what);
-            let skip = f.output.len().saturating_sub(80);
-            for l in &f.output[skip..] {
-                println!("    {l}");
-            }
-        }
-    }
-    if !excused.is_empty() {
-        println!("\ndocumented exceptions met:");
-        for (what, cells) in &excused {
-            println!("  - [{}] {what}", cells.join(", "));
-        }
-    }
-    if whole_binaries {
-        for e in EXCEPTIONS {
-            for (c, out) in cells.iter().zip(outcomes) {
-                let ran = tests.iter().any(|t| e.test.starts_with(&format!("{t}::")));
-                if ran
-                    && e.kernels.contains(&c.kernel.name.as_str())
-                    && e.layouts.contains(&c.layout)
-                    && !out.verdict.excused.iter().any(|(_, x)| std::ptr::eq(*x, e))
-                {
-                    println!(
-                        "\nwarning: [{} {}] {} passed: the exception for it may be obsolete",
-                        c.kernel.name, c.layout, e.test
-                    );
-                }
-            }
-        }
-    }
-    failed
 }
 
 struct Built {

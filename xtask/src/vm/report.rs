@@ -1,9 +1,13 @@
 //! Reading a VM's console (the init script's "@@vm@@" lines and libtest's
 //! own output), judging it against the documented exceptions, and the
-//! kernel x layout table.
-use std::collections::BTreeMap;
+//! kernel x layout table and the rest of the run's report.
+use std::{collections::BTreeMap, path::Path};
 
-use super::{Layout, exceptions::Exception};
+use super::{
+    Cell, Layout, Outcome,
+    exceptions::{EXCEPTIONS, Exception, Skip},
+    kernels::Kernel,
+};
 
 pub const MARK: &str = "@@vm@@ ";
 
@@ -248,6 +252,120 @@ pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
         out.push_str(&line(r));
     }
     out
+}
+
+/// Prints the table, the failures with their output, the exceptions met;
+/// returns the number of failed cells.
+pub(super) fn print_matrix(
+    rows: &[Kernel],
+    layouts: &[Layout],
+    cells: &[Cell],
+    outcomes: &[Outcome],
+    tests: &[String],
+    whole_binaries: bool,
+) -> usize {
+    let mut header = vec!["kernel".to_string(), "release".to_string()];
+    header.extend(layouts.iter().map(|l| l.to_string()));
+    let mut table = Vec::new();
+    for k in rows {
+        let mut r = vec![k.name.clone(), k.release.clone()];
+        for l in layouts {
+            let i = cells
+                .iter()
+                .position(|c| c.kernel.name == k.name && c.layout == *l);
+            r.push(i.map_or("-".into(), |i| {
+                format!("{} {:.0}s", outcomes[i].verdict.cell(), outcomes[i].seconds)
+            }));
+        }
+        table.push(r);
+    }
+    println!(
+        "\nvm-test: kernel x cgroup layout, tests {} (pass (n): n tests passed; exc.: documented exceptions)\n",
+        tests.join(", ")
+    );
+    print!("{}", self::table(&header, &table));
+
+    let mut failed = 0;
+    let mut excused: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (c, out) in cells.iter().zip(outcomes) {
+        let cell = format!("{} {}", c.kernel.name, c.layout);
+        if !out.console.notes.is_empty() {
+            println!("\n[{cell}] notes: {}", out.console.notes.join("; "));
+        }
+        for (f, e) in &out.verdict.excused {
+            excused
+                .entry(format!("{}: {}", f.what, e.why))
+                .or_default()
+                .push(cell.clone());
+        }
+        if out.verdict.ok() {
+            continue;
+        }
+        failed += 1;
+        for f in &out.verdict.unexpected {
+            println!("\n=== FAILED [{cell}] {}", f.what);
+            let skip = f.output.len().saturating_sub(80);
+            for l in &f.output[skip..] {
+                println!("    {l}");
+            }
+        }
+    }
+    if !excused.is_empty() {
+        println!("\ndocumented exceptions met:");
+        for (what, cells) in &excused {
+            println!("  - [{}] {what}", cells.join(", "));
+        }
+    }
+    if whole_binaries {
+        for e in EXCEPTIONS {
+            for (c, out) in cells.iter().zip(outcomes) {
+                let ran = tests.iter().any(|t| e.test.starts_with(&format!("{t}::")));
+                if ran
+                    && e.kernels.contains(&c.kernel.name.as_str())
+                    && e.layouts.contains(&c.layout)
+                    && !out.verdict.excused.iter().any(|(_, x)| std::ptr::eq(*x, e))
+                {
+                    println!(
+                        "\nwarning: [{} {}] {} passed: the exception for it may be obsolete",
+                        c.kernel.name, c.layout, e.test
+                    );
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// How long each step of a run took.
+pub(super) struct Timings {
+    pub build: f64,
+    pub kernels: f64,
+    pub initramfs: f64,
+    pub size_mib: f64,
+    pub vms: f64,
+    pub jobs: usize,
+    pub total: f64,
+}
+
+/// Prints what was left out, a host kernel not in the matrix, the timings
+/// and where the console logs are.
+pub(super) fn print_tail(skips: &[&Skip], missing_host: Option<&str>, t: &Timings, logs: &Path) {
+    if !skips.is_empty() {
+        println!("\nleft out:");
+        for s in skips {
+            println!("  - {}: {}", s.test, s.why);
+        }
+    }
+    if let Some(release) = missing_host {
+        println!(
+            "\nhost kernel {release}: /boot has no image of it (/boot/vmlinuz-{release}), so it is not in the matrix"
+        );
+    }
+    println!(
+        "\ntimings: build {:.0} s, kernels {:.0} s, initramfs {:.0} s ({:.0} MiB), VMs {:.0} s (jobs {}), total {:.0} s",
+        t.build, t.kernels, t.initramfs, t.size_mib, t.vms, t.jobs, t.total
+    );
+    println!("console logs: {}", logs.display());
 }
 
 #[cfg(test)]

@@ -311,3 +311,78 @@ fn known_exceptions_pass_until_they_are_gone() {
         ]
     );
 }
+
+/// The crates that parse the command line: only the flags layer and those
+/// above it may name them.
+const CLI_CRATES: &[&str] = &["clap"];
+
+/// The files of `src` in the bottom layer (`model` and its neighbours,
+/// see rules.rs) that name a CLI crate, with the crate: a path through it
+/// (`clap::…`, `use clap`) or a derive of it.
+fn cli_crates_in_the_model(src: &Path) -> Vec<String> {
+    let bottom = rules::LAYERS.last().expect("layers");
+    let mut found = Vec::new();
+    for module in bottom.modules {
+        let mut files = Vec::new();
+        let file = src.join(format!("{module}.rs"));
+        if file.is_file() {
+            files.push(file);
+        }
+        let dir = src.join(module);
+        if dir.is_dir() {
+            let mut stack = vec![dir];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "rs") {
+                        files.push(p);
+                    }
+                }
+            }
+        }
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let tokens: Vec<&str> = text
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .collect();
+            for krate in CLI_CRATES {
+                if tokens.contains(krate) {
+                    let shown = f.strip_prefix(src).unwrap_or(&f).display().to_string();
+                    found.push(format!("{shown}: {krate}"));
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The model layer depends on no CLI crate: the flags layer (cli) maps the
+/// command line to the model's types. Shown failing on a small tree.
+#[test]
+fn the_model_names_no_cli_crate() {
+    let found = cli_crates_in_the_model(&daemon_src());
+    assert!(
+        found.is_empty(),
+        "the model layer names a CLI crate (map flags to model types in cli/):\n{}",
+        found.join("\n")
+    );
+    let dir = fixture(&[
+        ("model/mod.rs", "pub mod source;\n"),
+        (
+            "model/source.rs",
+            "#[derive(Clone, clap::ValueEnum)]\npub enum Kind { A }\n",
+        ),
+        ("sync.rs", "use clap::Parser;\n"),
+        (
+            "duration.rs",
+            "// a clapper, a clapboard\nfn clapper() {}\n",
+        ),
+    ]);
+    assert_eq!(
+        cli_crates_in_the_model(dir.path()),
+        ["model/source.rs: clap", "sync.rs: clap"]
+    );
+}

@@ -13,11 +13,12 @@ use aya::{
     },
 };
 
+use crate::error_chain::chain;
 use crate::model::collectors::Collector;
 
 /// Where a program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     /// A BTF tracepoint (tp_btf).
     Btf(&'static str),
     /// A raw tracepoint.
@@ -27,7 +28,7 @@ pub enum Hook {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkbDirection {
+pub(crate) enum SkbDirection {
     Ingress,
     Egress,
 }
@@ -44,10 +45,10 @@ impl std::fmt::Display for Hook {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CollectorError {
+pub(crate) enum CollectorError {
     #[error("the kernel object has no program {0}: the build is broken")]
     Missing(&'static str),
-    #[error("the kernel refused program {program} on {hook}: {}", chain(source))]
+    #[error("the kernel refused program {program} on {hook}")]
     Program {
         program: &'static str,
         hook: Hook,
@@ -56,7 +57,7 @@ pub enum CollectorError {
     },
     #[error("cgroup2 is not mounted; the network collector attaches to its root")]
     NoCgroup2,
-    #[error("opening the cgroup2 root {path}: {source}")]
+    #[error("opening the cgroup2 root {path}")]
     Cgroup2 {
         path: String,
         #[source]
@@ -64,21 +65,8 @@ pub enum CollectorError {
     },
 }
 
-/// An error and its causes, as one line (aya's syscall errors keep the
-/// errno in their source).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
-}
-
 /// The programs of a collector, by name in the kernel object.
-pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
+pub(crate) const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
     match c {
         Collector::Oom => &[("apptheus_oom", Hook::Btf("mark_victim"))],
         Collector::Network => &[
@@ -92,7 +80,7 @@ pub const fn programs(c: Collector) -> &'static [(&'static str, Hook)] {
 
 /// The maps only a collector uses; the loader shrinks them to one entry
 /// when the collector is off, so they cost no kernel memory.
-pub const fn maps(c: Collector) -> &'static [&'static str] {
+pub(crate) const fn maps(c: Collector) -> &'static [&'static str] {
     match c {
         Collector::Network => &[MAP_CGROUPS],
         Collector::Runqlat => &[MAP_RUNQ, MAP_RUNQ_SLOTS, MAP_RUNQ_TASKS],
@@ -102,7 +90,7 @@ pub const fn maps(c: Collector) -> &'static [&'static str] {
 
 /// Loads and attaches every program of `c`. On failure the programs of
 /// `c` loaded so far are unloaded again (which detaches them).
-pub fn attach(
+pub(crate) fn attach(
     ebpf: &mut Ebpf,
     btf: &Btf,
     c: Collector,
@@ -184,7 +172,7 @@ fn unload(ebpf: &mut Ebpf, program: &str, hook: Hook) {
         Hook::Skb(_) => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.unload()),
     };
     if let Err(e) = result {
-        tracing::debug!(program, error = %e, "unloading a program of a disabled collector");
+        tracing::debug!(program, error = %chain(&e), "unloading a program of a disabled collector");
     }
 }
 

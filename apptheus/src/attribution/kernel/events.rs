@@ -4,11 +4,12 @@ use apptheus_common::{EVENT_SIZE, Event, EventKind, START_PARENT_LAUNCHER, TASK_
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-pub use crate::model::event::KernelEvent;
+use crate::error_chain::chain;
+pub(crate) use crate::model::event::KernelEvent;
 
 /// A NUL-padded `task_struct.comm` as text (lossy, control characters
 /// dropped: the command is chosen by the container's user).
-pub fn comm_text(comm: &[u8; TASK_COMM_LEN]) -> String {
+pub(crate) fn comm_text(comm: &[u8; TASK_COMM_LEN]) -> String {
     nul_padded_text(comm)
 }
 
@@ -23,7 +24,7 @@ fn nul_padded_text(bytes: &[u8]) -> String {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("kernel event of {0} bytes, expected {EVENT_SIZE}")]
     Size(usize),
     #[error("kernel event of unknown kind {0}")]
@@ -31,7 +32,7 @@ pub enum DecodeError {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     if bytes.len() != EVENT_SIZE {
         return Err(DecodeError::Size(bytes.len()));
     }
@@ -77,13 +78,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 }
 
 /// Sees each kernel event before it is queued for the main loop.
-pub type Observer = Box<dyn Fn(&KernelEvent) + Send>;
+pub(crate) type Observer = Box<dyn Fn(&KernelEvent) + Send>;
 
 /// Reads the ring buffer until `tx` closes, waking on its descriptor.
 /// Every event goes to `first` before anything else (the cgroup warm-up:
 /// a busy main loop must not delay it); a launcher's exec goes nowhere
 /// else.
-pub async fn read_events(
+pub(crate) async fn read_events(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<KernelEvent>,
     first: Option<Observer>,
@@ -107,7 +108,7 @@ pub async fn read_events(
                         batch.push(ev);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "dropping malformed kernel event"),
+                Err(e) => tracing::warn!(error = %chain(&e), "dropping malformed kernel event"),
             }
         }
         guard.clear_ready();

@@ -1,9 +1,9 @@
 //! Loading the kernel programs, and the user-space side of their maps.
-pub mod collectors;
-pub mod events;
-pub mod offsets;
+pub(crate) mod collectors;
+pub(crate) mod events;
+pub(crate) mod offsets;
 mod runq;
-pub mod stats;
+pub(crate) mod stats;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,6 +22,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 
+use crate::error_chain::chain;
 use crate::model::{
     collectors::{Collector, Collectors},
     container::{FsCounters, KernelCounters, NetCounters},
@@ -81,14 +82,14 @@ const PROGRAMS: [(&str, &str); 4] = [
 pub enum KernelError {
     #[error(transparent)]
     Offsets(#[from] offsets::OffsetError),
-    #[error("loading the kernel's BTF for the programs: {0}")]
+    #[error("loading the kernel's BTF for the programs")]
     Btf(#[source] aya::BtfError),
     #[error(
-        "the kernel refused to load apptheus' programs ({0}); apptheus needs root (or CAP_BPF, \
-         CAP_PERFMON and CAP_SYS_RESOURCE), and no kernel lockdown; or run with --ebpf=false"
+        "the kernel refused to load apptheus' programs (apptheus needs root, or CAP_BPF, \
+         CAP_PERFMON and CAP_SYS_RESOURCE, and no kernel lockdown; or run with --ebpf=false)"
     )]
-    Load(#[source] aya::EbpfError),
-    #[error("the kernel refused program {program} on tracepoint {tracepoint}: {source}")]
+    Load(#[source] Cause),
+    #[error("the kernel refused program {program} on tracepoint {tracepoint}")]
     Program {
         program: &'static str,
         tracepoint: &'static str,
@@ -97,12 +98,30 @@ pub enum KernelError {
     },
     #[error("the kernel object has no {0}: the build is broken")]
     Missing(&'static str),
-    #[error("kernel map {map}: {source}")]
+    #[error("kernel map {map}")]
     Map {
         map: &'static str,
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// Why something the daemon's own error names failed, when that is another
+/// crate's error of several types.
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why aya could not load the programs. aya's load error quotes the error
+/// it wraps in its own message (`map error: {0}`): the wrapped error is
+/// then the cause, so that the log line says it once.
+pub(crate) fn load_cause(e: aya::EbpfError) -> Cause {
+    match e {
+        aya::EbpfError::MapError(e) => Box::new(e),
+        aya::EbpfError::ProgramError(e) => Box::new(e),
+        aya::EbpfError::BtfError(e) => Box::new(e),
+        aya::EbpfError::ParseError(e) => Box::new(e),
+        aya::EbpfError::KsymsError(e) => Box::new(e),
+        e => Box::new(e),
+    }
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
@@ -167,7 +186,7 @@ impl Kernel {
                     wanted.insert(c);
                 }
                 Err(e) => {
-                    tracing::warn!(collector = %c, error = %e, "kernel collector not supported by this kernel; disabled")
+                    tracing::warn!(collector = %c, error = %chain(&e), "kernel collector not supported by this kernel; disabled")
                 }
             }
         }
@@ -198,7 +217,9 @@ impl Kernel {
             );
             loader.map_max_entries(MAP_RUNQ_TASKS, pids);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load(load_cause(e)))?;
         for (program, tracepoint) in PROGRAMS {
             attach(&mut ebpf, &btf, program, tracepoint)?;
         }
@@ -207,7 +228,7 @@ impl Kernel {
             match collectors::attach(&mut ebpf, &btf, c, opts.cgroup2.as_deref()) {
                 Ok(()) => active.insert(c),
                 Err(e) => {
-                    tracing::warn!(collector = %c, error = %e, "kernel collector cannot be attached; disabled")
+                    tracing::warn!(collector = %c, error = %chain(&e), "kernel collector cannot be attached; disabled")
                 }
             }
         }
@@ -263,7 +284,9 @@ impl Kernel {
                 loader.map_max_entries(map, 1);
             }
         }
-        let mut ebpf = loader.load(OBJECT).map_err(KernelError::Load)?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load(load_cause(e)))?;
         attach(&mut ebpf, &btf, "apptheus_switch_baseline", "sched_switch")?;
         Ok(ebpf)
     }

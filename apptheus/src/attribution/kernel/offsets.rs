@@ -6,15 +6,20 @@ use std::path::Path;
 use apptheus_common::Offsets;
 use btf_rs::{Btf, BtfType, Type};
 
+use crate::error_chain::chain;
 use crate::model::collectors::Collector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OffsetError {
     #[error(
-        "cannot read the kernel's BTF at {path} ({source}); apptheus needs a kernel built with \
-         CONFIG_DEBUG_INFO_BTF=y (Linux 5.10 and later in most distributions), or run with --ebpf=false"
+        "cannot read the kernel's BTF at {path} (apptheus needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y, Linux 5.10 and later in most distributions, or run with --ebpf=false)"
     )]
-    Btf { path: String, source: btf_rs::Error },
+    Btf {
+        path: String,
+        #[source]
+        source: super::Cause,
+    },
     #[error(
         "the running kernel's BTF has no field {field} in struct {strukt}; this kernel is not supported \
          by the kernel programs (run with --ebpf=false to use the monitoring socket alone)"
@@ -33,20 +38,25 @@ pub enum OffsetError {
     },
     #[error("the {0} collector reads x86_64 registers; it is not available on this architecture")]
     Arch(Collector),
-    #[error("reading BTF: {0}")]
+    #[error("reading BTF")]
     Parse(#[from] btf_rs::Error),
 }
 
 /// Loads BTF from a file such as /sys/kernel/btf/vmlinux.
-pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
+pub(crate) fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
     Btf::from_file(path).map_err(|source| OffsetError::Btf {
         path: path.display().to_string(),
-        source,
+        // btf_rs's I/O error quotes the I/O error it wraps: that error is
+        // the cause.
+        source: match source {
+            btf_rs::Error::IO(io) => Box::new(io),
+            e => Box::new(e),
+        },
     })
 }
 
 /// Resolves every offset the programs need.
-pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
+pub(crate) fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
     Ok(Offsets {
         task_pid: member_offset(btf, "task_struct", "pid")?,
         task_tgid: member_offset(btf, "task_struct", "tgid")?,
@@ -82,7 +92,7 @@ fn optional(r: Result<u32, OffsetError>) -> u32 {
     match r {
         Ok(off) => off,
         Err(e) => {
-            tracing::info!(error = %e, "exited tasks' CPU time or I/O cannot be counted on this kernel");
+            tracing::info!(error = %chain(&e), "exited tasks' CPU time or I/O cannot be counted on this kernel");
             0
         }
     }
@@ -90,7 +100,7 @@ fn optional(r: Result<u32, OffsetError>) -> u32 {
 
 /// What the programs of one collector need beyond the base offsets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CollectorNeeds {
+pub(crate) struct CollectorNeeds {
     /// Offsets to merge into the base ones (only this collector's fields set).
     pub offsets: Offsets,
     /// `mark_victim`'s first argument is a pid, not a task (OOM collector).
@@ -99,7 +109,7 @@ pub struct CollectorNeeds {
 
 /// Resolves what collector `c` needs on this kernel; an error means the
 /// collector cannot run here.
-pub fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, OffsetError> {
+pub(crate) fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, OffsetError> {
     let mut n = CollectorNeeds::default();
     match c {
         Collector::Oom => {
@@ -140,7 +150,7 @@ pub fn resolve_collector(btf: &Btf, c: Collector) -> Result<CollectorNeeds, Offs
 
 /// Copies the non-zero fields of `from` into `into` (a zero offset, such as
 /// inode.i_mode's, is zero in both).
-pub fn merge(into: &mut Offsets, from: &Offsets) {
+pub(crate) fn merge(into: &mut Offsets, from: &Offsets) {
     let pick = |a: &mut u32, b: u32| {
         if b != 0 {
             *a = b;
@@ -220,7 +230,7 @@ fn first_arg_is_integer(btf: &Btf, tracepoint: &str) -> Result<bool, OffsetError
 
 /// Byte offset of `field` in `struct strukt`, looking through anonymous
 /// structs and unions.
-pub fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, OffsetError> {
+pub(crate) fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, OffsetError> {
     let candidates = btf
         .resolve_types_by_name(strukt)
         .map_err(|_| OffsetError::MissingStruct(strukt.to_string()))?;

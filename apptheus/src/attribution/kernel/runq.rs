@@ -19,14 +19,14 @@ use crate::model::collectors::Collector;
 
 /// Slots given to containers, and those free.
 #[derive(Debug)]
-pub struct Slots {
+pub(super) struct Slots {
     free: Vec<u32>,
     of: BTreeMap<u64, u32>,
 }
 
 impl Slots {
     /// Slots 1 to `max` (0 means none).
-    pub fn new(max: u32) -> Self {
+    pub(super) fn new(max: u32) -> Self {
         Slots {
             free: (1..=max).rev().collect(),
             of: BTreeMap::new(),
@@ -35,7 +35,7 @@ impl Slots {
 
     /// Container `cid`'s slot, given now if it has none; None when every
     /// slot is taken.
-    pub fn take(&mut self, cid: u64) -> Option<u32> {
+    pub(super) fn take(&mut self, cid: u64) -> Option<u32> {
         if let Some(s) = self.of.get(&cid) {
             return Some(*s);
         }
@@ -44,12 +44,12 @@ impl Slots {
         Some(s)
     }
 
-    pub fn get(&self, cid: u64) -> Option<u32> {
+    pub(super) fn get(&self, cid: u64) -> Option<u32> {
         self.of.get(&cid).copied()
     }
 
     /// Frees container `cid`'s slot, and says which it was.
-    pub fn release(&mut self, cid: u64) -> Option<u32> {
+    pub(super) fn release(&mut self, cid: u64) -> Option<u32> {
         let s = self.of.remove(&cid)?;
         self.free.push(s);
         Some(s)

@@ -3,11 +3,11 @@
 use std::os::fd::OwnedFd;
 
 use super::Kernel;
-pub use crate::model::programs::ProgramStats;
+pub(crate) use crate::model::programs::ProgramStats;
 
 /// Turns on run-time accounting for every BPF program while the returned
 /// descriptor is open. It costs two clock reads per program run.
-pub fn enable() -> Result<OwnedFd, aya::sys::SyscallError> {
+pub(crate) fn enable() -> Result<OwnedFd, aya::sys::SyscallError> {
     aya::sys::enable_stats(aya::sys::Stats::RunTime)
 }
 

@@ -9,6 +9,7 @@ use std::{
 use tokio::net::{UnixListener, UnixStream};
 
 use super::SocketError;
+use crate::error_chain::chain;
 
 /// How long a live server may take to answer the probe of an existing
 /// socket file.
@@ -38,7 +39,7 @@ impl Drop for SocketListenerHandle {
             && (meta.dev(), meta.ino()) == self.file
             && let Err(e) = std::fs::remove_file(&self.path)
         {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the monitoring socket");
+            tracing::warn!(path = %self.path.display(), error = %chain(&e), "cannot remove the monitoring socket");
         }
     }
 }
@@ -56,7 +57,7 @@ impl Drop for SocketListenerHandle {
 /// safe because nothing is read from a caller, and a caller only counts once
 /// the kernel's credentials show it runs a trusted starter binary (see
 /// [`super::verify`]); anyone else is disconnected at once, within the
-/// bounds of [`super::Limits`].
+/// bounds of [`super::ConnectionCaps`].
 pub async fn bind(path: &Path) -> Result<SocketListenerHandle, SocketError> {
     let dir = path
         .parent()

@@ -21,9 +21,9 @@
 //! is closed at once and counted. Nothing is ever read from a caller
 //! (bytes it sends are discarded), so no client input is parsed.
 //!
-//! Resources are bounded whatever local users do: see [`Limits`].
+//! Resources are bounded whatever local users do: see [`ConnectionCaps`].
 
-pub(crate) mod limits;
+pub(crate) mod caps;
 mod listener;
 mod server;
 pub mod verify;
@@ -32,10 +32,11 @@ use std::path::PathBuf;
 
 use apptheus_common::FileId;
 
-pub use crate::host::limits::raise_fd_limit;
-pub use limits::Limits;
-pub use listener::{SocketListenerHandle, bind};
-pub use server::serve;
+pub(crate) use crate::host::rlimit::raise_fd_limit;
+pub use caps::ConnectionCaps;
+pub(crate) use listener::SocketListenerHandle;
+pub use listener::bind;
+pub(crate) use server::serve;
 #[cfg(feature = "testing")]
 pub use server::serve_with;
 
@@ -71,9 +72,10 @@ pub enum SocketEvent {
 pub enum SocketError {
     #[error("socket path {path} has no parent directory; choose --socket.path")]
     NoParent { path: PathBuf },
-    #[error("cannot create the socket directory {dir}: {source}")]
+    #[error("cannot create the socket directory {dir}")]
     CreateDir {
         dir: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error(
@@ -85,24 +87,28 @@ pub enum SocketError {
     InUse { path: PathBuf },
     #[error("{path} exists and is not a socket; remove it or choose --socket.path")]
     NotASocket { path: PathBuf },
-    #[error("cannot inspect {path}: {source}")]
+    #[error("cannot inspect {path}")]
     Inspect {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot remove the stale socket {path}: {source}")]
+    #[error("cannot remove the stale socket {path}")]
     RemoveStale {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot bind {path}: {source}")]
+    #[error("cannot bind {path}")]
     Bind {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot make {path} connectable by every user (mode 0666): {source}")]
+    #[error("cannot make {path} connectable by every user (mode 0666)")]
     Permissions {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 }

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::{
     io::AsyncReadExt,
     net::UnixStream,
@@ -19,14 +19,17 @@ use tokio::{
 };
 
 use super::{
-    ConnId, Limits, SocketEvent, SocketListenerHandle,
-    limits::{Refusal, Slot, Tracker},
+    ConnId, ConnectionCaps, SocketEvent, SocketListenerHandle,
+    caps::{Refusal, Slot, Tracker},
     verify::{Identified, NoHook, Peer, PeerCreds, VerifyError, identify},
 };
+use crate::error_chain::chain;
 use crate::{
     attribution::trust::TrustedSet,
-    export::metrics::AgentMetrics,
-    host::limits::{Backoff, LogThrottle, fd_limit},
+    host::{
+        pacing::{Backoff, LogThrottle},
+        rlimit::fd_limit,
+    },
 };
 
 /// Bytes a trusted peer may send before its reads are slowed down.
@@ -62,33 +65,41 @@ struct Shared {
     procfs: PathBuf,
 }
 
-/// Serves the monitoring socket with the default [`Limits`]; see
+/// Serves the monitoring socket with the default [`ConnectionCaps`]; see
 /// [`serve_with`].
-pub async fn serve(
+pub(crate) async fn serve(
     listener: SocketListenerHandle,
     procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,
-    metrics: Arc<AgentMetrics>,
+    connections: IntCounterVec,
 ) {
-    serve_with(listener, Limits::default(), procfs, trusted, tx, metrics).await
+    serve_with(
+        listener,
+        ConnectionCaps::default(),
+        procfs,
+        trusted,
+        tx,
+        connections,
+    )
+    .await
 }
 
 /// Accepts connections until the receiver of `tx` is dropped (or this
 /// future is), verifying each caller on its own task; reports trusted
-/// callers on `tx` and counts every connection in
-/// `apptheus_socket_connections_total{result}`.
+/// callers on `tx` and counts every connection in `connections`, by
+/// result (the agent's `apptheus_socket_connections_total{result}`).
 ///
 /// On return, open connections are closed without `Disconnected` events
 /// and the socket file is removed. Callers are identified through the
 /// /proc mounted at `procfs`.
 pub async fn serve_with(
     listener: SocketListenerHandle,
-    limits: Limits,
+    limits: ConnectionCaps,
     procfs: PathBuf,
     trusted: watch::Receiver<TrustedSet>,
     tx: mpsc::Sender<SocketEvent>,
-    metrics: Arc<AgentMetrics>,
+    connections: IntCounterVec,
 ) {
     let limits = match fd_limit().and_then(|soft| limits.fitted_to(soft).map(|l| (soft, l))) {
         Some((soft, fitted)) => {
@@ -102,7 +113,7 @@ pub async fn serve_with(
         }
         None => limits,
     };
-    let counter = |r: &str| metrics.socket_connections.with_label_values(&[r]);
+    let counter = |r: &str| connections.with_label_values(&[r]);
     let shared = Arc::new(Shared {
         trusted,
         tx,
@@ -134,7 +145,7 @@ pub async fn serve_with(
                 if let Err(e) = done
                     && e.is_panic()
                 {
-                    tracing::error!(error = %e, "a monitoring socket connection task panicked");
+                    tracing::error!(error = %chain(&e), "a monitoring socket connection task panicked");
                 }
             }
             accepted = accept(&listener) => match accepted {
@@ -149,7 +160,7 @@ pub async fn serve_with(
                     // off in every case: never spin, never give up.
                     let delay = backoff.next_delay();
                     if let Some(suppressed) = shared.logs.accept.permit() {
-                        tracing::warn!(error = %e, retry_in = ?delay, suppressed, "monitoring socket: accept failed");
+                        tracing::warn!(error = %chain(&e), retry_in = ?delay, suppressed, "monitoring socket: accept failed");
                     }
                     tokio::time::sleep(delay).await;
                 }
@@ -202,9 +213,9 @@ fn log_failure(shared: &Shared, e: &VerifyError) {
         return;
     };
     if e.is_peer_gone() {
-        tracing::debug!(error = %e, suppressed, "monitoring socket: caller gone before it was identified");
+        tracing::debug!(error = %chain(e), suppressed, "monitoring socket: caller gone before it was identified");
     } else {
-        tracing::warn!(error = %e, suppressed, "monitoring socket: cannot identify a caller");
+        tracing::warn!(error = %chain(e), suppressed, "monitoring socket: cannot identify a caller");
     }
 }
 

@@ -27,7 +27,7 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// Why a caller could not be identified.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read the peer's credentials: {0}")]
+    #[error("cannot read the peer's credentials")]
     Credentials(#[source] nix::Error),
     #[error("the peer's pid is not visible in the daemon's pid namespace")]
     NoPid,
@@ -35,10 +35,18 @@ pub enum VerifyError {
     Gone { pid: u32 },
     #[error("pid {pid} changed hands while it was being verified")]
     PidReused { pid: u32 },
-    #[error("cannot open a pidfd for {pid}: {source}")]
-    Pidfd { pid: u32, source: io::Error },
-    #[error("cannot read {path}: {source}")]
-    Proc { path: PathBuf, source: io::Error },
+    #[error("cannot open a pidfd for {pid}")]
+    Pidfd {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {path}")]
+    Proc {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot parse the start time in {path}")]
     Malformed { path: PathBuf },
 }

@@ -14,9 +14,9 @@ use super::{
 };
 use crate::model::stats::{BlkioDevice, CgroupStats};
 
-pub struct Blkio;
+pub(super) struct Blkio;
 
-pub enum Files {
+pub(super) enum Files {
     V2(File),
     V1 { bytes: File, ops: File },
 }

@@ -12,9 +12,9 @@ use super::{
 };
 use crate::model::stats::{CgroupStats, CpuStats};
 
-pub struct Cpu;
+pub(super) struct Cpu;
 
-pub enum Usage {
+pub(super) enum Usage {
     /// cgroup2 cpu.stat: usage_usec, user_usec, system_usec (and
     /// throttled_usec with the cpu controller).
     V2(File),
@@ -22,7 +22,7 @@ pub enum Usage {
     V1 { usage: File, stat: File },
 }
 
-pub struct Files {
+pub(super) struct Files {
     usage: Usage,
     /// The v1 cpu controller's cpu.stat (throttled_time, ns), where it
     /// exists (CONFIG_CFS_BANDWIDTH).

@@ -31,7 +31,7 @@ use crate::model::cgroups::ContainerCgroups;
 
 /// cgroup files are small; a list of tasks is the largest (about 8 bytes
 /// per thread). Anything beyond this is not a cgroup file.
-pub const MAX_FILE_BYTES: usize = 8 << 20;
+pub(super) const MAX_FILE_BYTES: usize = 8 << 20;
 
 /// The first read's size: larger than any cgroup statistics file.
 const FIRST_READ: usize = 16 * 1024;
@@ -66,13 +66,13 @@ pub enum Problem {
 /// Descriptors that may be kept open for re-reading, shared by every
 /// reader; a kept file gives its descriptor back when dropped.
 #[derive(Debug, Clone)]
-pub struct Budget {
+pub(crate) struct Budget {
     left: Arc<AtomicUsize>,
     max: usize,
 }
 
 impl Budget {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Budget {
             left: Arc::new(AtomicUsize::new(max)),
             max,
@@ -80,7 +80,7 @@ impl Budget {
     }
 
     /// Descriptors kept open now.
-    pub fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.max.saturating_sub(self.left.load(Ordering::Relaxed))
     }
 
@@ -106,13 +106,13 @@ impl Drop for Kept {
 
 /// The hierarchy a file is in: the cgroup2 directory, or a v1 controller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hier {
+pub(crate) enum Hier {
     V2,
     V1(&'static str),
 }
 
 impl Hier {
-    pub fn dir(self, cg: &ContainerCgroups) -> Option<&Path> {
+    pub(crate) fn dir(self, cg: &ContainerCgroups) -> Option<&Path> {
         match self {
             Hier::V2 => cg.v2.as_deref(),
             Hier::V1(c) => cg.v1.get(c).map(PathBuf::as_path),
@@ -122,7 +122,7 @@ impl Hier {
 
 /// One interface file of a container's cgroup, read at every sample.
 #[derive(Debug)]
-pub struct File {
+pub(crate) struct File {
     pub hier: Hier,
     pub name: &'static str,
     kept: Option<Kept>,
@@ -142,7 +142,7 @@ enum Got {
 /// What a sample of one cgroup set shares: its directories, a buffer, the
 /// descriptor budget, the warnings, and whether the cgroup turned out to be
 /// gone.
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub cg: &'a ContainerCgroups,
     buf: &'a mut Vec<u8>,
     budget: &'a Budget,
@@ -153,7 +153,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(cg: &'a ContainerCgroups, buf: &'a mut Vec<u8>, budget: &'a Budget) -> Self {
+    pub(crate) fn new(cg: &'a ContainerCgroups, buf: &'a mut Vec<u8>, budget: &'a Budget) -> Self {
         Ctx {
             cg,
             buf,
@@ -163,12 +163,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    pub fn warn(&mut self, path: PathBuf, problem: Problem) {
+    pub(crate) fn warn(&mut self, path: PathBuf, problem: Problem) {
         self.warnings.push(StatWarning { path, problem });
     }
 
     /// Keeps a parse result, or records why not.
-    pub fn ok<T>(&mut self, f: &File, r: Result<T, ParseError>) -> Option<T> {
+    pub(crate) fn ok<T>(&mut self, f: &File, r: Result<T, ParseError>) -> Option<T> {
         r.map_err(|e| {
             let path = f.path(self.cg);
             self.warn(path, e.into());
@@ -187,7 +187,7 @@ fn is_gone(e: &io::Error) -> bool {
 }
 
 impl File {
-    pub fn new(hier: Hier, name: &'static str) -> Self {
+    pub(crate) fn new(hier: Hier, name: &'static str) -> Self {
         File {
             hier,
             name,
@@ -196,7 +196,7 @@ impl File {
     }
 
     /// Its full path (for warnings and opening).
-    pub fn path(&self, cg: &ContainerCgroups) -> PathBuf {
+    pub(crate) fn path(&self, cg: &ContainerCgroups) -> PathBuf {
         self.hier
             .dir(cg)
             .map_or_else(|| PathBuf::from(self.name), |d| d.join(self.name))
@@ -204,12 +204,12 @@ impl File {
 
     /// Whether it is kept open.
     #[cfg(test)]
-    pub fn is_kept(&self) -> bool {
+    pub(crate) fn is_kept(&self) -> bool {
         self.kept.is_some()
     }
 
     /// A file the controller always has, parsed.
-    pub fn required<T>(
+    pub(crate) fn required<T>(
         &mut self,
         ctx: &mut Ctx<'_>,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
@@ -219,7 +219,7 @@ impl File {
 
     /// A file only some kernels or configurations have, parsed; its
     /// absence is no warning.
-    pub fn optional<T>(
+    pub(crate) fn optional<T>(
         &mut self,
         ctx: &mut Ctx<'_>,
         parse: impl FnOnce(&str) -> Result<T, ParseError>,
@@ -303,18 +303,18 @@ impl File {
 /// sample: kernfs gives a directory 2 + its subdirectories as link count,
 /// so an `fstat` of a kept descriptor tells whether there is any.
 #[derive(Debug)]
-pub struct Dir {
+pub(super) struct Dir {
     pub hier: Hier,
     kept: Option<Kept>,
 }
 
 impl Dir {
-    pub fn new(hier: Hier) -> Self {
+    pub(super) fn new(hier: Hier) -> Self {
         Dir { hier, kept: None }
     }
 
     /// Whether the directory has child cgroups; None when it is gone.
-    pub fn has_children(&mut self, ctx: &mut Ctx<'_>) -> Option<bool> {
+    pub(super) fn has_children(&mut self, ctx: &mut Ctx<'_>) -> Option<bool> {
         let dir = self.hier.dir(ctx.cg)?;
         if let Some(k) = &self.kept {
             // SAFETY: an all-zero stat is a valid value of this plain C struct.
@@ -393,7 +393,7 @@ fn pread_all(fd: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<()> {
 
 /// Reads a small file by path (an ancestor's limit, use_hierarchy), for
 /// what is not read at every sample of every container.
-pub fn read_small(path: &Path) -> io::Result<String> {
+pub(super) fn read_small(path: &Path) -> io::Result<String> {
     let mut s = String::new();
     fs::File::open(path)?
         .take(FIRST_READ as u64)

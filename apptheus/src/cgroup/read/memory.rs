@@ -20,9 +20,9 @@ use super::{
 };
 use crate::model::stats::{CgroupStats, MemoryStats};
 
-pub struct Memory;
+pub(super) struct Memory;
 
-pub enum Files {
+pub(super) enum Files {
     V2 {
         current: File,
         stat: File,
@@ -172,9 +172,11 @@ fn v2(
     // The container's own limit, then the enclosing ones.
     let own = max.required(ctx, parse::limit).flatten();
     let above = match ctx.cg.v2.clone() {
-        Some(dir) => shared
-            .limits
-            .min_above(&dir, "memory.max", parse::limit, ctx, |_, _, _| true),
+        Some(dir) => {
+            shared
+                .enclosing
+                .min_above(&dir, "memory.max", parse::limit, ctx, |_, _, _| true)
+        }
         None => None,
     };
     m.limit_bytes = min(own, above);
@@ -240,7 +242,7 @@ fn walk_v1_limit(ctx: &mut Ctx<'_>, shared: &mut Shared) -> Option<u64> {
     let dir = ctx.cg.v1.get("memory")?.clone();
     let mut own = File::new(Hier::V1("memory"), "memory.limit_in_bytes");
     let own = own.required(ctx, parse::v1_limit).flatten();
-    let above = shared.limits.min_above(
+    let above = shared.enclosing.min_above(
         &dir,
         "memory.limit_in_bytes",
         parse::v1_limit,

@@ -1,6 +1,6 @@
 //! Per-container cgroup statistics, read by one source per family: `cpu`,
 //! `memory`, `pids` (with threads), `blkio` and `pressure`, each a module
-//! of its own and a [`Source`] for the sampler. A family the host cannot
+//! of its own and a [`StatsSource`] for the sampler. A family the host cannot
 //! provide is None.
 //!
 //! Which hierarchy gives a family: the cgroup2 directory when it has the
@@ -23,24 +23,25 @@ use std::{
 
 mod blkio;
 mod cpu;
+mod enclosing_limits;
 mod files;
-mod limits;
 mod memory;
-pub mod parse;
+pub(crate) mod parse;
 mod pids;
 mod pressure;
 
+pub(crate) use files::Budget;
+pub use files::Problem;
 #[cfg(feature = "testing")]
 pub use files::StatWarning;
-pub use files::{Budget, Problem};
 use files::{Ctx, Hier};
 pub use v1_hz::user_hz;
 
 use crate::model::{
     cgroups::ContainerCgroups,
     processes::FromProcesses,
-    source::{CgroupSource as Which, Fresh, Outcome, Source, Target},
     stats::CgroupStats,
+    stats_source::{CgroupSource as Which, Fresh, Outcome, StatsSource, Target},
 };
 
 /// Devices reported per container at most: a container touching more
@@ -55,7 +56,7 @@ const REPLAN_AFTER: Duration = Duration::from_secs(30);
 /// nothing but its tasks) cannot give, among those `enabled`: a hierarchy
 /// where it has no cgroup of its own (a Slurm job's), or a cgroup2
 /// directory without the family's controller.
-pub fn lacking(own: &ContainerCgroups, enabled: impl Fn(Which) -> bool) -> FromProcesses {
+pub(crate) fn lacking(own: &ContainerCgroups, enabled: impl Fn(Which) -> bool) -> FromProcesses {
     let v2 = |f: &str| own.v2.as_ref().is_some_and(|d| d.join(f).exists());
     let v1 = |c: &str| own.v1.contains_key(c);
     FromProcesses {
@@ -110,17 +111,17 @@ impl<'a> Dirs<'a> {
     }
 
     /// The cgroup2 directory, if it has `file` (a controller's mark).
-    pub fn v2_with(&self, file: &str) -> Option<&'a Path> {
+    pub(crate) fn v2_with(&self, file: &str) -> Option<&'a Path> {
         self.v2.filter(|d| d.join(file).exists())
     }
 
     /// A v1 controller's directory, if it exists.
-    pub fn v1(&self, controller: &str) -> Option<&'a Path> {
+    pub(crate) fn v1(&self, controller: &str) -> Option<&'a Path> {
         self.v1.get(controller).copied()
     }
 
     /// The v1 controller of `hier` as the `'static` name files keep.
-    pub fn v1_hier(&self, controller: &'static str) -> Option<Hier> {
+    pub(crate) fn v1_hier(&self, controller: &'static str) -> Option<Hier> {
         self.v1(controller).map(|_| Hier::V1(controller))
     }
 
@@ -134,7 +135,7 @@ pub(crate) struct Shared {
     /// The unit of cpuacct.stat.
     pub user_hz: u64,
     /// Enclosing cgroups' limits, read once per sample.
-    pub limits: limits::Ancestors,
+    pub enclosing: enclosing_limits::Ancestors,
 }
 
 /// One family's files per cgroup set, planned once.
@@ -145,21 +146,21 @@ struct Planned<F> {
     files: Option<F>,
 }
 
-/// A [`Family`] as a [`Source`]: its files per (container, cgroup set).
-struct CgroupSource<F: Family> {
+/// A [`Family`] as a [`StatsSource`]: its files per (container, cgroup set).
+struct FamilySource<F: Family> {
     parts: HashMap<(u64, usize), Planned<F::Files>>,
     shared: Shared,
     budget: Budget,
     buf: Vec<u8>,
 }
 
-impl<F: Family> CgroupSource<F> {
+impl<F: Family> FamilySource<F> {
     fn new(budget: Budget, user_hz: u64) -> Self {
-        CgroupSource {
+        FamilySource {
             parts: HashMap::new(),
             shared: Shared {
                 user_hz,
-                limits: limits::Ancestors::default(),
+                enclosing: enclosing_limits::Ancestors::default(),
             },
             budget,
             buf: Vec::new(),
@@ -167,13 +168,13 @@ impl<F: Family> CgroupSource<F> {
     }
 }
 
-impl<F: Family> Source for CgroupSource<F> {
+impl<F: Family> StatsSource for FamilySource<F> {
     fn name(&self) -> &'static str {
         F::NAME
     }
 
     fn begin(&mut self) {
-        self.shared.limits.begin();
+        self.shared.enclosing.begin();
     }
 
     fn read(&mut self, t: &Target<'_>, out: &mut Fresh) -> Outcome {
@@ -237,27 +238,27 @@ fn plan<F: Family>(cg: &ContainerCgroups, ctx: &mut Ctx<'_>) -> Option<F::Files>
 }
 
 /// The cgroup sources selected, in the order they are read.
-pub fn sources(
+pub(crate) fn sources(
     selected: impl Fn(Which) -> bool,
     budget: &Budget,
     user_hz: u64,
-) -> Vec<Box<dyn Source + Send>> {
-    let mut out: Vec<Box<dyn Source + Send>> = Vec::new();
+) -> Vec<Box<dyn StatsSource + Send>> {
+    let mut out: Vec<Box<dyn StatsSource + Send>> = Vec::new();
     let b = || budget.clone();
     if selected(Which::Cpu) {
-        out.push(Box::new(CgroupSource::<cpu::Cpu>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<cpu::Cpu>::new(b(), user_hz)));
     }
     if selected(Which::Memory) {
-        out.push(Box::new(CgroupSource::<memory::Memory>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<memory::Memory>::new(b(), user_hz)));
     }
     if selected(Which::Pids) {
-        out.push(Box::new(CgroupSource::<pids::Pids>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<pids::Pids>::new(b(), user_hz)));
     }
     if selected(Which::Blkio) {
-        out.push(Box::new(CgroupSource::<blkio::Blkio>::new(b(), user_hz)));
+        out.push(Box::new(FamilySource::<blkio::Blkio>::new(b(), user_hz)));
     }
     if selected(Which::Pressure) {
-        out.push(Box::new(CgroupSource::<pressure::Pressure>::new(
+        out.push(Box::new(FamilySource::<pressure::Pressure>::new(
             b(),
             user_hz,
         )));
@@ -305,7 +306,7 @@ pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatW
 #[cfg(feature = "testing")]
 /// Adds a warning unless the same one (file and problem) is there already:
 /// several families look at the same directory.
-pub fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
+pub(crate) fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
     let same = |o: &StatWarning| o.path == w.path && o.problem.to_string() == w.problem.to_string();
     if !warnings.iter().any(same) {
         warnings.push(w);

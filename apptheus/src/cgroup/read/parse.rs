@@ -45,7 +45,7 @@ fn number(key: &str, value: &str) -> Result<u64, ParseError> {
 }
 
 /// A file holding one unsigned number (memory.current, cpuacct.usage, ...).
-pub fn single_u64(text: &str) -> Result<u64, ParseError> {
+pub(crate) fn single_u64(text: &str) -> Result<u64, ParseError> {
     let t = text.trim();
     if t.is_empty() {
         return Err(ParseError::Empty);
@@ -54,7 +54,7 @@ pub fn single_u64(text: &str) -> Result<u64, ParseError> {
 }
 
 /// A v2-style limit (memory.max, pids.max): a number, or "max" for none.
-pub fn limit(text: &str) -> Result<Option<u64>, ParseError> {
+pub(crate) fn limit(text: &str) -> Result<Option<u64>, ParseError> {
     match text.trim() {
         "max" => Ok(None),
         _ => single_u64(text).map(Some),
@@ -69,13 +69,13 @@ const V1_UNLIMITED: u64 = 1 << 62;
 
 /// A v1 memory limit file (memory.limit_in_bytes): a number, the huge
 /// "unset" value meaning no limit.
-pub fn v1_limit(text: &str) -> Result<Option<u64>, ParseError> {
+pub(crate) fn v1_limit(text: &str) -> Result<Option<u64>, ParseError> {
     single_u64(text).map(v1_limit_value)
 }
 
 /// A v1 memory limit as a number (memory.stat's
 /// hierarchical_memory_limit): the huge "unset" value means no limit.
-pub fn v1_limit_value(v: u64) -> Option<u64> {
+pub(crate) fn v1_limit_value(v: u64) -> Option<u64> {
     (v < V1_UNLIMITED).then_some(v)
 }
 
@@ -83,7 +83,7 @@ pub fn v1_limit_value(v: u64) -> Option<u64> {
 /// memory.events, cpuacct.stat, memory.oom_control). Values are kept as
 /// text and converted on lookup: only the keys we use must be numbers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlatKeyed<'a> {
+pub(crate) struct FlatKeyed<'a> {
     /// In the file's order: a handful of lookups in a few dozen pairs is
     /// cheaper than building a map.
     pairs: Vec<(&'a str, &'a str)>,
@@ -92,7 +92,7 @@ pub struct FlatKeyed<'a> {
 impl FlatKeyed<'_> {
     /// The value of `key` as a number; None when the kernel does not
     /// write that key (older kernels lack some).
-    pub fn get(&self, key: &str) -> Result<Option<u64>, ParseError> {
+    pub(crate) fn get(&self, key: &str) -> Result<Option<u64>, ParseError> {
         self.pairs
             .iter()
             .find(|(k, _)| *k == key)
@@ -101,13 +101,13 @@ impl FlatKeyed<'_> {
     }
 
     /// The value of `key`, which every kernel writes.
-    pub fn require(&self, key: &str) -> Result<u64, ParseError> {
+    pub(crate) fn require(&self, key: &str) -> Result<u64, ParseError> {
         self.get(key)?
             .ok_or_else(|| ParseError::MissingKey { key: quote(key) })
     }
 }
 
-pub fn flat_keyed(text: &str) -> Result<FlatKeyed<'_>, ParseError> {
+pub(crate) fn flat_keyed(text: &str) -> Result<FlatKeyed<'_>, ParseError> {
     let mut pairs = Vec::with_capacity(64);
     for (i, line) in text.lines().enumerate() {
         if line.trim_ascii().is_empty() {
@@ -129,13 +129,13 @@ pub fn flat_keyed(text: &str) -> Result<FlatKeyed<'_>, ParseError> {
 
 /// A block device, as cgroup files name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Device {
+pub(crate) struct Device {
     pub major: u32,
     pub minor: u32,
 }
 
 impl Device {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         let (major, minor) = s.split_once(':')?;
         Some(Self {
             major: major.parse().ok()?,
@@ -152,7 +152,7 @@ impl fmt::Display for Device {
 
 /// Block I/O counters of one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IoCounters {
+pub(crate) struct IoCounters {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub read_ops: u64,
@@ -160,7 +160,7 @@ pub struct IoCounters {
 }
 
 impl IoCounters {
-    pub fn is_zero(&self) -> bool {
+    pub(crate) fn is_zero(&self) -> bool {
         *self == Self::default()
     }
 }
@@ -170,7 +170,7 @@ impl IoCounters {
 /// A cgroup that has done no I/O has an empty io.stat: no devices, no error.
 /// Other keys (io.latency's `depth=max`, io.cost's `cost.*`) are allowed
 /// and ignored; the four counters must be there.
-pub fn io_stat(text: &str) -> Result<BTreeMap<Device, IoCounters>, ParseError> {
+pub(crate) fn io_stat(text: &str) -> Result<BTreeMap<Device, IoCounters>, ParseError> {
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let mut words = line.split_ascii_whitespace();
@@ -214,7 +214,7 @@ fn add(into: &mut IoCounters, c: &IoCounters) {
 /// throttle.io_service_bytes / io_serviced family):
 /// `8:0 Read 4096` ... `8:0 Total 8192`, and a last line `Total 8192`.
 /// Returns (read, write) per device.
-pub fn blkio_v1(text: &str) -> Result<BTreeMap<Device, (u64, u64)>, ParseError> {
+pub(crate) fn blkio_v1(text: &str) -> Result<BTreeMap<Device, (u64, u64)>, ParseError> {
     let mut out = BTreeMap::new();
     let mut any = false;
     for (i, line) in text.lines().enumerate() {
@@ -253,7 +253,7 @@ pub fn blkio_v1(text: &str) -> Result<BTreeMap<Device, (u64, u64)>, ParseError> 
 /// Totals of a PSI file (cpu.pressure, memory.pressure, io.pressure), in
 /// microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Psi {
+pub(crate) struct Psi {
     pub some_us: u64,
     /// Absent on cpu.pressure before Linux 5.13.
     pub full_us: Option<u64>,
@@ -261,7 +261,7 @@ pub struct Psi {
 
 /// `some avg10=0.00 avg60=0.00 avg300=0.00 total=12345` and optionally the
 /// same with `full`.
-pub fn psi(text: &str) -> Result<Psi, ParseError> {
+pub(crate) fn psi(text: &str) -> Result<Psi, ParseError> {
     let mut some = None;
     let mut full = None;
     for (i, line) in text.lines().enumerate() {
@@ -297,7 +297,7 @@ pub fn psi(text: &str) -> Result<Psi, ParseError> {
 
 /// Entries of a one-per-line list (cgroup.threads, tasks, cgroup.procs);
 /// an empty list is a cgroup without tasks, not an error.
-pub fn count_lines(text: &str) -> u64 {
+pub(crate) fn count_lines(text: &str) -> u64 {
     text.lines().filter(|l| !l.trim_ascii().is_empty()).count() as u64
 }
 

@@ -13,9 +13,9 @@ use crate::model::stats::{CgroupStats, PidsStats};
 /// Sub-cgroups visited when counting tasks below a container's cgroup.
 const MAX_DIRS: usize = 1024;
 
-pub struct Pids;
+pub(super) struct Pids;
 
-pub struct Files {
+pub(super) struct Files {
     /// pids.current and pids.max, and their hierarchy.
     pids: Option<(File, File, Hier)>,
     /// The list of threads (cgroup.threads, tasks) and its directory.
@@ -51,7 +51,7 @@ impl Family for Pids {
             let above = match hier.dir(ctx.cg).map(|d| d.to_path_buf()) {
                 Some(dir) => {
                     shared
-                        .limits
+                        .enclosing
                         .min_above(&dir, "pids.max", parse::limit, ctx, |_, _, _| true)
                 }
                 None => None,

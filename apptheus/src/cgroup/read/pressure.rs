@@ -9,9 +9,9 @@ use super::{
 };
 use crate::model::stats::{CgroupStats, Pressure as Psi};
 
-pub struct Pressure;
+pub(super) struct Pressure;
 
-pub struct Files {
+pub(super) struct Files {
     cpu: Option<File>,
     memory: Option<File>,
     io: Option<File>,

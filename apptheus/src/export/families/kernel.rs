@@ -67,7 +67,7 @@ pub(super) const SCALARS: &[Scalar] = &[
 /// A run-queue histogram as Prometheus wants it. Bucket `s` of the
 /// kernel's histogram holds latencies below 2^s microseconds (see
 /// `apptheus_common::RUNQ_BUCKETS`); the overflow slot is only in +Inf.
-pub fn runq_buckets(h: &RunqHistogram) -> Histogram {
+pub(super) fn runq_buckets(h: &RunqHistogram) -> Histogram {
     let mut buckets = [(0.0, 0); RUNQ_BUCKETS];
     let mut cumulative = 0u64;
     for (s, (b, n)) in buckets.iter_mut().zip(h.slots).enumerate() {

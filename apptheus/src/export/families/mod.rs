@@ -17,7 +17,7 @@ mod kernel;
 /// A histogram's samples: (upper bound, cumulative count) per finite
 /// bucket (+Inf is `count`), the count and the sum.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     pub buckets: [(f64, u64); RUNQ_BUCKETS],
     pub count: u64,
     pub sum: f64,
@@ -25,14 +25,14 @@ pub struct Histogram {
 
 /// One sample's value.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value<'a> {
+pub(crate) enum Value<'a> {
     Number(f64),
     Histogram(&'a Histogram),
 }
 
 /// Receives the families of a snapshot: `family` once, then every sample
 /// of it, family after family.
-pub trait Visitor {
+pub(crate) trait Visitor {
     fn family(&mut self, m: &'static Metric);
     fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], value: Value<'_>);
 }
@@ -60,7 +60,7 @@ impl<V: Visitor> Lazy<'_, V> {
 }
 
 /// Visits every family of `snap`.
-pub fn visit(snap: &Snapshot, v: &mut impl Visitor) {
+pub(crate) fn visit(snap: &Snapshot, v: &mut impl Visitor) {
     info(snap, v);
     let scalars = kernel::SCALARS.iter().chain(cgroup::SCALARS);
     for s in scalars {
@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn statistics_from_processes_are_in_the_usual_families() {
         use crate::model::{
-            processes::{ExitedTotals, FromProcesses, ProcReading, ProcSource},
+            processes::{ExitedTotals, FromProcesses, ProcReading, ProcessStats},
             stats::{CgroupStats, MemoryStats},
         };
         let mut by_cgroup = Container::new(1, 10, SystemTime::UNIX_EPOCH);
@@ -238,7 +238,7 @@ mod tests {
         });
         by_cgroup.refresh_sample();
         let mut by_processes = Container::new(2, 20, SystemTime::UNIX_EPOCH);
-        let mut p = ProcSource::new(FromProcesses::ALL, "shared");
+        let mut p = ProcessStats::new(FromProcesses::ALL, "shared");
         p.update(
             &ProcReading {
                 processes: 2,

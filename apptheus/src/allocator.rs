@@ -1,9 +1,10 @@
-//! Returning freed heap memory to the system.
+//! The allocator (glibc's malloc) tuned to give freed heap memory back to
+//! the system: `mallopt` at start-up, `malloc_trim` after large frees.
 
 /// Asks the allocator to return free heap pages to the kernel. After start-up
 /// (parsing the kernel's BTF peaks at tens of MiB) glibc would otherwise
 /// keep them mapped for the life of the daemon.
-pub fn release_free_heap() {
+pub(crate) fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases memory the allocator has marked
     // free; it takes no pointers and is safe to call at any time.
@@ -18,7 +19,7 @@ pub fn release_free_heap() {
 /// land in whichever ran them), and blocks of 256 KiB and more always
 /// mapped apart and given back when freed (glibc otherwise raises that
 /// threshold to the largest block freed, and keeps the next ones).
-pub fn tune_allocator() {
+pub(crate) fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's parameters; called at
     // start-up, before the runtime's threads allocate.

@@ -38,7 +38,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::export::schedule::{MAX_PERIOD, Schedule, snap};
+use super::schedule::{MAX_PERIOD, Schedule, snap};
 
 /// Who reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,7 +113,7 @@ impl Trigger {
 
 /// What a read gets.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// The latest sample: at once.
     Serve,
     /// The first sample that started at or after `since` (one under way,
@@ -123,13 +123,13 @@ pub enum Answer {
 
 /// A read's kind and answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Arrival {
+pub(crate) struct Arrival {
     pub kind: ReadKind,
     pub answer: Answer,
 }
 
 /// Scrapers' schedules followed at most (push targets aside).
-pub const MAX_SCHEDULES: usize = 4;
+pub(crate) const MAX_SCHEDULES: usize = 4;
 /// Guesses (schedules not yet confirmed) of one scraper at most.
 const MAX_GUESSES_EACH: usize = 4;
 /// Scrapers remembered at most (a stream of addresses cannot make the
@@ -143,14 +143,14 @@ const RECENT: usize = 4;
 /// many intervals, or [`OTHER_COST_MULTIPLE`] samples' durations if
 /// longer, and are served a sample that old; a schedule's period is at
 /// least as long (and at least [`MIN_PERIOD`]).
-pub const OTHER_INTERVALS: f64 = 10.0;
-pub const OTHER_COST_MULTIPLE: f64 = 20.0;
+pub(crate) const OTHER_INTERVALS: f64 = 10.0;
+pub(crate) const OTHER_COST_MULTIPLE: f64 = 20.0;
 /// The shortest period of a schedule, seconds, whatever the interval.
 const MIN_PERIOD: f64 = 1.0;
 /// Samples ahead of guesses only: this many in a row, then one per
 /// [`LEARN_EVERY`] seconds.
-pub const LEARN_BURST: f64 = 4.0;
-pub const LEARN_EVERY: f64 = 15.0;
+pub(crate) const LEARN_BURST: f64 = 4.0;
+pub(crate) const LEARN_EVERY: f64 = 15.0;
 /// Added to the expected duration of a sample, for the sample's own
 /// variation.
 const MARGIN: f64 = 0.02;
@@ -188,7 +188,7 @@ impl Scraper {
 }
 
 #[derive(Debug)]
-pub struct Cadence {
+pub(crate) struct Cadence {
     /// Times are seconds since this instant.
     t0: Instant,
     interval: f64,
@@ -215,7 +215,7 @@ pub struct Cadence {
 }
 
 impl Cadence {
-    pub fn new(interval: Duration, now: Instant) -> Self {
+    pub(crate) fn new(interval: Duration, now: Instant) -> Self {
         Cadence {
             t0: now,
             interval: interval.as_secs_f64(),
@@ -265,7 +265,7 @@ impl Cadence {
     /// How often reads that no schedule explains may ask for a sample, and
     /// how old a sample they are served may be.
     #[cfg(test)]
-    pub fn other_every(&self) -> Duration {
+    pub(crate) fn other_every(&self) -> Duration {
         Duration::from_secs_f64(self.other_secs())
     }
 
@@ -279,7 +279,7 @@ impl Cadence {
     }
 
     /// `reader` reads at `now`.
-    pub fn arrive(&mut self, reader: Reader, now: Instant) -> Arrival {
+    pub(crate) fn arrive(&mut self, reader: Reader, now: Instant) -> Arrival {
         let t = self.secs(now);
         self.forget(t);
         match reader {
@@ -359,7 +359,7 @@ impl Cadence {
     }
 
     /// Whether a sample that started at or after `since` is published.
-    pub fn published_since(&self, since: Instant) -> bool {
+    pub(crate) fn published_since(&self, since: Instant) -> bool {
         let s = self.secs(since);
         self.latest.is_some_and(|l| l >= s)
     }
@@ -487,13 +487,13 @@ impl Cadence {
 
     /// A read waits for a new sample: why (the sampler takes one now).
     #[cfg(test)]
-    pub fn wanted(&self) -> Option<Trigger> {
+    pub(crate) fn wanted(&self) -> Option<Trigger> {
         self.wanted
     }
 
     /// Why a sample is due at `now`, if one is; else when the next one is
     /// (None: no read expected that the newest sample would not serve).
-    pub fn due(&mut self, now: Instant) -> Result<Trigger, Option<Instant>> {
+    pub(crate) fn due(&mut self, now: Instant) -> Result<Trigger, Option<Instant>> {
         if let Some(w) = self.wanted {
             return Ok(w);
         }
@@ -565,7 +565,7 @@ impl Cadence {
     }
 
     /// A sample starts at `now`.
-    pub fn start(&mut self, now: Instant) {
+    pub(crate) fn start(&mut self, now: Instant) {
         self.running = Some(self.secs(now));
         self.wanted = None;
         if std::mem::take(&mut self.learning) {
@@ -574,7 +574,7 @@ impl Cadence {
     }
 
     /// The sample that started at `started` is published, after `took`.
-    pub fn done(&mut self, started: Instant, took: Duration) {
+    pub(crate) fn done(&mut self, started: Instant, took: Duration) {
         let s = self.secs(started);
         self.running = None;
         self.latest = Some(self.latest.map_or(s, |l| l.max(s)));
@@ -587,7 +587,7 @@ impl Cadence {
     /// sample) would make the read encode the exposition again, so it waits
     /// for the read (at most the sample's bound and the schedule's
     /// tolerance).
-    pub fn hold(&self, now: Instant) -> bool {
+    pub(crate) fn hold(&self, now: Instant) -> bool {
         let t = self.secs(now);
         let Some(latest) = self.latest else {
             return false;
@@ -603,13 +603,13 @@ impl Cadence {
     }
 
     /// Scrapers' schedules followed now (confirmed).
-    pub fn schedules(&self) -> usize {
+    pub(crate) fn schedules(&self) -> usize {
         self.confirmed_scrapes()
     }
 
     /// The encodings that scrapers with a schedule asked for, as a set of
     /// bits (`1 << encoding`): prepared at each sample.
-    pub fn encodings(&self) -> u8 {
+    pub(crate) fn encodings(&self) -> u8 {
         self.scrapers
             .iter()
             .filter(|s| !s.trusted() && s.confirmed() > 0)

@@ -1,11 +1,12 @@
-//! Start-up checks: everything apptheus needs from the host, each failure
-//! named with its fix, all reported at once.
+//! Start-up checks: everything apptheus needs from the host (capabilities,
+//! BTF, a cgroup filesystem), each failure named with its fix, all
+//! reported at once. Part of the wiring: it asks host/ and cgroup/ alike.
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::layout::{Layout, LayoutKind};
 
 /// Capabilities apptheus uses, by number (linux/capability.h).
-pub const NEEDED_CAPS: [(u32, &str, &str); 6] = [
+pub(crate) const NEEDED_CAPS: [(u32, &str, &str); 6] = [
     (
         1,
         "CAP_DAC_OVERRIDE",
@@ -27,7 +28,7 @@ pub const NEEDED_CAPS: [(u32, &str, &str); 6] = [
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub what: String,
     pub fix: String,
 }
@@ -40,14 +41,14 @@ impl std::fmt::Display for Problem {
 
 /// What the host offers, as found by [`check`].
 #[derive(Debug, Clone)]
-pub struct Host {
+pub(crate) struct Host {
     pub layout: Layout,
     pub kind: LayoutKind,
     pub btf: PathBuf,
 }
 
 /// Parses the CapEff line of /proc/<pid>/status.
-pub fn effective_caps(status: &str) -> Option<u64> {
+pub(crate) fn effective_caps(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -55,7 +56,7 @@ pub fn effective_caps(status: &str) -> Option<u64> {
 }
 
 /// The needed capabilities missing from `caps`.
-pub fn missing_caps(caps: u64) -> Vec<&'static str> {
+pub(crate) fn missing_caps(caps: u64) -> Vec<&'static str> {
     NEEDED_CAPS
         .iter()
         .filter(|(bit, _, _)| caps & (1u64 << bit) == 0)
@@ -64,7 +65,7 @@ pub fn missing_caps(caps: u64) -> Vec<&'static str> {
 }
 
 /// Checks the host. `ebpf` says whether the kernel programs will be loaded.
-pub fn check(procfs: &Path, sysfs: &Path, ebpf: bool) -> Result<Host, Vec<Problem>> {
+pub(crate) fn check(procfs: &Path, sysfs: &Path, ebpf: bool) -> Result<Host, Vec<Problem>> {
     let mut problems = Vec::new();
 
     match std::fs::read_to_string(procfs.join("self/status")) {
@@ -100,7 +101,7 @@ pub fn check(procfs: &Path, sysfs: &Path, ebpf: bool) -> Result<Host, Vec<Proble
         Ok(l) => Some(l),
         Err(e) => {
             problems.push(Problem {
-                what: e.to_string(),
+                what: crate::error_chain::chain(&e).to_string(),
                 fix: "apptheus places each container in a cgroup of its own and needs a cgroup filesystem".into(),
             });
             None

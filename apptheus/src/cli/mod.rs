@@ -6,6 +6,12 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::duration::parse_duration;
 
+mod collectors;
+mod sources;
+
+pub use collectors::CollectorArgs;
+pub use sources::{Deprecated, SourceArgs};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EbpfMode {
     Auto,
@@ -204,10 +210,10 @@ pub struct Args {
     pub push: crate::push::PushArgs,
 
     #[command(flatten)]
-    pub collectors: crate::model::collectors::CollectorArgs,
+    pub collectors: CollectorArgs,
 
     #[command(flatten)]
-    pub sources: crate::model::source::SourceArgs,
+    pub sources: SourceArgs,
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

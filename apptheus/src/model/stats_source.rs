@@ -1,6 +1,6 @@
 //! A source of per-container statistics, in node_exporter's manner: each
 //! is one module (the kernel programs' counters; cgroup CPU, memory, pids,
-//! block I/O, pressure), switched with `--collector.<name>`, timed by the
+//! block I/O, pressure), switched with `--source.<name>`, timed by the
 //! sampler, which exports `apptheus_source_success{source}` and
 //! `apptheus_source_duration_seconds{source}`. A source that finds nothing
 //! to read for a container (no memory controller, no PSI) says so: that is
@@ -11,14 +11,14 @@ use crate::model::{
 };
 
 /// The kernel programs' counters, as the kernel source reads them.
-pub trait Counters {
+pub(crate) trait Counters {
     /// The counters of starter run `member`; None when the kernel does not
     /// know it (any more).
     fn counters(&self, member: u64) -> Option<KernelCounters>;
 }
 
 /// What a source reads of one container.
-pub struct Target<'a> {
+pub(crate) struct Target<'a> {
     /// The container's key.
     pub key: u64,
     /// Its starter runs (the kernel's counters are per run).
@@ -31,14 +31,14 @@ pub struct Target<'a> {
 
 /// Where a source puts what it read: one slot per member and per part,
 /// in the target's order.
-pub struct Fresh {
+pub(crate) struct Fresh {
     pub counters: Vec<Option<KernelCounters>>,
     pub parts: Vec<FreshPart>,
 }
 
 /// What was read of one cgroup set at this sample.
 #[derive(Debug, Default)]
-pub struct FreshPart {
+pub(crate) struct FreshPart {
     /// Whether it is read at this sample (not gone already).
     pub read: bool,
     /// Its directories' hash: a source that keeps files open for a set
@@ -51,7 +51,7 @@ pub struct FreshPart {
 }
 
 impl Fresh {
-    pub fn new(t: &Target<'_>) -> Self {
+    pub(crate) fn new(t: &Target<'_>) -> Self {
         Fresh {
             counters: vec![None; t.members.len()],
             parts: t
@@ -91,7 +91,7 @@ fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
 
 /// How a source's read of one container went.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// It found something to read.
     pub found: bool,
     /// What was broken or unreadable (each names its file).
@@ -99,8 +99,8 @@ pub struct Outcome {
 }
 
 /// A source of per-container statistics.
-pub trait Source {
-    /// Its name, in `--collector.<name>` and in `source="<name>"`.
+pub(crate) trait StatsSource {
+    /// Its name, in `--source.<name>` and in `source="<name>"`.
     fn name(&self) -> &'static str;
 
     /// A sample begins (of every container, or of one): values shared by
@@ -133,7 +133,7 @@ impl CgroupSource {
         CgroupSource::Pressure,
     ];
 
-    /// The name in `--collector.<name>` and `source="<name>"`.
+    /// The name in `--source.<name>` and `source="<name>"`.
     pub const fn name(self) -> &'static str {
         match self {
             CgroupSource::Cpu => "cpu",
@@ -142,97 +142,5 @@ impl CgroupSource {
             CgroupSource::Blkio => "blkio",
             CgroupSource::Pressure => "pressure",
         }
-    }
-}
-
-/// The flags of the cgroup sources, all on by default; of the two flags of
-/// a source, the last one given wins. A source that is off reads no file.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(next_help_heading = "cgroup statistics sources")]
-pub struct SourceArgs {
-    /// CPU time and CFS throttling (cpu.stat; v1 cpuacct). [default: on]
-    #[arg(long = "collector.cpu", overrides_with = "no_cpu")]
-    cpu: bool,
-    /// Disable the cpu source.
-    #[arg(long = "no-collector.cpu", overrides_with = "cpu")]
-    no_cpu: bool,
-
-    /// Memory use, limit, OOM events and kills, major faults (memory.*).
-    /// [default: on]
-    #[arg(long = "collector.memory", overrides_with = "no_memory")]
-    memory: bool,
-    /// Disable the memory source.
-    #[arg(long = "no-collector.memory", overrides_with = "memory")]
-    no_memory: bool,
-
-    /// Processes and threads: pids.current, pids.max, and the threads of
-    /// the container's cgroups. [default: on]
-    #[arg(long = "collector.pids", overrides_with = "no_pids")]
-    pids: bool,
-    /// Disable the pids source.
-    #[arg(long = "no-collector.pids", overrides_with = "pids")]
-    no_pids: bool,
-
-    /// Block I/O per device (io.stat; v1 blkio throttle files). [default: on]
-    #[arg(long = "collector.blkio", overrides_with = "no_blkio")]
-    blkio: bool,
-    /// Disable the blkio source.
-    #[arg(long = "no-collector.blkio", overrides_with = "blkio")]
-    no_blkio: bool,
-
-    /// Pressure stall information (cpu/memory/io.pressure). [default: on]
-    #[arg(long = "collector.pressure", overrides_with = "no_pressure")]
-    pressure: bool,
-    /// Disable the pressure source.
-    #[arg(long = "no-collector.pressure", overrides_with = "pressure")]
-    no_pressure: bool,
-}
-
-impl SourceArgs {
-    /// Whether source `s` runs.
-    pub fn enabled(&self, s: CgroupSource) -> bool {
-        let off = match s {
-            CgroupSource::Cpu => self.no_cpu,
-            CgroupSource::Memory => self.no_memory,
-            CgroupSource::Pids => self.no_pids,
-            CgroupSource::Blkio => self.no_blkio,
-            CgroupSource::Pressure => self.no_pressure,
-        };
-        !off
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        s: SourceArgs,
-    }
-
-    fn on(args: &[&str]) -> Vec<&'static str> {
-        let c = Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).unwrap();
-        CgroupSource::ALL
-            .into_iter()
-            .filter(|s| c.s.enabled(*s))
-            .map(CgroupSource::name)
-            .collect()
-    }
-
-    #[test]
-    fn every_source_is_on_unless_switched_off_last() {
-        assert_eq!(on(&[]), ["cpu", "memory", "pids", "blkio", "pressure"]);
-        assert_eq!(
-            on(&["--no-collector.pressure", "--no-collector.blkio"]),
-            ["cpu", "memory", "pids"]
-        );
-        assert_eq!(
-            on(&["--no-collector.memory", "--collector.memory"]),
-            ["cpu", "memory", "pids", "blkio", "pressure"]
-        );
     }
 }

@@ -13,7 +13,7 @@ pub struct ProcCgroups {
     pub v1: BTreeMap<String, String>,
 }
 
-pub fn parse(text: &str) -> ProcCgroups {
+pub(crate) fn parse(text: &str) -> ProcCgroups {
     let mut out = ProcCgroups::default();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');

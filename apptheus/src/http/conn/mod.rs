@@ -1,44 +1,46 @@
 //! One HTTP connection's life: admission into the [`Pool`], the wait for
 //! its first byte (before anything is allocated for it), the TLS
 //! handshake, the requests, and what cut it short, counted and logged at
-//! most once a second per kind.
+//! most once a second per kind (`logs`). An answer is paced out by
+//! `response`; the stream is watched for stalls by `watched`.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    task::{Context, Poll},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
-use bytes::Bytes;
 use prometheus::{IntCounterVec, IntGauge};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     sync::Notify,
-    time::{Instant, Sleep},
+    time::Instant,
 };
 
 use super::{
     Server,
-    limits::{Limits, Pool, Refusal, Timeouts, client_key},
+    pool::{Pool, PoolLimits, Refusal, Timeouts, client_key},
 };
-use crate::{host::limits::LogThrottle, sync::lock};
+use crate::sync::lock;
+
+mod logs;
+mod response;
+mod watched;
+
+use logs::Logs;
+use response::answer;
+use watched::{Flags, Watched};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 /// hyper's smallest read buffer limit; requests need far less.
 const MAX_BUF: usize = 8 * 1024;
-const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What cut a connection short, for
 /// `apptheus_http_connections_closed_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
+pub(super) enum Cut {
     /// Its slot went to a connection of an address that held fewer.
     Evicted,
     /// No first byte, or no next request on a kept-alive connection, in time.
@@ -50,12 +52,12 @@ pub enum Cut {
     TlsHandshakeFailed,
     /// A response write made no progress in time (the client does not read).
     WriteStall,
-    /// Open longer than [`Limits::lifetime`].
+    /// Open longer than [`PoolLimits::lifetime`].
     Lifetime,
 }
 
 impl Cut {
-    pub const ALL: [Cut; 7] = [
+    pub(super) const ALL: [Cut; 7] = [
         Cut::Evicted,
         Cut::Idle,
         Cut::Headers,
@@ -65,7 +67,7 @@ impl Cut {
         Cut::Lifetime,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Cut::Evicted => "evicted",
             Cut::Idle => "idle_timeout",
@@ -79,20 +81,15 @@ impl Cut {
 }
 
 /// Rejection reasons, for `apptheus_http_connections_rejected_total{reason}`.
-pub const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
+pub(super) const REFUSALS: [Refusal; 2] = [Refusal::PerAddress, Refusal::Total];
 
 /// The reason of `apptheus_http_requests_rejected_total` for a request
 /// answered 429 because its address already had answers under way.
-pub const REQUEST_REFUSALS: [&str; 1] = ["per_address_responses"];
-
-/// Bytes handed to hyper at a time: hyper asks for the next piece only
-/// once it has written most of the last, so an answer counts as under way
-/// until it is nearly all written.
-const PIECE: usize = 64 * 1024;
+pub(super) const REQUEST_REFUSALS: [&str; 1] = ["per_address_responses"];
 
 /// Closes an evicted connection: its task waits on this.
 #[derive(Debug, Default)]
-pub struct Evict(Notify);
+pub(super) struct Evict(Notify);
 
 impl Evict {
     fn evict(&self) {
@@ -101,17 +98,8 @@ impl Evict {
     }
 }
 
-struct Logs {
-    refused: LogThrottle,
-    throttled: LogThrottle,
-    cut: LogThrottle,
-    idle: LogThrottle,
-    accept: LogThrottle,
-    ended: LogThrottle,
-}
-
 /// Every listener's connections, counted together.
-pub struct Connections {
+pub(crate) struct Connections {
     pool: Mutex<Pool<Arc<Evict>>>,
     rejected: IntCounterVec,
     closed: IntCounterVec,
@@ -121,40 +109,33 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(limits: Limits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
+    pub(crate) fn new(limits: PoolLimits, metrics: &crate::export::metrics::AgentMetrics) -> Self {
         // Every reason's series from the start, 0 until it happens.
         for r in REFUSALS {
-            metrics.http_rejected.with_label_values(&[r.label()]);
+            metrics.own.http_rejected.with_label_values(&[r.label()]);
         }
         for c in Cut::ALL {
-            metrics.http_closed.with_label_values(&[c.label()]);
+            metrics.own.http_closed.with_label_values(&[c.label()]);
         }
         for r in REQUEST_REFUSALS {
-            metrics.http_requests_rejected.with_label_values(&[r]);
+            metrics.own.http_requests_rejected.with_label_values(&[r]);
         }
         Self {
             pool: Mutex::new(Pool::new(limits)),
-            rejected: metrics.http_rejected.clone(),
-            closed: metrics.http_closed.clone(),
-            requests_rejected: metrics.http_requests_rejected.clone(),
-            open: metrics.http_open.clone(),
-            logs: Logs {
-                refused: LogThrottle::new(LOG_INTERVAL),
-                throttled: LogThrottle::new(LOG_INTERVAL),
-                cut: LogThrottle::new(LOG_INTERVAL),
-                idle: LogThrottle::new(LOG_INTERVAL),
-                accept: LogThrottle::new(LOG_INTERVAL),
-                ended: LogThrottle::new(LOG_INTERVAL),
-            },
+            rejected: metrics.own.http_rejected.clone(),
+            closed: metrics.own.http_closed.clone(),
+            requests_rejected: metrics.own.http_requests_rejected.clone(),
+            open: metrics.own.http_open.clone(),
+            logs: Logs::new(),
         }
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> PoolLimits {
         lock(&self.pool).limits().clone()
     }
 
     /// Logs a failed accept, at most once a second.
-    pub fn accept_failed(&self, e: &io::Error, retry_in: Duration) {
+    pub(crate) fn accept_failed(&self, e: &io::Error, retry_in: Duration) {
         if let Some(suppressed) = self.logs.accept.permit() {
             tracing::warn!(error = %e, ?retry_in, suppressed, "HTTP: accepting a connection failed");
         }
@@ -204,7 +185,7 @@ impl Drop for Slot {
 
 /// Takes a slot for a connection just accepted and starts serving it, or
 /// resets it. Never waits.
-pub fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
+pub(super) fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
     let conns = &server.conns;
     let key = client_key(peer.ip());
     let evict = Arc::new(Evict::default());
@@ -236,125 +217,6 @@ pub fn admit(server: &Arc<Server>, stream: TcpStream, peer: SocketAddr) {
     tokio::spawn(run(slot, stream, peer, admitted.timeouts, evict));
 }
 
-/// An answer under way, counted against its address until dropped.
-struct Responding {
-    server: Arc<Server>,
-    key: IpAddr,
-}
-
-impl Responding {
-    fn start(server: &Arc<Server>, key: IpAddr, peer: SocketAddr) -> Option<Self> {
-        if lock(&server.conns.pool).start_response(key) {
-            return Some(Self {
-                server: Arc::clone(server),
-                key,
-            });
-        }
-        let conns = &server.conns;
-        conns
-            .requests_rejected
-            .with_label_values(&[REQUEST_REFUSALS[0]])
-            .inc();
-        if let Some(suppressed) = conns.logs.throttled.permit() {
-            tracing::warn!(%peer, suppressed, "HTTP: request refused, its address has answers under way");
-        }
-        None
-    }
-}
-
-impl Drop for Responding {
-    fn drop(&mut self) {
-        lock(&self.server.conns.pool).end_response(self.key);
-    }
-}
-
-/// A response body handed out in pieces of [`PIECE`] bytes, each a copy,
-/// holding its [`Responding`] as long as it holds the answer: once the last
-/// piece is taken, what is left of the answer is at most two pieces in
-/// hyper's hands, whoever (a client that reads all but the end) stalls.
-pub struct Paced {
-    data: Bytes,
-    responding: Option<Responding>,
-}
-
-impl Paced {
-    fn new(data: Bytes, responding: Option<Responding>) -> Self {
-        Self { data, responding }
-    }
-}
-
-impl hyper::body::Body for Paced {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        let this = self.get_mut();
-        if this.data.is_empty() {
-            this.responding = None;
-            return Poll::Ready(None);
-        }
-        let n = this.data.len().min(PIECE);
-        let piece = if n == this.data.len() && this.responding.is_none() {
-            std::mem::take(&mut this.data)
-        } else {
-            let piece = Bytes::copy_from_slice(&this.data[..n]);
-            this.data = this.data.slice(n..);
-            piece
-        };
-        if this.data.is_empty() {
-            // Frees the answer, and its count.
-            this.data = Bytes::new();
-            this.responding = None;
-        }
-        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.data.len() as u64)
-    }
-}
-
-/// The handler's answer to `req`, or a 429 when `key`'s address already
-/// has answers under way (`key` is None only when fuzzing).
-async fn answer<B>(
-    server: &Arc<Server>,
-    req: &hyper::Request<B>,
-    key: Option<(IpAddr, SocketAddr)>,
-) -> hyper::Response<Paced> {
-    use http_body_util::BodyExt as _;
-    let responding = match key {
-        Some((key, peer)) => match Responding::start(server, key, peer) {
-            Some(r) => Some(r),
-            None => {
-                let mut r = hyper::Response::new(Paced::new(
-                    Bytes::from_static(b"Too many requests under way from this address\n"),
-                    None,
-                ));
-                *r.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
-                r.headers_mut().insert(
-                    hyper::header::RETRY_AFTER,
-                    hyper::header::HeaderValue::from_static("1"),
-                );
-                return r;
-            }
-        },
-        None => None,
-    };
-    let (parts, body) = server.respond(req).await.into_parts();
-    let data = match body.collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(never) => match never {},
-    };
-    hyper::Response::from_parts(parts, Paced::new(data, responding))
-}
-
 /// Closes with a reset: nothing is left in TIME_WAIT, and the client
 /// learns at once.
 fn reset(stream: &TcpStream) {
@@ -370,9 +232,9 @@ fn reset(stream: &TcpStream) {
 enum Ended {
     #[error("{0}")]
     Cut(Cut),
-    #[error("{0}")]
+    #[error(transparent)]
     Http(hyper::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -397,7 +259,7 @@ async fn run(slot: Slot, stream: TcpStream, peer: SocketAddr, t: Timeouts, evict
         Err(Ended::Cut(cut)) => server.conns.count_cut(peer, cut),
         Err(e) => {
             if let Some(suppressed) = server.conns.logs.ended.permit() {
-                tracing::debug!(%peer, error = %e, suppressed, "HTTP connection ended with an error");
+                tracing::debug!(%peer, error = %crate::error_chain::chain(&e), suppressed, "HTTP connection ended with an error");
             }
         }
     }
@@ -527,121 +389,18 @@ where
     .map_err(|e| e.to_string())
 }
 
-/// What [`Watched`] saw, read after hyper is done with the connection.
-#[derive(Debug, Default)]
-struct Flags {
-    /// Bytes of a request came in since the last response bytes went out.
-    in_request: AtomicBool,
-    /// A write made no progress within the stall limit.
-    write_stalled: AtomicBool,
-}
-
-/// The connection's stream, watched: a write that stays pending longer
-/// than `stall` fails (hyper has no write timeout), and reads and writes
-/// tell whether the client is in the middle of a request.
-struct Watched<I> {
-    io: I,
-    stall: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
-    flags: Arc<Flags>,
-}
-
-impl<I> Watched<I> {
-    fn watch<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        r: Poll<io::Result<T>>,
-        wrote: impl FnOnce(&T) -> bool,
-    ) -> Poll<io::Result<T>> {
-        match r {
-            Poll::Ready(Ok(v)) => {
-                self.sleep = None;
-                if wrote(&v) {
-                    // Response bytes: what comes in next is a new request.
-                    self.flags.in_request.store(false, Ordering::Relaxed);
-                }
-                Poll::Ready(Ok(v))
-            }
-            Poll::Pending => {
-                let stall = self.stall;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.flags.write_stalled.store(true, Ordering::Relaxed);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client did not read the response",
-                    )));
-                }
-                Poll::Pending
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.flags.in_request.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write(cx, data);
-        this.watch(cx, r, |n| *n > 0)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.watch(cx, r, |n| *n > 0)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_flush(cx);
-        this.watch(cx, r, |()| false)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.watch(cx, r, |()| false)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use bytes::Bytes;
+
+    use super::response::{PIECE, Paced, Responding};
     use super::*;
     use crate::export::metrics::AgentMetrics;
     use tokio::io::{AsyncReadExt as _, DuplexStream};
 
-    fn server(limits: Limits) -> Arc<Server> {
+    fn server(limits: PoolLimits) -> Arc<Server> {
         Arc::new(Server::with_limits(
             AgentMetrics::new(),
             "/metrics".into(),
@@ -663,7 +422,7 @@ mod tests {
     #[test]
     fn every_reason_is_exported_from_the_start() {
         let metrics = AgentMetrics::new();
-        let _server = Connections::new(Limits::default(), &metrics);
+        let _server = Connections::new(PoolLimits::default(), &metrics);
         let text = String::from_utf8(
             metrics
                 .encode(crate::export::exposition::Format::Text)
@@ -686,9 +445,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_does_not_read_is_cut_after_the_write_stall() {
-        let s = server(Limits {
+        let s = server(PoolLimits {
             write_stall: Duration::from_millis(300),
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let (mut client, io) = tokio::io::duplex(4096);
         // Twenty pipelined scrapes, and no read: the answers fill the pipe.
@@ -705,7 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn unfinished_headers_and_a_silent_kept_alive_connection_are_told_apart() {
-        let s = server(Limits::default());
+        let s = server(PoolLimits::default());
         let (mut client, io) = tokio::io::duplex(64 * 1024);
         client.write_all(b"GET / HTTP/1.1\r\nHost").await.unwrap();
         let ended = serve_duplex(&s, Duration::from_millis(200), io).await;
@@ -730,9 +489,9 @@ mod tests {
     #[tokio::test]
     async fn a_big_answer_counts_against_its_address_until_its_last_piece_is_taken() {
         use http_body_util::BodyExt as _;
-        let s = server(Limits {
+        let s = server(PoolLimits {
             max_responses_per_address: 1,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let key: IpAddr = "127.0.0.1".parse().unwrap();
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -762,9 +521,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_beyond_the_answers_under_way_gets_429() {
-        let s = server(Limits {
+        let s = server(PoolLimits {
             max_responses_per_address: 0,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let (mut client, io) = tokio::io::duplex(64 * 1024);
         let talk = async {
@@ -805,10 +564,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_server_refuses_an_address_over_its_cap_and_evicts_for_a_lighter_one() {
-        let s = server(Limits {
+        let s = server(PoolLimits {
             max_connections: 3,
             max_per_address: 2,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let listener = super::super::bind("127.0.0.1:0".parse().unwrap())
             .await

@@ -1,6 +1,11 @@
-//! Sampling on demand: readers (scrapes, pushes) say when they read and
-//! wait, when need be, for a sample recent enough; the sampler (the main
-//! loop) learns from them when to sample (see `cadence`).
+//! Sampling on demand, the agent's sampling schedule: readers (scrapes,
+//! pushes) say when they read and wait, when need be, for a sample recent
+//! enough; the sampler (the main loop) learns from them when to sample.
+//! `plan` decides when (pure: time is passed in), from each reader's
+//! `schedule`; this module is its shared, waiting side.
+mod plan;
+mod schedule;
+
 use std::{
     sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -8,10 +13,10 @@ use std::{
 
 use tokio::sync::{Notify, watch};
 
-use crate::{
-    export::cadence::{Answer, Cadence, ReadKind, Reader, Trigger},
-    sync::lock,
-};
+use plan::{Answer, Cadence};
+pub(crate) use plan::{ReadKind, Reader, Trigger};
+
+use crate::sync::lock;
 
 /// The longest a read waits for a sample; then it is served what there is
 /// (Prometheus' default scrape timeout is 10 s).

@@ -12,10 +12,10 @@
 
 /// Reads of a schedule come at most this far apart, in seconds (ten
 /// minutes); the least period is the cadence's to choose.
-pub const MAX_PERIOD: f64 = 600.0;
+pub(crate) const MAX_PERIOD: f64 = 600.0;
 /// A confirmed schedule is dropped after this many predicted reads in a
 /// row did not come.
-pub const MISSED: u32 = 3;
+pub(crate) const MISSED: u32 = 3;
 /// How early or late a guess's first predicted read may come: a period
 /// measured from two reads carries the jitter of both.
 const GUESS_SPREAD: f64 = 0.25;
@@ -31,7 +31,7 @@ const ERRORS: usize = 8;
 const SNAP: f64 = 0.25;
 
 #[derive(Debug, Clone)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Unique among the schedules of a cadence: reads name the schedule
     /// that predicted them.
     pub id: u64,
@@ -53,7 +53,7 @@ pub struct Schedule {
 }
 
 /// A gap between two reads as a period: rounded to the second when close.
-pub fn snap(gap: f64) -> f64 {
+pub(crate) fn snap(gap: f64) -> f64 {
     let whole = gap.round();
     if whole >= 1.0 && (gap - whole).abs() <= SNAP.min(whole * 0.02) {
         whole
@@ -66,7 +66,7 @@ impl Schedule {
     /// A guess from reads at `first` and `second`, if the gap between
     /// them can be the period of a schedule, which is at least
     /// `min_period`.
-    pub fn guess(id: u64, first: f64, second: f64, min_period: f64) -> Option<Self> {
+    pub(crate) fn guess(id: u64, first: f64, second: f64, min_period: f64) -> Option<Self> {
         let period = snap(second - first);
         if !(min_period..=MAX_PERIOD).contains(&period) {
             return None;
@@ -87,26 +87,26 @@ impl Schedule {
         })
     }
 
-    pub fn confirmed(&self) -> bool {
+    pub(crate) fn confirmed(&self) -> bool {
         self.hits > 0
     }
 
     /// When the next read is expected.
-    pub fn next(&self) -> f64 {
+    pub(crate) fn next(&self) -> f64 {
         self.next
     }
 
-    pub fn period(&self) -> f64 {
+    pub(crate) fn period(&self) -> f64 {
         self.period
     }
 
     /// The two reads a guess was made from.
-    pub fn from(&self) -> [f64; 2] {
+    pub(crate) fn from(&self) -> [f64; 2] {
         self.from
     }
 
     /// How early or late the next read may come.
-    pub fn spread(&self) -> f64 {
+    pub(crate) fn spread(&self) -> f64 {
         // Until a few errors are known, what a guess allows fades out.
         let known = self.recorded.min(ERRORS);
         let prior = GUESS_SPREAD * (1.0 - known as f64 / ERRORS as f64);
@@ -117,7 +117,7 @@ impl Schedule {
 
     /// How far from the prediction a read may be and still be this
     /// schedule's.
-    pub fn tolerance(&self) -> f64 {
+    pub(crate) fn tolerance(&self) -> f64 {
         (4.0 * self.spread())
             .max(MIN_TOLERANCE)
             .min(self.period / 4.0)
@@ -125,7 +125,7 @@ impl Schedule {
 
     /// Moves past the predicted reads that did not come by `now`; false
     /// when the schedule is to be dropped.
-    pub fn advance(&mut self, now: f64) -> bool {
+    pub(crate) fn advance(&mut self, now: f64) -> bool {
         while now > self.next + self.tolerance() {
             self.missed += 1;
             if self.hits == 0 || self.missed >= MISSED {
@@ -138,14 +138,14 @@ impl Schedule {
 
     /// How far a read at `t` is from the prediction, if it is this
     /// schedule's (call [`Self::advance`] first).
-    pub fn error(&self, t: f64) -> Option<f64> {
+    pub(crate) fn error(&self, t: f64) -> Option<f64> {
         let e = (t - self.next).abs();
         (e <= self.tolerance()).then_some(e)
     }
 
     /// A read at `t` that [`Self::error`] took as this schedule's: the
     /// phase and period corrected, and the next read predicted.
-    pub fn hit(&mut self, t: f64) {
+    pub(crate) fn hit(&mut self, t: f64) {
         let err = t - self.next;
         self.errors[self.recorded % ERRORS] = err.abs();
         self.recorded = self.recorded.wrapping_add(1);

@@ -36,7 +36,7 @@ enum Seen {
 
 /// Enclosing cgroups' files, read at most once per sample.
 #[derive(Debug, Default)]
-pub struct Ancestors {
+pub(crate) struct Ancestors {
     sample: u64,
     /// File name -> directory -> what it said, and at which sample.
     seen: HashMap<&'static str, HashMap<PathBuf, (u64, Seen)>>,
@@ -44,7 +44,7 @@ pub struct Ancestors {
 
 impl Ancestors {
     /// A new sample: every file is read afresh.
-    pub fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         self.sample += 1;
         for m in self.seen.values_mut() {
             if m.len() > MAX_ENTRIES {
@@ -103,7 +103,7 @@ impl Ancestors {
     /// there is no cgroup file at all). `applies_above(parent)` says
     /// whether a parent's limit (and those above it) holds for its
     /// children; v1 memory without use_hierarchy is where it does not.
-    pub fn min_above(
+    pub(crate) fn min_above(
         &mut self,
         dir: &Path,
         name: &'static str,
@@ -130,7 +130,7 @@ impl Ancestors {
 
     /// v1 memory.use_hierarchy of `dir` (true unless it reads "0"; kernels
     /// since 5.11 always use the hierarchy).
-    pub fn use_hierarchy(&mut self, dir: &Path, ctx: &mut Ctx<'_>) -> bool {
+    pub(crate) fn use_hierarchy(&mut self, dir: &Path, ctx: &mut Ctx<'_>) -> bool {
         fn parse(t: &str) -> Result<Option<u64>, ParseError> {
             Ok(Some(u64::from(t.trim() != "0")))
         }

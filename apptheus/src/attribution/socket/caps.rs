@@ -9,7 +9,7 @@ use std::{
 
 use crate::sync::lock;
 
-/// Limits on connections to the monitoring socket.
+/// ConnectionCaps on connections to the monitoring socket.
 ///
 /// Every open connection costs the daemon one descriptor (two, plus a
 /// blocking thread, while it is being verified). An untrusted connection is
@@ -18,7 +18,7 @@ use crate::sync::lock;
 /// what one user's containers can hold by `max_trusted_per_uid`. Connections
 /// beyond a cap are closed at once and counted as rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct ConnectionCaps {
     /// Open connections overall, being verified or trusted. Keep it under
     /// the daemon's descriptor limit (RLIMIT_NOFILE).
     pub max_connections: usize,
@@ -35,7 +35,7 @@ pub struct Limits {
     pub max_concurrent_verifications: usize,
 }
 
-impl Default for Limits {
+impl Default for ConnectionCaps {
     fn default() -> Self {
         Self {
             max_connections: 4096,
@@ -52,7 +52,7 @@ impl Default for Limits {
 /// descriptor limit.
 const FD_RESERVE: u64 = 256;
 
-impl Limits {
+impl ConnectionCaps {
     /// These limits with `max_connections` lowered, if need be, so that the
     /// connections fit under a soft descriptor limit of `soft` with
     /// [`FD_RESERVE`] to spare; `None` when they already fit.
@@ -98,19 +98,19 @@ struct State {
 /// Counts open connections; a [`Slot`] releases its count when dropped.
 #[derive(Debug)]
 pub(crate) struct Tracker {
-    limits: Limits,
+    limits: ConnectionCaps,
     state: Mutex<State>,
 }
 
 impl Tracker {
-    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+    pub(crate) fn new(limits: ConnectionCaps) -> Arc<Self> {
         Arc::new(Self {
             limits,
             state: Mutex::new(State::default()),
         })
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &ConnectionCaps {
         &self.limits
     }
 
@@ -190,12 +190,12 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    fn limits(total: usize, pending: usize, trusted: usize) -> Limits {
-        Limits {
+    fn limits(total: usize, pending: usize, trusted: usize) -> ConnectionCaps {
+        ConnectionCaps {
             max_connections: total,
             max_pending_per_uid: pending,
             max_trusted_per_uid: trusted,
-            ..Limits::default()
+            ..ConnectionCaps::default()
         }
     }
 
@@ -240,7 +240,7 @@ mod tests {
 
     #[test]
     fn the_connection_cap_is_fitted_under_the_descriptor_limit() {
-        let l = Limits::default();
+        let l = ConnectionCaps::default();
         assert_eq!(l.fitted_to(1 << 20), None, "a high limit changes nothing");
         let fitted = l.fitted_to(1024).unwrap();
         assert_eq!(fitted.max_connections, 1024 - FD_RESERVE as usize);

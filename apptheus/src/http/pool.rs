@@ -22,9 +22,9 @@ use std::{
 
 /// Bounds on HTTP connections; see the module's documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct PoolLimits {
     /// Open connections in all, every listener together. Fitted under the
-    /// descriptor limit by [`Limits::fitted_to`]. A connection in the
+    /// descriptor limit by [`PoolLimits::fitted_to`]. A connection in the
     /// middle of a request holds about 30 KiB (hyper's buffers and state):
     /// 512 keep a full table within about 16 MiB, and are far more than
     /// the scrapers of a node need.
@@ -52,7 +52,7 @@ pub struct Limits {
     pub lifetime: Duration,
 }
 
-impl Default for Limits {
+impl Default for PoolLimits {
     fn default() -> Self {
         Self {
             max_connections: 512,
@@ -74,12 +74,12 @@ impl Default for Limits {
 /// the same way.
 const FD_RESERVE: u64 = 256;
 
-impl Limits {
+impl PoolLimits {
     /// These limits with `max_connections` lowered, if need be, to a
     /// quarter of what a soft descriptor limit of `soft` leaves after
     /// [`FD_RESERVE`] (the monitoring socket may take much of the rest);
     /// `None` when they already fit.
-    pub fn fitted_to(&self, soft: u64) -> Option<Self> {
+    pub(crate) fn fitted_to(&self, soft: u64) -> Option<Self> {
         let room =
             usize::try_from((soft.saturating_sub(FD_RESERVE) / 4).max(16)).unwrap_or(usize::MAX);
         (self.max_connections > room).then(|| Self {
@@ -93,7 +93,7 @@ impl Limits {
 /// The address a client is counted under: an IPv4 address as it is (an
 /// IPv4-mapped IPv6 address as the IPv4 one), an IPv6 address by its /64,
 /// the block one host usually gets.
-pub fn client_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let bits = u128::from(v6) & !((1u128 << 64) - 1);
@@ -105,8 +105,8 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Its address already holds [`Limits::max_per_address`] connections.
+pub(crate) enum Refusal {
+    /// Its address already holds [`PoolLimits::max_per_address`] connections.
     PerAddress,
     /// Every slot is taken, and no address holds more than its own.
     Total,
@@ -114,7 +114,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `reason` label of `apptheus_http_connections_rejected_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::PerAddress => "per_address_limit",
             Self::Total => "total_limit",
@@ -124,14 +124,14 @@ impl Refusal {
 
 /// How long an admitted connection may wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     pub first_byte: Duration,
     pub headers: Duration,
 }
 
 /// A connection taken in.
 #[derive(Debug)]
-pub struct Admitted<H> {
+pub(crate) struct Admitted<H> {
     pub id: u64,
     pub timeouts: Timeouts,
     /// The connection whose slot was given to this one: close it.
@@ -141,8 +141,8 @@ pub struct Admitted<H> {
 /// Open connections by client address. `H` is what the server needs to
 /// close an evicted connection.
 #[derive(Debug)]
-pub struct Pool<H> {
-    limits: Limits,
+pub(crate) struct Pool<H> {
+    limits: PoolLimits,
     total: usize,
     next_id: u64,
     /// Each address's connections, oldest (smallest id) first.
@@ -155,7 +155,7 @@ pub struct Pool<H> {
 }
 
 impl<H> Pool<H> {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: PoolLimits) -> Self {
         Self {
             limits,
             total: 0,
@@ -166,30 +166,30 @@ impl<H> Pool<H> {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &PoolLimits {
         &self.limits
     }
 
     /// Open connections in all.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.total
     }
 
     /// Open connections of `key`.
-    pub fn open_of(&self, key: IpAddr) -> usize {
+    pub(crate) fn open_of(&self, key: IpAddr) -> usize {
         self.by_key.get(&key).map_or(0, BTreeMap::len)
     }
 
     #[cfg(test)]
     /// Client addresses with at least one open connection.
-    pub fn addresses(&self) -> usize {
+    pub(crate) fn addresses(&self) -> usize {
         self.by_key.len()
     }
 
     /// Takes a slot for a new connection of `key` (see [`client_key`]),
     /// evicting another address's oldest connection when the pool is full
     /// and that address holds more than `key` does.
-    pub fn admit(&mut self, key: IpAddr, handle: H) -> Result<Admitted<H>, Refusal> {
+    pub(crate) fn admit(&mut self, key: IpAddr, handle: H) -> Result<Admitted<H>, Refusal> {
         let mine = self.open_of(key);
         if mine >= self.limits.max_per_address {
             return Err(Refusal::PerAddress);
@@ -237,7 +237,7 @@ impl<H> Pool<H> {
 
     /// Frees the slot of connection `id` of `key`; `None` when it is no
     /// longer there (it was evicted).
-    pub fn remove(&mut self, key: IpAddr, id: u64) -> Option<H> {
+    pub(crate) fn remove(&mut self, key: IpAddr, id: u64) -> Option<H> {
         let conns = self.by_key.get_mut(&key)?;
         let before = conns.len();
         let handle = conns.remove(&id)?;
@@ -250,8 +250,8 @@ impl<H> Pool<H> {
     }
 
     /// Counts an answer of `key` starting; false (nothing counted) when
-    /// `key` already has [`Limits::max_responses_per_address`] under way.
-    pub fn start_response(&mut self, key: IpAddr) -> bool {
+    /// `key` already has [`PoolLimits::max_responses_per_address`] under way.
+    pub(crate) fn start_response(&mut self, key: IpAddr) -> bool {
         let n = self.responses.entry(key).or_default();
         if *n >= self.limits.max_responses_per_address {
             return false;
@@ -261,7 +261,7 @@ impl<H> Pool<H> {
     }
 
     /// Counts an answer of `key` sent (or abandoned).
-    pub fn end_response(&mut self, key: IpAddr) {
+    pub(crate) fn end_response(&mut self, key: IpAddr) {
         if let Some(n) = self.responses.get_mut(&key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -288,12 +288,12 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn limits(total: usize, per_address: usize, share: usize) -> Limits {
-        Limits {
+    fn limits(total: usize, per_address: usize, share: usize) -> PoolLimits {
+        PoolLimits {
             max_connections: total,
             max_per_address: per_address,
             fair_share: share,
-            ..Limits::default()
+            ..PoolLimits::default()
         }
     }
 
@@ -384,9 +384,9 @@ mod tests {
 
     #[test]
     fn answers_under_way_are_capped_per_address() {
-        let mut p: Pool<()> = Pool::new(Limits {
+        let mut p: Pool<()> = Pool::new(PoolLimits {
             max_responses_per_address: 2,
-            ..Limits::default()
+            ..PoolLimits::default()
         });
         let (a, b) = (ip("127.0.0.1"), ip("127.0.0.2"));
         assert!(p.start_response(a) && p.start_response(a));
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn the_cap_is_fitted_under_the_descriptor_limit() {
-        let l = Limits::default();
+        let l = PoolLimits::default();
         assert_eq!(l.fitted_to(1 << 20), None);
         let f = l.fitted_to(1024).unwrap();
         assert_eq!(f.max_connections, (1024 - 256) / 4);
