@@ -250,31 +250,38 @@ impl AgentMetrics {
         }
     }
 
-    /// Replaces the containers' snapshot with a new one.
+    /// Replaces the containers' snapshot with a new one (encoded as reads
+    /// ask for it).
     pub fn publish(&self, snapshot: Snapshot) {
-        let large = snapshot.rows.len() > 2000;
-        let new = Arc::new(Prepared::new(Arc::new(snapshot)));
+        self.swap(Prepared::new(Arc::new(snapshot)));
+    }
+
+    /// Replaces the containers' snapshot with a new one, encoded first in
+    /// the encodings that scrapers with a schedule ask for (after a
+    /// sample: their scrapes then only copy it, and a scrape meanwhile
+    /// gets the last one, ready).
+    pub fn publish_prepared(&self, snapshot: Snapshot) {
+        let new = Prepared::new(Arc::new(snapshot));
+        let set = self.demand.encodings();
+        if set != 0 {
+            new.prepare(set);
+        }
+        self.swap(new);
+    }
+
+    fn swap(&self, new: Prepared) {
+        let large = new.snapshot.rows.len() > 2000;
         let mut guard = self
             .prepared
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let old = std::mem::replace(&mut *guard, new);
+        let old = std::mem::replace(&mut *guard, Arc::new(new));
         drop(guard);
         drop(old);
         // Large snapshots leave large freed blocks behind; glibc keeps them
         // unless asked (the threshold keeps small nodes from paying for it).
         if large {
             crate::memory::release_free_heap();
-        }
-    }
-
-    /// Encodes the latest snapshot now in the encodings that scrapers with
-    /// a schedule ask for (after a sample: their scrapes then only copy
-    /// it).
-    pub fn prepare(&self) {
-        let set = self.demand.encodings();
-        if set != 0 {
-            self.current().prepare(set);
         }
     }
 
