@@ -27,14 +27,17 @@ fn reads(m: &str, reader: &str, answer: &str) -> f64 {
     .unwrap_or(-1.0)
 }
 
-/// A container (the starter simulator running `sleep`), killed on drop.
+/// A container (the starter simulator running `sleep`, in a process group
+/// of its own), killed whole on drop: the starter and its `sleep`.
 struct Container(Child);
 
 impl Container {
     fn start(starter: &std::path::Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
         Container(
             Command::new(starter)
                 .args(["--no-namespaces", "--", "/bin/sleep", "600"])
+                .process_group(0)
                 .spawn()
                 .unwrap(),
         )
@@ -43,7 +46,10 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.0.wait();
     }
 }

@@ -2,13 +2,16 @@
 //! wait, when need be, for a sample recent enough; the sampler (the main
 //! loop) learns from them when to sample (see `cadence`).
 use std::{
-    sync::{Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use tokio::sync::{Notify, watch};
 
-use crate::export::cadence::{Answer, Cadence, ReadKind, Reader, Trigger};
+use crate::{
+    export::cadence::{Answer, Cadence, ReadKind, Reader, Trigger},
+    sync::lock,
+};
 
 /// The longest a read waits for a sample; then it is served what there is
 /// (Prometheus' default scrape timeout is 10 s).
@@ -37,7 +40,7 @@ impl Demand {
     }
 
     fn cadence(&self) -> MutexGuard<'_, Cadence> {
-        self.cadence.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.cadence)
     }
 
     /// `reader` is about to read: returns once the latest sample is recent
@@ -106,6 +109,7 @@ impl Demand {
         self.published.send_modify(|n| *n += 1);
     }
 
+    #[cfg(feature = "testing")]
     pub fn on_demand(&self) -> bool {
         self.on_demand
     }

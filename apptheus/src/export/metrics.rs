@@ -13,11 +13,12 @@ use crate::{
         cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
-        exposition::{self, EncodeError, Encoding, Format},
+        exposition::{self, EncodeError, Encoding},
         prepared::Prepared,
         protos,
         snapshot::Snapshot,
     },
+    sync,
 };
 
 /// Results of a connection to the monitoring socket, for
@@ -33,6 +34,10 @@ pub struct AgentMetrics {
     pub containers: IntGauge,
     pub containers_started: IntCounter,
     pub ebpf_events_lost: IntCounter,
+    /// What the kernel programs dropped: a map full, by map; a run that
+    /// failed, by program (see `model::drops`).
+    pub ebpf_map_full: IntCounterVec,
+    pub ebpf_program_errors: IntCounterVec,
     pub socket_connections: IntCounterVec,
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
@@ -40,6 +45,10 @@ pub struct AgentMetrics {
     /// Starter runs Apptainer made for itself (not containers), and runs
     /// that joined an instance.
     pub helper_runs: IntCounter,
+    /// Starter runs that never ran anything, and runs refused by a cap
+    /// (see `model::caps`).
+    pub starter_runs_unstarted: IntCounter,
+    pub starter_runs_refused: IntCounterVec,
     pub joins: IntCounter,
     /// Trusted files, by role (starter, launcher).
     pub trusted_files: IntGaugeVec,
@@ -85,6 +94,7 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl AgentMetrics {
     /// The agent's metrics, its samples taken on a clock (readers never
     /// wait).
+    #[cfg(feature = "testing")]
     pub fn new() -> Arc<Self> {
         Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
     }
@@ -108,6 +118,20 @@ impl AgentMetrics {
         let containers = must(IntGauge::with_opts(opts(&cat::CONTAINERS)));
         let containers_started = must(IntCounter::with_opts(opts(&cat::CONTAINERS_STARTED)));
         let ebpf_events_lost = must(IntCounter::with_opts(opts(&cat::EBPF_EVENTS_LOST)));
+        let ebpf_map_full = must(IntCounterVec::new(
+            opts(&cat::EBPF_MAP_FULL),
+            cat::EBPF_MAP_FULL.labels,
+        ));
+        for m in crate::model::drops::Map::ALL {
+            ebpf_map_full.with_label_values(&[m.label()]);
+        }
+        let ebpf_program_errors = must(IntCounterVec::new(
+            opts(&cat::EBPF_PROGRAM_ERRORS),
+            cat::EBPF_PROGRAM_ERRORS.labels,
+        ));
+        for (p, _, _) in crate::model::drops::PROGRAM_ERRORS {
+            ebpf_program_errors.with_label_values(&[p]);
+        }
         let socket_connections = must(IntCounterVec::new(
             opts(&cat::SOCKET_CONNECTIONS),
             cat::SOCKET_CONNECTIONS.labels,
@@ -148,6 +172,15 @@ impl AgentMetrics {
                 ]),
         ));
         let helper_runs = must(IntCounter::with_opts(opts(&cat::HELPER_RUNS)));
+        let starter_runs_unstarted =
+            must(IntCounter::with_opts(opts(&cat::STARTER_RUNS_UNSTARTED)));
+        let starter_runs_refused = must(IntCounterVec::new(
+            opts(&cat::STARTER_RUNS_REFUSED),
+            cat::STARTER_RUNS_REFUSED.labels,
+        ));
+        for r in crate::model::caps::Refusal::ALL {
+            starter_runs_refused.with_label_values(&[r.label()]);
+        }
         let joins = must(IntCounter::with_opts(opts(&cat::INSTANCE_JOINS)));
         let trusted_files = must(IntGaugeVec::new(
             opts(&cat::TRUSTED_FILES),
@@ -178,6 +211,8 @@ impl AgentMetrics {
             Box::new(containers.clone()),
             Box::new(containers_started.clone()),
             Box::new(ebpf_events_lost.clone()),
+            Box::new(ebpf_map_full.clone()),
+            Box::new(ebpf_program_errors.clone()),
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(samples.clone()),
@@ -189,6 +224,8 @@ impl AgentMetrics {
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(helper_runs.clone()),
+            Box::new(starter_runs_unstarted.clone()),
+            Box::new(starter_runs_refused.clone()),
             Box::new(joins.clone()),
             Box::new(trusted_files.clone()),
             Box::new(prewarm_windows.clone()),
@@ -208,6 +245,8 @@ impl AgentMetrics {
             containers,
             containers_started,
             ebpf_events_lost,
+            ebpf_map_full,
+            ebpf_program_errors,
             socket_connections,
             sample_duration,
             samples,
@@ -219,6 +258,8 @@ impl AgentMetrics {
             mode,
             placement_seconds,
             helper_runs,
+            starter_runs_unstarted,
+            starter_runs_refused,
             joins,
             trusted_files,
             prewarm_windows,
@@ -271,10 +312,7 @@ impl AgentMetrics {
 
     fn swap(&self, new: Prepared) {
         let large = new.snapshot.rows.len() > 2000;
-        let mut guard = self
-            .prepared
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = sync::write(&self.prepared);
         let old = std::mem::replace(&mut *guard, Arc::new(new));
         drop(guard);
         drop(old);
@@ -286,10 +324,7 @@ impl AgentMetrics {
     }
 
     fn current(&self) -> Arc<Prepared> {
-        self.prepared
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        sync::read(&self.prepared).clone()
     }
 
     /// The latest snapshot.
@@ -314,7 +349,8 @@ impl AgentMetrics {
     }
 
     /// The plain exposition in `format`.
-    pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
+    #[cfg(feature = "testing")]
+    pub fn encode(&self, format: exposition::Format) -> Result<Vec<u8>, EncodeError> {
         self.exposition(Encoding {
             format,
             gzip: false,
@@ -325,6 +361,7 @@ impl AgentMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::exposition::Format;
 
     #[test]
     fn build_info_and_process_metrics_are_exposed() {

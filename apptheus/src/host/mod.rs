@@ -1,5 +1,6 @@
 //! Reading the host: /proc, users, the kernel's clock, start-up checks.
 pub(crate) mod clock;
+pub(crate) mod dirwatch;
 pub(crate) mod limits;
 pub(crate) mod preflight;
 pub(crate) mod procfs;

@@ -27,6 +27,7 @@ mod conn;
 pub mod limits;
 
 pub use conn::Connections;
+#[cfg(feature = "testing")]
 pub(crate) use conn::serve_stream;
 pub use limits::Limits;
 

@@ -161,12 +161,18 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !apptheus_testkit::is_root() {
         let msg =
             "SKIPPED: cargo xtask bench needs root (it loads kernel programs and creates cgroups)";
-        if std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            bail!("{msg}; APPTHEUS_REQUIRE_PRIVILEGED=1 forbids skipping");
+        if apptheus_testkit::skips_forbidden() {
+            bail!(
+                "{msg}; {}=1 forbids skipping",
+                apptheus_testkit::REQUIRE_ENV
+            );
         }
         eprintln!("{msg}");
         return Ok(());
     }
+    // Its agents would adopt another test's or benchmark's cgroups, and
+    // theirs this one's: one at a time on a host.
+    let _serial = apptheus_testkit::host::serial();
     let root = workspace_root();
     let profile = if o.smoke { "debug" } else { "release" };
     if !o.prebuilt {
