@@ -318,6 +318,9 @@ pub fn readers(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         ("64 addresses after each scrape, forged", crowd_forged),
     ];
     for (name, run) in runs {
+        if !s.arrangements.is_empty() && !s.arrangements.iter().any(|a| a == name) {
+            continue;
+        }
         let agent = Agent::start(ctx, &s.readers_agent_args)?;
         let row = tracked(&agent, n).and_then(|()| run(&agent, s));
         match row {
