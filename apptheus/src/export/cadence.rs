@@ -417,7 +417,8 @@ impl Cadence {
                                 && k.from().iter().any(|r| from.contains(r))))
                 });
                 if !was {
-                    // Not a read of a schedule followed, to those.
+                    // A guess's read: one that the schedules followed
+                    // did not predict.
                     for k in sc.schedules.iter_mut().filter(|k| k.id != id) {
                         k.unexplained();
                     }
