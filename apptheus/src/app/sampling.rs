@@ -50,9 +50,7 @@ impl Agent {
             self.end_empty_containers();
         }
         self.show_runs();
-        self.publish();
-        // Scheduled scrapes then only copy the encoded exposition.
-        self.metrics.prepare();
+        self.publish_sample();
         self.sources.publish(&self.metrics);
         self.metrics
             .own
@@ -155,15 +153,28 @@ impl Agent {
 
     /// Makes the registry's current state what scrapes see.
     pub(super) fn publish(&mut self) {
+        let snapshot = self.snapshot();
+        self.metrics.publish(snapshot);
+    }
+
+    /// [`Self::publish`] after a sample: the exposition is encoded for the
+    /// scheduled scrapes before it replaces the last, so that they only
+    /// copy it, and never wait for it.
+    fn publish_sample(&mut self) {
+        let snapshot = self.snapshot();
+        self.metrics.publish_prepared(snapshot);
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
         self.publish_soon = false;
         let programs = match (&self.kernel, &self.bpf_stats) {
             (Some(k), Some(_)) => k.program_stats(),
             _ => Vec::new(),
         };
-        self.metrics.publish(Snapshot::of(&self.registry, programs));
         self.metrics
             .own
             .containers
             .set(self.registry.count() as i64);
+        Snapshot::of(&self.registry, programs)
     }
 }

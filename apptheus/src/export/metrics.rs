@@ -50,16 +50,19 @@ impl AgentMetrics {
             .set(self.demand.schedules() as i64);
     }
 
-    /// Replaces the containers' snapshot with a new one.
+    /// Replaces the containers' snapshot with a new one (encoded as reads
+    /// ask for it).
     pub fn publish(&self, snapshot: Snapshot) {
         self.store.publish(snapshot);
     }
 
-    /// Encodes the latest snapshot now in the encodings that scrapers with
-    /// a schedule ask for (after a sample: their scrapes then only copy
-    /// it).
-    pub fn prepare(&self) {
-        self.store.prepare(self.demand.encodings());
+    /// Replaces the containers' snapshot with a new one, encoded first in
+    /// the encodings that scrapers with a schedule ask for (after a
+    /// sample: their scrapes then only copy it, and a scrape meanwhile
+    /// gets the last one, ready).
+    pub(crate) fn publish_prepared(&self, snapshot: Snapshot) {
+        self.store
+            .publish_prepared(snapshot, self.demand.encodings());
     }
 
     /// The latest snapshot.

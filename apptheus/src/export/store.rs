@@ -23,10 +23,27 @@ impl SnapshotStore {
         }
     }
 
-    /// Replaces the containers' snapshot with a new one.
+    /// Replaces the containers' snapshot with a new one (encoded as reads
+    /// ask for it).
     pub(crate) fn publish(&self, snapshot: Snapshot) {
-        let large = snapshot.rows.len() > 2000;
-        let new = Arc::new(Prepared::new(Arc::new(snapshot)));
+        self.swap(Prepared::new(Arc::new(snapshot)));
+    }
+
+    /// Replaces the containers' snapshot with a new one, encoded first in
+    /// the encodings `set` (those scrapers with a schedule ask for: their
+    /// scrapes then only copy it, and a scrape meanwhile gets the last
+    /// one, ready).
+    pub(crate) fn publish_prepared(&self, snapshot: Snapshot, set: u8) {
+        let new = Prepared::new(Arc::new(snapshot));
+        if set != 0 {
+            new.prepare(set);
+        }
+        self.swap(new);
+    }
+
+    fn swap(&self, new: Prepared) {
+        let large = new.snapshot.rows.len() > 2000;
+        let new = Arc::new(new);
         let mut guard = sync::write(&self.prepared);
         let old = std::mem::replace(&mut *guard, new);
         drop(guard);
@@ -35,14 +52,6 @@ impl SnapshotStore {
         // unless asked (the threshold keeps small nodes from paying for it).
         if large {
             crate::allocator::release_free_heap();
-        }
-    }
-
-    /// Encodes the latest snapshot now in the encodings of `set` (a set of
-    /// encoding indices, see `prepared`).
-    pub(crate) fn prepare(&self, set: u8) {
-        if set != 0 {
-            self.current().prepare(set);
         }
     }
 

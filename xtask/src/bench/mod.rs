@@ -48,6 +48,10 @@ pub struct Options {
     /// 5 with --smoke]
     #[arg(long, value_delimiter = ',')]
     pub scale: Vec<usize>,
+    /// Reader arrangements to run, by the names the readers benchmark
+    /// lists (e.g. `--arrangement "interval changes"`) [default: all]
+    #[arg(long = "arrangement")]
+    pub arrangements: Vec<String>,
     /// Use the agent and simulator already built (target/<profile>/)
     /// instead of running cargo: for `cargo xtask vm-bench`, whose VMs have
     /// no toolchain.
@@ -83,6 +87,8 @@ struct Sizes {
     readers_period: Duration,
     readers_window: Duration,
     readers_slow: Duration,
+    /// `--arrangement`: only these (empty: all).
+    arrangements: Vec<String>,
     readers_hostile: Duration,
     other_every: Duration,
     runqlat_rounds: usize,
@@ -116,6 +122,7 @@ impl Sizes {
                 readers_period: Duration::from_secs(2),
                 readers_window: Duration::from_secs(6),
                 readers_slow: Duration::from_secs(24),
+                arrangements: Vec::new(),
                 readers_hostile: Duration::from_secs(4),
                 other_every: Duration::from_secs(1),
                 runqlat_rounds: 1,
@@ -146,6 +153,7 @@ impl Sizes {
                 readers_period: Duration::from_secs(15),
                 readers_window: Duration::from_secs(120),
                 readers_slow: Duration::from_secs(300),
+                arrangements: Vec::new(),
                 readers_hostile: Duration::from_secs(60),
                 other_every: Duration::from_secs(5),
                 runqlat_rounds: 15,
@@ -202,6 +210,7 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !o.scale.is_empty() {
         sizes.scale.clone_from(&o.scale);
     }
+    sizes.arrangements.clone_from(&o.arrangements);
     let trust = TrustDir::new(&bin.join(STARTER_SIM))?;
     let ctx = Ctx {
         agent: bin.join("apptheus"),

@@ -159,7 +159,13 @@ fn on_schedule(agent: &Agent, every: Duration, n: usize) -> anyhow::Result<(Vec<
 }
 
 fn scale_one(ctx: &Ctx, s: &Sizes, n: usize) -> anyhow::Result<ScaleRow> {
-    let agent = Agent::start(ctx, &[])?;
+    // The containers are all one user's (root's): at 10,000 beyond the
+    // per-user caps (`--limit.user-containers`, 1024 live; a burst of
+    // 5000 starts), raised here to fit them. A site's containers are
+    // many users'.
+    let live = format!("--limit.user-containers={}", n + 64);
+    let burst = format!("--limit.user-start-burst={}", n + 64);
+    let agent = Agent::start(ctx, &[&live, &burst])?;
     let started = Instant::now();
     let containers = Containers::start(ctx, n)?;
     tracked(&agent, n)?;

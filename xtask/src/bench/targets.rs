@@ -119,7 +119,7 @@ impl Report {
             .map(|r| r.arrangement.as_str())
             .collect();
         rows.push((
-            "every reader arrangement: no scrape on schedule waits (but at an interval change), at most one sample per scrape interval per schedule, other reads at most one sample per 5 s".into(),
+            "every reader arrangement: no scrape on schedule waits (but the first two after an interval change), at most one sample per scrape interval per schedule (and what the arrangement adds), other reads at most one sample per 5 s".into(),
             "all met",
             if self.readers.is_empty() {
                 "-".into()

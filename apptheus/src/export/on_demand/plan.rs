@@ -31,7 +31,12 @@
 //! for guesses only, come from a small budget: [`LEARN_BURST`], then one
 //! per [`LEARN_EVERY`]); the read, when it comes, confirms the guess. A
 //! guess whose predicted read does not come is dropped; a schedule whose
-//! reads stop is dropped after three of its periods.
+//! reads stop is dropped after three of its periods, or at its first
+//! missed read when its scraper made two reads meanwhile that no schedule
+//! explained (it reads on a new schedule: its interval changed). A
+//! schedule of a multiple of the period of the one a read fits, that
+//! expected the read too, goes (what is left of a longer period), and
+//! reads evenly spaced are one scraper, not a pair at one address.
 use std::{
     collections::VecDeque,
     net::IpAddr,
@@ -395,13 +400,42 @@ impl Cadence {
                 // any other reader until a schedule is dropped.
                 sc.schedules.remove(n);
             } else {
-                let s = &mut sc.schedules[n];
+                // Schedules of a multiple of its period that expected the
+                // read too predict nothing it does not (what is left of a
+                // longer period the scraper had): they go. A guess
+                // confirmed owns the reads it was made from: the other
+                // guesses made from them go too.
+                let (id, period, from) = {
+                    let g = &sc.schedules[n];
+                    (g.id, g.period(), g.from())
+                };
+                sc.schedules.retain(|k| {
+                    k.id == id
+                        || !((multiple(k.period(), period) && k.error(t).is_some())
+                            || (!was
+                                && !k.confirmed()
+                                && k.from().iter().any(|r| from.contains(r))))
+                });
+                if !was {
+                    // A guess's read: one that the schedules followed
+                    // did not predict.
+                    for k in sc.schedules.iter_mut().filter(|k| k.id != id) {
+                        k.unexplained();
+                    }
+                }
+                let s = sc
+                    .schedules
+                    .iter_mut()
+                    .find(|k| k.id == id)
+                    .expect("the schedule that fits stays");
                 let bound = sched_bound(interval, cost, s);
                 s.hit(t);
-                let id = s.id;
                 remember(sc, t, Some(id));
                 return Some((was, bound));
             }
+        }
+        for s in &mut sc.schedules {
+            s.unexplained();
         }
         if sc.trusted() || taken < MAX_SCHEDULES {
             self.guess(i, t);
@@ -418,12 +452,12 @@ impl Cadence {
                 continue;
             };
             let sc = &mut self.scrapers[i];
-            // A schedule already expects that read.
-            if sc
-                .schedules
-                .iter()
-                .any(|s| (s.next() - g.next()).abs() <= s.spread())
-            {
+            // A schedule already expects that read (unless its period is
+            // a multiple of the guess's: it followed only some of the
+            // reads of a scraper whose period shortened).
+            if sc.schedules.iter().any(|s| {
+                (s.next() - g.next()).abs() <= s.spread() && !multiple(s.period(), g.period())
+            }) {
                 continue;
             }
             self.next_id += 1;
@@ -653,7 +687,11 @@ fn partners(sc: &Scraper, t: f64, min_period: f64) -> Vec<f64> {
 fn pairs_instead(sc: &Scraper, g: &Schedule, t: f64, min_period: f64) -> bool {
     partners(sc, t, min_period).into_iter().any(|r| {
         let period = snap(t - r);
+        // Reads evenly spaced fit one scraper as well as several of a
+        // multiple of its period: one it is (a scraper whose period
+        // shortened, not a pair).
         (period - g.period()).abs() > SAME_PERIOD
+            && !multiple(period, g.period())
             && sc.schedules.iter().any(|k| {
                 !k.confirmed()
                     && k.id != g.id
@@ -699,6 +737,12 @@ fn prune(schedules: &mut Vec<Schedule>) {
         .map(|h| h.id)
         .collect();
     schedules.retain(|s| !drop.contains(&s.id));
+}
+
+/// Whether period `long` is a multiple (two or more times) of `short`.
+fn multiple(long: f64, short: f64) -> bool {
+    let k = (long / short).round();
+    k >= 2.0 && (long - k * short).abs() <= SAME_PERIOD
 }
 
 /// See [`Cadence::sched_bound`].

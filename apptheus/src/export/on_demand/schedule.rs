@@ -8,7 +8,8 @@
 //! (an alpha-beta filter), and the errors of the latest predictions give
 //! its spread: how early or late the next read may come. A guess is
 //! dropped when its first predicted read does not come, a confirmed
-//! schedule when [`MISSED`] predicted reads in a row did not.
+//! schedule when [`MISSED`] predicted reads in a row did not, or at once
+//! when its reader was seen to read on another schedule meanwhile.
 
 /// Reads of a schedule come at most this far apart, in seconds (ten
 /// minutes); the least period is the cadence's to choose.
@@ -16,6 +17,9 @@ pub(crate) const MAX_PERIOD: f64 = 600.0;
 /// A confirmed schedule is dropped after this many predicted reads in a
 /// row did not come.
 pub(crate) const MISSED: u32 = 3;
+/// A confirmed schedule is dropped at its first miss after this many reads
+/// of its reader that no schedule explained.
+pub(crate) const MOVED_ON: u32 = 2;
 /// How early or late a guess's first predicted read may come: a period
 /// measured from two reads carries the jitter of both.
 const GUESS_SPREAD: f64 = 0.25;
@@ -42,6 +46,8 @@ pub(crate) struct Schedule {
     hits: u32,
     /// Predicted reads in a row that did not come.
     missed: u32,
+    /// Reads of its reader that no schedule explained since its latest.
+    unexplained: u32,
     /// The shortest period it may have.
     min_period: f64,
     /// The two reads a guess was made from.
@@ -80,6 +86,7 @@ impl Schedule {
             period,
             hits: 0,
             missed: 0,
+            unexplained: 0,
             min_period,
             from: [first, second],
             errors: [0.0; ERRORS],
@@ -124,11 +131,13 @@ impl Schedule {
     }
 
     /// Moves past the predicted reads that did not come by `now`; false
-    /// when the schedule is to be dropped.
+    /// when the schedule is to be dropped: at its first miss when a guess,
+    /// or when its reader reads on another schedule now (see
+    /// [`Self::unexplained`]), else after [`MISSED`] in a row.
     pub(crate) fn advance(&mut self, now: f64) -> bool {
         while now > self.next + self.tolerance() {
             self.missed += 1;
-            if self.hits == 0 || self.missed >= MISSED {
+            if self.hits == 0 || self.unexplained >= MOVED_ON || self.missed >= MISSED {
                 return false;
             }
             self.next += self.period;
@@ -143,6 +152,17 @@ impl Schedule {
         (e <= self.tolerance()).then_some(e)
     }
 
+    /// Its reader made a read that no schedule explained (or only a
+    /// guess). After
+    /// [`MOVED_ON`] of them since its latest read, it reads on another
+    /// schedule (its period or its phase changed: Prometheus restarts its
+    /// scrapes at a new phase when its interval changes), and this one is
+    /// dropped at its next miss. One is not enough: a read late by more
+    /// than the tolerance is one.
+    pub(crate) fn unexplained(&mut self) {
+        self.unexplained = self.unexplained.saturating_add(1);
+    }
+
     /// A read at `t` that [`Self::error`] took as this schedule's: the
     /// phase and period corrected, and the next read predicted.
     pub(crate) fn hit(&mut self, t: f64) {
@@ -155,6 +175,7 @@ impl Schedule {
         self.next += 0.5 * err + self.period;
         self.hits += 1;
         self.missed = 0;
+        self.unexplained = 0;
     }
 }
 
@@ -193,6 +214,20 @@ mod tests {
         s.hit(30.0);
         assert!(s.advance(46.0) && s.advance(61.0));
         assert!(!s.advance(76.0));
+        // One whose reader reads on another schedule now: at its first.
+        let mut s = Schedule::guess(1, 0.0, 15.0, 5.0).unwrap();
+        s.hit(30.0);
+        s.unexplained();
+        assert!(s.advance(45.0));
+        s.unexplained();
+        assert!(s.advance(45.4) && !s.advance(46.0));
+        // A hit forgets them.
+        let mut s = Schedule::guess(1, 0.0, 15.0, 5.0).unwrap();
+        s.hit(30.0);
+        s.unexplained();
+        s.unexplained();
+        s.hit(45.0);
+        assert!(s.advance(61.0));
     }
 
     /// Reads every 15 s with ±100 ms of jitter: each is predicted within

@@ -567,3 +567,49 @@ fn a_scraper_faster_than_a_schedule_may_be_is_not_followed() {
     // At most one sample per ten intervals (20 s).
     assert!(sim.samples.len() <= 31, "{}", sim.samples.len());
 }
+
+/// As Prometheus changes its interval: its scrapes restart at a new phase
+/// (anywhere in the new interval after the reload), which no schedule
+/// predicts. Only the first two reads after each change may wait; from
+/// the third on each is on schedule again, with one sample per read (the
+/// old schedule may take one more before it goes). Reads every 15 s
+/// whose phase matches a read of the old 60 s schedule are one scraper of
+/// 15 s, not several of 30 s or 60 s (they waited every 60 s).
+#[test]
+fn a_scraper_whose_interval_changes_at_a_new_phase_waits_only_right_after() {
+    for cost in COSTS {
+        for seed in 0..40u64 {
+            let mut u = uniform(seed + 1, 1.0);
+            let mut frac = || (u(0) + 1.0) / 2.0;
+            let slow_at = 300.0 + frac() * 15.0;
+            let fast_at = slow_at + 300.0;
+            let end = fast_at + 300.0;
+            let mut times = every(3.0, 15.0, slow_at, |_| 0.0);
+            let slow = every(slow_at + frac() * 60.0, 60.0, fast_at, |_| 0.0);
+            let fast = every(fast_at + frac() * 15.0, 15.0, end, uniform(seed, 0.1));
+            times.extend(&slow);
+            times.extend(&fast);
+            let mut sim = Sim::new(0.5, cost);
+            sim.run(reads(times.clone(), 0, prom(1, 1)), end);
+            let what = format!(
+                "cost {cost}, seed {seed}, slow from {}, fast from {}",
+                slow[0], fast[0]
+            );
+            let waits = sim.waits(0, 2);
+            let allowed = [slow[0], slow[1], fast[0], fast[1]];
+            assert!(
+                waits.iter().all(|w| allowed.contains(w)),
+                "{what}: waits at {waits:?}"
+            );
+            for phase in [&slow, &fast] {
+                let from = phase[2] + 0.001;
+                let n = sim.samples_in(from, phase.last().unwrap() + 0.001);
+                let read = phase.iter().filter(|t| **t > from).count();
+                assert!(
+                    n <= read + 1,
+                    "{what}: {n} samples for {read} reads from {from}"
+                );
+            }
+        }
+    }
+}
