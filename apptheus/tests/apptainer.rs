@@ -51,6 +51,18 @@ fn series(agent: &Agent, name: &str, id: &str) -> f64 {
     v.unwrap()
 }
 
+/// A container's series once a sample shows it meeting `want` (a read
+/// that no scrape schedule explains may be served a sample taken before
+/// what the test just did): its value then.
+fn series_when(agent: &Agent, name: &str, id: &str, what: &str, want: impl Fn(f64) -> bool) -> f64 {
+    let mut v = None;
+    agent.wait_for(LIMIT, &format!("{name} of {id}: {what}"), || {
+        v = value(&agent.metrics(), name, &[("container_id", id)]);
+        v.is_some_and(&want)
+    });
+    v.unwrap()
+}
+
 /// The labels of a container's info series.
 fn info(agent: &Agent, id: &str) -> String {
     agent
@@ -100,7 +112,15 @@ fn assert_cpu(agent: &Agent, id: &str, workload: f64, tree: f64) {
 /// before the container was placed (the monitoring socket alone: the
 /// starter connects, is verified, then its tree is placed).
 fn assert_cpu_within(agent: &Agent, id: &str, workload: f64, tree: f64, early: f64) {
-    let cpu = series(agent, "apptheus_container_cpu_usage_seconds_total", id);
+    // As a scraper sees it: within a sample's age.
+    let least = workload * 0.98 - early;
+    let cpu = series_when(
+        agent,
+        "apptheus_container_cpu_usage_seconds_total",
+        id,
+        &format!("at least {least} s (the workload burned {workload} s, the tree {tree} s)"),
+        |c| c >= least,
+    );
     eprintln!("{id}: cpu {cpu:.3} s, workload {workload:.3} s, tree {tree:.3} s");
     assert!(
         cpu >= workload * 0.98 - early && cpu <= tree + 0.05,
@@ -129,13 +149,23 @@ fn a_users_exec_is_one_container_with_its_sif_cpu_and_memory() {
         .cpu(Duration::from_millis(800))
         .touch_mib(touched)
         .children(3)
-        .hold(Hold::For(Duration::from_secs(2)));
+        // Long enough for a sample taken after the touch to be read (a
+        // read may be served one about a second old).
+        .hold(Hold::For(Duration::from_secs(3)));
     let before = children_cpu_seconds();
     let mut c = s.exec(As::User, &img, &[], &w).unwrap();
     c.done(LIMIT).unwrap();
     let id = find(&agent, "image", &img.inside);
-    // While it holds its memory.
-    let rss = series(&agent, "apptheus_container_memory_rss_bytes", &id) / (1 << 20) as f64;
+    // While it holds its memory, as a scraper sees it: within a sample's
+    // age (the container may have been found in a sample taken before it
+    // touched its memory).
+    let rss = series_when(
+        &agent,
+        "apptheus_container_memory_rss_bytes",
+        &id,
+        &format!("at least 95% of the {touched} MiB touched"),
+        |b| b >= touched as f64 * 0.95 * (1 << 20) as f64,
+    ) / (1 << 20) as f64;
     eprintln!("{id}: rss {rss:.1} MiB for {touched} MiB touched");
     assert!(
         rss >= touched as f64 * 0.95 && rss <= touched as f64 + 48.0,
@@ -210,7 +240,8 @@ fn a_memory_limit_is_read_from_apptainers_own_cgroup() {
     let w = Workload::new()
         .cpu(Duration::from_millis(1500))
         .touch_mib(touched)
-        .hold(Hold::For(Duration::from_secs(2)));
+        // As above: long enough for a sample taken after the touch.
+        .hold(Hold::For(Duration::from_secs(3)));
     let before = children_cpu_seconds();
     let mut c = s.exec(As::Root, &img, &["--memory", "128M"], &w).unwrap();
     let report = c.done(LIMIT).unwrap();
@@ -221,12 +252,22 @@ fn a_memory_limit_is_read_from_apptainers_own_cgroup() {
         "{report:?}"
     );
     let id = find(&agent, "image", &img.inside);
-    let limit = series(&agent, "apptheus_container_memory_limit_bytes", &id);
-    assert_eq!(limit, (128u64 << 20) as f64, "Apptainer's limit");
-    let usage = series(&agent, "apptheus_container_memory_usage_bytes", &id) / (1 << 20) as f64;
-    assert!(
-        usage >= touched as f64,
-        "{usage} MiB in use for {touched} MiB touched"
+    // As a scraper sees it: within a sample's age (the container may have
+    // been found in a sample taken before Apptainer moved it, or before it
+    // touched its memory).
+    series_when(
+        &agent,
+        "apptheus_container_memory_limit_bytes",
+        &id,
+        "Apptainer's limit, 128 MiB",
+        |l| l == (128u64 << 20) as f64,
+    );
+    series_when(
+        &agent,
+        "apptheus_container_memory_usage_bytes",
+        &id,
+        &format!("at least the {touched} MiB touched"),
+        |b| b >= (touched << 20) as f64,
     );
     let done = report.done.unwrap();
     c.wait(LIMIT).unwrap().success().unwrap();

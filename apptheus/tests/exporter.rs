@@ -484,8 +484,15 @@ fn pushgateway_receives_pushes_and_failures_are_counted_with_backoff() {
     assert!(build.contains(&format!("instance=\"{host}\"")), "{build}");
     assert!(build.contains("job=\"apptheus\""), "{build}");
 
-    let m = agent.metrics();
-    assert!(value(&m, "apptheus_pushes_total", &[("target", "pushgateway")]).unwrap() >= 1.0);
+    // The agent counts a push once the gateway has answered it.
+    agent.wait_for(WAIT, "a push to the gateway counted", || {
+        value(
+            &agent.metrics(),
+            "apptheus_pushes_total",
+            &[("target", "pushgateway")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
     // Failures count, but back off: far fewer than one per interval.
     std::thread::sleep(Duration::from_secs(3));
     let m = agent.metrics();
@@ -537,8 +544,12 @@ fn remote_write_reaches_a_real_prometheus() {
         &prom,
         "apptheus_container_placement_seconds_bucket{job=\"apptheus\",le=\"+Inf\"}",
     );
-    let m = agent.metrics();
-    assert!(value(&m, "apptheus_pushes_total", &[("target", "remote_write")]).unwrap() >= 1.0);
+    // The agent counts a push once Prometheus has answered it.
+    let mut m = String::new();
+    agent.wait_for(WAIT, "a remote write counted", || {
+        m = agent.metrics();
+        value(&m, "apptheus_pushes_total", &[("target", "remote_write")]).is_some_and(|n| n >= 1.0)
+    });
     assert_eq!(
         value(
             &m,

@@ -294,7 +294,14 @@ fn a_job_labels_its_containers_and_its_memory_limit_holds() {
         });
         id.unwrap()
     };
-    let m = agent.metrics();
+    // Its CPU, from its own cgroup, as a scraper sees it: within a
+    // sample's age (the container may have been found in a row published
+    // while it ran).
+    let mut m = String::new();
+    agent.wait_for(LIMIT, "the job's container's 0.3 s of CPU", || {
+        m = agent.metrics();
+        of(&m, "apptheus_container_cpu_usage_seconds_total", &id).is_some_and(|c| c >= 0.29)
+    });
     let info = m
         .lines()
         .find(|l| l.starts_with("apptheus_container_info{") && l.contains(&id))
@@ -305,13 +312,8 @@ fn a_job_labels_its_containers_and_its_memory_limit_holds() {
     );
     assert!(!m.contains("slurm_job_id=\"999999\""), "{m}");
     // Its memory is read from its processes (the job's memory cgroup is
-    // Slurm's, shared with whatever the job runs), its CPU from its own
-    // cgroup.
+    // Slurm's, shared with whatever the job runs).
     assert!(info.contains("from_processes=\"memory\""), "{info}");
-    assert!(
-        of(&m, "apptheus_container_cpu_usage_seconds_total", &id).is_some_and(|c| c >= 0.29),
-        "{m}"
-    );
 
     let big = cluster
         .submit(

@@ -64,13 +64,24 @@ fn a_container_started_right_after_the_starter_is_upgraded_is_attributed() {
         2,
         "each upgrade seen as it happened\n{log}"
     );
-    let m = agent.metrics();
-    assert_eq!(
+    // As a scraper sees it: within a sample's age (the count above is
+    // the agent's own, the series come with the next sample or publish).
+    let of_image = |m: &str| {
         m.lines()
-            .filter(|l| l.starts_with("apptheus_container_info{")
-                && l.contains(&format!("image=\"{}\"", img.inside)))
-            .count(),
-        2,
-        "{m}"
+            .filter(|l| {
+                l.starts_with("apptheus_container_info{")
+                    && l.contains(&format!("image=\"{}\"", img.inside))
+            })
+            .count()
+    };
+    let mut m = String::new();
+    agent.wait_for(
+        LIMIT,
+        "both rounds' containers, labelled with the image",
+        || {
+            m = agent.metrics();
+            of_image(&m) >= 2
+        },
     );
+    assert_eq!(of_image(&m), 2, "{m}");
 }
