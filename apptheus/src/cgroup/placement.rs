@@ -347,7 +347,7 @@ impl Placer {
                 let Some(id) = dir
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .and_then(|n| n.strip_prefix(DIR_PREFIX))
+                    .and_then(own_dir_id)
                     .map(str::to_string)
                 else {
                     continue;
@@ -448,7 +448,19 @@ struct Whereabouts {
     elsewhere: bool,
 }
 
-/// Collects directories named apptheus-*, not descending into them.
+/// The container id in the name of a cgroup apptheus created,
+/// `apptheus-<starter pid>-<key>`; None for any other name, also one that
+/// merely starts with `apptheus-` (a unit `apptheus-foo.service`, Slurm's
+/// `<node>_slurmstepd.scope` on a node named `apptheus-...`): those belong
+/// to systemd or Slurm, and the containers below them are looked for
+/// like anywhere else.
+pub fn own_dir_id(name: &str) -> Option<&str> {
+    let id = name.strip_prefix(DIR_PREFIX)?;
+    crate::model::container::parse_container_id(id).map(|_| id)
+}
+
+/// Collects the directories of apptheus' own cgroups ([`own_dir_id`]),
+/// not descending into them.
 fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
     if depth > 32 {
         return;
@@ -461,7 +473,7 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
             continue;
         }
         let path = e.path();
-        if e.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+        if own_dir_id(&e.file_name().to_string_lossy()).is_some() {
             found.push(path);
         } else {
             walk(&path, depth + 1, found);
@@ -727,6 +739,48 @@ mod tests {
         assert_eq!(
             placer.cgroups_of(11).unwrap().v1["memory"],
             root.path().join("memory/apptainer/11")
+        );
+    }
+
+    /// Only `apptheus-<pid>-<key>` is ours: a unit or a Slurm scope whose
+    /// name starts with `apptheus-` is neither adopted nor removed, and the
+    /// containers below it are found.
+    #[test]
+    fn only_names_of_container_ids_are_ours() {
+        assert_eq!(
+            own_dir_id("apptheus-461-67111863184"),
+            Some("461-67111863184")
+        );
+        for other in [
+            "apptheus-vmtest.service",
+            "apptheus-node_slurmstepd.scope",
+            "apptheus-",
+            "apptheus-1-",
+            "apptheus-1-2x",
+            "apptheus-01-2",
+            "apptainer-599.scope",
+        ] {
+            assert_eq!(own_dir_id(other), None, "{other}");
+        }
+        let root = tempfile::tempdir().unwrap();
+        for d in [
+            "system.slice/apptheus-vmtest.service/apptheus-721-104324236254",
+            "system.slice/apptheus-node_slurmstepd.scope/s5HHM96V7NFX00/step_batch/user/task_0",
+        ] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let v2 = Layout {
+            v2: Some(root.path().to_path_buf()),
+            v1: BTreeMap::new(),
+        };
+        let found = Placer::new(&v2, &root.path().join("proc")).find_existing();
+        assert_eq!(found.keys().collect::<Vec<_>>(), ["721-104324236254"]);
+        assert_eq!(
+            found["721-104324236254"].v2,
+            Some(
+                root.path()
+                    .join("system.slice/apptheus-vmtest.service/apptheus-721-104324236254")
+            )
         );
     }
 
