@@ -9,11 +9,10 @@ use apptheus_common::FileId;
 use super::Agent;
 use crate::{
     attribution::apptainer::{self, RunKind, StarterFacts},
-    host::{clock, users},
+    host::{clock, slurmjob, users},
     model::{
         cgroups::ContainerCgroups,
         container::{Container, Member, Origin, Part, Source},
-        slurm,
     },
 };
 
@@ -89,7 +88,7 @@ impl Agent {
         let cgroups = self.procfs.cgroup(pid).ok();
         let slurm_job_id = cgroups
             .as_deref()
-            .and_then(slurm::job_in_proc_cgroup)
+            .and_then(|t| slurmjob::job_of(t, self.placer.v2_root(), &self.procfs))
             .or(run.env_slurm_job_id);
         let mut c = Container::new(s.key, pid, clock::boot_ns_to_system_time(s.boot_ns));
         c.members[0].socket = s.socket;

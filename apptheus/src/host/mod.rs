@@ -1,8 +1,10 @@
-//! Reading the host: /proc, users, the kernel's clock, start-up checks.
+//! Reading the host: /proc, users, the kernel's clock, start-up checks,
+//! Slurm's job ids.
 pub(crate) mod clock;
 pub(crate) mod limits;
 pub(crate) mod preflight;
 pub(crate) mod procfs;
 pub(crate) mod procstats;
 pub(crate) mod proctree;
+pub(crate) mod slurmjob;
 pub(crate) mod users;
