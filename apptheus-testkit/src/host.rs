@@ -11,7 +11,8 @@ use std::{
 
 /// How many times slower than a real machine this one runs: 1, unless
 /// APPTHEUS_TEST_TIME_SCALE says otherwise (the VMs of `cargo xtask
-/// vm-test` run under software emulation, about ten times slower). Time
+/// vm-test` measure it at boot with [`calibrated_scale`]: software
+/// emulation is five to ten times slower, more on a loaded host). Time
 /// limits are multiplied by it; nothing the tests measure is.
 pub fn time_scale() -> f64 {
     std::env::var("APPTHEUS_TEST_TIME_SCALE")
@@ -19,6 +20,57 @@ pub fn time_scale() -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 1.0)
         .unwrap_or(1.0)
+}
+
+/// Calibration: a fixed piece of work that takes about 0.1 s on this
+/// project's machines (forking and executing /bin/true 20 times, 20
+/// million rounds of an integer hash); how long it took here, now.
+pub fn calibration_work() -> Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let _ = Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..20_000_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    std::hint::black_box(x);
+    started.elapsed()
+}
+
+/// The fastest of `rounds` runs of [`calibration_work`]: what the machine
+/// can do (`cargo xtask vm-test` measures the host's so before it boots
+/// the VMs).
+pub fn calibration_best(rounds: usize) -> Duration {
+    (0..rounds.max(1))
+        .map(|_| calibration_work())
+        .min()
+        .unwrap_or_default()
+}
+
+/// The median of `rounds` runs of [`calibration_work`]: what the machine
+/// does now, load included.
+pub fn calibration_median(rounds: usize) -> Duration {
+    let mut v: Vec<Duration> = (0..rounds.max(1)).map(|_| calibration_work()).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// How much more time a test may take on a machine that did the
+/// calibration work in `here` than on the reference that did it in
+/// `reference`: the ratio with half as much again to spare, at least 1.
+pub fn calibrated_scale(here: Duration, reference: Duration) -> f64 {
+    if reference.is_zero() {
+        return 1.0;
+    }
+    (here.as_secs_f64() / reference.as_secs_f64() * 1.5).max(1.0)
 }
 
 /// A time limit, stretched by [`time_scale`].
@@ -118,4 +170,21 @@ pub fn launch_workload(cli: &Path, starter: &Path, args: &str) -> String {
         cli.display(),
         s = starter.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scale_follows_the_measured_slowness() {
+        let ms = Duration::from_millis;
+        assert_eq!(calibrated_scale(ms(100), ms(100)), 1.5);
+        assert_eq!(calibrated_scale(ms(800), ms(100)), 12.0);
+        // Never below 1, whatever the measurement.
+        assert_eq!(calibrated_scale(ms(10), ms(100)), 1.0);
+        assert_eq!(calibrated_scale(ms(10), Duration::ZERO), 1.0);
+        let t = calibration_work();
+        assert!(t > Duration::ZERO && t < Duration::from_secs(60), "{t:?}");
+    }
 }

@@ -16,7 +16,10 @@
 //!   `run`, instances, as root or as the test user;
 //! - [`workload`]: a static C program with known resource use, built into
 //!   the images, and what it reports;
-//! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd);
+//! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd), or
+//!   the node's own Slurm ([`slurm::NodeSlurm`]);
+//! - [`node`]: the systemd node of `cargo xtask vm-test`: the agent
+//!   installed from its package and run by systemd;
 //! - [`running`]: a started process with its output.
 //!
 //! Apptainer and Slurm need root. A test that can't run reports it through
@@ -26,6 +29,7 @@ pub mod apptainer;
 pub mod cgroupfs;
 pub mod enter;
 pub mod host;
+pub mod node;
 pub mod root;
 pub mod running;
 pub mod scrape;

@@ -6,6 +6,7 @@
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
+//!   apptheus-starter-sim calibrate REFERENCE_SECS
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--read-file PATH]
@@ -27,6 +28,11 @@
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
+//!
+//! `calibrate` does apptheus-testkit's calibration work three times and
+//! prints the time scale for this machine against a reference machine that
+//! did it in REFERENCE_SECS (the VMs of `cargo xtask vm-test` run it at
+//! boot: APPTHEUS_TEST_TIME_SCALE).
 use std::{
     ffi::CString,
     os::unix::net::UnixStream,
@@ -40,11 +46,27 @@ use nix::{
     unistd::{ForkResult, execvp, fork},
 };
 
+fn calibrate(args: &[String]) -> ExitCode {
+    let Some(reference) = args.first().and_then(|a| a.parse::<f64>().ok()) else {
+        eprintln!("usage: apptheus-starter-sim calibrate REFERENCE_SECS");
+        return ExitCode::from(2);
+    };
+    let here = apptheus_testkit::host::calibration_median(3);
+    let scale = apptheus_testkit::host::calibrated_scale(here, Duration::from_secs_f64(reference));
+    println!("{scale:.1}");
+    eprintln!(
+        "calibration: {:.3} s here, {reference:.3} s on the reference",
+        here.as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("workload") => return workload(&args[1..]),
         Some("launch") => return launch(&args[1..]),
+        Some("calibrate") => return calibrate(&args[1..]),
         _ => {}
     }
     let mut socket = None;

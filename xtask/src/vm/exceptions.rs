@@ -47,7 +47,31 @@ const NO_MEMCG_V1_SLURM: &str = "Linux 6.12 as Debian builds it has no v1 memory
      test's Slurm cluster cannot start there (a site running 6.12 runs pure v2, where the \
      test runs)";
 
+/// Why a container sharing its Slurm task's cgroup is not yet read as
+/// the user expects on the systemd node.
+const SHARED_TASK_CGROUP: &str = "a container in a Slurm task's cgroup that holds, or held, \
+     the batch script's own work: the agent reads the task cgroup's totals since the step \
+     began when the container is alone there (the script's CPU before `exec apptainer`, \
+     Apptainer's tool starting and unpacking the image are counted: 8.8 s for a 3.3 s \
+     workload under emulation), and with the script's processes beside it exports the \
+     container's numbers from its processes in the apptheus_container_proc_* families only, \
+     not in the standard ones a user reads. Counting from the container's own start, in the \
+     standard families, is the change of issue 24 (shared cgroups count only the \
+     container), with which these tests are expected to pass";
+
 pub static EXCEPTIONS: &[Exception] = &[
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::Systemd],
+        test: "systemd_node::a_batch_jobs_container_counts_from_its_own_start",
+        why: SHARED_TASK_CGROUP,
+    },
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::Systemd],
+        test: "systemd_node::a_batch_scripts_own_work_beside_its_container_is_not_the_containers",
+        why: SHARED_TASK_CGROUP,
+    },
     Exception {
         kernels: EVERY_KERNEL,
         layouts: &[Layout::V2],
