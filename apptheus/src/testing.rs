@@ -28,6 +28,21 @@ pub mod cgroup {
         cgroups::ContainerCgroups,
         stats::{BlkioDevice, CgroupStats, CpuStats, MemoryStats, PidsStats, Pressure},
     };
+
+    /// The `slurm_job_id` of a process whose `/proc/<pid>/cgroup` is
+    /// `proc_cgroup`, with cgroup2 at `v2_root` and /proc at `procfs` (a
+    /// fixture tree's).
+    pub fn slurm_job_of(
+        proc_cgroup: &str,
+        v2_root: Option<&std::path::Path>,
+        procfs: &std::path::Path,
+    ) -> Option<String> {
+        crate::host::slurmjob::job_of(
+            proc_cgroup,
+            v2_root,
+            &crate::host::procfs::Procfs::new(procfs),
+        )
+    }
 }
 
 /// The monitoring socket, run on its own (socket tests).
