@@ -191,13 +191,17 @@ pub fn journal(cursor: Option<&str>, lines: usize) -> String {
 }
 
 /// CPU time (user and system, in seconds) process `pid` has used so far,
-/// from /proc/<pid>/stat.
+/// its own and that of the children it has reaped, from /proc/<pid>/stat.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid ...: utime and stime are fields 14 and 15.
+    // pid (comm) state ppid ...: utime, stime, cutime and cstime are
+    // fields 14 to 17.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let mut ticks: u64 = 0;
+    for i in 11..15 {
+        ticks += f.get(i)?.parse::<u64>().ok()?;
+    }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| ticks as f64 / hz as f64)

@@ -185,26 +185,65 @@ fn workload_cpu(d: &Done) -> f64 {
     (d.cpu_us + d.children_cpu_us) as f64 / 1e6
 }
 
-/// The truth of a container's CPU while its workload holds after its
-/// report: the workload's rusage and its starter's CPU since it executed.
-fn cpu_truth(done: &Done, starter: &Exec) -> (f64, f64) {
-    let starter_cpu = node::cpu_seconds(starter.pid).unwrap() - starter.cpu_at_exec;
-    (workload_cpu(done), starter_cpu)
+/// The agent's CPU of `id` comes within 3 % of the truth, while the
+/// workload holds after its report: the workload's rusage and its
+/// starter's CPU since it executed. Each round reads the agent first and
+/// the truth after, so the truth is never behind what the agent could
+/// have read; a value above it fails at once (a counter only grows), one
+/// below it is waited on.
+fn assert_cpu(n: &Node, id: &str, done: &Done, starter: &Exec) {
+    let workload = workload_cpu(done);
+    let limit = scaled(LIMIT);
+    let deadline = Instant::now() + limit;
+    loop {
+        let cpu = value(
+            &n.metrics(),
+            "apptheus_container_cpu_usage_seconds_total",
+            &[("container_id", id)],
+        );
+        let starter_cpu = node::cpu_seconds(starter.pid).unwrap() - starter.cpu_at_exec;
+        let truth = workload + starter_cpu;
+        let why = format!(
+            "{id}: cpu {cpu:?} s; truth {truth:.3} s (workload {workload:.3} s, starter {starter_cpu:.3} s since it executed)"
+        );
+        if let Some(cpu) = cpu {
+            if (cpu - truth).abs() <= truth * 0.03 {
+                eprintln!("{why}");
+                return;
+            }
+            assert!(
+                cpu < truth,
+                "more than the truth: {why}\n{}",
+                n.agent.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within 3 % after {limit:?}: {why}\n{}",
+            n.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
-/// The agent's CPU of `id` comes within 3 % of the truth read now (its
-/// next samples are waited for).
-fn assert_cpu(n: &Node, id: &str, done: &Done, starter: &Exec) {
-    let (workload, starter_cpu) = cpu_truth(done, starter);
-    let truth = workload + starter_cpu;
-    let cpu = n.series_until(
-        "apptheus_container_cpu_usage_seconds_total",
-        id,
-        &format!("within 3 % of {truth:.3} s"),
-        |v| (v - truth).abs() <= truth * 0.03,
-    );
-    eprintln!(
-        "{id}: cpu {cpu:.3} s; truth {truth:.3} s (workload {workload:.3} s, starter {starter_cpu:.3} s)"
+/// Waits until the agent has sampled container `id` while it runs (the kernel's
+/// count of its tasks, which every container has, is above zero).
+fn sampled(n: &Node, id: &str) {
+    n.series_until("apptheus_container_tasks", id, "a running container", |v| {
+        v > 0.0
+    });
+}
+
+/// A family the user reads for container `id` is exported, now.
+fn exported(n: &Node, name: &str, id: &str) {
+    let m = n.metrics();
+    assert!(
+        value(&m, name, &[("container_id", id)]).is_some(),
+        "{id}: no {name}\n{}",
+        m.lines()
+            .filter(|l| l.contains(&format!("container_id=\"{id}\"")))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -636,7 +675,8 @@ fn a_batch_jobs_container_counts_from_its_own_start() {
     let Some(n) = node() else { return };
     let slurm = slurm(&n);
     let img = image(&n, "batch-start");
-    let before = n.s.work().join("image/bin/workload");
+    let before = n.s.work().join("workload");
+    apptheus_testkit::workload::compile(&before).unwrap();
     let script = format!(
         "#!/bin/sh\n{before} -c 2 > before.out\n\
          exec apptainer exec {img} sh -c '/bin/workload -m 16 -c 3 -s -1; exit 0'\n",
@@ -719,7 +759,8 @@ fn a_batch_scripts_own_work_beside_its_container_is_not_the_containers() {
     let Some(n) = node() else { return };
     let slurm = slurm(&n);
     let img = image(&n, "batch-beside");
-    let beside = n.s.work().join("image/bin/workload");
+    let beside = n.s.work().join("workload");
+    apptheus_testkit::workload::compile(&beside).unwrap();
     let (touched, beside_mib) = (32u64, 96u64);
     // Both hold until the test has read them, then end cleanly.
     let script = format!(
@@ -751,6 +792,9 @@ fn a_batch_scripts_own_work_beside_its_container_is_not_the_containers() {
     let container_cpu = workload_cpu(report.done.as_ref().unwrap());
     let beside_cpu = workload_cpu(beside_report.done.as_ref().unwrap());
     let truth_mem = touched as f64 * MIB + above_in_job(report.pid);
+    sampled(&n, &id);
+    exported(&n, "apptheus_container_cpu_usage_seconds_total", &id);
+    exported(&n, "apptheus_container_memory_rss_bytes", &id);
     let cpu = n.series_until(
         "apptheus_container_cpu_usage_seconds_total",
         &id,
@@ -1039,4 +1083,76 @@ fn the_agents_idle_cost_and_its_time_to_the_first_scrape() {
         rss_kib / 1024.0,
         unit_memory / MIB
     ));
+}
+
+/// `systemctl restart apptheus` while a batch job's container runs (alone
+/// in its task's cgroup, where the agent creates nothing): the new agent
+/// follows it again, labelled with its job, and its CPU goes on.
+///
+/// Expected to fail today: nothing of the agent's marks such a container,
+/// so after a restart it is found again only if its starter is recovered
+/// from /proc (a documented exception of the cell).
+#[test]
+#[ignore = "needs the systemd node: cargo xtask vm-test --kernel 6.12 --layout systemd"]
+fn a_batch_jobs_container_is_followed_across_a_restart() {
+    let Some(mut n) = node() else { return };
+    let slurm = slurm(&n);
+    let img = image(&n, "restart-batch");
+    let script = format!(
+        "#!/bin/sh\nexec apptainer exec {} sh -c '/bin/workload -c 1 -s -1; exit 0'\n",
+        img.inside
+    );
+    let job = slurm.submit(&script, &["--mem=100M"]).unwrap();
+    let id = n.find("image", &img.inside);
+    let mut report = None;
+    n.agent.wait_for(LIMIT, "the workload's report", || {
+        let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")))
+            .unwrap_or_default();
+        report = Report::parse(&out).filter(|r| r.done.is_some());
+        report.is_some()
+    });
+    let report = report.unwrap();
+    let before = n.series("apptheus_container_cpu_usage_seconds_total", &id);
+    node::systemctl(&["restart", "apptheus"]).unwrap();
+    n.agent = PackagedAgent::running(scaled(LIMIT)).unwrap();
+    // The same container (the same starter), under whatever id.
+    let starter = id.split('-').next().unwrap().to_string();
+    let limit = scaled(LIMIT);
+    let deadline = Instant::now() + limit;
+    let again = loop {
+        let m = n.metrics();
+        let found = m
+            .lines()
+            .filter(|l| l.starts_with("apptheus_container_info{"))
+            .find(|l| l.contains(&format!("container_id=\"{starter}-")))
+            .map(str::to_string);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job}'s container (starter {starter}) not followed after the restart\n{}",
+            n.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        again.contains(&format!("slurm_job_id=\"{job}\"")),
+        "{again}"
+    );
+    let new_id = again
+        .split("container_id=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    n.series_until(
+        "apptheus_container_cpu_usage_seconds_total",
+        &new_id,
+        "no less than before the restart",
+        |v| v >= before,
+    );
+    kill(report.pid);
+    let ended = slurm.wait(job, scaled(LIMIT)).unwrap();
+    assert_eq!(ended.state, "COMPLETED", "{ended:?}");
 }

@@ -59,7 +59,21 @@ const SHARED_TASK_CGROUP: &str = "a container in a Slurm task's cgroup that hold
      standard families, is the change of issue 24 (shared cgroups count only the \
      container), with which these tests are expected to pass";
 
+/// Why a Slurm job's container is not followed across an agent restart.
+const NOT_MARKED: &str = "a container in a Slurm job on pure v2 has no cgroup of the agent's \
+     (the agent creates nothing in Slurm's tree), so nothing marks it for the agent that \
+     starts after a restart: adoption finds containers by their apptheus-<id> cgroups \
+     only, and this one would have to be recovered from /proc (a running process of a \
+     trusted starter whose parent is no starter). The containers that have a cgroup of \
+     the agent's are adopted (systemd_node::reload_and_restart_keep_running_containers_and_leak_nothing)";
+
 pub static EXCEPTIONS: &[Exception] = &[
+    Exception {
+        kernels: &["6.12"],
+        layouts: &[Layout::Systemd],
+        test: "systemd_node::a_batch_jobs_container_is_followed_across_a_restart",
+        why: NOT_MARKED,
+    },
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::Systemd],
