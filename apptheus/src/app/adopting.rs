@@ -1,13 +1,26 @@
 //! At start-up: the containers an earlier run of the agent placed that
-//! still run are taken over; the cgroups of those that ended meanwhile
-//! are removed.
+//! still run are taken over (with every task of their starter's process
+//! tree, also those a runtime moved into a cgroup of its own); the cgroups
+//! of those that ended meanwhile are removed.
 use apptheus_common::ContainerState;
 
 use super::{Agent, StartFacts};
 use crate::{
     cgroup::placement::{self, Placer},
+    host::proctree,
     model::container::{Source, parse_container_id},
 };
+
+/// The threads of process `pid` (/proc/<pid>/task); none if it is gone.
+fn threads_of(procfs: &std::path::Path, pid: u32) -> Vec<u32> {
+    std::fs::read_dir(procfs.join(pid.to_string()).join("task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 impl Agent {
     pub(super) fn adopt_existing(&mut self) {
@@ -28,6 +41,19 @@ impl Agent {
                 .chain(tids.iter().copied())
                 .find_map(|p| self.procfs.uid(p))
                 .unwrap_or(0);
+            // Tasks a runtime moved out of our cgroup (with Apptainer's
+            // systemd cgroups, an instance's processes and its joins in
+            // apptainer-<pid>.scope) are the starter's descendants too:
+            // they are handed to the kernel programs with the rest, so that
+            // the runtime's cgroup is read as the container's again.
+            let mut tids = tids;
+            for p in proctree::tree(self.procfs.root(), pid) {
+                for t in threads_of(self.procfs.root(), p) {
+                    if !tids.contains(&t) {
+                        tids.push(t);
+                    }
+                }
+            }
             if let Some(k) = self.kernel.as_mut() {
                 let state = ContainerState {
                     start_boot_ns: key,
@@ -54,5 +80,18 @@ impl Agent {
             });
         }
         self.delegated.release_unused();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_of_this_process_and_of_none() {
+        let me = std::process::id();
+        let t = threads_of(std::path::Path::new("/proc"), me);
+        assert!(t.contains(&me), "{t:?}");
+        assert!(threads_of(std::path::Path::new("/nonexistent"), me).is_empty());
     }
 }
