@@ -103,14 +103,22 @@ impl PackagedAgent {
     /// The agent, once its unit is active and it answers a scrape (within
     /// `timeout`, not scaled).
     pub fn running(timeout: Duration) -> anyhow::Result<PackagedAgent> {
+        Self::running_after(journal_cursor(), timeout)
+    }
+
+    /// [`Self::running`], its log read from the journal's `cursor` on
+    /// (taken with [`journal_cursor`] before a `systemctl restart`: what
+    /// the new agent logs before it answers is kept).
+    pub fn running_after(
+        cursor: Option<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<PackagedAgent> {
         check()?;
         let deadline = Instant::now() + timeout;
         loop {
             let active = unit_property(UNIT, "ActiveState").unwrap_or_default();
             if active == "active" && scrape().is_ok() {
-                return Ok(PackagedAgent {
-                    cursor: journal_cursor(),
-                });
+                return Ok(PackagedAgent { cursor });
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -167,8 +175,9 @@ pub fn scrape() -> anyhow::Result<String> {
     Ok(body)
 }
 
-fn journal_cursor() -> Option<String> {
-    let out = run("journalctl", &["-n", "0", "--show-cursor", "--no-pager"]).ok()?;
+/// Where the journal ends now (its last entry's cursor).
+pub fn journal_cursor() -> Option<String> {
+    let out = run("journalctl", &["-n", "1", "--show-cursor", "--no-pager"]).ok()?;
     out.lines()
         .find_map(|l| l.strip_prefix("-- cursor: "))
         .map(str::to_string)

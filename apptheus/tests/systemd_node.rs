@@ -906,6 +906,7 @@ fn reload_and_restart_keep_running_containers_and_leak_nothing() {
     eprintln!("running {ids:?}, cpu {before:?}, cgroups {dirs_before:?}");
 
     let pid = n.agent.main_pid().unwrap();
+    eprintln!("systemctl reload apptheus (agent {pid})");
     node::systemctl(&["reload", "apptheus"]).unwrap();
     n.agent.wait_for(LIMIT, "the agent to take the reload", || {
         n.agent.log_text().contains("SIGHUP")
@@ -920,9 +921,12 @@ fn reload_and_restart_keep_running_containers_and_leak_nothing() {
         );
     }
 
+    eprintln!("systemctl restart apptheus");
+    let mark = node::journal_cursor();
     node::systemctl(&["restart", "apptheus"]).unwrap();
-    n.agent = PackagedAgent::running(scaled(LIMIT)).unwrap();
+    n.agent = PackagedAgent::running_after(mark, scaled(LIMIT)).unwrap();
     let new_pid = n.agent.main_pid().unwrap();
+    eprintln!("restarted: agent {new_pid}");
     assert_ne!(new_pid, pid, "a restart starts a new agent");
     for (id, b) in ids.iter().zip(&before) {
         n.agent.wait_for(LIMIT, &format!("{id} to be adopted"), || {
@@ -1113,29 +1117,28 @@ fn a_batch_jobs_container_is_followed_across_a_restart() {
     });
     let report = report.unwrap();
     let before = n.series("apptheus_container_cpu_usage_seconds_total", &id);
+    let mark = node::journal_cursor();
     node::systemctl(&["restart", "apptheus"]).unwrap();
-    n.agent = PackagedAgent::running(scaled(LIMIT)).unwrap();
-    // The same container (the same starter), under whatever id.
+    n.agent = PackagedAgent::running_after(mark, scaled(LIMIT)).unwrap();
+    // The new agent adopts what it finds before its first samples: after
+    // two of them, the same container (the same starter) is there, under
+    // whatever id, or it is not followed.
+    n.agent.wait_for(LIMIT, "two samples of the new agent", || {
+        value(&n.metrics(), "apptheus_samples_total", &[]).is_some_and(|v| v >= 2.0)
+    });
     let starter = id.split('-').next().unwrap().to_string();
-    let limit = scaled(LIMIT);
-    let deadline = Instant::now() + limit;
-    let again = loop {
-        let m = n.metrics();
-        let found = m
-            .lines()
-            .filter(|l| l.starts_with("apptheus_container_info{"))
-            .find(|l| l.contains(&format!("container_id=\"{starter}-")))
-            .map(str::to_string);
-        if let Some(l) = found {
-            break l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "job {job}'s container (starter {starter}) not followed after the restart\n{}",
-            n.agent.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let again = n
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("apptheus_container_info{"))
+        .find(|l| l.contains(&format!("container_id=\"{starter}-")))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            panic!(
+                "job {job}'s container (starter {starter}) not followed after the restart\n{}",
+                n.agent.log_text()
+            )
+        });
     assert!(
         again.contains(&format!("slurm_job_id=\"{job}\"")),
         "{again}"

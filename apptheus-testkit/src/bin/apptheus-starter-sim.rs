@@ -55,8 +55,9 @@ fn calibrate(args: &[String]) -> ExitCode {
     let scale = apptheus_testkit::host::calibrated_scale(here, Duration::from_secs_f64(reference));
     println!("{scale:.1}");
     eprintln!(
-        "calibration: {:.3} s here, {reference:.3} s on the reference",
-        here.as_secs_f64()
+        "calibration: {:.3} s here, {reference:.3} s on the reference; 20 forks and execs {:.3} s here",
+        here.as_secs_f64(),
+        apptheus_testkit::host::fork_exec_work().as_secs_f64()
     );
     ExitCode::SUCCESS
 }
