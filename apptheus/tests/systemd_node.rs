@@ -902,7 +902,9 @@ fn reload_and_restart_keep_running_containers_and_leak_nothing() {
             .collect()
     };
     let before = cpu(&n);
-    let dirs_before = our_cgroups();
+    let labels: Vec<String> = ids.iter().map(|id| n.info(id)).collect();
+    let mut dirs_before = our_cgroups();
+    dirs_before.sort();
     eprintln!("running {ids:?}, cpu {before:?}, cgroups {dirs_before:?}");
 
     let pid = n.agent.main_pid().unwrap();
@@ -948,8 +950,13 @@ fn reload_and_restart_keep_running_containers_and_leak_nothing() {
         "adopted containers are not new ones\n{}",
         n.agent.log_text()
     );
+    for (id, l) in ids.iter().zip(&labels) {
+        assert_eq!(&n.info(id), l, "{id}: its labels after the restart");
+    }
     assert_eq!(agent_processes(), vec![new_pid], "one agent runs");
-    assert_eq!(our_cgroups(), dirs_before, "the same cgroups, no new ones");
+    let mut dirs_after = our_cgroups();
+    dirs_after.sort();
+    assert_eq!(dirs_after, dirs_before, "the same cgroups, no new ones");
 
     for (c, report, _) in runs {
         stop(c, &report);

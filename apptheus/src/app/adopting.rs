@@ -41,16 +41,30 @@ impl Agent {
                 .chain(tids.iter().copied())
                 .find_map(|p| self.procfs.uid(p))
                 .unwrap_or(0);
+            // The processes in our cgroup: the starter, or where it is gone
+            // (`instance start` runs it once, and it exits once its fork,
+            // the instance's master, runs) what it left there.
+            let procs: Vec<u32> = Placer::dirs(&cg)
+                .first()
+                .map(|d| placement::procs(d))
+                .unwrap_or_default();
+            let read_from = if self.procfs.exists(pid) {
+                pid
+            } else {
+                procs.first().copied().unwrap_or(pid)
+            };
             // Tasks a runtime moved out of our cgroup (with Apptainer's
             // systemd cgroups, an instance's processes and its joins in
-            // apptainer-<pid>.scope) are the starter's descendants too:
-            // they are handed to the kernel programs with the rest, so that
-            // the runtime's cgroup is read as the container's again.
+            // apptainer-<pid>.scope) descend from those: they are handed
+            // to the kernel programs with the rest, so that the runtime's
+            // cgroup is read as the container's again.
             let mut tids = tids;
-            for p in proctree::tree(self.procfs.root(), pid) {
-                for t in threads_of(self.procfs.root(), p) {
-                    if !tids.contains(&t) {
-                        tids.push(t);
+            for root in std::iter::once(pid).chain(procs) {
+                for p in proctree::tree(self.procfs.root(), root) {
+                    for t in threads_of(self.procfs.root(), p) {
+                        if !tids.contains(&t) {
+                            tids.push(t);
+                        }
                     }
                 }
             }
@@ -77,6 +91,7 @@ impl Agent {
                 source: Source::Adopted,
                 socket: None,
                 cgroups: Some(cg),
+                read_from: Some(read_from),
             });
         }
         self.delegated.release_unused();

@@ -377,6 +377,7 @@ impl Agent {
                     source: crate::model::container::Source::Kernel,
                     socket: None,
                     cgroups: None,
+                    read_from: None,
                 })
             }
             KernelEvent::Exited { container, .. } => self.on_member_exited(container),

@@ -271,6 +271,7 @@ impl Agent {
                     source: Source::Kernel,
                     socket: None,
                     cgroups: None,
+                    read_from: None,
                 });
             }
         }

@@ -62,6 +62,7 @@ impl Agent {
                     source: Source::Socket,
                     socket: Some(conn.0),
                     cgroups: None,
+                    read_from: None,
                 });
                 // A helper run is let go: the kernel need not follow it.
                 if self.registry.container_of(key).is_none()

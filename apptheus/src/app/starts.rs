@@ -35,6 +35,10 @@ pub(super) struct StartFacts {
     pub socket: Option<u64>,
     /// Its cgroups, when they exist already (adopted after a restart).
     pub cgroups: Option<ContainerCgroups>,
+    /// The process its command line, environment and executable are read
+    /// from, when not the starter itself (gone: an adopted instance's
+    /// starter, whose master, its fork, runs on).
+    pub read_from: Option<u32>,
 }
 
 impl Agent {
@@ -48,16 +52,17 @@ impl Agent {
             return;
         }
         let pid = s.starter_pid;
-        let environ = self.procfs.environ(pid).ok();
-        let cwd = self.procfs.cwd(pid);
+        let src = s.read_from.unwrap_or(pid);
+        let environ = self.procfs.environ(src).ok();
+        let cwd = self.procfs.cwd(src);
         let arg0 = s
             .arg0
             .clone()
-            .or_else(|| self.procfs.arg0(pid).ok())
+            .or_else(|| self.procfs.arg0(src).ok())
             .unwrap_or_default();
         let parent_launcher = s
             .parent_launcher
-            .unwrap_or_else(|| self.parent_runs_launcher(pid));
+            .unwrap_or_else(|| self.parent_runs_launcher(src));
         let run = apptainer::describe(&StarterFacts {
             arg0: &arg0,
             parent_launcher,
@@ -85,7 +90,7 @@ impl Agent {
         }
 
         // Where Slurm put the job is trusted over the environment.
-        let cgroups = self.procfs.cgroup(pid).ok();
+        let cgroups = self.procfs.cgroup(src).ok();
         let slurm_job_id = cgroups
             .as_deref()
             .and_then(|t| slurmjob::job_of(t, self.placer.v2_root(), &self.procfs))
@@ -94,7 +99,7 @@ impl Agent {
         c.members[0].socket = s.socket;
         c.uid = s.uid;
         c.user = users::name(s.uid);
-        c.starter_path = self.starter_path(s.file, pid);
+        c.starter_path = self.starter_path(s.file, src);
         c.meta.image = run.image;
         c.meta.instance = match run.kind {
             RunKind::Instance { name } => Some(name),

@@ -116,7 +116,9 @@ pub struct Options {
     pub timeout: u64,
     /// How much longer than on a real machine the tests may wait for
     /// something (APPTHEUS_TEST_TIME_SCALE) [default: measured in each VM
-    /// at boot against this machine, with half as much again to spare]
+    /// at boot against this machine: 5, the scale the tests were tuned
+    /// with on an idle host, and more as far as the VM runs slower than an
+    /// idle emulated machine]
     #[arg(long)]
     pub time_scale: Option<f64>,
     /// Fetch the newest kernels and busybox even when cached
