@@ -63,7 +63,9 @@ eval "set -- $(cat /opt/vmtest/args)"
 while read -r name path; do
 	mark "begin test=$name"
 	start=$(date +%s)
-	"$path" --ignored --test-threads=1 "$@" </dev/null 2>&1
+	# The console is a terminal: no colours, or the host could not read
+	# the results.
+	"$path" --ignored --test-threads=1 --color never "$@" </dev/null 2>&1
 	rc=$?
 	mark "end test=$name exit=$rc seconds=$(($(date +%s) - start))"
 done </opt/vmtest/plan
