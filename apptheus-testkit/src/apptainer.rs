@@ -52,7 +52,8 @@ pub enum As {
     User,
 }
 
-/// Time limit for Apptainer's own commands (build, instance start/stop).
+/// Time limit for Apptainer's own commands (build, instance start/stop),
+/// stretched by [`crate::host::scaled`] where it is used.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An image built in a session.
@@ -323,7 +324,7 @@ impl Session {
         self.run_command(
             As::Root,
             &["apptainer", "-s", "build", "--force", &inside, &tree_inside],
-            COMMAND_TIMEOUT,
+            crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
         )
         .with_context(|| format!("building {inside}"))?;
         Ok(Image {
@@ -452,7 +453,7 @@ impl Session {
             flags,
             &[image.inside.clone(), name.to_string()],
         );
-        self.run_command(who, &args, COMMAND_TIMEOUT)
+        self.run_command(who, &args, crate::host::scaled(COMMAND_TIMEOUT))
             .with_context(|| format!("starting instance {name}"))?;
         let mut instance = Instance {
             session: self,
@@ -465,7 +466,7 @@ impl Session {
         let listed = self.run_command(
             who,
             &["apptainer", "instance", "list", "--json", name],
-            COMMAND_TIMEOUT,
+            crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
         )?;
         instance.init_pid = parse_instance_pid(&listed.stdout, name)?;
         instance.master_pid = parent_pid(instance.init_pid)?;
@@ -509,7 +510,7 @@ impl Instance<'_> {
             .run_command(
                 self.who,
                 &["apptainer", "instance", "stop", &self.name],
-                COMMAND_TIMEOUT,
+                crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
             )
             .with_context(|| format!("stopping instance {}", self.name))
     }
@@ -523,7 +524,7 @@ impl Drop for Instance<'_> {
         let _ = self.session.run_command(
             self.who,
             &["apptainer", "instance", "stop", "--force", &self.name],
-            COMMAND_TIMEOUT,
+            crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
         );
     }
 }

@@ -184,8 +184,9 @@ fn show_job(mut scontrol: Command, id: u32) -> anyhow::Result<Job> {
     parse_job(text.trim()).with_context(|| format!("reading scontrol's job {id}: {text}"))
 }
 
-/// Asks `job` until `f` holds; after `timeout` fails, showing the job and
-/// `logs`.
+/// Asks `job` until `f` holds; after `timeout` (stretched by
+/// [`crate::host::scaled`]: a job's pace is the machine's) fails, showing
+/// the job and `logs`.
 fn wait_job(
     job: impl Fn() -> anyhow::Result<Job>,
     id: u32,
@@ -194,6 +195,7 @@ fn wait_job(
     f: impl Fn(&Job) -> bool,
     logs: impl Fn() -> String,
 ) -> anyhow::Result<Job> {
+    let timeout = crate::host::scaled(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         let job = job()?;
@@ -352,11 +354,11 @@ impl Cluster {
                 format!("--log-file={}", d.join("log/munged.log").display()),
             ]),
         )?;
-        cluster.wait_for(START_TIMEOUT, "munged's socket", |_| Ok(socket.exists()))?;
+        cluster.wait_for(crate::host::scaled(START_TIMEOUT), "munged's socket", |_| Ok(socket.exists()))?;
         cluster.spawn_daemon("slurmctld", Command::new("slurmctld").args(["-D", "-i"]))?;
         let node = cluster.node.clone();
         cluster.spawn_daemon("slurmd", Command::new("slurmd").args(["-D", "-N", &node]))?;
-        cluster.wait_for(START_TIMEOUT, "the node to be idle", |c| {
+        cluster.wait_for(crate::host::scaled(START_TIMEOUT), "the node to be idle", |c| {
             let out = c
                 .command("scontrol")
                 .args(["show", "node", "-o", &c.node])
@@ -562,7 +564,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + crate::host::scaled(STOP_TIMEOUT);
         while Instant::now() < deadline {
             match self
                 .command("squeue")
@@ -586,7 +588,7 @@ impl Cluster {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
-            let deadline = Instant::now() + STOP_TIMEOUT;
+            let deadline = Instant::now() + crate::host::scaled(STOP_TIMEOUT);
             while matches!(child.try_wait(), Ok(None)) {
                 if Instant::now() >= deadline {
                     let _ = child.kill();
@@ -723,9 +725,10 @@ impl Drop for NodeSlurm {
 }
 
 impl NodeSlurm {
-    /// The node's Slurm, once its node is idle (slurmd registered), for
-    /// jobs of `user`.
+    /// The node's Slurm, once its node is idle (slurmd registered, within
+    /// `timeout` stretched by [`crate::host::scaled`]), for jobs of `user`.
     pub fn new(user: &crate::root::TestUser, timeout: Duration) -> anyhow::Result<NodeSlurm> {
+        let timeout = crate::host::scaled(timeout);
         for (program, package) in PROGRAMS {
             if which(program).is_none() {
                 return Err(crate::unavailable(format!(

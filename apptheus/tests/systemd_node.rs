@@ -562,7 +562,7 @@ fn above_in_job(pid: u32) -> f64 {
 }
 
 fn slurm(n: &Node) -> NodeSlurm {
-    NodeSlurm::new(n.s.user(), scaled(LIMIT)).unwrap()
+    NodeSlurm::new(n.s.user(), LIMIT).unwrap()
 }
 
 /// Waits until Slurm has removed the job's cgroup directory.
@@ -655,7 +655,7 @@ fn a_batch_job_that_execs_apptainer_is_labelled_with_its_job_and_read_from_its_t
         workload_cpu(&done)
     );
     kill(report.pid);
-    let ended = slurm.wait(job, scaled(LIMIT)).unwrap();
+    let ended = slurm.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "COMPLETED", "{ended:?}\n{}", output(&slurm));
     n.ended(&id);
     slurm_removes(&n, &slurm, &job_dir);
@@ -703,7 +703,7 @@ fn a_batch_jobs_container_counts_from_its_own_start() {
     let report = report.unwrap();
     assert_cpu(&n, &id, report.done.as_ref().unwrap(), &starter);
     kill(report.pid);
-    let ended = slurm.wait(job, scaled(LIMIT)).unwrap();
+    let ended = slurm.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "COMPLETED", "{ended:?}");
     n.ended(&id);
 }
@@ -723,7 +723,7 @@ fn a_batch_jobs_memory_limit_holds_and_its_oom_kill_is_counted() {
         img.inside
     );
     let job = slurm.submit(&script, &["--mem=100M"]).unwrap();
-    let ended: Job = slurm.wait(job, scaled(LIMIT)).unwrap();
+    let ended: Job = slurm.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "OUT_OF_MEMORY", "{ended:?}");
     let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out"))).unwrap();
     let report = Report::parse(&out).expect("the workload started");
@@ -817,7 +817,7 @@ fn a_batch_scripts_own_work_beside_its_container_is_not_the_containers() {
     );
     kill(beside_report.pid);
     kill(report.pid);
-    let ended = slurm.wait(job, scaled(LIMIT)).unwrap();
+    let ended = slurm.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "COMPLETED", "{ended:?}");
     n.ended(&id);
 }
@@ -1163,6 +1163,6 @@ fn a_batch_jobs_container_is_followed_across_a_restart() {
         |v| v >= before,
     );
     kill(report.pid);
-    let ended = slurm.wait(job, scaled(LIMIT)).unwrap();
+    let ended = slurm.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "COMPLETED", "{ended:?}");
 }
