@@ -23,6 +23,9 @@ step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+# The daemon as shipped: built without the tests' feature (code only the
+# tests reach would otherwise go unnoticed).
+cargo clippy --package apptheus --locked -- -D warnings
 step "cargo clippy -D warnings (kernel programs)"
 RUSTC_BOOTSTRAP=1 CARGO_ENCODED_RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
   cargo clippy --locked --package apptheus-ebpf --target bpfel-unknown-none -Z build-std=core -- -D warnings

@@ -193,6 +193,14 @@ pub struct ContainerState {
     pub exited_runtime_ns: u64,
     pub exited_read_bytes: u64,
     pub exited_write_bytes: u64,
+    /// What the starter's task had used before it became the starter (the
+    /// same quantities, read at its exec): a batch script that `exec`s
+    /// Apptainer hands its own process on, and what that process used as
+    /// the script is not the container's. Subtracted from the container's
+    /// totals.
+    pub start_runtime_ns: u64,
+    pub start_read_bytes: u64,
+    pub start_write_bytes: u64,
 }
 
 /// What an [`Event`] reports.
@@ -281,10 +289,11 @@ impl Default for Event {
 
 pub const EVENT_SIZE: usize = 136;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
-const _: () = assert!(core::mem::size_of::<ContainerState>() == 160);
+const _: () = assert!(core::mem::size_of::<ContainerState>() == 184);
 const _: () = assert!(core::mem::size_of::<FileId>() == 16);
 
-/// Indexes of the per-CPU `STATS` array.
+/// Indexes of the per-CPU `STATS` array: everything a program had to
+/// drop, each counted (user space exports them all).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -296,8 +305,34 @@ pub enum Stat {
     ContainersMapFull = 2,
     /// Run-queue latency observations dropped because `RUNQ` was full.
     RunqMapFull = 3,
+    /// Runs of a program that stopped early on a kernel read that failed
+    /// (what it was handling is lost: an exec not recognised, a child not
+    /// followed, an exited task's usage not banked, a move not reported, an
+    /// OOM kill not counted, file bytes not counted), one per program.
+    ExecErrors = 4,
+    ForkErrors = 5,
+    ExitErrors = 6,
+    AttachErrors = 7,
+    OomErrors = 8,
+    FsioErrors = 9,
 }
-pub const STAT_COUNT: u32 = 4;
+pub const STAT_COUNT: u32 = 10;
+
+impl Stat {
+    /// Every counter, in index order.
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::EventsLost,
+        Stat::TasksMapFull,
+        Stat::ContainersMapFull,
+        Stat::RunqMapFull,
+        Stat::ExecErrors,
+        Stat::ForkErrors,
+        Stat::ExitErrors,
+        Stat::AttachErrors,
+        Stat::OomErrors,
+        Stat::FsioErrors,
+    ];
+}
 
 /// Field offsets in kernel structures, resolved by user space from the
 /// running kernel's BTF (there is no CO-RE for Rust eBPF programs).
@@ -529,6 +564,13 @@ mod tests {
         // /dev/vda1 is 254:1 on many VMs; MKDEV(254, 1) = 254 << 20 | 1.
         assert_eq!(kernel_dev(254, 1), 0x0fe0_0001);
         assert_eq!(kernel_dev(0, 0x2c), 0x2c);
+    }
+
+    #[test]
+    fn stats_are_numbered_in_order() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
     }
 
     #[test]

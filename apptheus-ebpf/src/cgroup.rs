@@ -2,18 +2,20 @@
 //! someone other than apptheus, typically a runtime putting the container
 //! into a cgroup of its own (Apptainer's `--memory` or an instance, runc,
 //! crun). User space then reads statistics from there too.
-use apptheus_common::{Event, EventKind};
+use apptheus_common::{Event, EventKind, Stat};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 
-use crate::kernel::{boot_ns, config, container_of, emit, read_at};
+use crate::kernel::{boot_ns, bump, config, container_of, emit, read_at};
 
 /// TP_PROTO(struct cgroup *dst_cgrp, const char *path, struct task_struct
 /// *task, bool threadgroup)
 #[btf_tracepoint(function = "cgroup_attach_task")]
 pub fn apptheus_cgroup_attach(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_attach(&ctx);
+    if try_attach(&ctx).is_err() {
+        bump(Stat::AttachErrors);
+    }
     0
 }
 

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use crate::{
     kernel::{
         atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at, runq_slot_of,
-        unattribute,
+        task_use, unattribute,
     },
     maps::{CONTAINERS, TRUSTED},
 };
@@ -26,7 +26,9 @@ use crate::{
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn apptheus_exec(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_exec(&ctx);
+    if try_exec(&ctx).is_err() {
+        bump(Stat::ExecErrors);
+    }
     0
 }
 
@@ -44,16 +46,24 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     {
         let slot = runq_slot_of(old_pid);
         unattribute(old_pid);
-        let _ = attribute(tid, cid, RUN_DELAY_UNKNOWN, slot);
+        if attribute(tid, cid, RUN_DELAY_UNKNOWN, slot).is_err() {
+            bump(Stat::TasksMapFull);
+        }
     }
 
     // Already in a container: a nested starter stays part of the outer one.
+    // A task whose container user space has let go (a helper run, a run
+    // refused, one ended while this task lived on) is in none: its entry
+    // goes, and a starter it runs is a container of its own.
     if let Some(cid) = container_of(tid) {
-        if let Some(st) = CONTAINERS.get_ptr_mut(&cid) {
-            // SAFETY: st points into a live map value.
-            atomic_add(unsafe { &raw mut (*st).execs }, 1);
+        match CONTAINERS.get_ptr_mut(&cid) {
+            Some(st) => {
+                // SAFETY: st points into a live map value.
+                atomic_add(unsafe { &raw mut (*st).execs }, 1);
+                return Ok(());
+            }
+            None => unattribute(tid),
         }
-        return Ok(());
     }
 
     let file = executed_file(ctx)?;
@@ -76,6 +86,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         });
         return Ok(());
     }
+    // What the task used before it became the starter (a batch script
+    // that `exec`s Apptainer) is not the container's.
+    let (runtime, read, write) = task_use(Stat::ExecErrors);
     let mut state = ContainerState {
         live_tasks: 1,
         execs: 1,
@@ -84,6 +97,9 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
         starter: file,
+        start_runtime_ns: runtime,
+        start_read_bytes: read,
+        start_write_bytes: write,
         ..ContainerState::default()
     };
     // The start time is the container id; two starts in the same nanosecond

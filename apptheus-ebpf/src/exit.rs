@@ -1,14 +1,12 @@
 //! sched_process_exit: a container's task is gone; the last one ends the
 //! container.
-use apptheus_common::{Event, EventKind};
+use apptheus_common::{Event, EventKind, Stat};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 
 use crate::{
-    kernel::{atomic_add, boot_ns, container_of, emit, offset, read_at, unattribute},
+    kernel::{atomic_add, boot_ns, container_of, emit, task_use, unattribute},
     maps::{CONTAINERS, WATCHED},
 };
 
@@ -44,7 +42,7 @@ fn try_exit() {
     };
     // What the task used, banked before the count drops: once user space
     // sees the last task gone, the totals are complete.
-    let (runtime, read, write) = used();
+    let (runtime, read, write) = task_use(Stat::ExitErrors);
     // SAFETY: st points into a live map value.
     let left = unsafe {
         atomic_add(&raw mut (*st).exited_runtime_ns, runtime);
@@ -75,25 +73,4 @@ fn try_exit() {
             ..Event::default()
         });
     }
-}
-
-/// The exiting (current) task's CPU time in nanoseconds and its storage
-/// reads and writes in bytes; 0 for what this kernel does not account or
-/// cannot be read.
-fn used() -> (u64, u64, u64) {
-    // SAFETY: a helper without arguments; the pointer is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() } as *const u8;
-    let field = |off: u32| -> u64 {
-        if off == 0 {
-            0
-        } else {
-            read_at::<u64>(task, off).unwrap_or(0)
-        }
-    };
-    (
-        field(offset!(task_runtime)),
-        field(offset!(task_read_bytes)),
-        field(offset!(task_write_bytes)),
-    )
 }

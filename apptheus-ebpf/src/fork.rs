@@ -7,20 +7,30 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, attribute, bump, config, container_of, read_at, runq_slot_of},
+    kernel::{
+        atomic_add, attribute, bump, config, container_of, read_at, runq_slot_of, unattribute,
+    },
     maps::CONTAINERS,
 };
 
 /// TP_PROTO(struct task_struct *parent, struct task_struct *child)
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn apptheus_fork(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_fork(&ctx);
+    if try_fork(&ctx).is_err() {
+        bump(Stat::ForkErrors);
+    }
     0
 }
 
 fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
     let parent_tid = bpf_get_current_pid_tgid() as u32;
     let Some(cid) = container_of(parent_tid) else {
+        return Ok(());
+    };
+    // Its container let go by user space (a helper run, a run refused):
+    // the parent is in none any more, and neither is the child.
+    let Some(st) = CONTAINERS.get_ptr_mut(&cid) else {
+        unattribute(parent_tid);
         return Ok(());
     };
     let off = config().offsets;
@@ -35,15 +45,13 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<(), i64> {
         bump(Stat::TasksMapFull);
         return Ok(());
     }
-    if let Some(st) = CONTAINERS.get_ptr_mut(&cid) {
-        // SAFETY: st points into a live map value.
-        unsafe {
-            atomic_add(&raw mut (*st).live_tasks, 1);
-            if child_pid == child_tgid as u32 {
-                atomic_add(&raw mut (*st).forks, 1);
-            } else {
-                atomic_add(&raw mut (*st).threads_created, 1);
-            }
+    // SAFETY: st points into a live map value.
+    unsafe {
+        atomic_add(&raw mut (*st).live_tasks, 1);
+        if child_pid == child_tgid as u32 {
+            atomic_add(&raw mut (*st).forks, 1);
+        } else {
+            atomic_add(&raw mut (*st).threads_created, 1);
         }
     }
     Ok(())

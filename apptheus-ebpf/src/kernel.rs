@@ -4,7 +4,7 @@ use apptheus_common::{
     Config, Event, RUN_DELAY_UNKNOWN, RUNQ_SEEN_UNKNOWN, RUNQ_SLOT_NONE, RUNQ_SLOT_UNRESOLVED,
     Stat, TaskEntry, runq_entry, runq_entry_slot,
 };
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::{CONFIG, EVENTS, RUNQ_TASKS, STATS, TASKS};
@@ -132,4 +132,36 @@ pub fn emit(ev: &Event) {
     if EVENTS.output(ev, 0).is_err() {
         bump(Stat::EventsLost);
     }
+}
+
+/// The current task's CPU time in nanoseconds
+/// (`task_struct.se.sum_exec_runtime`) and its storage reads and writes in
+/// bytes (`task_struct.ioac`); 0 for what this kernel does not account. A
+/// field that cannot be read counts as 0 and as an error of the program
+/// (`errors`: what the task used is then missing from, or not subtracted
+/// from, its container's totals).
+#[inline(always)]
+pub fn task_use(errors: Stat) -> (u64, u64, u64) {
+    // SAFETY: a helper without arguments; the pointer is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mut failed = false;
+    let mut field = |off: u32| -> u64 {
+        if off == 0 {
+            return 0;
+        }
+        read_at::<u64>(task, off).unwrap_or_else(|_| {
+            failed = true;
+            0
+        })
+    };
+    let out = (
+        field(offset!(task_runtime)),
+        field(offset!(task_read_bytes)),
+        field(offset!(task_write_bytes)),
+    );
+    if failed {
+        bump(errors);
+    }
+    out
 }

@@ -1,11 +1,11 @@
 //! mark_victim: the OOM killer chose a task; if it belongs to a container,
 //! count it there (the count survives the container's cgroup) and tell user
 //! space who it was.
-use apptheus_common::{Event, EventKind, TASK_COMM_LEN};
+use apptheus_common::{Event, EventKind, Stat, TASK_COMM_LEN};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    kernel::{atomic_add, boot_ns, config, container_of, emit, read_at},
+    kernel::{atomic_add, boot_ns, bump, config, container_of, emit, read_at},
     maps::CONTAINERS,
 };
 
@@ -13,7 +13,9 @@ use crate::{
 /// TP_PROTO(int pid) before. User space tells which (`oom_arg_is_pid`).
 #[btf_tracepoint(function = "mark_victim")]
 pub fn apptheus_oom(ctx: BtfTracePointContext) -> i32 {
-    let _ = try_oom(&ctx);
+    if try_oom(&ctx).is_err() {
+        bump(Stat::OomErrors);
+    }
     0
 }
 

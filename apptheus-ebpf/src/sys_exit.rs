@@ -3,7 +3,7 @@
 //! cache hits included (block I/O statistics see only what reaches a disk).
 //! sys_exit fires for every syscall of every task: the cheapest tests come
 //! first.
-use apptheus_common::{IoDirection, Offsets, S_IFMT, S_IFREG, x86_64_io_syscall};
+use apptheus_common::{IoDirection, Offsets, S_IFMT, S_IFREG, Stat, x86_64_io_syscall};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::raw_tracepoint,
@@ -11,14 +11,16 @@ use aya_ebpf::{
 };
 
 use crate::{
-    kernel::{atomic_add, config, container_of, read_at},
+    kernel::{atomic_add, bump, config, container_of, read_at},
     maps::CONTAINERS,
 };
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn apptheus_fsio(ctx: RawTracePointContext) -> i32 {
-    let _ = try_sys_exit(&ctx);
+    if try_sys_exit(&ctx).is_err() {
+        bump(Stat::FsioErrors);
+    }
     0
 }
 
@@ -56,7 +58,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 /// current->files->fdt->fd[fd]->f_inode->i_mode is a regular file's. (A
-/// descriptor closed by another thread meanwhile reads as not one.)
+/// descriptor closed by another thread meanwhile is not one.)
 fn is_regular_file(fd: u64, off: &Offsets) -> Result<bool, i64> {
     // SAFETY: a helper without arguments; the pointer is only read through
     // bpf_probe_read_kernel.
@@ -70,6 +72,10 @@ fn is_regular_file(fd: u64, off: &Offsets) -> Result<bool, i64> {
     let fds: *const u8 = read_at(fdt, off.fdt_fd)?;
     // fd < max_fds, which the kernel keeps far below 2^29.
     let file: *const u8 = read_at(fds, (fd as u32).wrapping_mul(8))?;
+    if file.is_null() {
+        // Closed by another thread meanwhile.
+        return Ok(false);
+    }
     let inode: *const u8 = read_at(file, off.file_inode)?;
     let mode: u16 = read_at(inode, off.inode_mode)?;
     Ok(mode & S_IFMT == S_IFREG)

@@ -98,12 +98,45 @@ pub fn scaled(d: Duration) -> Duration {
     d.mul_f64(time_scale())
 }
 
-/// Tests that run an agent take this lock: two agents would adopt each
-/// other's cgroups.
-pub fn serial() -> MutexGuard<'static, ()> {
+/// Held by a test that runs an agent: two agents would adopt each other's
+/// cgroups, in this process or in another test binary run at the same
+/// time (a lock on [`SERIAL_LOCK_FILE`], besides one within the process).
+pub struct Serial {
+    _file: Option<nix::fcntl::Flock<std::fs::File>>,
+    _guard: MutexGuard<'static, ()>,
+}
+
+/// The file whose lock keeps agents of concurrent test processes apart.
+pub const SERIAL_LOCK_FILE: &str = "/run/apptheus-tests.lock";
+
+/// Takes the lock that keeps agents apart (waits for it).
+pub fn serial() -> Serial {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    let guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Without root (no /run to write) the tests that need it skip anyway.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(SERIAL_LOCK_FILE)
+        .ok()
+        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+    Serial {
+        _file: file,
+        _guard: guard,
+    }
+}
+
+/// A TCP port on 127.0.0.1 that is free now (for a server a test starts
+/// next; another process may take it meanwhile, which the server's start
+/// then reports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free port on 127.0.0.1")
+        .port()
 }
 
 /// A name no other call of this process returns: `<pid>-<n>`.

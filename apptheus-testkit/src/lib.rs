@@ -20,6 +20,10 @@
 //!   the node's own Slurm ([`slurm::NodeSlurm`]);
 //! - [`node`]: the systemd node of `cargo xtask vm-test`: the agent
 //!   installed from its package and run by systemd;
+//! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd);
+//! - [`prometheus`]: a real Prometheus server scraping the agent;
+//! - [`forward`]: connections forwarded from another address (a scraper
+//!   behind NAT or a proxy);
 //! - [`running`]: a started process with its output.
 //!
 //! Apptainer and Slurm need root. A test that can't run reports it through
@@ -28,8 +32,10 @@ pub mod agent;
 pub mod apptainer;
 pub mod cgroupfs;
 pub mod enter;
+pub mod forward;
 pub mod host;
 pub mod node;
+pub mod prometheus;
 pub mod root;
 pub mod running;
 pub mod scrape;
@@ -42,13 +48,33 @@ use std::path::PathBuf;
 /// Set to `1` (scripts/test.sh does, as root), a test that would skip fails.
 pub const REQUIRE_ENV: &str = "APPTHEUS_REQUIRE_PRIVILEGED";
 
+/// Whether [`REQUIRE_ENV`] is `1`: what would skip must fail instead.
+pub fn skips_forbidden() -> bool {
+    std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1")
+}
+
 /// Reports that a test can't run here: prints `SKIPPED: <reason>`, or
-/// panics when [`REQUIRE_ENV`] is `1`.
+/// panics when skips are forbidden ([`REQUIRE_ENV`]).
 pub fn skip(reason: &str) {
-    if std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1") {
+    if skips_forbidden() {
         panic!("test needs: {reason}; {REQUIRE_ENV}=1 forbids skipping");
     }
     eprintln!("SKIPPED: {reason}");
+}
+
+/// True when this process is root on a kernel with BTF, as a test that
+/// runs the agent with its kernel programs needs; otherwise reports the
+/// skip (a failure where skips are forbidden).
+pub fn privileged() -> bool {
+    if !is_root() {
+        skip("root");
+        return false;
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        skip("kernel BTF");
+        return false;
+    }
+    true
 }
 
 /// Something a test needs is not here (no root, no cached Apptainer root,
@@ -130,8 +156,7 @@ mod tests {
     #[test]
     fn only_unavailable_things_skip() {
         // Under APPTHEUS_REQUIRE_PRIVILEGED=1 a skip panics by design.
-        let required = std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1");
-        if !required {
+        if !skips_forbidden() {
             assert!(or_skip::<()>(Err(unavailable("x"))).unwrap().is_none());
         }
         assert!(or_skip::<()>(Err(anyhow::anyhow!("broken"))).is_err());

@@ -354,17 +354,25 @@ impl Cluster {
                 format!("--log-file={}", d.join("log/munged.log").display()),
             ]),
         )?;
-        cluster.wait_for(crate::host::scaled(START_TIMEOUT), "munged's socket", |_| Ok(socket.exists()))?;
+        cluster.wait_for(
+            crate::host::scaled(START_TIMEOUT),
+            "munged's socket",
+            |_| Ok(socket.exists()),
+        )?;
         cluster.spawn_daemon("slurmctld", Command::new("slurmctld").args(["-D", "-i"]))?;
         let node = cluster.node.clone();
         cluster.spawn_daemon("slurmd", Command::new("slurmd").args(["-D", "-N", &node]))?;
-        cluster.wait_for(crate::host::scaled(START_TIMEOUT), "the node to be idle", |c| {
-            let out = c
-                .command("scontrol")
-                .args(["show", "node", "-o", &c.node])
-                .output()?;
-            Ok(String::from_utf8_lossy(&out.stdout).contains("State=IDLE"))
-        })?;
+        cluster.wait_for(
+            crate::host::scaled(START_TIMEOUT),
+            "the node to be idle",
+            |c| {
+                let out = c
+                    .command("scontrol")
+                    .args(["show", "node", "-o", &c.node])
+                    .output()?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains("State=IDLE"))
+            },
+        )?;
         Ok(cluster)
     }
 

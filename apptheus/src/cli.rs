@@ -61,13 +61,15 @@ pub struct Args {
     )]
     pub socket_path: PathBuf,
 
-    /// The most time a served or pushed sample of the containers'
-    /// statistics may be old (e.g. 500ms, 0.5s, 1m). Samples are taken for
-    /// the reads that come (scrapes and pushes: just before each reader's
-    /// expected read, or during a read that finds none recent enough), not
-    /// on a clock; a container's final sample is taken when it ends. A
-    /// sample that takes longer than the interval is served up to its own
-    /// duration old.
+    /// The most time a sample of the containers' statistics served to a
+    /// scheduled scrape or a push may be old (e.g. 500ms, 0.5s, 1m).
+    /// Samples are taken for the reads that come (just before each read a
+    /// scraper's learned schedule predicts, or during a read that finds
+    /// none recent enough), not on a clock; other reads are served samples
+    /// up to ten intervals old and take at most one sample per ten
+    /// intervals; a container's final sample is taken when it ends. A
+    /// sample that takes longer than half the interval is served up to
+    /// twice its own duration old.
     #[arg(
         long = "monitor.interval",
         alias = "monitor.inverval",
@@ -114,6 +116,38 @@ pub struct Args {
     /// The kernel then times every program run, which costs a little.
     #[arg(long = "ebpf.stats", value_name = "BOOL", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub ebpf_stats: bool,
+
+    /// Tasks (threads) of containers the kernel programs follow at once,
+    /// node-wide (about 100 bytes of kernel memory each). A task beyond is
+    /// not followed: counted in apptheus_ebpf_map_full_total{map="tasks"}.
+    #[arg(long = "ebpf.max-tasks", value_name = "N", default_value_t = apptheus_common::MAX_TASKS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub ebpf_max_tasks: u32,
+
+    /// Starter runs the kernel programs follow at once, node-wide (about
+    /// 250 bytes of kernel memory each). A run beyond is not attributed:
+    /// counted in apptheus_ebpf_map_full_total{map="containers"}.
+    #[arg(long = "ebpf.max-containers", value_name = "N", default_value_t = apptheus_common::MAX_CONTAINERS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub ebpf_max_containers: u32,
+
+    /// Per user: new starter runs per second let in, sustained (a run
+    /// beyond the rate and the burst is not followed, counted in
+    /// apptheus_starter_runs_refused_total{reason="rate"}).
+    #[arg(long = "limit.user-starts-per-second", value_name = "RATE", default_value_t = crate::model::caps::Limits::default().starts_per_second,
+        value_parser = parse_rate)]
+    pub limit_starts_per_second: f64,
+
+    /// Per user: new starter runs let in at once above the rate.
+    #[arg(long = "limit.user-start-burst", value_name = "N", default_value_t = crate::model::caps::Limits::default().start_burst,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit_start_burst: u32,
+
+    /// Per user: live containers (a run beyond is not followed, counted in
+    /// apptheus_starter_runs_refused_total{reason="live"}).
+    #[arg(long = "limit.user-containers", value_name = "N", default_value_t = crate::model::caps::Limits::default().live,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit_containers: u32,
 
     /// Only log messages at this level or above.
     #[arg(
@@ -186,6 +220,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "'{s}' is not a rate: give a positive number, e.g. 500 or 0.5"
+        )),
+    }
+}
+
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s.len() < 2 {
         return Err(format!(
@@ -207,6 +250,15 @@ fn split_paths(given: &[String]) -> Vec<PathBuf> {
 }
 
 impl Args {
+    /// The per-user caps (`--limit.*`).
+    pub fn limits(&self) -> crate::model::caps::Limits {
+        crate::model::caps::Limits {
+            starts_per_second: self.limit_starts_per_second,
+            start_burst: self.limit_start_burst,
+            live: self.limit_containers,
+        }
+    }
+
     /// The trusted paths as given: every `--trust.path`, split on ';',
     /// blanks dropped. Empty when none was given.
     pub fn trusted_paths(&self) -> Vec<PathBuf> {
@@ -242,7 +294,31 @@ mod tests {
         assert!(!parse(&["--cgroup.prewarm=false"]).unwrap().cgroup_prewarm);
         assert!(a.on_demand);
         assert!(!parse(&["--monitor.on-demand=false"]).unwrap().on_demand);
+        // Pushes every 15 s unless told, whatever --monitor.interval is.
+        let a2 = parse(&["--monitor.interval=2s"]).unwrap();
+        assert_eq!(a2.push.interval, Duration::from_secs(15));
         assert_eq!(a.cgroup_open_files, None);
+        assert_eq!(a.ebpf_max_tasks, 262_144);
+        assert_eq!(a.ebpf_max_containers, 16_384);
+        let small = parse(&["--ebpf.max-tasks=8", "--ebpf.max-containers=2"]).unwrap();
+        assert_eq!((small.ebpf_max_tasks, small.ebpf_max_containers), (8, 2));
+        let e = parse(&["--ebpf.max-tasks=0"]).unwrap_err().to_string();
+        assert!(e.contains("--ebpf.max-tasks"), "{e}");
+        assert_eq!(a.limits(), crate::model::caps::Limits::default());
+        let l = parse(&[
+            "--limit.user-starts-per-second=0.5",
+            "--limit.user-start-burst=3",
+            "--limit.user-containers=2",
+        ])
+        .unwrap()
+        .limits();
+        assert_eq!((l.starts_per_second, l.start_burst, l.live), (0.5, 3, 2));
+        for bad in ["0", "-1", "NaN", "inf", "fast"] {
+            let e = parse(&[&format!("--limit.user-starts-per-second={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--limit.user-starts-per-second"), "{bad}: {e}");
+        }
     }
 
     #[test]

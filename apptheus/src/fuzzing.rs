@@ -22,10 +22,26 @@ use crate::{
     http, model, webconfig,
 };
 
-/// Picks one of `n` parsers with the first byte; the rest is the input.
-fn split(data: &[u8], n: u8) -> Option<(u8, &[u8])> {
+/// The parser an input went to: `parser` of the entry point's `of`. An
+/// entry point with several picks one with the input's first byte, and
+/// reaches none when the input is empty; one with a single parser always
+/// reaches it. The regression test checks with this that every input it
+/// replays reached a parser, and that the seeds reach them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reached {
+    pub parser: u8,
+    pub of: u8,
+}
+
+impl Reached {
+    const ONLY: Option<Reached> = Some(Reached { parser: 0, of: 1 });
+}
+
+/// Picks one of `of` parsers with the first byte; the rest is the input.
+fn split(data: &[u8], of: u8) -> Option<(Reached, &[u8])> {
     let (&first, rest) = data.split_first()?;
-    Some((first % n, rest))
+    let parser = first % of;
+    Some((Reached { parser, of }, rest))
 }
 
 fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
@@ -34,13 +50,11 @@ fn text(data: &[u8]) -> std::borrow::Cow<'_, str> {
 
 /// cgroup files (cgroup v1 and v2 statistics, limits, pressure, block
 /// I/O, controller lists) and `/proc/self/mountinfo`.
-pub fn cgroup_file(data: &[u8]) {
+pub fn cgroup_file(data: &[u8]) -> Option<Reached> {
     use cgroup::read::parse;
-    let Some((which, rest)) = split(data, 10) else {
-        return;
-    };
+    let (reached, rest) = split(data, 10)?;
     let s = text(rest);
-    match which {
+    match reached.parser {
         0 => {
             let _ = parse::single_u64(&s);
         }
@@ -83,17 +97,16 @@ pub fn cgroup_file(data: &[u8]) {
             }
         }
     }
+    Some(reached)
 }
 
 /// Files of other users' processes: `/proc/<pid>/environ` (any user
 /// controls their own), `/proc/<pid>/cgroup`, `/proc/<pid>/stat` (the
 /// command name is the user's), `/proc/<pid>/task/<tid>/children` and the
 /// `CapEff` line of `/proc/<pid>/status`.
-pub fn proc_file(data: &[u8]) {
-    let Some((which, rest)) = split(data, 5) else {
-        return;
-    };
-    match which {
+pub fn proc_file(data: &[u8]) -> Option<Reached> {
+    let (reached, rest) = split(data, 5)?;
+    match reached.parser {
         0 => {
             // A starter's first argument (up to the first NUL), then its
             // environment, Apptainer's engine configuration included.
@@ -157,20 +170,22 @@ pub fn proc_file(data: &[u8]) {
             }
         }
     }
+    Some(reached)
 }
 
 /// What the monitoring socket reads about a caller: its
 /// `/proc/<pid>/stat` line, whose command name the caller chose.
-pub fn socket_peer(data: &[u8]) {
+pub fn socket_peer(data: &[u8]) -> Option<Reached> {
     let _ = socket::verify::parse_start_time(&text(data));
+    Reached::ONLY
 }
 
 /// The web config file (`--web.config.file`): YAML, then the TLS settings
 /// and PEM given inline, and a Basic `Authorization` header.
-pub fn web_config(data: &[u8]) {
+pub fn web_config(data: &[u8]) -> Option<Reached> {
     let s = text(data);
     let Ok(config) = webconfig::parse(&s, std::path::Path::new("/nonexistent")) else {
-        return;
+        return Reached::ONLY;
     };
     if let Some(tls) = &config.tls
         && tls.files().is_empty()
@@ -180,6 +195,7 @@ pub fn web_config(data: &[u8]) {
     if let Ok(value) = hyper::header::HeaderValue::from_bytes(data) {
         let _ = webconfig::auth::credentials(&value);
     }
+    Reached::ONLY
 }
 
 /// Servers to fuzz requests against: plain, and with basic auth and extra
@@ -214,9 +230,9 @@ fn servers() -> &'static [Arc<http::Server>; 2] {
 
 /// Bytes a client sends on one connection (the first byte picks the server:
 /// even plain, odd with authentication), through hyper's parser to the
-/// routes, content negotiation and authentication; returns what the
-/// server answered.
-pub fn http_request(data: &[u8]) -> Vec<u8> {
+/// routes, content negotiation and authentication; returns the server
+/// chosen and what it answered.
+pub fn http_request(data: &[u8]) -> Option<(Reached, Vec<u8>)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     thread_local! {
         static RT: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
@@ -224,10 +240,8 @@ pub fn http_request(data: &[u8]) -> Vec<u8> {
             .build()
             .ok();
     }
-    let Some((which, request)) = split(data, 2) else {
-        return Vec::new();
-    };
-    let server = Arc::clone(&servers()[usize::from(which)]);
+    let (reached, request) = split(data, 2)?;
+    let server = Arc::clone(&servers()[usize::from(reached.parser)]);
     let request = request.to_vec();
     let exchange = async move {
         let (mut client, io) = tokio::io::duplex(64 * 1024);
@@ -249,13 +263,14 @@ pub fn http_request(data: &[u8]) -> Vec<u8> {
         "not an HTTP answer: {:?}",
         String::from_utf8_lossy(&answer[..answer.len().min(64)])
     );
-    answer
+    Some((reached, answer))
 }
 
 /// The header values the handler interprets itself: `Accept` and
 /// `Accept-Encoding`.
-pub fn http_headers(data: &[u8]) {
+pub fn http_headers(data: &[u8]) -> Option<Reached> {
     let s = text(data);
     let _ = exposition::negotiate(&s);
     let _ = http::accepts_gzip(&s);
+    Reached::ONLY
 }

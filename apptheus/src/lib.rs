@@ -15,6 +15,7 @@ mod duration;
 mod export;
 /// The entry points fuzzers (and the fuzz regression tests) call: the
 /// surface kept stable for them, whatever moves behind it.
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 mod host;
 mod http;
@@ -22,6 +23,8 @@ pub mod logging;
 mod memory;
 mod model;
 mod push;
+mod sync;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod webconfig;
 

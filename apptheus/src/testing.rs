@@ -1,19 +1,7 @@
 //! What the integration tests, the benchmarks, the examples and the xtask
 //! use of the daemon's insides, re-exported on purpose: everything else
-//! is private to the crate. Also the rule for privileged tests.
-
-/// Environment variable that turns a skipped privileged test into a
-/// failure. `.ci/run` (through scripts/test.sh) sets it: CI runs as root with
-/// BTF, so a skip there means something is broken.
-pub const REQUIRE_ENV: &str = "APPTHEUS_REQUIRE_PRIVILEGED";
-
-/// Reports a skipped test, or fails it when skips are not allowed.
-pub fn skip(reason: &str) {
-    if std::env::var_os(REQUIRE_ENV).is_some_and(|v| v == "1") {
-        panic!("test needs: {reason}; {REQUIRE_ENV}=1 forbids skipping");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
+//! is private to the crate. (How a test skips is apptheus-testkit's
+//! `skip`.)
 
 pub use crate::host::limits::raise_fd_limit;
 
@@ -21,6 +9,7 @@ pub use crate::host::limits::raise_fd_limit;
 pub mod cgroup {
     pub use crate::cgroup::{
         layout::Layout,
+        mark::Mark,
         placement::{Created, DIR_PREFIX, NoOwnCgroup, Placer},
         read::{MAX_DEVICES, Problem, StatWarning, read, read_with, user_hz},
     };

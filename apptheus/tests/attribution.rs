@@ -86,6 +86,61 @@ fn every_process_and_thread_of_the_workload_is_attributed_and_counted() {
     assert!(agent.stop().success());
 }
 
+/// A task of a starter run the agent lets go (here a helper run of
+/// Apptainer's tool, which is not a container) is in no container: a
+/// starter it runs later is a container of its own, counted from its
+/// start.
+#[test]
+fn a_starter_run_by_a_task_of_a_run_let_go_is_a_container_of_its_own() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let trust = TrustDir::new();
+    let (cli, starter, agent) = agent_trusting_apptainer(&trust);
+    let flag = tempfile::tempdir().unwrap();
+    let go = flag.path().join("go");
+    // The helper run's container process waits until the agent has let
+    // the run go, then runs the starter.
+    let nested = format!(
+        "while [ ! -e {go} ]; do sleep 0.05; done; \
+         exec {s} --no-namespaces -- {s} workload --spin 0.3",
+        go = go.display(),
+        s = starter.display()
+    );
+    let mut helper = Command::new(&cli)
+        .args([
+            "--no-namespaces",
+            "--arg0",
+            "Apptainer runtime parent: tmp-rootfs-1",
+            "--",
+        ])
+        .arg(&starter)
+        .args(["--no-namespaces", "--", "/bin/sh", "-c", &nested])
+        .spawn()
+        .unwrap();
+    agent.wait_for(WAIT, "the helper run to be let go", || {
+        value(&agent.metrics(), "apptheus_helper_runs_total", &[]) == Some(1.0)
+    });
+    std::fs::write(&go, "").unwrap();
+    assert!(helper.wait().unwrap().success());
+    let id = wait_counter(&agent, &starter, "apptheus_container_execs_total", 2.0);
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_containers_started_total", &[]),
+        Some(1.0),
+        "{m}"
+    );
+    agent.wait_for(WAIT, "the container's CPU", || {
+        value(
+            &agent.metrics(),
+            "apptheus_container_cpu_usage_seconds_total",
+            &[("container_id", &id)],
+        )
+        .is_some_and(|c| c >= 0.29)
+    });
+}
+
 #[test]
 fn copies_are_not_trusted_and_symlinks_are() {
     let Some((_serial, trust, starter)) = trusted_starter() else {
@@ -243,7 +298,7 @@ fn runc_as_a_trusted_launcher() {
         .map(Path::new)
         .find(|p| p.exists());
     let Some(runc) = runc else {
-        apptheus::testing::skip("runc (Debian package runc; scripts/setup.sh --test installs it)");
+        apptheus_testkit::skip("runc (Debian package runc; scripts/setup.sh --test installs it)");
         return;
     };
     let _serial = serial();

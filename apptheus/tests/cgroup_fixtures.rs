@@ -423,7 +423,8 @@ mod live {
         time::{Duration, Instant},
     };
 
-    use apptheus::testing::{cgroup::Layout, skip};
+    use apptheus::testing::cgroup::Layout;
+    use apptheus_testkit::skip;
     use nix::{
         sys::signal::{Signal, kill},
         unistd::Pid,

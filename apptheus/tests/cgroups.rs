@@ -452,7 +452,7 @@ fn with_controllers_left_alone_a_v2_containers_memory_comes_from_its_processes()
         &starter,
         "apptheus_container_cpu_usage_seconds_total",
     );
-    let memory = rss_metric(&mc);
+    let memory = "apptheus_container_memory_rss_bytes";
     agent.wait_for(WAIT, "the container's memory", || {
         of(&agent.metrics(), memory, &id).is_some_and(|v| v >= 60.0 * MIB)
     });
@@ -468,4 +468,230 @@ fn with_controllers_left_alone_a_v2_containers_memory_comes_from_its_processes()
         );
     }
     assert!(child.wait().unwrap().success());
+}
+
+/// A cgroup delegated to the test user (uid 1500) in the hierarchy of the
+/// memory controller, as systemd delegates `user@UID.service`: the
+/// directory and its `cgroup.procs` (and on cgroup v2 `cgroup.threads`
+/// and `cgroup.subtree_control`) are the user's. Removed on drop, with
+/// what the user made in it.
+struct Delegated(std::path::PathBuf);
+
+impl Delegated {
+    fn new(mc: &MemoryController, uid: u32) -> Self {
+        let dir = mc.root.join(format!("delegated-{}", unique()));
+        std::fs::create_dir(&dir).unwrap();
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+            "tasks",
+        ] {
+            let p = dir.join(f);
+            if p.exists() {
+                std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        Self(dir)
+    }
+}
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let subdirs: Vec<_> = std::fs::read_dir(&self.0)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for d in subdirs {
+                let _ = std::fs::remove_dir(d);
+            }
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// After a restart the agent takes over only the cgroups it made: in a
+/// cgroup delegated to an ordinary user, directories with apptheus' naming
+/// that the user made (one naming a process of root's, one holding the
+/// user's own process) are neither adopted nor removed, and the user
+/// cannot give them apptheus' mark. A real container in the same agent's
+/// care is adopted.
+#[test]
+fn a_restarted_agent_adopts_only_the_cgroups_it_made() {
+    const USER: u32 = 1500;
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
+        return;
+    };
+    let Some(mc) = MemoryController::find() else {
+        apptheus_testkit::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
+        return;
+    };
+    let flag = format!("--trust.path={}", starter.display());
+    let first = Agent::start(&[&flag]);
+    let sleep = format!("{}", 6.0 * time_scale());
+    let mut real = Reaped(spawn_in(None, &starter, &["--sleep", &sleep]));
+    let real_id = wait_container(&first, &starter, "apptheus_container_tasks");
+    // Its cgroups carry apptheus' mark.
+    let mark = our_cgroup_dirs()
+        .into_iter()
+        .find(|d| d.ends_with(format!("apptheus-{real_id}")))
+        .map(|d| xattr(&d, "trusted.apptheus"))
+        .expect("the real container's cgroup");
+    assert!(mark.contains(&format!("container={real_id}")), "{mark}");
+
+    // The user's forgeries, in the cgroup delegated to them: a directory
+    // naming a process of root's (the agent's own), and one holding the
+    // user's own process.
+    let deleg = Delegated::new(&mc, USER);
+    let root_pid = first.child.id();
+    let d = deleg.0.display();
+    let user_script = format!(
+        "mkdir {d}/apptheus-{root_pid}-7 && mkdir {d}/apptheus-$$-5 && \
+         echo $$ > {d}/apptheus-$$-5/cgroup.procs && echo ready && exec sleep {sleep}"
+    );
+    let script = format!(
+        "echo $$ > {d}/cgroup.procs && exec {}",
+        as_user(USER, &["/bin/sh", "-c", &user_script])
+    );
+    let mut user = Reaped(
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(user.0.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready", "the user's forgeries");
+    let user_pid = user.0.id();
+    let forged_root = deleg.0.join(format!("apptheus-{root_pid}-7"));
+    let forged_own = deleg.0.join(format!("apptheus-{user_pid}-5"));
+    // The user cannot mark them as apptheus' (trusted.* needs
+    // CAP_SYS_ADMIN), not even with a copy of a real mark.
+    let forge = "import errno, os, sys\n\
+                 try:\n    os.setxattr(sys.argv[1], 'trusted.apptheus', sys.argv[2].encode())\n    print('set')\n\
+                 except OSError as e:\n    print(errno.errorcode.get(e.errno, e.errno))";
+    let forged_mark = mark.replace(&real_id, &format!("{user_pid}-5"));
+    let tried = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {}",
+            as_user(
+                USER,
+                &[
+                    "python3",
+                    "-c",
+                    forge,
+                    &forged_own.display().to_string(),
+                    &forged_mark
+                ]
+            )
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tried.stdout).trim(),
+        "EPERM",
+        "the user tried to mark their directory: {tried:?}"
+    );
+
+    // A crash, and a new agent.
+    let mut first = first;
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = Agent::start(&[&flag]);
+    let m = second.metrics();
+    assert!(
+        container_id(&m, "container_id", &real_id).is_some(),
+        "the real container is adopted\n{m}\n{}",
+        second.log_text()
+    );
+    for forged in [format!("{root_pid}-7"), format!("{user_pid}-5")] {
+        assert!(
+            !m.contains(&format!("container_id=\"{forged}\"")),
+            "{forged} adopted\n{m}"
+        );
+        assert!(
+            !second.log_text().contains(&forged),
+            "{forged} touched\n{}",
+            second.log_text()
+        );
+    }
+    assert!(
+        forged_root.is_dir() && forged_own.is_dir(),
+        "the user's directories are left"
+    );
+    assert_eq!(
+        std::fs::read_to_string(forged_own.join("cgroup.procs"))
+            .unwrap()
+            .trim(),
+        user_pid.to_string(),
+        "the user's process is left where the user put it"
+    );
+    user.0.kill().unwrap();
+    user.0.wait().unwrap();
+    assert!(real.0.wait().unwrap().success());
+}
+
+/// A child process killed and reaped when dropped (a test that fails
+/// leaves nothing running for the next one to adopt).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A shell command line that runs `argv` as `uid` (its group the same
+/// number, no supplementary groups), through python3 (the VMs of `cargo
+/// xtask vm-test` have no setpriv).
+fn as_user(uid: u32, argv: &[&str]) -> String {
+    let uid = uid.to_string();
+    let mut all = vec![
+        "python3",
+        "-c",
+        "import os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setgid(u); os.setuid(u); \
+         os.execvp(sys.argv[2], sys.argv[2:])",
+        &uid,
+    ];
+    all.extend_from_slice(argv);
+    apptheus_testkit::shell_quote(&all)
+}
+
+/// The value of extended attribute `name` of `path`, as text.
+fn xattr(path: &Path, name: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; sys.stdout.write(os.getxattr(sys.argv[1], sys.argv[2]).decode())",
+        ])
+        .arg(path)
+        .arg(name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reading {name} of {}: {:?}",
+        path.display(),
+        out
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

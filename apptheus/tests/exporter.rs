@@ -6,29 +6,20 @@ mod common;
 
 use std::{
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    net::TcpStream,
+    path::Path,
     process::{Child, Command, Stdio},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use base64::Engine as _;
-use common::*;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use common::{tls::Tls, *};
+use rustls::pki_types::ServerName;
 
 const WAIT: Duration = Duration::from_secs(20);
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 const PUSHGATEWAY: &str = "/usr/bin/prometheus-pushgateway";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn until(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<String>) -> String {
     let deadline = Instant::now() + timeout;
@@ -283,41 +274,8 @@ fn prometheus_scrapes_per_container_series_and_promtool_accepts_the_output() {
     );
 }
 
-struct Tls {
-    dir: tempfile::TempDir,
-    client: Arc<rustls::ClientConfig>,
-}
-
+/// HTTPS requests with the test certificate.
 impl Tls {
-    /// A self-signed certificate for localhost and 127.0.0.1, made now.
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let c = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap();
-        let cert_pem = c.cert.pem();
-        std::fs::write(dir.path().join("server.crt"), &cert_pem).unwrap();
-        std::fs::write(dir.path().join("server.key"), c.signing_key.serialize_pem()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Self {
-            dir,
-            client: Arc::new(client),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     /// An HTTPS GET: (status, lower-cased head, body).
     fn get(
         &self,

@@ -23,8 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use common::{tls::Tls, *};
+use rustls::pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpSocket,
@@ -49,7 +49,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 fn root() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        apptheus::testing::skip("root (the agent checks its capabilities)");
+        apptheus_testkit::skip("root (the agent checks its capabilities)");
         return false;
     }
     true
@@ -229,47 +229,24 @@ where
     }
 }
 
-struct Tls {
-    dir: tempfile::TempDir,
-    client: Arc<rustls::ClientConfig>,
-}
-
+/// The agent's web config beside the test certificate: empty until
+/// [`Tls::enable`].
 impl Tls {
-    /// A self-signed certificate for localhost, and an empty web config
-    /// (see [`Tls::enable`]).
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let cert_pem = c.cert.pem();
-        std::fs::write(dir.path().join("server.crt"), &cert_pem).unwrap();
-        std::fs::write(dir.path().join("server.key"), c.signing_key.serialize_pem()).unwrap();
-        std::fs::write(dir.path().join("web.yml"), "").unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Self {
-            dir,
-            client: Arc::new(client),
-        }
+    fn empty_config() -> Self {
+        let tls = Tls::new();
+        std::fs::write(tls.path("web.yml"), "").unwrap();
+        tls
     }
 
     fn web_config(&self) -> String {
-        self.dir.path().join("web.yml").display().to_string()
+        self.path("web.yml").display().to_string()
     }
 
     /// Turns TLS on, as an admin editing the file would (the agent starts
     /// in plain HTTP, so that the harness sees it ready).
     fn enable(&self) {
         std::fs::write(
-            self.dir.path().join("web.yml"),
+            self.path("web.yml"),
             "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
         )
         .unwrap();
@@ -480,5 +457,5 @@ fn scrapes_over_tls_are_served_while_one_address_holds_thousands_of_unfinished_h
     if !root() {
         return;
     }
-    abuse(Some(Tls::new()));
+    abuse(Some(Tls::empty_config()));
 }

@@ -1,13 +1,14 @@
 //! The kernel collectors on the real kernel (root, BTF): OOM kills,
 //! network bytes, file I/O bytes, run-queue latency, against workloads of
-//! known size run by the starter simulator inside a container.
+//! known size run by the starter simulator inside a container; and what
+//! the kernel programs drop when their maps are full.
 mod common;
 
 use std::{
     io::Read as _,
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -115,7 +116,7 @@ fn oom_kill_is_counted_by_the_kernel_and_logged() {
     }
     let _serial = serial();
     let Some(limit) = MemoryLimit::new(64 * MIB) else {
-        apptheus::testing::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
+        apptheus_testkit::skip("a memory controller (v1 at /sys/fs/cgroup/memory, or cgroup2's)");
         return;
     };
     let trust = TrustDir::new();
@@ -388,5 +389,115 @@ fn collectors_switched_off_are_not_attached_and_leave_no_family() {
         "apptheus_container_runqueue_latency_seconds",
     ] {
         assert!(!m.contains(absent), "{absent} present\n{m}");
+    }
+}
+
+/// `starter --no-namespaces -- sh -c <script>`, started.
+fn sh_container(starter: &std::path::Path, script: &str) -> Child {
+    Command::new(starter)
+        .args(["--no-namespaces", "--", "/bin/sh", "-c", script])
+        .spawn()
+        .expect("start a container")
+}
+
+fn map_full(m: &str, map: &str) -> f64 {
+    value(m, "apptheus_ebpf_map_full_total", &[("map", map)]).unwrap_or(0.0)
+}
+
+/// Nothing the kernel programs drop goes unseen: with maps made small by
+/// flags, tasks, starter runs and run-queue histograms that do not fit are
+/// counted in `apptheus_ebpf_map_full_total{map}`, and the agent says once
+/// which flag to raise. Every program's error counter is exported, at 0
+/// when nothing failed.
+#[test]
+fn full_kernel_maps_are_counted_and_name_the_flag_to_raise() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
+        return;
+    };
+    let agent = Agent::trusting(
+        &starter,
+        &[
+            "--ebpf.max-tasks=16",
+            "--ebpf.max-containers=2",
+            "--collector.runqlat",
+            "--collector.runqlat.max-containers=1",
+        ],
+    );
+    let runqlat = agent
+        .log_text()
+        .lines()
+        .any(|l| l.contains("kernel collectors") && l.contains("runqlat"));
+    let m = agent.metrics();
+    for map in ["tasks", "containers", "runq"] {
+        assert_eq!(
+            value(&m, "apptheus_ebpf_map_full_total", &[("map", map)]),
+            Some(0.0),
+            "{map}\n{m}"
+        );
+    }
+
+    // The first takes the only run-queue slot; the second takes the
+    // second (and last) container entry, finds no run-queue slot left and
+    // fills the task map (20 sleeps at once, the shell and the starter:
+    // more than 16 tasks with the first's); the third finds the container
+    // map full.
+    let hold = format!("{}", 3.0 * time_scale());
+    let mut children = vec![sh_container(&starter, &format!("exec sleep {hold}"))];
+    agent.wait_for(WAIT, "the first container", || {
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
+    });
+    children.push(sh_container(
+        &starter,
+        // (No `seq` in the VMs of `cargo xtask vm-test`.)
+        &format!(
+            "for i in {}; do sleep {hold} & done; wait",
+            (1..=20)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    ));
+    agent.wait_for(WAIT, "the second container", || {
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(2.0)
+    });
+    children.push(sh_container(&starter, "exec true"));
+    agent.wait_for(WAIT, "the full maps to be counted", || {
+        let m = agent.metrics();
+        map_full(&m, "tasks") >= 1.0
+            && map_full(&m, "containers") >= 1.0
+            && (!runqlat || map_full(&m, "runq") >= 1.0)
+    });
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let log = agent.log_text();
+    for flag in ["--ebpf.max-tasks", "--ebpf.max-containers"]
+        .into_iter()
+        .chain(runqlat.then_some("--collector.runqlat.max-containers"))
+    {
+        let said = log
+            .lines()
+            .filter(|l| l.contains("a kernel map is full") && l.contains(flag))
+            .count();
+        assert_eq!(said, 1, "{flag} named once\n{log}");
+    }
+    // The third run was not attributed: two containers, not three.
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "apptheus_containers_started_total", &[]),
+        Some(2.0),
+        "{m}"
+    );
+    // No program failed on the way: each has its counter, at 0.
+    for program in ["exec", "fork", "exit", "cgroup_attach", "oom", "fsio"] {
+        assert_eq!(
+            value(
+                &m,
+                "apptheus_ebpf_program_errors_total",
+                &[("program", program)]
+            ),
+            Some(0.0),
+            "{program}\n{m}"
+        );
     }
 }

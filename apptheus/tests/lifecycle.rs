@@ -203,10 +203,62 @@ fn a_starter_replaced_on_disk_is_followed_without_a_signal() {
     agent.wait_for(WAIT, "the replaced starter to be noticed", || {
         agent
             .log_text()
-            .contains("trusted path changed: trusted starters changed")
+            .contains("trusted file changed: trusted starters changed")
     });
     assert!(run(Command::new(&starter).args(["--no-namespaces", "--", "/bin/true"])).success());
     agent.wait_for(WAIT, "the new starter to be attributed", || {
         value(&agent.metrics(), "apptheus_containers_started_total", &[]) == Some(1.0)
+    });
+}
+
+/// A run of the new version of the starter begun before the agent trusted
+/// it (between the rename and the re-resolution) is found in /proc and
+/// followed from then on: here, one begun before the rename itself.
+#[test]
+fn a_run_of_a_replaced_starter_begun_before_it_was_trusted_is_followed() {
+    let Some((_serial, trust, starter)) = trusted_starter() else {
+        return;
+    };
+    let agent = Agent::trusting(&starter, &[]);
+    let new = trust.starter("starter.dpkg-new");
+    let hold = format!("{}", 5.0 * time_scale());
+    let mut run = Command::new(&new)
+        .args(["--no-namespaces", "--", "sleep", &hold])
+        .spawn()
+        .unwrap();
+    let pid = run.id();
+    // Its exec was of a file not trusted: nothing yet.
+    agent.wait_for(WAIT, "the sleep to run", || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .is_ok_and(|c| !c.trim().is_empty())
+    });
+    assert_eq!(
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]),
+        Some(0.0)
+    );
+    std::fs::rename(&new, &starter).unwrap();
+    let mut id = None;
+    agent.wait_for(WAIT, "the run to be followed", || {
+        let m = agent.metrics();
+        id = container_id(&m, "starter", &starter.display().to_string())
+            .filter(|id| id.starts_with(&format!("{pid}-")));
+        id.as_ref().is_some_and(|id| {
+            value(&m, "apptheus_container_tasks", &[("container_id", id)]) == Some(2.0)
+        })
+    });
+    assert!(
+        agent
+            .log_text()
+            .contains("a run of a newly trusted starter began before it was trusted"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(run.wait().unwrap().success());
+    let id = id.unwrap();
+    agent.wait_for(WAIT, "its end", || {
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("container exited") && l.contains(&id))
     });
 }

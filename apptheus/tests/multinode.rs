@@ -225,7 +225,7 @@ fn privileged() -> bool {
         (have_ip, "ip (iproute2)"),
     ] {
         if !have {
-            apptheus::testing::skip(&format!("{what}: scripts/setup.sh --test"));
+            apptheus_testkit::skip(&format!("{what}: scripts/setup.sh --test"));
             return false;
         }
     }

@@ -5,7 +5,7 @@
 //! temporary directory, its mount points rewritten there, and placed.
 use std::path::{Path, PathBuf};
 
-use apptheus::testing::cgroup::{Layout, NoOwnCgroup, Placer, slurm_job_of};
+use apptheus::testing::cgroup::{Layout, Mark, NoOwnCgroup, Placer, slurm_job_of};
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -33,6 +33,17 @@ fn dirs(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// The mark of container `key`'s own run, started by `pid`.
+fn own(pid: u32, key: u64) -> Mark {
+    Mark {
+        container: key,
+        container_pid: pid,
+        member: key,
+        member_pid: pid,
+        ..Mark::default()
+    }
 }
 
 /// A case placed: its root (the temporary copy) and its placer.
@@ -72,7 +83,7 @@ impl Case {
 fn slurm_cgroup_v2_batch_task_gets_nothing_of_ours() {
     let case = Case::new("slurm-22.05-v2");
     let before = case.cgroup_dirs();
-    let created = case.placer.create("4711-1", 4711).unwrap();
+    let created = case.placer.create(&own(4711, 1)).unwrap();
     assert!(created.own.is_empty(), "{created:?}");
     assert_eq!(
         created.shared.v2,
@@ -90,7 +101,7 @@ fn slurm_cgroup_v2_batch_task_gets_nothing_of_ours() {
 fn slurm_sluid_named_job_is_recognised() {
     let case = Case::new("slurm-26.05-v2-sluid");
     let before = case.cgroup_dirs();
-    let created = case.placer.create("4711-1", 4711).unwrap();
+    let created = case.placer.create(&own(4711, 1)).unwrap();
     assert!(created.own.is_empty(), "{created:?}");
     assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV2));
     assert_eq!(case.cgroup_dirs(), before);
@@ -102,7 +113,7 @@ fn slurm_sluid_named_job_is_recognised() {
 #[test]
 fn slurm_cgroup_v1_job_shares_memory_only() {
     let case = Case::new("slurm-22.05-v1-hybrid");
-    let created = case.placer.create("4711-1", 4711).unwrap();
+    let created = case.placer.create(&own(4711, 1)).unwrap();
     assert_eq!(
         created.shared.v1.get("memory"),
         Some(&case.path("sys/fs/cgroup/memory/slurm_node1/uid_0/job_17/step_batch/task_0"))
@@ -133,7 +144,7 @@ fn slurm_cgroup_v1_job_shares_memory_only() {
 #[test]
 fn login_session_scope_gets_a_child_not_a_sibling() {
     let case = Case::new("login-session-v2");
-    let created = case.placer.create("5000-1", 5000).unwrap();
+    let created = case.placer.create(&own(5000, 1)).unwrap();
     assert_eq!(created.why_shared, None);
     assert_eq!(
         created.own.v2,
@@ -160,7 +171,7 @@ fn a_users_systemd_scope_keeps_its_workload() {
         "sys/fs/cgroup/user.slice/user-1500.slice/user@1500.service/user.slice/apptainer-601.scope",
     );
     let before = dirs(&scope);
-    let created = case.placer.create("546-1", 546).unwrap();
+    let created = case.placer.create(&own(546, 1)).unwrap();
     assert_eq!(created.why_shared, None);
     let own = created.own.v2.clone().unwrap();
     assert_eq!(
@@ -193,14 +204,14 @@ fn a_users_systemd_scope_keeps_its_workload() {
 fn slurm_26_05_under_systemd_is_left_alone_and_named_by_its_job_id() {
     let case = Case::new("slurm-26.05-v2-systemd");
     let before = case.cgroup_dirs();
-    let created = case.placer.create("953-1", 953).unwrap();
+    let created = case.placer.create(&own(953, 1)).unwrap();
     assert!(created.own.is_empty(), "{created:?}");
     assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV2));
     assert_eq!(case.cgroup_dirs(), before);
     assert!(
-        case.placer.find_existing().is_empty(),
+        case.placer.find_marked().is_empty(),
         "Slurm's scope is not ours: {:?}",
-        case.placer.find_existing()
+        case.placer.find_marked()
     );
     let task = std::fs::read_to_string(case.path("proc/953/cgroup")).unwrap();
     assert_eq!(

@@ -8,7 +8,7 @@
 //! otherwise SKIPPED (a failure under APPTHEUS_REQUIRE_PRIVILEGED=1).
 mod common;
 
-use std::{sync::MutexGuard, time::Duration};
+use std::time::Duration;
 
 use apptheus_testkit::{
     apptainer::{As, Session},
@@ -16,7 +16,7 @@ use apptheus_testkit::{
     slurm::{Cgroups, Cluster},
     workload::{Report, Workload},
 };
-use common::{Agent, container_id, of, value};
+use common::{Agent, Serial, container_id, of, value};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -25,7 +25,7 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// session in the Apptainer root, a running one-node cluster and an agent
 /// trusting the root's starter. Bind them in this order, so that they go
 /// in the reverse.
-fn setup() -> Option<(MutexGuard<'static, ()>, Session, Cluster, Agent)> {
+fn setup() -> Option<(Serial, Session, Cluster, Agent)> {
     let serial = common::serial();
     let s = or_skip(Session::start()).unwrap()?;
     let cluster = or_skip(Cluster::start()).unwrap()?;
@@ -45,70 +45,195 @@ fn job_script(s: &Session, image: &str, w: &Workload) -> String {
     )
 }
 
-/// The most common way of using Apptainer on a cluster: job.sh runs
+/// A loop the batch script's shell runs in its own process before it runs
+/// the container (a second or so of CPU).
+const BUSY: &str = "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done";
+
+/// A file in /dev/shm, removed on drop: 150 MiB of shared memory written
+/// there by a batch script stay charged to its job's memory cgroup.
+struct Shm(String);
+
+impl Shm {
+    fn new() -> Self {
+        Shm(format!("/dev/shm/apptheus-test-{}", common::unique()))
+    }
+
+    /// The script's lines that fill it.
+    fn fill(&self) -> String {
+        format!(
+            "dd if=/dev/zero of={} bs=1048576 count=150 || exit 99",
+            self.0
+        )
+    }
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The container of job `job` once its memory in use reaches `mib` MiB:
+/// its id and that value, in MiB.
+fn job_container_memory(agent: &Agent, job: u32, mib: f64) -> (String, f64) {
+    let mut id = None;
+    let mut used = 0.0;
+    agent.wait_for(LIMIT, "the job's container and its memory", || {
+        let m = agent.metrics();
+        id = container_id(&m, "slurm_job_id", &job.to_string());
+        used = id
+            .as_ref()
+            .and_then(|id| {
+                value(
+                    &m,
+                    "apptheus_container_memory_usage_bytes",
+                    &[("container_id", id)],
+                )
+            })
+            .unwrap_or(0.0)
+            / MIB;
+        used >= mib
+    });
+    (id.unwrap(), used)
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The container's final CPU (once its end is seen, two reads agree).
+fn final_cpu(agent: &Agent, id: &str) -> f64 {
+    agent.wait_for(LIMIT, "the container's end", || {
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("container exited") && l.contains(id))
+    });
+    let mut cpu = -1.0;
+    agent.wait_for(LIMIT, "the container's final CPU", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = of(
+            &agent.metrics(),
+            "apptheus_container_cpu_usage_seconds_total",
+            id,
+        )
+        .unwrap_or(-1.0);
+        let settled = now == cpu && now >= 0.0;
+        cpu = now;
+        settled
+    });
+    cpu
+}
+
+/// The most common way of using Apptainer on a cluster, with a batch
+/// script that also works itself: job.sh burns CPU, fills 150 MiB of
+/// shared memory, starts a helper process that burns beside, then runs
 /// `apptainer exec` and goes on, its shell beside the container in the
-/// task's cgroup. The task's memory cgroup is not the container's alone, so
-/// the container's memory comes from its processes: within 5 % of what the
-/// workload touched, the job labelled from its cgroup path, and the job
-/// completes as usual.
+/// task's cgroup. The container's numbers are its own: its memory within
+/// what the workload touched plus Apptainer's starter (not the job's
+/// shared memory), its CPU what the workload burned plus Apptainer's own
+/// (not the script's or the helper's); the job is labelled from its cgroup
+/// path and completes as usual.
 #[test]
-fn a_batch_scripts_apptainer_exec_beside_its_shell_is_read_from_its_processes() {
+fn a_batch_scripts_own_use_beside_its_apptainer_exec_is_not_the_containers() {
     let Some((_serial, s, cluster, agent)) = setup() else {
         return;
     };
     let image = s.build_image("beside").unwrap();
+    let touched = 128.0;
     let w = Workload::new()
-        .touch_mib(128)
+        .cpu(Duration::from_millis(800))
+        .touch_mib(touched as u64)
         .hold(apptheus_testkit::workload::Hold::For(Duration::from_secs(
             6,
         )));
     let exec = s.exec_command(As::User, &image.inside, &[], &w);
     let argv = s.argv(As::User, &exec).unwrap();
+    let shm = Shm::new();
     let script = format!(
-        "#!/bin/sh\n{}\necho apptainer exited: $?\n",
+        "#!/bin/sh\n{BUSY}\n{}\n({BUSY}) &\n{}\necho apptainer exited: $?\nwait\n",
+        shm.fill(),
         shell_quote(&argv)
     );
-    let job = cluster.submit(&script, &["--mem=512M"]).unwrap();
-    let mut id = None;
-    let mut rss = 0.0;
-    agent.wait_for(LIMIT, "the job's container and its memory", || {
-        let m = agent.metrics();
-        id = container_id(&m, "slurm_job_id", &job.to_string());
-        rss = id
-            .as_ref()
-            .and_then(|id| {
-                value(
-                    &m,
-                    "apptheus_container_proc_memory_rss_bytes",
-                    &[("container_id", id)],
-                )
-            })
-            .unwrap_or(0.0);
-        rss >= 128.0 * 1024.0 * 1024.0
-    });
-    let id = id.unwrap();
+    let job = cluster.submit(&script, &["--mem=768M"]).unwrap();
+    let (id, used) = job_container_memory(&agent, job, touched);
     let m = agent.metrics();
     // The container's processes are the workload and Apptainer's starter
-    // (a Go program of some 20 MiB resident), as in its cgroups.
-    let mib = 1024.0 * 1024.0;
+    // (a Go program of some 20 MiB resident).
     assert!(
-        rss >= 128.0 * mib && rss <= (128.0 + 48.0) * mib,
-        "RSS {:.1} MiB for 128 MiB touched\n{m}",
-        rss / mib
+        used <= touched + 48.0,
+        "memory usage {used:.1} MiB for {touched} MiB touched (the job's 150 MiB of \
+         shared memory are not the container's)\n{m}"
     );
-    eprintln!(
-        "measured: RSS {:.1} MiB for 128 MiB touched beside Apptainer's starter",
-        rss / mib
-    );
-    assert_eq!(
-        of(&m, "apptheus_container_memory_usage_bytes", &id),
-        None,
-        "the task's memory cgroup also holds the batch shell\n{m}"
-    );
+    eprintln!("measured: memory usage {used:.1} MiB for {touched} MiB touched beside the script");
     let ended = cluster.wait(job, LIMIT).unwrap();
     let out = ended.stdout().unwrap_or_default();
     assert_eq!(ended.state, "COMPLETED", "{out}\n{ended:?}");
     assert!(out.contains("apptainer exited: 0"), "{out}");
+    let burned = Report::parse(&out)
+        .and_then(|r| r.done)
+        .map(|d| (d.cpu_us + d.children_cpu_us) as f64 / 1e6)
+        .expect("the workload's report");
+    let cpu = final_cpu(&agent, &id);
+    eprintln!("measured: CPU {cpu:.3} s, the workload burned {burned:.3} s");
+    // Apptainer's own CPU (its starter, the image mounted or unpacked)
+    // is the container's too; the script's and its helper's (a second or
+    // more each) are not.
+    assert!(
+        cpu >= burned * 0.98 && cpu <= burned + 0.5,
+        "CPU {cpu:.3} s, the workload burned {burned:.3} s\n{}",
+        agent.log_text()
+    );
+    cluster.stop().unwrap();
+}
+
+/// A batch script that burns CPU and fills 150 MiB of shared memory, then
+/// `exec`s apptainer: its process becomes Apptainer's, alone in the task's
+/// cgroup with the job's shared memory. The container's memory is its own
+/// (not the 150 MiB), its CPU its own (not the script's before the exec).
+#[test]
+fn a_batch_script_that_execs_apptainer_hands_on_none_of_its_own_use() {
+    let Some((_serial, s, cluster, agent)) = setup() else {
+        return;
+    };
+    let image = s.build_image("execd").unwrap();
+    let touched = 128.0;
+    let w = Workload::new()
+        .cpu(Duration::from_millis(500))
+        .touch_mib(touched as u64)
+        .hold(apptheus_testkit::workload::Hold::For(Duration::from_secs(
+            4,
+        )));
+    let exec = s.exec_command(As::User, &image.inside, &[], &w);
+    let argv = s.argv(As::User, &exec).unwrap();
+    let shm = Shm::new();
+    let script = format!(
+        "#!/bin/sh\n{BUSY}\n{}\nexec {}\n",
+        shm.fill(),
+        shell_quote(&argv)
+    );
+    let job = cluster.submit(&script, &["--mem=768M"]).unwrap();
+    let (id, used) = job_container_memory(&agent, job, touched);
+    let m = agent.metrics();
+    assert!(
+        used <= touched + 48.0,
+        "memory usage {used:.1} MiB for {touched} MiB touched (the job's 150 MiB of \
+         shared memory are not the container's)\n{m}"
+    );
+    eprintln!("measured: memory usage {used:.1} MiB for {touched} MiB touched after the script");
+    let ended = cluster.wait(job, LIMIT).unwrap();
+    let out = ended.stdout().unwrap_or_default();
+    assert_eq!(ended.state, "COMPLETED", "{out}\n{ended:?}");
+    let burned = Report::parse(&out)
+        .and_then(|r| r.done)
+        .map(|d| (d.cpu_us + d.children_cpu_us) as f64 / 1e6)
+        .expect("the workload's report");
+    let cpu = final_cpu(&agent, &id);
+    eprintln!("measured: CPU {cpu:.3} s, the workload burned {burned:.3} s");
+    assert!(
+        cpu >= burned * 0.98 && cpu <= burned + 0.5,
+        "CPU {cpu:.3} s, the workload burned {burned:.3} s (the script burned a second \
+         or so before its exec)\n{}",
+        agent.log_text()
+    );
     cluster.stop().unwrap();
 }
 
@@ -179,12 +304,13 @@ fn a_job_labels_its_containers_and_its_memory_limit_holds() {
         "{info}"
     );
     assert!(!m.contains("slurm_job_id=\"999999\""), "{m}");
-    // Its memory comes from the job's cgroup, which held nothing else.
-    let peak = of(&m, "apptheus_container_memory_max_usage_bytes", &id);
+    // Its memory is read from its processes (the job's memory cgroup is
+    // Slurm's, shared with whatever the job runs), its CPU from its own
+    // cgroup.
+    assert!(info.contains("from_processes=\"memory\""), "{info}");
     assert!(
-        peak.is_some_and(|p| p >= (32u64 << 20) as f64),
-        "peak {peak:?} for 32 MiB touched\n{}",
-        agent.log_text()
+        of(&m, "apptheus_container_cpu_usage_seconds_total", &id).is_some_and(|c| c >= 0.29),
+        "{m}"
     );
 
     let big = cluster

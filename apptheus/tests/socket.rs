@@ -34,12 +34,15 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn root() -> bool {
+/// How each test here begins: one at a time, as root, with a trusted copy
+/// of python3; `None` (the skip reported) when the machine can't.
+fn begin() -> Option<(MutexGuard<'static, ()>, Python)> {
+    let serial = serial();
     if !nix::unistd::geteuid().is_root() {
-        apptheus::testing::skip("root (to verify callers of other users through /proc and pidfds)");
-        return false;
+        apptheus_testkit::skip("root (to verify callers of other users through /proc and pidfds)");
+        return None;
     }
-    true
+    Some((serial, python()?))
 }
 
 /// A python3 interpreter, and a copy of it that the tests trust.
@@ -57,7 +60,7 @@ fn python() -> Option<Python> {
         .filter_map(|p| std::fs::canonicalize(p).ok())
         .find(|p| std::fs::read(p).is_ok_and(|b| b.starts_with(b"\x7fELF")));
     let Some(untrusted) = found else {
-        apptheus::testing::skip("an ELF python3 in /usr/bin (Debian package python3)");
+        apptheus_testkit::skip("an ELF python3 in /usr/bin (Debian package python3)");
         return None;
     };
     let dir = tempfile::Builder::new()
@@ -352,11 +355,9 @@ fn long() -> Duration {
 
 #[test]
 fn trusted_caller_is_reported_until_it_disconnects() {
-    let _serial = serial();
-    if !root() {
+    let Some((_serial, py)) = begin() else {
         return;
-    }
-    let Some(py) = python() else { return };
+    };
     let mut d = Daemon::start(py.set.clone(), Limits::default());
 
     let client = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1", "hold"]);
@@ -384,11 +385,9 @@ fn trusted_caller_is_reported_until_it_disconnects() {
 
 #[test]
 fn untrusted_callers_are_closed_counted_and_not_reported() {
-    let _serial = serial();
-    if !root() {
+    let Some((_serial, py)) = begin() else {
         return;
-    }
-    let Some(py) = python() else { return };
+    };
     let mut d = Daemon::start(py.set.clone(), Limits::default());
 
     // The genuine interpreter, but not the trusted file: same path name
@@ -474,11 +473,9 @@ fn verdict_after_pid_reuse(
 
 #[test]
 fn a_pid_reused_during_verification_is_never_trusted() {
-    let _serial = serial();
-    if !root() {
+    let Some((_serial, py)) = begin() else {
         return;
-    }
-    let Some(py) = python() else { return };
+    };
     // The successor runs an untrusted binary, then (the case the pidfd and
     // start-time guards exist for) the trusted binary itself, without
     // having connected.
@@ -501,11 +498,9 @@ fn a_pid_reused_during_verification_is_never_trusted() {
 
 #[test]
 fn a_peer_that_exited_is_never_trusted() {
-    let _serial = serial();
-    if !root() {
+    let Some((_serial, py)) = begin() else {
         return;
-    }
-    let Some(py) = python() else { return };
+    };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
     let listener = StdListener::bind(&path).unwrap();
@@ -589,11 +584,9 @@ fn cpu_time() -> Duration {
 /// holds no more descriptors than when it started.
 #[test]
 fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
-    let _serial = serial();
-    if !root() {
+    let Some((_serial, py)) = begin() else {
         return;
-    }
-    let Some(py) = python() else { return };
+    };
     let started = Instant::now();
     // Every client here runs as root, so one uid: let a burst of 1,100
     // trusted connections through verification (the default of 64 pending

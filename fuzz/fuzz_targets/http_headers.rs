@@ -1,3 +1,5 @@
 #![no_main]
 // See apptheus::fuzzing::http_headers for what this covers.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| apptheus::fuzzing::http_headers(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    apptheus::fuzzing::http_headers(data);
+});

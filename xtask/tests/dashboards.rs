@@ -254,7 +254,7 @@ fn docs_and_dashboards_name_only_catalogued_metrics() {
 #[test]
 fn promtool_accepts_the_rules_and_their_unit_tests() {
     if !Path::new(PROMTOOL).exists() {
-        apptheus::testing::skip("promtool (Debian's prometheus package: scripts/setup.sh --test)");
+        apptheus_testkit::skip("promtool (Debian's prometheus package: scripts/setup.sh --test)");
         return;
     }
     let dir = repo().join("dashboards");
@@ -281,7 +281,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests() {
 #[test]
 fn promtool_parses_every_dashboard_query() {
     if !Path::new(PROMTOOL).exists() {
-        apptheus::testing::skip("promtool (Debian's prometheus package: scripts/setup.sh --test)");
+        apptheus_testkit::skip("promtool (Debian's prometheus package: scripts/setup.sh --test)");
         return;
     }
     let queries = dashboard_queries();

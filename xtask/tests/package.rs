@@ -15,7 +15,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -31,17 +31,11 @@ const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
 fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        apptheus::testing::skip("root (dpkg into a chroot, kernel programs)");
-        return false;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        apptheus::testing::skip("kernel BTF");
+    if !apptheus_testkit::privileged() {
         return false;
     }
     if !Path::new("/usr/sbin/debootstrap").exists() {
-        apptheus::testing::skip("debootstrap (scripts/setup.sh --test installs it)");
+        apptheus_testkit::skip("debootstrap (scripts/setup.sh --test installs it)");
         return false;
     }
     true
@@ -182,14 +176,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -399,7 +385,7 @@ fn child_of(parent: u32) -> Option<u32> {
 /// checked it with the unit's capabilities.)
 fn under_systemd(root: &Path, work: &Path, caps: &[String]) {
     if !Path::new("/usr/bin/systemd-nspawn").exists() {
-        apptheus::testing::skip("systemd-nspawn (systemd-container: scripts/setup.sh --test)");
+        apptheus_testkit::skip("systemd-nspawn (systemd-container: scripts/setup.sh --test)");
         return;
     }
     let starter = work.join("starter");
@@ -675,7 +661,7 @@ fn package_installs_runs_and_purges_cleanly() {
     let defaults = fs::read_to_string(root.join(env_file.trim_start_matches('/'))).unwrap();
     let mut argv = exec_start(&unit, &defaults);
     assert_eq!(argv[0], "/usr/bin/apptheus");
-    let port = free_port();
+    let port = apptheus_testkit::host::free_port();
     let addr = format!("127.0.0.1:{port}");
     // The "starter": the root's own sleep, a root-owned file in root-owned
     // directories; the test runs it as the container.

@@ -4,9 +4,11 @@
 //! becomes the "master" which optionally connects to apptheus' monitoring
 //! socket, keeps the connection open, and waits for the container.
 //!
-//!   apptheus-starter-sim [--socket PATH] [--no-namespaces] -- CMD [ARGS...]
+//!   apptheus-starter-sim [--socket PATH] [--no-namespaces] [--arg0 NAME] -- CMD [ARGS...]
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
 //!   apptheus-starter-sim calibrate REFERENCE_SECS
+//!   apptheus-starter-sim rusage FILE -- CMD [ARGS...]
+//!   apptheus-starter-sim write FILE BYTES
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
 //!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--read-file PATH]
@@ -33,6 +35,10 @@
 //! prints the time scale for this machine against a reference machine that
 //! did it in REFERENCE_SECS (the VMs of `cargo xtask vm-test` run it at
 //! boot: APPTHEUS_TEST_TIME_SCALE).
+//! apptheus reports with the truth. `rusage` runs CMD, waits for it, and
+//! writes to FILE the CPU time in seconds its whole tree used (what the
+//! kernel's rusage of the reaped children says): the truth for one
+//! container among other processes.
 use std::{
     ffi::CString,
     os::unix::net::UnixStream,
@@ -68,15 +74,24 @@ fn main() -> ExitCode {
         Some("workload") => return workload(&args[1..]),
         Some("launch") => return launch(&args[1..]),
         Some("calibrate") => return calibrate(&args[1..]),
+        Some("rusage") => return rusage(&args[1..]),
+        Some("write") => return write(&args[1..]),
         _ => {}
     }
     let mut socket = None;
     let mut namespaces = true;
+    let mut arg0 = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--socket" => {
                 socket = args.get(i + 1).cloned();
+                i += 2;
+            }
+            // The container's CMD is executed with this first argument (as
+            // Apptainer's tool names the starter runs it makes).
+            "--arg0" => {
+                arg0 = args.get(i + 1).cloned();
                 i += 2;
             }
             "--no-namespaces" => {
@@ -98,7 +113,7 @@ fn main() -> ExitCode {
     // SAFETY: single-threaded here; the child only calls async-signal-safe
     // functions (unshare, fork, exec, waitpid) before exec or exit.
     match unsafe { fork() } {
-        Ok(ForkResult::Child) => container(cmd, namespaces),
+        Ok(ForkResult::Child) => container(cmd, namespaces, arg0.as_deref()),
         Ok(ForkResult::Parent { child }) => {
             // The master: connect like Apptainer does, send nothing, keep
             // the connection for the container's life.
@@ -134,6 +149,56 @@ fn launch(args: &[String]) -> ExitCode {
     exec(rest, |argv| nix::unistd::execv(&argv[0], argv))
 }
 
+fn rusage(args: &[String]) -> ExitCode {
+    let (Some(file), Some("--")) = (args.first(), args.get(1).map(String::as_str)) else {
+        eprintln!("usage: apptheus-starter-sim rusage FILE -- CMD [ARGS...]");
+        return ExitCode::from(2);
+    };
+    let cmd = &args[2..];
+    if cmd.is_empty() {
+        eprintln!("rusage: no command");
+        return ExitCode::from(2);
+    }
+    let status = match std::process::Command::new(&cmd[0]).args(&cmd[1..]).status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rusage: running {}: {e}", cmd[0]);
+            return ExitCode::from(127);
+        }
+    };
+    let Ok(r) = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) else {
+        eprintln!("rusage: getrusage failed");
+        return ExitCode::FAILURE;
+    };
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let cpu = secs(r.user_time()) + secs(r.system_time());
+    if let Err(e) = std::fs::write(file, format!("{cpu}\n")) {
+        eprintln!("rusage: writing {file}: {e}");
+        return ExitCode::FAILURE;
+    }
+    match status.code() {
+        Some(c) => ExitCode::from(c as u8),
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// Writes BYTES zero bytes to FILE and keeps it (e.g. shared memory in
+/// /dev/shm, charged to the writer's memory cgroup).
+fn write(args: &[String]) -> ExitCode {
+    let (Some(path), Some(Ok(bytes))) = (args.first(), args.get(1).map(|b| b.parse::<usize>()))
+    else {
+        eprintln!("usage: apptheus-starter-sim write FILE BYTES");
+        return ExitCode::from(2);
+    };
+    match std::fs::write(path, vec![0u8; bytes]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("write {path}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Replaces this process with `cmd` through `how` (execv or execvp);
 /// returns only on failure, with the exit status to use.
 fn exec(
@@ -153,7 +218,7 @@ fn exec(
     ExitCode::from(127)
 }
 
-fn container(cmd: &[String], namespaces: bool) -> ExitCode {
+fn container(cmd: &[String], namespaces: bool, arg0: Option<&str>) -> ExitCode {
     if namespaces {
         if let Err(e) = unshare(
             CloneFlags::CLONE_NEWNS
@@ -176,7 +241,18 @@ fn container(cmd: &[String], namespaces: bool) -> ExitCode {
             }
         }
     }
-    exec(cmd, |argv| execvp(&argv[0], argv))
+    match arg0 {
+        None => exec(cmd, |argv| execvp(&argv[0], argv)),
+        Some(name) => {
+            let Ok(path) = CString::new(cmd[0].as_bytes()) else {
+                eprintln!("argument with a NUL byte");
+                return ExitCode::from(2);
+            };
+            let mut named = cmd.to_vec();
+            named[0] = name.to_string();
+            exec(&named, |argv| execvp(&path, argv))
+        }
+    }
 }
 
 fn exit_code(status: nix::Result<WaitStatus>) -> ExitCode {

@@ -40,9 +40,12 @@ use crate::{
     model::{event::KernelEvent, registry::Registry},
 };
 
+mod admission;
 mod adopting;
+mod drops;
 mod placing;
 mod processes;
+mod recovering;
 mod sampling;
 mod sockets;
 mod sources;
@@ -66,6 +69,10 @@ pub(crate) struct Agent {
     bpf_stats: Option<std::os::fd::OwnedFd>,
     /// Kernel events lost so far, as last reported.
     lost_seen: u64,
+    /// The kernel programs' other drops, as last reported.
+    drops: crate::model::drops::Reported,
+    /// The per-user caps on starter runs.
+    caps: crate::model::caps::Caps,
     /// The statistics sources.
     sources: sources::Sources,
     /// A container ended since the last publication: its final sample
@@ -86,6 +93,15 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for a change in the trusted files' directories (never, without
+/// a watch).
+async fn dir_changed(w: &mut Option<crate::host::dirwatch::DirWatch>) -> std::io::Result<()> {
+    match w {
+        Some(w) => w.changed().await,
         None => std::future::pending().await,
     }
 }
@@ -129,6 +145,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 collectors: args.collectors.selected(),
                 cgroup2: host.layout.v2.clone(),
                 procfs: args.procfs.clone(),
+                sizes: kernel::Sizes {
+                    tasks: args.ebpf_max_tasks,
+                    containers: args.ebpf_max_containers,
+                    runq_containers: args.collectors.runqlat_max_containers,
+                },
             },
         ) {
             Ok(k) => Some(k),
@@ -204,10 +225,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .map(|l| tokio::spawn(http::serve(l, server.clone())))
         .collect();
     // Pushing (optional) runs in its own tasks: it never delays sampling.
-    let _push_tasks = crate::push::spawn(&args.push, args.monitor_interval, metrics.clone())?;
+    let _push_tasks = crate::push::spawn(&args.push, metrics.clone())?;
 
     let procfs = Procfs::new(&args.procfs);
     let open_files = sources::open_files(args.cgroup_open_files, fd_limit);
+    let caps = crate::model::caps::Caps::new(args.limits());
     let mut agent = Agent {
         sources: sources::Sources::new(&args, open_files),
         placer: Placer::new(&host.layout, &args.procfs),
@@ -220,6 +242,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         delegated: Delegated::default(),
         bpf_stats: None,
         lost_seen: 0,
+        drops: Default::default(),
+        caps,
         publish_soon: false,
         reconciled: None,
     };
@@ -285,6 +309,7 @@ impl Agent {
         let mut trust_check = tokio::time::interval(TRUST_RECHECK);
         trust_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         trust_check.tick().await;
+        let mut trust_watch = self.watch_trusted();
         // A first sample: ready, and the adopted containers' values.
         tokio::task::block_in_place(|| self.sample_all(&mut events, None));
         ready.store(true, Ordering::Release);
@@ -317,14 +342,31 @@ impl Agent {
                     });
                 }
                 _ = housekeeping.tick(), if on_demand => self.housekeep(),
-                _ = soon.tick(), if self.publish_soon || self.any_closing() => {
-                    self.end_closed();
-                    if self.publish_soon {
-                        tokio::task::block_in_place(|| self.publish());
+                _ = soon.tick(), if self.publish_soon => {
+                    tokio::task::block_in_place(|| self.publish_changes());
+                }
+                _ = sighup.recv() => {
+                    if self.reload_trust("SIGHUP") {
+                        trust_watch = self.watch_trusted();
                     }
                 }
-                _ = sighup.recv() => self.reload_trust("SIGHUP"),
-                _ = trust_check.tick() => self.reload_trust("trusted path changed"),
+                r = dir_changed(&mut trust_watch) => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "watching the trusted files' directories failed; a replaced starter is trusted within 5 s");
+                        trust_watch = None;
+                    } else {
+                        // Watched afresh first (a directory may have been
+                        // replaced): a change from now on is seen.
+                        trust_watch = self.watch_trusted();
+                        let _ = self.reload_trust("trusted file changed");
+                    }
+                }
+                _ = trust_check.tick() => {
+                    // A directory that did not exist may hold starters now.
+                    if self.reload_trust("trusted path changed") {
+                        trust_watch = self.watch_trusted();
+                    }
+                }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
             }
@@ -377,7 +419,6 @@ impl Agent {
                     source: crate::model::container::Source::Kernel,
                     socket: None,
                     cgroups: None,
-                    read_from: None,
                 })
             }
             KernelEvent::Exited { container, .. } => self.on_member_exited(container),

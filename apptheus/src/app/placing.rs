@@ -6,12 +6,15 @@ use std::path::Path;
 
 use super::Agent;
 use crate::{
-    cgroup::placement::{self, Placed, Placer},
+    cgroup::{
+        mark::Mark,
+        placement::{self, Placed, Placer},
+    },
     host::{clock, proctree},
     model::{
         cgroups::ContainerCgroups,
         collectors::Collector,
-        container::{Origin, Part, container_id},
+        container::{Origin, Part},
     },
 };
 
@@ -29,6 +32,19 @@ impl Agent {
         };
         let primary = mk == c.key;
         let id = c.id.clone();
+        // Why the container has no cgroup of its own in a hierarchy, when
+        // it has none there: its statistics of that kind are read from its
+        // processes.
+        let mut why_lacking = None;
+        let mark = Mark {
+            container: ck,
+            container_pid: c.starter_pid(),
+            member: mk,
+            member_pid: pid,
+            uid: c.uid,
+            starter: c.starter_path.display().to_string(),
+            meta: c.meta.clone(),
+        };
         let cg = match c.placed_part(mk) {
             Some(p) => p.cgroups.clone(),
             None => {
@@ -38,18 +54,18 @@ impl Agent {
                 {
                     return;
                 }
-                let name = if primary {
-                    id.clone()
-                } else {
-                    container_id(pid, mk)
-                };
-                match self.placer.create(&name, pid) {
+                match self.placer.create(&mark) {
                     Ok(created) => {
+                        if let Some((dir, e)) = &created.unmarked {
+                            tracing::warn!(container_id = %id, dir = %dir.display(), error = %e,
+                                "cannot mark the container's cgroup as apptheus' (trusted.apptheus extended attribute); it will not be taken over after a restart");
+                        }
                         let shared = created.shared.clone();
                         if let Some(why) = created.why_shared {
                             tracing::info!(container_id = %id, cgroups = ?shared.dirs().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>(),
                                 reason = %why,
-                                "no cgroup of the container's own there; the starter's cgroup is read as the container's while nothing else runs in it");
+                                "no cgroup of the container's own there; the starter's cgroup gives the container its limits only");
+                            why_lacking = Some(why.to_string());
                         }
                         if let Some(c) = self.registry.get_mut(ck) {
                             c.parts.push(Part::new(
@@ -61,15 +77,19 @@ impl Agent {
                                     .push(Part::new(Origin::Shared { member: mk }, shared.clone()));
                             }
                         }
-                        if !shared.is_empty() {
-                            self.check_shared(ck, &shared);
-                        }
                         created.own
                     }
                     Err(e) => {
-                        tracing::warn!(container_id = %id, error = %e, "cannot create the container's cgroups; its cgroup statistics will be missing");
-                        if primary && let Some(c) = self.registry.get_mut(ck) {
-                            c.life.unplaced();
+                        tracing::warn!(container_id = %id, error = %e, "cannot create the container's cgroups; its statistics are read from its processes");
+                        if primary {
+                            if let Some(c) = self.registry.get_mut(ck) {
+                                c.life.unplaced();
+                            }
+                            self.decide_sources(
+                                ck,
+                                &ContainerCgroups::default(),
+                                Some(format!("its cgroups could not be created: {e}")),
+                            );
                         }
                         return;
                     }
@@ -93,8 +113,10 @@ impl Agent {
                     self.metrics.placement_seconds.observe(elapsed.max(0.0));
                     tracing::debug!(container_id = %id, moved = p.moved, passes = p.passes,
                         seconds = elapsed, "container placed");
-                    if let Some(dir) = &cg.v2 {
-                        self.delegate(ck, &id, dir);
+                    if let Some(dir) = &cg.v2
+                        && let Some(why) = self.delegate(&id, dir)
+                    {
+                        why_lacking.get_or_insert(why);
                     }
                 } else {
                     tracing::warn!(container_id = %id, passes = p.passes,
@@ -113,6 +135,7 @@ impl Agent {
             }
         }
         if primary {
+            self.decide_sources(ck, &cg, why_lacking);
             self.register_cgroup(mk, &id, &cg);
             if let Some(c) = self.registry.get_mut(ck)
                 && c.life.placed(complete)
@@ -252,31 +275,6 @@ impl Agent {
         }
     }
 
-    /// Container `ck` shares cgroups `shared` with its starter: while
-    /// another process runs there they are not read as the container's,
-    /// and from then on its processes are read too.
-    pub(super) fn check_shared(&mut self, ck: u64, shared: &ContainerCgroups) {
-        if self.registry.get(ck).is_none_or(|c| c.processes.is_some()) {
-            return;
-        }
-        let Some(pid) = self.stranger_in(ck, shared) else {
-            return;
-        };
-        let dir = shared
-            .dirs()
-            .find(|(_, d)| placement::procs(d).contains(&pid))
-            .map(|(_, d)| d.display().to_string())
-            .unwrap_or_default();
-        let comm = self.procfs.comm(pid).unwrap_or_default();
-        self.read_from_processes(
-            ck,
-            format!(
-                "the starter's cgroup {dir} also runs process {pid} ({comm}), which is not the container's: \
-                 its statistics would not be the container's alone"
-            ),
-        );
-    }
-
     /// A process in `cg` that is not container `ck`'s, if any.
     pub(super) fn stranger_in(&self, ck: u64, cg: &ContainerCgroups) -> Option<u32> {
         let c = self.registry.get(ck)?;
@@ -350,11 +348,11 @@ impl Agent {
     }
 
     /// cgroup v2: gives the container's cgroup the controllers its
-    /// statistics need, if its parent (the starter's cgroup) can. Where
-    /// the container's memory can then come from no cgroup (pure v2, no
-    /// memory controller in its cgroup), it comes from its processes.
-    fn delegate(&mut self, ck: u64, id: &str, dir: &Path) {
-        let Some(parent) = dir.parent() else { return };
+    /// statistics need, if its parent (the starter's cgroup) can. Returns
+    /// why its cgroup has no memory controller, if it has none (its
+    /// statistics of that kind then come from its processes).
+    fn delegate(&mut self, id: &str, dir: &Path) -> Option<String> {
+        let parent = dir.parent()?;
         let mut why_not = None;
         // Never the root cgroup: that would change the whole host.
         if self.args.cgroup_enable_controllers
@@ -376,9 +374,9 @@ impl Agent {
             }
         }
         if self.placer.v1_has("memory") || dir.join("memory.current").exists() {
-            return;
+            return None;
         }
-        let why = why_not.unwrap_or_else(|| {
+        Some(why_not.unwrap_or_else(|| {
             if self.args.cgroup_enable_controllers {
                 format!(
                     "{} does not give its children the memory controller",
@@ -387,14 +385,7 @@ impl Agent {
             } else {
                 "--cgroup.enable-controllers=false".to_string()
             }
-        });
-        self.read_from_processes(
-            ck,
-            format!(
-                "{why}: the container's cgroup {} has no memory controller",
-                dir.display()
-            ),
-        );
+        }))
     }
 
     /// Tells the network collector which cgroup2 id is the container's:

@@ -25,10 +25,6 @@ const EVENTS_EVERY: usize = 16;
 /// was lost (ends are reported by the kernel; this is a safety net).
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
-/// Longest wait, after a master closed its connection, for its container's
-/// last tasks to exit before the container is ended anyway.
-pub(super) const CLOSE_SETTLE: Duration = Duration::from_secs(2);
-
 impl Agent {
     /// Samples every live container, then publishes: for a reader
     /// (`trigger`), or at start (None). Kernel events that arrive meanwhile
@@ -57,7 +53,10 @@ impl Agent {
         if self.kernel.is_none() {
             self.end_empty_containers();
         }
+        self.show_runs();
         self.publish();
+        // Scheduled scrapes then only copy the encoded exposition.
+        self.metrics.prepare();
         self.sources.publish(&self.metrics);
         self.metrics
             .sample_duration
@@ -88,52 +87,36 @@ impl Agent {
             self.reconcile();
             self.end_empty_containers();
         }
+        self.report_drops();
         self.retry_placements();
         self.retry_removals();
+        self.end_finished_without_kernel();
+        // A run that has lived long enough, or runs something of its own,
+        // is a container whether or not anybody reads.
+        self.show_runs();
+        self.tidy_runs();
         let expired = self.registry.expire(now);
         for c in &expired {
             tracing::debug!(container_id = %c.id, "series removed after the grace period");
             self.sources.forget(c.key);
         }
         if !expired.is_empty() || self.publish_soon {
-            self.publish();
+            self.publish_changes();
         }
     }
 
     /// Reads the kernel counters of a live container's members and the
-    /// statistics of its cgroups, and combines them into what is exported
+    /// statistics of its cgroups (and processes, for the families its
+    /// cgroups cannot give), and combines them into what is exported
     /// (within a sample of every container).
     pub(super) fn sample_container(&mut self, key: u64) {
-        // A cgroup shared with the container's starter is read as its own
-        // only while nothing else runs there; from the first time another
-        // process is seen there, the container's processes are read too
-        // (a process of Apptainer's own may be there for a moment only).
-        let (readable, crowded): (Vec<bool>, Vec<_>) = match self.registry.get(key) {
-            Some(c) => c
-                .parts
-                .iter()
-                .map(|p| {
-                    if !matches!(p.origin, Origin::Shared { .. }) || p.gone {
-                        return (true, None);
-                    }
-                    match self.stranger_in(key, &p.cgroups) {
-                        Some(_) => (false, Some(p.cgroups.clone())),
-                        None => (true, None),
-                    }
-                })
-                .unzip(),
-            None => return,
-        };
-        for cg in crowded.into_iter().flatten() {
-            self.check_shared(key, &cg);
-        }
         let Some(c) = self.registry.get_mut(key) else {
             return;
         };
         if !c.life.is_live() {
             return;
         }
-        self.sources.sample(c, self.kernel.as_ref(), &readable);
+        self.sources.sample(c, self.kernel.as_ref());
         self.sample_processes(key);
     }
 
@@ -143,15 +126,22 @@ impl Agent {
         self.sample_container(key);
     }
 
-    /// The kernel saw the last task of member `mk` exit.
+    /// The kernel saw the last task of member `mk` exit (or, without the
+    /// kernel programs, its tasks are gone): the container ends with its
+    /// last member, an instance with the last of its own run and its joins,
+    /// whichever ends last.
     pub(super) fn on_member_exited(&mut self, mk: u64) {
         let Some(ck) = self.registry.container_of(mk) else {
             return;
         };
-        if ck == mk {
-            self.end_container(ck);
-        } else {
+        let others = self
+            .registry
+            .get(ck)
+            .is_some_and(|c| c.members.iter().any(|m| m.key != mk && !m.ended));
+        if others {
             self.end_member(ck, mk);
+        } else {
+            self.end_container(ck);
         }
     }
 
@@ -170,6 +160,9 @@ impl Agent {
     /// A container's last task is gone: final sample, its cgroups removed,
     /// its series kept for the grace period.
     pub(super) fn end_container(&mut self, ck: u64) {
+        if self.ending(ck) {
+            return;
+        }
         self.sample_one(ck);
         let grace = self.args.grace_period;
         let Some(c) = self.registry.get_mut(ck) else {
@@ -194,18 +187,26 @@ impl Agent {
         }
     }
 
-    /// A join of an instance ended: the instance keeps what it used.
+    /// One starter run of a container with others still running ended (a
+    /// join of an instance, or the instance's own run while a join lives
+    /// on): the container keeps what it used.
     fn end_member(&mut self, ck: u64, mk: u64) {
         self.sample_one(ck);
         let Some(c) = self.registry.get_mut(ck) else {
             return;
         };
         let id = c.id.clone();
+        let primary = mk == c.key;
         let Some(m) = c.member_mut(mk).filter(|m| !m.ended) else {
             return;
         };
         m.ended = true;
-        tracing::debug!(container_id = %id, pid = m.starter_pid, "a run that joined the instance ended");
+        if primary {
+            tracing::info!(container_id = %id, pid = m.starter_pid,
+                "the instance's own run ended; a run that joined it goes on, and the container with it");
+        } else {
+            tracing::debug!(container_id = %id, pid = m.starter_pid, "a run that joined the instance ended");
+        }
         if let Some(k) = self.kernel.as_mut() {
             k.forget(mk);
         }
@@ -216,34 +217,86 @@ impl Agent {
     }
 
     /// Containers whose tasks are all gone have ended, even if their end
-    /// was never reported (a lost event, socket mode): with the kernel
-    /// programs, when the kernel no longer counts a live task of theirs;
-    /// without, when their cgroups hold no task.
+    /// was never reported (a lost event): with the kernel programs, when
+    /// the kernel no longer counts a live task of theirs; without, see
+    /// [`Self::end_finished_without_kernel`].
     fn end_empty_containers(&mut self) {
+        let Some(k) = &self.kernel else {
+            self.end_finished_without_kernel();
+            return;
+        };
         let empty: Vec<u64> = self
             .registry
             .iter()
             .filter(|c| c.life.phase() == Phase::Running)
-            .filter(|c| match &self.kernel {
-                Some(k) => c
-                    .members
+            .filter(|c| {
+                c.members
                     .iter()
                     .filter(|m| !m.ended)
-                    .all(|m| k.container(m.key).is_none_or(|s| s.live_tasks == 0)),
-                _ => {
-                    !c.parts.is_empty()
-                        && c.live_parts().all(|p| {
-                            p.last
-                                .as_ref()
-                                .and_then(|s| s.threads)
-                                .is_some_and(|t| t == 0)
-                        })
-                }
+                    .all(|m| k.container(m.key).is_none_or(|s| s.live_tasks == 0))
             })
             .map(|c| c.key)
             .collect();
         for key in empty {
             self.end_container(key);
+        }
+    }
+
+    /// Without the kernel programs, a starter run has ended when it holds
+    /// no monitoring-socket connection and no task is left where the agent
+    /// can see its tasks: in its own cgroups (which every process it forks
+    /// inherits), or, where it has none, among the processes seen of it
+    /// that still run. A container ends with its last run.
+    pub(super) fn end_finished_without_kernel(&mut self) {
+        if self.kernel.is_some() {
+            return;
+        }
+        let keys: Vec<u64> = self
+            .registry
+            .iter()
+            .filter(|c| c.life.phase() == Phase::Running)
+            .filter(|c| c.members.iter().any(|m| !m.ended && m.socket.is_none()))
+            .map(|c| c.key)
+            .collect();
+        for ck in keys {
+            let processes = self.processes_of(ck);
+            let Some(c) = self.registry.get(ck) else {
+                continue;
+            };
+            let finished: Vec<u64> = c
+                .members
+                .iter()
+                .filter(|m| !m.ended && m.socket.is_none())
+                .filter(|m| {
+                    let own = c
+                        .parts
+                        .iter()
+                        .filter(|p| !p.gone && p.origin != (Origin::Shared { member: m.key }))
+                        .filter(|p| match p.origin {
+                            Origin::Placed { member } => member == m.key,
+                            // A runtime's cgroup holds the whole container's.
+                            Origin::Runtime { .. } => true,
+                            Origin::Shared { .. } => false,
+                        })
+                        .collect::<Vec<_>>();
+                    let placed = own.iter().any(|p| {
+                        matches!(p.origin, Origin::Placed { .. }) && !p.cgroups.is_empty()
+                    });
+                    if placed {
+                        own.iter().all(|p| {
+                            crate::cgroup::placement::Placer::dirs(&p.cgroups)
+                                .iter()
+                                .all(|d| crate::cgroup::placement::procs(d).is_empty())
+                        })
+                    } else {
+                        processes.is_empty()
+                    }
+                })
+                .map(|m| m.key)
+                .collect();
+            for mk in finished {
+                self.on_member_exited(mk);
+            }
         }
     }
 
@@ -271,43 +324,19 @@ impl Agent {
                     source: Source::Kernel,
                     socket: None,
                     cgroups: None,
-                    read_from: None,
                 });
             }
         }
     }
 
-    /// Whether a container waits for its tasks after its starter closed
-    /// the monitoring socket.
-    pub(super) fn any_closing(&self) -> bool {
-        self.registry
-            .iter()
-            .any(|c| matches!(c.life.phase(), Phase::Closing { .. }))
-    }
-
-    /// Ends the containers whose starter closed its connection, once their
-    /// tasks are gone (so the final sample has everything) or after
-    /// [`CLOSE_SETTLE`].
-    pub(super) fn end_closed(&mut self) {
-        let now = Instant::now();
-        let done: Vec<u64> = self
-            .registry
-            .iter()
-            .filter(|c| matches!(c.life.phase(), Phase::Closing { .. }))
-            .filter(|c| {
-                let gone = match &self.kernel {
-                    Some(k) => c
-                        .members
-                        .iter()
-                        .all(|m| k.container(m.key).is_none_or(|s| s.live_tasks == 0)),
-                    None => !self.procfs.exists(c.starter_pid()),
-                };
-                gone || c.life.close_due(now)
-            })
-            .map(|c| c.key)
-            .collect();
-        for key in done {
-            self.end_container(key);
+    /// Makes changes made outside a sample (a container's final sample,
+    /// expired series) what scrapes see: at once, unless the sample for a
+    /// scrape about to come is ready (its exposition encoded for it): then
+    /// once that scrape came (the soon tick retries).
+    pub(super) fn publish_changes(&mut self) {
+        self.publish_soon = true;
+        if !self.metrics.demand.hold(Instant::now()) {
+            self.publish();
         }
     }
 

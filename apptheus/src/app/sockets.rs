@@ -1,9 +1,7 @@
 //! Connections of Apptainer's starters to the monitoring socket: one more
 //! witness of a run the kernel already attributes, or, without the kernel
 //! programs, the way runs are found at all.
-use std::time::Instant;
-
-use super::{Agent, StartFacts, sampling::CLOSE_SETTLE};
+use super::{Agent, StartFacts};
 use crate::{attribution::socket::SocketEvent, host::clock, model::container::Source};
 
 impl Agent {
@@ -62,7 +60,6 @@ impl Agent {
                     source: Source::Socket,
                     socket: Some(conn.0),
                     cgroups: None,
-                    read_from: None,
                 });
                 // A helper run is let go: the kernel need not follow it.
                 if self.registry.container_of(key).is_none()
@@ -72,27 +69,14 @@ impl Agent {
                 }
             }
             SocketEvent::Disconnected { conn } => {
-                let Some(mk) = self.registry.take_socket(conn.0) else {
-                    return;
-                };
-                let Some(ck) = self.registry.container_of(mk) else {
-                    return;
-                };
-                if ck != mk {
-                    // A join's starter leaves: the instance goes on.
-                    if self.kernel.is_none() {
-                        self.on_member_exited(mk);
-                    }
-                    return;
+                // The starter closes its connection when it cleans up, but
+                // what it started may live on (`sh -c 'work & exit 0'`): the
+                // run ends with its last task. The kernel programs report
+                // that; without them, the agent looks for its tasks now and
+                // at every housekeeping tick.
+                if self.registry.take_socket(conn.0).is_some() && self.kernel.is_none() {
+                    self.end_finished_without_kernel();
                 }
-                // The starter closes its connection when the container is
-                // cleaned up, just before it exits itself: the container
-                // ends once its last tasks are gone, or after CLOSE_SETTLE
-                // at the latest.
-                if let Some(c) = self.registry.get_mut(ck) {
-                    c.life.closing(Instant::now(), CLOSE_SETTLE);
-                }
-                self.end_closed();
             }
         }
     }

@@ -113,10 +113,8 @@ impl Sources {
 
     /// Reads one container: what each source gives goes into its members'
     /// counters and its cgroup sets' latest statistics (a set found gone
-    /// keeps what was read before), then into what is exported. A cgroup
-    /// set not `readable` now (shared with another process) is not read,
-    /// and has no statistics.
-    pub fn sample(&mut self, c: &mut Container, kernel: Option<&Kernel>, readable: &[bool]) {
+    /// keeps what was read before), then into what is exported.
+    pub fn sample(&mut self, c: &mut Container, kernel: Option<&Kernel>) {
         let t = Target {
             key: c.key,
             members: &c.members,
@@ -124,9 +122,6 @@ impl Sources {
             kernel: kernel.map(|k| k as &dyn Counters),
         };
         let mut fresh = Fresh::new(&t);
-        for (f, ok) in fresh.parts.iter_mut().zip(readable) {
-            f.read &= *ok;
-        }
         let mut seen: Vec<String> = Vec::new();
         for (s, tally) in self.list.iter_mut().zip(&mut self.tally) {
             let started = Instant::now();
@@ -146,10 +141,7 @@ impl Sources {
                 m.counters = Some(k);
             }
         }
-        for ((p, f), ok) in c.parts.iter_mut().zip(fresh.parts).zip(readable) {
-            if !ok && !p.gone {
-                p.last = None;
-            }
+        for (p, f) in c.parts.iter_mut().zip(fresh.parts) {
             if !f.read {
                 continue;
             }

@@ -35,10 +35,6 @@ pub(super) struct StartFacts {
     pub socket: Option<u64>,
     /// Its cgroups, when they exist already (adopted after a restart).
     pub cgroups: Option<ContainerCgroups>,
-    /// The process its command line, environment and executable are read
-    /// from, when not the starter itself (gone: an adopted instance's
-    /// starter, whose master, its fork, runs on).
-    pub read_from: Option<u32>,
 }
 
 impl Agent {
@@ -51,18 +47,21 @@ impl Agent {
             }
             return;
         }
+        if !self.admit_run(&s) {
+            return;
+        }
         let pid = s.starter_pid;
-        let src = s.read_from.unwrap_or(pid);
-        let environ = self.procfs.environ(src).ok();
-        let cwd = self.procfs.cwd(src);
+        let alive = self.starter_is_the_runs(&s);
+        let environ = alive.then(|| self.procfs.environ(pid).ok()).flatten();
+        let cwd = alive.then(|| self.procfs.cwd(pid)).flatten();
         let arg0 = s
             .arg0
             .clone()
-            .or_else(|| self.procfs.arg0(src).ok())
+            .or_else(|| alive.then(|| self.procfs.arg0(pid).ok()).flatten())
             .unwrap_or_default();
         let parent_launcher = s
             .parent_launcher
-            .unwrap_or_else(|| self.parent_runs_launcher(src));
+            .unwrap_or_else(|| alive && self.parent_runs_launcher(pid));
         let run = apptainer::describe(&StarterFacts {
             arg0: &arg0,
             parent_launcher,
@@ -88,9 +87,12 @@ impl Agent {
             }
             RunKind::Container | RunKind::Instance { .. } => {}
         }
+        if !self.admit_container(&s) {
+            return;
+        }
 
         // Where Slurm put the job is trusted over the environment.
-        let cgroups = self.procfs.cgroup(src).ok();
+        let cgroups = alive.then(|| self.procfs.cgroup(pid).ok()).flatten();
         let slurm_job_id = cgroups
             .as_deref()
             .and_then(|t| slurmjob::job_of(t, self.placer.v2_root(), &self.procfs))
@@ -99,7 +101,7 @@ impl Agent {
         c.members[0].socket = s.socket;
         c.uid = s.uid;
         c.user = users::name(s.uid);
-        c.starter_path = self.starter_path(s.file, src);
+        c.starter_path = self.starter_path(s.file, pid);
         c.meta.image = run.image;
         c.meta.instance = match run.kind {
             RunKind::Instance { name } => Some(name),
@@ -110,12 +112,17 @@ impl Agent {
             c.parts
                 .push(Part::new(Origin::Placed { member: s.key }, cg));
         }
-        tracing::info!(container_id = %c.id, pid, uid = s.uid, user = %c.user,
-            starter = %c.starter_path.display(), image = c.meta.image.as_deref().unwrap_or(""),
-            instance = c.meta.instance.as_deref().unwrap_or(""),
-            slurm_job_id = c.meta.slurm_job_id.as_deref().unwrap_or(""),
-            source = ?s.source, "container started");
-        if self.registry.insert(c) && s.source != Source::Adopted {
+        // A run the kernel reported is shown once it runs something of
+        // its own (see `admission`).
+        c.shown = s.source != Source::Kernel;
+        if c.shown {
+            log_started(&c, s.source);
+        } else {
+            tracing::debug!(container_id = %c.id, pid, uid = s.uid,
+                "starter run seen; shown once it runs something of its own");
+        }
+        let shown = c.shown;
+        if self.registry.insert(c) && shown && s.source != Source::Adopted {
             self.metrics.containers_started.inc();
         }
         // Placement at once: until its tasks are inside, a container's
@@ -144,6 +151,24 @@ impl Agent {
         self.place_member(ck, s.key, s.boot_ns);
     }
 
+    /// Whether `s.starter_pid` is surely the run's starter, so that its
+    /// /proc files (environment, arguments, cgroups) are the run's. Not
+    /// for an adopted container whose starter is no longer in its cgroups
+    /// (which a user cannot move a process into): the pid may be another
+    /// process's now.
+    fn starter_is_the_runs(&self, s: &StartFacts) -> bool {
+        if s.source != Source::Adopted {
+            return true;
+        }
+        let Some(cg) = &s.cgroups else {
+            return false;
+        };
+        self.placer.cgroups_of(s.starter_pid).is_ok_and(|now| {
+            cg.dirs()
+                .any(|(h, d)| now.dir(h).is_some_and(|p| p.starts_with(d)))
+        })
+    }
+
     /// Whether the parent of `pid` runs one of the trusted launchers.
     fn parent_runs_launcher(&self, pid: u32) -> bool {
         self.procfs
@@ -165,4 +190,13 @@ impl Agent {
         .or_else(|| self.procfs.exe_path(pid))
         .unwrap_or_default()
     }
+}
+
+/// Logs a container's start, with what is known of it.
+pub(super) fn log_started(c: &Container, source: Source) {
+    tracing::info!(container_id = %c.id, pid = c.starter_pid(), uid = c.uid, user = %c.user,
+        starter = %c.starter_path.display(), image = c.meta.image.as_deref().unwrap_or(""),
+        instance = c.meta.instance.as_deref().unwrap_or(""),
+        slurm_job_id = c.meta.slurm_job_id.as_deref().unwrap_or(""),
+        source = ?source, "container started");
 }

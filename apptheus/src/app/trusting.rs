@@ -1,10 +1,18 @@
 //! The trusted starters and launchers: resolved at start, re-resolved on
-//! SIGHUP and every few seconds (a package upgrade replaces the file at a
-//! path; Apptainer may be installed after the agent).
+//! SIGHUP, at once when their directories change (a package upgrade
+//! replaces the file at a path), and every few seconds (Apptainer may be
+//! installed after the agent, into directories that did not exist).
+use std::collections::BTreeSet;
+
 use tokio::sync::watch;
 
 use super::Agent;
-use crate::{attribution::trust::TrustedSet, cli::Args, export::metrics::AgentMetrics};
+use crate::{
+    attribution::trust::{self, TrustedSet},
+    cli::Args,
+    export::metrics::AgentMetrics,
+    host::dirwatch::DirWatch,
+};
 
 pub(super) struct Trust {
     pub starters: TrustedSet,
@@ -65,8 +73,34 @@ impl Trust {
 }
 
 impl Agent {
-    /// Re-resolves the trusted paths.
-    pub(super) fn reload_trust(&mut self, reason: &str) {
+    /// Watches the directories of every file that is or may become
+    /// trusted: the paths given, else the standard places, and the
+    /// launchers. None (with a warning) if inotify is unavailable: the
+    /// re-resolution every few seconds remains.
+    pub(super) fn watch_trusted(&self) -> Option<DirWatch> {
+        let mut files = self.args.trusted_paths();
+        if files.is_empty() {
+            files = trust::default_starters(std::path::Path::new("/"));
+        }
+        let mut launchers = self.args.launcher_paths();
+        if launchers.is_empty() {
+            launchers = trust::default_launchers(files.iter().map(|p| p.as_path()));
+        }
+        files.extend(launchers);
+        match DirWatch::new(&files) {
+            Ok(w) => {
+                tracing::debug!(dirs = ?w.watched(), "watching the trusted files' directories");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the trusted files' directories (inotify); a replaced starter is trusted within 5 s");
+                None
+            }
+        }
+    }
+
+    /// Re-resolves the trusted paths; true if the trusted files changed.
+    pub(super) fn reload_trust(&mut self, reason: &str) -> bool {
         let resolved = TrustedSet::resolve(&self.args.trusted_paths()).and_then(|t| {
             let l = TrustedSet::resolve_launchers(&self.args.launcher_paths(), &t)?;
             Ok((t, l))
@@ -78,6 +112,7 @@ impl Agent {
                 if reason == "SIGHUP" {
                     tracing::info!("SIGHUP: trusted starters unchanged");
                 }
+                false
             }
             Ok((t, l)) => {
                 trust.error = None;
@@ -85,20 +120,24 @@ impl Agent {
                     && let Err(e) = k.set_trusted(&t.ids(), &l.ids())
                 {
                     tracing::error!(error = %e, "updating the kernel's trusted set failed; keeping the old one");
-                    return;
+                    return false;
                 }
                 if l != trust.launchers {
                     tracing::info!(before = %trust.launchers.describe(), after = %l.describe(), "{reason}: launchers changed");
                     trust.launchers = l;
                 }
+                let mut new = BTreeSet::new();
                 if t != trust.starters {
                     tracing::info!(before = %trust.starters.describe(), after = %t.describe(), "{reason}: trusted starters changed");
                     if let Some(tx) = &trust.tx {
                         tx.send_replace(t.clone());
                     }
+                    new = t.ids().difference(&trust.starters.ids()).copied().collect();
                     trust.starters = t;
                 }
                 trust.publish(&self.metrics);
+                self.recover_runs(&new);
+                true
             }
             Err(e) => {
                 // Said once per distinct problem, not at every re-check.
@@ -107,6 +146,7 @@ impl Agent {
                     tracing::error!(error = %text, "{reason}: cannot resolve trusted starters; keeping the old set");
                     trust.error = Some(text);
                 }
+                false
             }
         }
     }

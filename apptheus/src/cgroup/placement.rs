@@ -15,12 +15,12 @@ use std::{
 
 use super::{
     layout::{Layout, V1_CONTROLLERS},
+    mark::{self, Mark},
     procfile,
 };
 use crate::model::cgroups::ContainerCgroups;
 
-/// Directory name prefix of the cgroups apptheus creates.
-pub const DIR_PREFIX: &str = "apptheus-";
+pub use super::mark::DIR_PREFIX;
 /// Passes over a container's tasks before placement gives up.
 const MAX_PASSES: usize = 8;
 
@@ -35,6 +35,11 @@ pub enum PlaceError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{dir} exists and is not apptheus' cgroup for this container (it has no mark, or another's): \
+         made by someone else, it is not used"
+    )]
+    NotOurs { dir: PathBuf },
     #[error("moving task {tid} into {dir}: {source}")]
     Move {
         tid: u32,
@@ -168,12 +173,16 @@ impl Placer {
         Ok(out)
     }
 
-    /// Creates the container's cgroups beneath the starter's current ones,
-    /// in every hierarchy where that is harmless; in the others the
-    /// starter's own cgroups are returned as shared (see [`own_cgroup_refused`]).
-    pub fn create(&self, id: &str, starter_pid: u32) -> Result<Created, PlaceError> {
+    /// Creates the cgroups of a container's starter run (`mark`: whose,
+    /// and which run; its starter is `mark.member_pid`) beneath the
+    /// starter's current ones, in every hierarchy where that is harmless,
+    /// each marked (see [`mark`]); in the others the starter's own cgroups
+    /// are returned as shared (see [`own_cgroup_refused`]). A directory of
+    /// that name that exists without this mark is someone else's: an error.
+    pub fn create(&self, mark: &Mark) -> Result<Created, PlaceError> {
+        let starter_pid = mark.member_pid;
         let cgs = self.proc_cgroups(starter_pid)?;
-        let name = format!("{DIR_PREFIX}{id}");
+        let name = mark.dir_name();
         let mut out = Created::default();
         for h in &self.hierarchies {
             let parent = self
@@ -196,8 +205,17 @@ impl Placer {
                 parent.join(&name)
             };
             match std::fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Ok(()) => {
+                    if let Err(e) = mark::set(&dir, mark) {
+                        out.unmarked
+                            .get_or_insert_with(|| (dir.clone(), e.to_string()));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if !made_for(&dir, mark) {
+                        return Err(PlaceError::NotOurs { dir });
+                    }
+                }
                 Err(source) => return Err(PlaceError::Create { dir, source }),
             }
             set(&mut out.own, h, dir);
@@ -336,23 +354,17 @@ impl Placer {
             .collect()
     }
 
-    /// Finds cgroups apptheus created in an earlier run, by container id,
-    /// in every hierarchy.
-    pub fn find_existing(&self) -> BTreeMap<String, ContainerCgroups> {
-        let mut out: BTreeMap<String, ContainerCgroups> = BTreeMap::new();
+    /// Finds the cgroups apptheus created in an earlier run, in every
+    /// hierarchy: directories with apptheus' naming and its mark, naming
+    /// them (see [`mark`]). A directory of that name without the mark (a
+    /// user's) is neither taken nor touched.
+    pub fn find_marked(&self) -> BTreeMap<Mark, ContainerCgroups> {
+        let mut out: BTreeMap<Mark, ContainerCgroups> = BTreeMap::new();
         for h in &self.hierarchies {
             let mut found = Vec::new();
             walk(&h.mountpoint, 0, &mut found);
-            for dir in found {
-                let Some(id) = dir
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(own_dir_id)
-                    .map(str::to_string)
-                else {
-                    continue;
-                };
-                let entry = out.entry(id).or_default();
+            for (dir, m) in found {
+                let entry = out.entry(m).or_default();
                 if h.is_v2() {
                     entry.v2 = Some(dir);
                 } else {
@@ -374,6 +386,9 @@ pub struct Created {
     pub shared: ContainerCgroups,
     /// Why `shared` is not empty.
     pub why_shared: Option<NoOwnCgroup>,
+    /// A directory created that could not be marked, and why: the
+    /// container is placed, but would not be taken over after a restart.
+    pub unmarked: Option<(PathBuf, String)>,
 }
 
 fn set(cg: &mut ContainerCgroups, h: &Hierarchy, dir: PathBuf) {
@@ -448,20 +463,24 @@ struct Whereabouts {
     elsewhere: bool,
 }
 
-/// The container id in the name of a cgroup apptheus created,
-/// `apptheus-<starter pid>-<key>`; None for any other name, also one that
-/// merely starts with `apptheus-` (a unit `apptheus-foo.service`, Slurm's
-/// `<node>_slurmstepd.scope` on a node named `apptheus-...`): those belong
-/// to systemd or Slurm, and the containers below them are looked for
-/// like anywhere else.
-pub fn own_dir_id(name: &str) -> Option<&str> {
-    let id = name.strip_prefix(DIR_PREFIX)?;
-    crate::model::container::parse_container_id(id).map(|_| id)
+/// Whether `dir`, found existing, was made for the run `mark` by apptheus
+/// (a second placement): marked so, or, where marking failed, root's (a
+/// user can make no directory of root's). Never another run's, nor a
+/// user's.
+fn made_for(dir: &Path, mark: &Mark) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match mark::get(dir) {
+        Ok(Some(m)) => m == *mark,
+        Ok(None) => std::fs::symlink_metadata(dir).is_ok_and(|m| m.uid() == 0),
+        Err(_) => false,
+    }
 }
 
-/// Collects the directories of apptheus' own cgroups ([`own_dir_id`]),
-/// not descending into them.
-fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
+/// Collects the directories apptheus made (named apptheus-* and marked so,
+/// the mark naming the directory), not descending into them; any other
+/// directory, one of a user's with our naming included, is descended
+/// into (one of ours may lie below).
+fn walk(dir: &Path, depth: usize, found: &mut Vec<(PathBuf, Mark)>) {
     if depth > 32 {
         return;
     }
@@ -473,10 +492,19 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
             continue;
         }
         let path = e.path();
-        if own_dir_id(&e.file_name().to_string_lossy()).is_some() {
-            found.push(path);
-        } else {
-            walk(&path, depth + 1, found);
+        let name = e.file_name();
+        let ours = name
+            .to_str()
+            .filter(|n| n.starts_with(DIR_PREFIX))
+            .and_then(|n| {
+                mark::get(&path)
+                    .ok()
+                    .flatten()
+                    .filter(|m| m.dir_name() == n)
+            });
+        match ours {
+            Some(m) => found.push((path, m)),
+            None => walk(&path, depth + 1, found),
         }
     }
 }
@@ -506,6 +534,17 @@ fn read_ids(path: &Path) -> Vec<u32> {
 mod tests {
     use super::*;
     use crate::cgroup::layout::V1Mount;
+
+    /// The mark of container `key`'s own run, started by `pid` (uid 0).
+    fn own(pid: u32, key: u64) -> Mark {
+        Mark {
+            container: key,
+            container_pid: pid,
+            member: key,
+            member_pid: pid,
+            ..Mark::default()
+        }
+    }
 
     fn hybrid(root: &Path) -> Layout {
         let mut layout = Layout {
@@ -583,7 +622,7 @@ mod tests {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         let placer = Placer::new(&hybrid(root.path()), &procfs);
-        let created = placer.create("77-5", 77).unwrap();
+        let created = placer.create(&own(77, 5)).unwrap();
         assert_eq!(created.shared, ContainerCgroups::default());
         let cg = created.own;
         assert_eq!(
@@ -602,15 +641,21 @@ mod tests {
         assert!(cg.v1["memory"].is_dir());
         assert_eq!(Placer::dirs(&cg).len(), 3);
         // Creating again is harmless.
-        assert_eq!(placer.create("77-5", 77).unwrap().own, cg);
+        assert_eq!(placer.create(&own(77, 5)).unwrap().own, cg);
 
-        let found = placer.find_existing();
-        assert_eq!(found.len(), 1);
-        assert_eq!(found["77-5"], cg);
+        let created = placer.create(&own(77, 5)).unwrap();
+        if let Some((dir, e)) = created.unmarked {
+            // Marking needs CAP_SYS_ADMIN (`trusted.`).
+            apptheus_testkit::skip(&format!("marking {}: {e}", dir.display()));
+        } else {
+            let found = placer.find_marked();
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[&own(77, 5)], cg);
+        }
 
         assert!(Placer::remove(&cg).is_empty());
         assert!(!cg.v1["memory"].exists());
-        assert!(placer.find_existing().is_empty());
+        assert!(placer.find_marked().is_empty());
     }
 
     /// In a Slurm job on cgroup v1 the memory hierarchy gets no cgroup of
@@ -633,7 +678,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join("cpu,cpuacct")).unwrap();
         std::fs::create_dir_all(root.path().join("unified")).unwrap();
         let placer = Placer::new(&hybrid(root.path()), &procfs);
-        let created = placer.create("77-5", 77).unwrap();
+        let created = placer.create(&own(77, 5)).unwrap();
         let task = root
             .path()
             .join("memory/slurm_n1/uid_0/job_9/step_batch/task_0");
@@ -696,7 +741,7 @@ mod tests {
             v1: BTreeMap::new(),
         };
         let placer = Placer::new(&v2, &procfs);
-        let created = placer.create("77-5", 77).unwrap();
+        let created = placer.create(&own(77, 5)).unwrap();
         assert!(created.own.is_empty(), "{created:?}");
         assert_eq!(created.shared.v2, Some(root.path().join(task)));
         assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV2));
@@ -725,7 +770,7 @@ mod tests {
             std::fs::create_dir_all(root.path().join(d)).unwrap();
         }
         let placer = Placer::new(&hybrid(root.path()), &procfs);
-        let cg = placer.create("10-1", 10).unwrap().own;
+        let cg = placer.create(&own(10, 1)).unwrap().own;
         for dir in Placer::dirs(&cg) {
             std::fs::write(dir.join("cgroup.procs"), "").unwrap();
         }
@@ -742,53 +787,52 @@ mod tests {
         );
     }
 
-    /// Only `apptheus-<pid>-<key>` is ours: a unit or a Slurm scope whose
-    /// name starts with `apptheus-` is neither adopted nor removed, and the
-    /// containers below it are found.
+    /// A directory with our naming that is not marked (a user's, in a
+    /// subtree delegated to them) is neither found nor used, and one of
+    /// ours below it is found.
     #[test]
-    fn only_names_of_container_ids_are_ours() {
-        assert_eq!(
-            own_dir_id("apptheus-461-67111863184"),
-            Some("461-67111863184")
-        );
-        for other in [
-            "apptheus-vmtest.service",
-            "apptheus-node_slurmstepd.scope",
-            "apptheus-",
-            "apptheus-1-",
-            "apptheus-1-2x",
-            "apptheus-01-2",
-            "apptainer-599.scope",
-        ] {
-            assert_eq!(own_dir_id(other), None, "{other}");
+    fn an_unmarked_directory_with_our_name_is_not_ours() {
+        if !nix::unistd::geteuid().is_root() {
+            apptheus_testkit::skip("root (a directory of a user's, a mark)");
+            return;
         }
         let root = tempfile::tempdir().unwrap();
-        for d in [
-            "system.slice/apptheus-vmtest.service/apptheus-721-104324236254",
-            "system.slice/apptheus-node_slurmstepd.scope/s5HHM96V7NFX00/step_batch/user/task_0",
-        ] {
-            std::fs::create_dir_all(root.path().join(d)).unwrap();
-        }
+        let procfs = root.path().join("proc");
+        std::fs::create_dir_all(procfs.join("77")).unwrap();
+        std::fs::write(procfs.join("77/cgroup"), "0::/user/apptheus-1-1\n").unwrap();
+        let forged = root.path().join("user/apptheus-1-1");
+        std::fs::create_dir_all(forged.join("apptheus-77-5")).unwrap();
         let v2 = Layout {
             v2: Some(root.path().to_path_buf()),
             v1: BTreeMap::new(),
         };
-        let found = Placer::new(&v2, &root.path().join("proc")).find_existing();
-        assert_eq!(found.keys().collect::<Vec<_>>(), ["721-104324236254"]);
-        assert_eq!(
-            found["721-104324236254"].v2,
-            Some(
-                root.path()
-                    .join("system.slice/apptheus-vmtest.service/apptheus-721-104324236254")
-            )
-        );
+        let placer = Placer::new(&v2, &procfs);
+        assert!(placer.find_marked().is_empty());
+        // Our run's directory exists already, unmarked and a user's: not
+        // used.
+        std::os::unix::fs::chown(forged.join("apptheus-77-5"), Some(1500), None).unwrap();
+        let e = placer.create(&own(77, 5)).unwrap_err();
+        assert!(matches!(e, PlaceError::NotOurs { .. }), "{e}");
+        assert!(e.to_string().contains("apptheus-77-5"), "{e}");
+        std::fs::remove_dir(forged.join("apptheus-77-5")).unwrap();
+        let created = placer.create(&own(77, 5)).unwrap();
+        if created.unmarked.is_some() {
+            apptheus_testkit::skip("CAP_SYS_ADMIN (trusted.* extended attributes)");
+            return;
+        }
+        let found = placer.find_marked();
+        assert_eq!(found.len(), 1, "ours, below the user's: {found:?}");
+        assert_eq!(found[&own(77, 5)].v2, Some(forged.join("apptheus-77-5")));
+        // Renamed by whoever owns the parent: not taken for ours.
+        std::fs::rename(forged.join("apptheus-77-5"), forged.join("apptheus-77-6")).unwrap();
+        assert!(placer.find_marked().is_empty());
     }
 
     #[test]
     fn missing_process_is_an_error_naming_it() {
         let root = tempfile::tempdir().unwrap();
         let placer = Placer::new(&hybrid(root.path()), root.path());
-        let e = placer.create("1-1", 424242).unwrap_err().to_string();
+        let e = placer.create(&own(424242, 1)).unwrap_err().to_string();
         assert!(e.contains("424242"), "{e}");
     }
 }

@@ -1,28 +1,83 @@
-//! When to sample, so that what readers (scrapes, pushes) get is never
-//! older than `--monitor.interval`, and nothing is sampled that nobody
-//! reads. Pure: time is passed in.
+//! When to sample, so that scrapers get a sample taken just before they
+//! read, nothing is sampled that nobody reads, and no reader can make the
+//! agent sample more than a bounded rate. Pure: time is passed in.
 //!
-//! Each reader (a scraping address, a push target) is followed: from the
-//! time between its reads, the time of its next read is predicted, and a
-//! sample is started just ahead of it, early enough to be done when the
-//! read comes (by the duration of the last samples, and a margin), late
-//! enough to be at most `interval` old then. A read that finds no recent
-//! enough sample (a reader's first reads, a late one) waits for one. A
-//! reader that stops reading is forgotten after a few of its periods, and
-//! with it the samples taken for it.
+//! Readers are of three kinds:
+//!
+//! - **Scrapers that say they scrape on a schedule**: Prometheus and the
+//!   agents built on its scrape code send `X-Prometheus-Scrape-Timeout-Seconds`.
+//!   One is told from another by its address, its User-Agent and that
+//!   header, and, behind one address, by its timing: each of its
+//!   schedules (`schedule`) predicts its next read, and a read belongs to
+//!   the schedule whose prediction it fits. A sample is started ahead of
+//!   each predicted read, early enough to be done before the read comes
+//!   (by the duration of the latest samples and the schedule's spread)
+//!   and late enough to be at most `--monitor.interval` old then (more
+//!   where samples or the reader's jitter take longer: see
+//!   [`Cadence::sched_bound`]). At most [`MAX_SCHEDULES`] are followed; a
+//!   newcomer never takes the place of one followed.
+//! - **Every other read** (a scraper's first reads, a person's curl, a
+//!   script, a read off its schedule): served the latest sample when it
+//!   is at most [`Cadence::other_every`] old (ten intervals, 5 s at the
+//!   default `--monitor.interval`; or twenty samples' durations where
+//!   that is longer); else it waits for a new sample, but such reads ask
+//!   for at most one sample per that time, all of them together. A
+//!   scraper that reads more often than that is one of them too.
+//! - **Push targets** (trusted, ours): their schedule is learned the same
+//!   way, and a push that finds no recent enough sample waits for one.
+//!
+//! Learning a schedule: two reads of a scraper give a guess (their gap as
+//! the period); the guess's predicted read is sampled ahead (such samples,
+//! for guesses only, come from a small budget: [`LEARN_BURST`], then one
+//! per [`LEARN_EVERY`]); the read, when it comes, confirms the guess. A
+//! guess whose predicted read does not come is dropped; a schedule whose
+//! reads stop is dropped after three of its periods.
 use std::{
-    collections::HashMap,
+    collections::VecDeque,
     net::IpAddr,
     time::{Duration, Instant},
 };
 
+use crate::export::schedule::{MAX_PERIOD, Schedule, snap};
+
 /// Who reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reader {
-    /// Scrapes from this address.
-    Scrape(IpAddr),
+    /// A scrape from `addr`. `scraper` is set when the reader says it
+    /// scrapes on a schedule: a hash of what it says of itself (its
+    /// User-Agent, its timeout), which tells scrapers at one address
+    /// apart. `encoding` is the encoding it asked for (an index the
+    /// exposition defines), prepared ahead of its reads.
+    Scrape {
+        addr: IpAddr,
+        scraper: Option<u64>,
+        encoding: u8,
+    },
     /// The push task for this target.
     Push(&'static str),
+}
+
+/// What a read was, for `apptheus_reads_total{reader}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// Predicted by a learned schedule.
+    Scheduled,
+    /// Any other scrape.
+    Unscheduled,
+    /// A push.
+    Push,
+}
+
+impl ReadKind {
+    pub const ALL: [ReadKind; 3] = [ReadKind::Scheduled, ReadKind::Unscheduled, ReadKind::Push];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ReadKind::Scheduled => "scheduled",
+            ReadKind::Unscheduled => "unscheduled",
+            ReadKind::Push => "push",
+        }
+    }
 }
 
 /// Why a sample is taken (`apptheus_samples_total{trigger}`).
@@ -56,389 +111,608 @@ impl Trigger {
     }
 }
 
-/// Readers followed at most (scrapers are a handful; this bounds what a
-/// stream of addresses could make the agent keep).
-const MAX_READERS: usize = 64;
-
-/// A reader is forgotten when it missed this many of its periods.
-const MISSED_PERIODS: u32 = 3;
-
-/// Added to the expected duration of a sample, for the reader's jitter
-/// and the sample's own.
-const MARGIN: Duration = Duration::from_millis(20);
-
-/// How a reader's period follows changes: this share of each new gap.
-const SMOOTHING: f64 = 0.25;
-
-#[derive(Debug, Clone, Copy)]
-struct Track {
-    last: Instant,
-    period: Option<Duration>,
-}
-
-impl Track {
-    fn expected(&self) -> Option<Instant> {
-        self.period.map(|p| self.last + p)
-    }
-
-    fn lost(&self, now: Instant) -> bool {
-        match self.period {
-            Some(p) => now > self.last + p * MISSED_PERIODS + MARGIN,
-            // One read only: kept for long enough to learn a period of up to
-            // ten minutes.
-            None => now > self.last + Duration::from_secs(600),
-        }
-    }
-}
-
 /// What a read gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Answer {
-    /// The latest sample is recent enough.
+    /// The latest sample: at once.
     Serve,
-    /// A sample under way will be: wait for it.
-    WaitRunning,
-    /// A sample must be taken first (it is asked for).
-    WaitNew,
+    /// The first sample that started at or after `since` (one under way,
+    /// or one asked for now): wait for it.
+    Wait { since: Instant },
+}
+
+/// A read's kind and answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arrival {
+    pub kind: ReadKind,
+    pub answer: Answer,
+}
+
+/// Scrapers' schedules followed at most (push targets aside).
+pub const MAX_SCHEDULES: usize = 4;
+/// Guesses (schedules not yet confirmed) of one scraper at most.
+const MAX_GUESSES_EACH: usize = 4;
+/// Scrapers remembered at most (a stream of addresses cannot make the
+/// agent keep more). A scraper with a schedule or a guess keeps its place;
+/// a newcomer takes the place of the newest of the others (those that came
+/// first stay), and when there is none, is not remembered.
+const MAX_SCRAPERS: usize = 64;
+/// Reads of a scraper remembered, to guess its schedules from.
+const RECENT: usize = 4;
+/// Reads that no schedule explains ask for a sample at most once per this
+/// many intervals, or [`OTHER_COST_MULTIPLE`] samples' durations if
+/// longer, and are served a sample that old; a schedule's period is at
+/// least as long (and at least [`MIN_PERIOD`]).
+pub const OTHER_INTERVALS: f64 = 10.0;
+pub const OTHER_COST_MULTIPLE: f64 = 20.0;
+/// The shortest period of a schedule, seconds, whatever the interval.
+const MIN_PERIOD: f64 = 1.0;
+/// Samples ahead of guesses only: this many in a row, then one per
+/// [`LEARN_EVERY`] seconds.
+pub const LEARN_BURST: f64 = 4.0;
+pub const LEARN_EVERY: f64 = 15.0;
+/// Added to the expected duration of a sample, for the sample's own
+/// variation.
+const MARGIN: f64 = 0.02;
+/// Periods this close (seconds) are taken as one.
+const SAME_PERIOD: f64 = 0.25;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Scraper(IpAddr, u64),
+    Push(&'static str),
+}
+
+/// A scraper (or push target) and what was learned of it.
+#[derive(Debug)]
+struct Scraper {
+    key: Key,
+    /// Its latest reads: when, and the schedule that predicted each.
+    recent: VecDeque<(f64, Option<u64>)>,
+    schedules: Vec<Schedule>,
+    /// Its first and latest reads.
+    first: f64,
+    seen: f64,
+    /// The encoding it asked for last.
+    encoding: u8,
+}
+
+impl Scraper {
+    fn trusted(&self) -> bool {
+        matches!(self.key, Key::Push(_))
+    }
+
+    fn confirmed(&self) -> usize {
+        self.schedules.iter().filter(|s| s.confirmed()).count()
+    }
 }
 
 #[derive(Debug)]
 pub struct Cadence {
-    interval: Duration,
-    readers: HashMap<Reader, Track>,
+    /// Times are seconds since this instant.
+    t0: Instant,
+    interval: f64,
+    scrapers: Vec<Scraper>,
     /// When the latest published sample started.
-    latest: Option<Instant>,
+    latest: Option<f64>,
     /// When the sample under way started.
-    running: Option<Instant>,
+    running: Option<f64>,
     /// A read waits for a new sample, and why.
     wanted: Option<Trigger>,
     /// How long the latest samples took: the longest of them is taken as
     /// what the next will take.
-    costs: [Duration; 4],
-    /// Where the next duration goes in `costs`.
+    costs: [f64; 4],
     next_cost: usize,
+    /// When reads that no schedule explains may next ask for a sample.
+    other_at: f64,
+    /// Samples ahead of guesses that may be taken now, and when that was
+    /// last worked out.
+    learn_tokens: f64,
+    learn_at: f64,
+    /// The sample due now is for guesses only (it takes a token).
+    learning: bool,
+    next_id: u64,
 }
 
 impl Cadence {
-    pub fn new(interval: Duration) -> Self {
+    pub fn new(interval: Duration, now: Instant) -> Self {
         Cadence {
-            interval,
-            readers: HashMap::new(),
+            t0: now,
+            interval: interval.as_secs_f64(),
+            scrapers: Vec::new(),
             latest: None,
             running: None,
             wanted: None,
-            costs: [Duration::ZERO; 4],
+            costs: [0.0; 4],
             next_cost: 0,
+            other_at: f64::NEG_INFINITY,
+            learn_tokens: LEARN_BURST,
+            learn_at: 0.0,
+            learning: false,
+            next_id: 0,
         }
     }
 
-    /// Whether a sample that started at `started` may serve a read at `now`:
-    /// within the interval, or, where samples take longer than half of it,
-    /// within twice their duration (and a margin): a sample is already its
-    /// duration old when it is published, and serves until the next one,
-    /// started then, is.
-    fn recent(&self, started: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(started) <= self.bound()
+    fn secs(&self, i: Instant) -> f64 {
+        i.saturating_duration_since(self.t0).as_secs_f64()
     }
 
-    /// The most time a served sample may be old.
-    fn bound(&self) -> Duration {
-        self.interval.max(self.cost() * 2 + MARGIN)
+    fn instant(&self, s: f64) -> Instant {
+        self.t0 + Duration::from_secs_f64(s.max(0.0))
     }
 
     /// What the next sample is expected to take.
-    fn cost(&self) -> Duration {
-        self.costs.iter().max().copied().unwrap_or_default()
+    fn cost(&self) -> f64 {
+        self.costs.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// The most time a sample served to a push may be old: the interval,
+    /// or, where samples take longer than half of it, twice their
+    /// duration (a sample is already its duration old when published, and
+    /// serves until the next one, started then, is).
+    fn bound(&self) -> f64 {
+        self.interval.max(2.0 * self.cost() + MARGIN)
+    }
+
+    /// The most time a sample served to a read of schedule `s` may be old:
+    /// as [`Self::bound`], and more by twice the schedule's spread (a read
+    /// early by that much must find the sample done, one late by as much
+    /// must find it recent).
+    fn sched_bound(&self, s: &Schedule) -> f64 {
+        sched_bound(self.interval, self.cost(), s)
+    }
+
+    /// How often reads that no schedule explains may ask for a sample, and
+    /// how old a sample they are served may be.
+    #[cfg(test)]
+    pub fn other_every(&self) -> Duration {
+        Duration::from_secs_f64(self.other_secs())
+    }
+
+    fn other_secs(&self) -> f64 {
+        (OTHER_INTERVALS * self.interval).max(OTHER_COST_MULTIPLE * self.cost())
+    }
+
+    /// The shortest period of a schedule, seconds.
+    fn min_period(&self) -> f64 {
+        (OTHER_INTERVALS * self.interval).max(MIN_PERIOD)
     }
 
     /// `reader` reads at `now`.
-    pub fn arrive(&mut self, reader: Reader, now: Instant) -> Answer {
-        self.readers.retain(|_, t| !t.lost(now));
-        if !self.readers.contains_key(&reader) && self.readers.len() >= MAX_READERS {
-            // The longest silent one makes room.
-            if let Some(oldest) = self
-                .readers
-                .iter()
-                .min_by_key(|(_, t)| t.last)
-                .map(|(r, _)| *r)
-            {
-                self.readers.remove(&oldest);
+    pub fn arrive(&mut self, reader: Reader, now: Instant) -> Arrival {
+        let t = self.secs(now);
+        self.forget(t);
+        match reader {
+            Reader::Push(name) => {
+                self.learn(Key::Push(name), t, 0);
+                Arrival {
+                    kind: ReadKind::Push,
+                    answer: self.fresh(t, self.bound(), Trigger::Push),
+                }
             }
+            Reader::Scrape {
+                addr,
+                scraper: Some(h),
+                encoding,
+            } => match self.learn(Key::Scraper(addr, h), t, encoding) {
+                Some((true, bound)) => Arrival {
+                    kind: ReadKind::Scheduled,
+                    answer: self.fresh(t, bound, Trigger::Scrape),
+                },
+                // A guess's read: served the sample taken ahead of it, if
+                // there was one.
+                Some((false, bound)) if self.latest.is_some_and(|l| l >= t - bound) => Arrival {
+                    kind: ReadKind::Scheduled,
+                    answer: Answer::Serve,
+                },
+                _ => Arrival {
+                    kind: ReadKind::Unscheduled,
+                    answer: self.other(t),
+                },
+            },
+            Reader::Scrape { scraper: None, .. } => Arrival {
+                kind: ReadKind::Unscheduled,
+                answer: self.other(t),
+            },
         }
-        self.readers
-            .entry(reader)
-            .and_modify(|t| {
-                let gap = now.saturating_duration_since(t.last);
-                t.period = Some(match t.period {
-                    // Close to what was seen: smoothed; else a new cadence.
-                    Some(p) if gap.abs_diff(p) <= p / 4 => {
-                        p.mul_f64(1.0 - SMOOTHING) + gap.mul_f64(SMOOTHING)
-                    }
-                    _ => gap,
-                });
-                t.last = now;
-            })
-            .or_insert(Track {
-                last: now,
-                period: None,
-            });
-        if self.latest.is_some_and(|s| self.recent(s, now)) {
-            return Answer::Serve;
-        }
-        if self.running.is_some_and(|s| self.recent(s, now)) {
-            return Answer::WaitRunning;
-        }
-        if self.wanted.is_none() {
-            self.wanted = Some(match reader {
-                Reader::Scrape(_) => Trigger::Scrape,
-                Reader::Push(_) => Trigger::Push,
-            });
-        }
-        Answer::WaitNew
     }
 
-    /// Whether a read that came at `since` is served now.
-    pub fn served(&self, since: Instant) -> bool {
-        self.latest.is_some_and(|s| self.recent(s, since))
+    /// A read that needs a sample at most `bound` old.
+    fn fresh(&mut self, t: f64, bound: f64, why: Trigger) -> Answer {
+        if self.latest.is_some_and(|l| l >= t - bound) {
+            return Answer::Serve;
+        }
+        if let Some(r) = self.running.filter(|r| *r >= t - bound) {
+            return Answer::Wait {
+                since: self.instant(r),
+            };
+        }
+        self.wanted.get_or_insert(why);
+        Answer::Wait {
+            since: self.instant(t),
+        }
+    }
+
+    /// A read that no schedule explains.
+    fn other(&mut self, t: f64) -> Answer {
+        let every = self.other_secs();
+        match self.latest {
+            Some(l) if l >= t - every => Answer::Serve,
+            latest => {
+                if let Some(r) = self.running {
+                    Answer::Wait {
+                        since: self.instant(r),
+                    }
+                } else if t >= self.other_at || latest.is_none() {
+                    self.other_at = t + every;
+                    self.wanted.get_or_insert(Trigger::Scrape);
+                    Answer::Wait {
+                        since: self.instant(t),
+                    }
+                } else {
+                    // The budget is spent: what there is (started less
+                    // than `every` before the sample that spent it).
+                    Answer::Serve
+                }
+            }
+        }
+    }
+
+    /// Whether a sample that started at or after `since` is published.
+    pub fn published_since(&self, since: Instant) -> bool {
+        let s = self.secs(since);
+        self.latest.is_some_and(|l| l >= s)
+    }
+
+    /// A read of `key` at `t`: the schedule it fits is corrected, or new
+    /// guesses are made from it. Returns, when a schedule predicted it,
+    /// whether that schedule was confirmed before, and how old its sample
+    /// may be.
+    fn learn(&mut self, key: Key, t: f64, encoding: u8) -> Option<(bool, f64)> {
+        let i = self.scraper(key, t)?;
+        let taken = self.confirmed_scrapes();
+        let (interval, cost, min_period) = (self.interval, self.cost(), self.min_period());
+        let sc = &mut self.scrapers[i];
+        sc.seen = t;
+        sc.encoding = encoding;
+        // The best fit; on a near tie the shorter period (a reader whose
+        // period shortened fits both its old schedule and its new one).
+        let best = sc
+            .schedules
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| s.error(t).map(|e| (n, e + s.period() / 100.0)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(n, _)| n);
+        let best = best.filter(|&n| {
+            let g = &sc.schedules[n];
+            g.confirmed() || !pairs_instead(sc, g, t, min_period)
+        });
+        if let Some(n) = best {
+            let was = sc.schedules[n].confirmed();
+            if !was && !sc.trusted() && taken >= MAX_SCHEDULES {
+                // No room: the guess goes, and the scraper is read like
+                // any other reader until a schedule is dropped.
+                sc.schedules.remove(n);
+            } else {
+                let s = &mut sc.schedules[n];
+                let bound = sched_bound(interval, cost, s);
+                s.hit(t);
+                let id = s.id;
+                remember(sc, t, Some(id));
+                return Some((was, bound));
+            }
+        }
+        if sc.trusted() || taken < MAX_SCHEDULES {
+            self.guess(i, t);
+        }
+        remember(&mut self.scrapers[i], t, None);
+        None
+    }
+
+    /// Guesses from a read at `t` of scraper `i` that no schedule
+    /// explained (see [`partners`]).
+    fn guess(&mut self, i: usize, t: f64) {
+        for r in partners(&self.scrapers[i], t, self.min_period()) {
+            let Some(g) = Schedule::guess(self.next_id, r, t, self.min_period()) else {
+                continue;
+            };
+            let sc = &mut self.scrapers[i];
+            // A schedule already expects that read.
+            if sc
+                .schedules
+                .iter()
+                .any(|s| (s.next() - g.next()).abs() <= s.spread())
+            {
+                continue;
+            }
+            self.next_id += 1;
+            let guesses = sc.schedules.iter().filter(|s| !s.confirmed()).count();
+            if guesses >= MAX_GUESSES_EACH
+                && let Some(oldest) = sc.schedules.iter().position(|s| !s.confirmed())
+            {
+                sc.schedules.remove(oldest);
+            }
+            sc.schedules.push(g);
+        }
+        prune(&mut self.scrapers[i].schedules);
+    }
+
+    /// The index of `key`'s scraper, made if need be; None when there is
+    /// no room (see [`MAX_SCRAPERS`]).
+    fn scraper(&mut self, key: Key, t: f64) -> Option<usize> {
+        if let Some(i) = self.scrapers.iter().position(|s| s.key == key) {
+            return Some(i);
+        }
+        let scrapes = self.scrapers.iter().filter(|s| !s.trusted()).count();
+        if matches!(key, Key::Scraper(..)) && scrapes >= MAX_SCRAPERS {
+            let idle = self
+                .scrapers
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.trusted() && s.schedules.is_empty())
+                .max_by(|a, b| a.1.first.total_cmp(&b.1.first))
+                .map(|(i, _)| i)?;
+            self.scrapers.swap_remove(idle);
+        }
+        self.scrapers.push(Scraper {
+            key,
+            recent: VecDeque::with_capacity(RECENT),
+            schedules: Vec::new(),
+            first: t,
+            seen: t,
+            encoding: 0,
+        });
+        Some(self.scrapers.len() - 1)
+    }
+
+    /// Scrapers' confirmed schedules (push targets' aside).
+    fn confirmed_scrapes(&self) -> usize {
+        self.scrapers
+            .iter()
+            .filter(|s| !s.trusted())
+            .map(Scraper::confirmed)
+            .sum()
+    }
+
+    /// Drops the schedules whose reads stopped, and the scrapers silent
+    /// for longer than any schedule's period.
+    fn forget(&mut self, t: f64) {
+        for sc in &mut self.scrapers {
+            sc.schedules.retain_mut(|s| s.advance(t));
+        }
+        self.scrapers
+            .retain(|s| !s.schedules.is_empty() || t - s.seen <= MAX_PERIOD);
     }
 
     /// A read waits for a new sample: why (the sampler takes one now).
+    #[cfg(test)]
     pub fn wanted(&self) -> Option<Trigger> {
         self.wanted
     }
 
-    /// When to start the next sample ahead of a reader (it may be past:
-    /// at once); None when no reader is expected whose read the latest
-    /// sample would not serve.
-    pub fn ahead(&self, now: Instant) -> Option<Instant> {
-        let lead = self.lead();
+    /// Why a sample is due at `now`, if one is; else when the next one is
+    /// (None: no read expected that the newest sample would not serve).
+    pub fn due(&mut self, now: Instant) -> Result<Trigger, Option<Instant>> {
+        if let Some(w) = self.wanted {
+            return Ok(w);
+        }
+        let t = self.secs(now);
+        self.forget(t);
+        self.learn_tokens =
+            (self.learn_tokens + (t - self.learn_at).max(0.0) / LEARN_EVERY).min(LEARN_BURST);
+        self.learn_at = t;
         let newest = self.running.or(self.latest);
-        // Reads until then are served by the newest sample.
-        let served_until = newest.map(|s| s + self.bound());
-        self.readers
-            .values()
-            .filter(|t| !t.lost(now))
-            .filter_map(|t| {
-                let e = t.expected()?;
-                let p = t.period?.max(Duration::from_millis(1));
-                // The reader's first read the newest sample will not serve.
-                let first = match served_until {
-                    Some(until) if e <= until => {
-                        let n = (until - e).as_nanos() / p.as_nanos() + 1;
-                        e + p * u32::try_from(n).unwrap_or(u32::MAX)
-                    }
-                    _ => e,
-                };
-                Some(first.checked_sub(lead).unwrap_or(first))
-            })
-            .min()
+        let can_learn = self.learn_tokens >= 1.0;
+        // Each schedule's next read that the newest sample will not serve,
+        // and when its sample may start: (earliest, preferred, latest,
+        // whether it is a guess).
+        let mut windows: Vec<(f64, f64, f64, bool)> = Vec::new();
+        for sc in &self.scrapers {
+            for s in &sc.schedules {
+                let guess = !s.confirmed() && !sc.trusted();
+                if guess && !can_learn {
+                    continue;
+                }
+                let (earliest, preferred, latest) = self.window(s, newest);
+                windows.push((earliest, preferred, latest, guess));
+            }
+        }
+        // The sample for the first of them, moved later (within its window)
+        // when that lets it serve other reads too.
+        let Some(first) = windows.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+            return Err(None);
+        };
+        windows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut at, mut latest) = (first.1, first.2);
+        let mut guesses_only = true;
+        for w in windows {
+            let start = at.max(w.0);
+            if start <= latest.min(w.2) {
+                at = start;
+                latest = latest.min(w.2);
+                guesses_only &= w.3;
+            }
+        }
+        if at <= t {
+            self.learning = guesses_only;
+            Ok(Trigger::Ahead)
+        } else {
+            Err(Some(self.instant(at)))
+        }
     }
 
-    /// How long before a predicted read its sample starts: the expected
-    /// duration, half of it again and a margin, and no more than a served
-    /// sample may be old (one started earlier would be too old at the read).
-    fn lead(&self) -> Duration {
-        let cost = self.cost();
-        (cost + cost / 2 + MARGIN).min(self.bound())
+    /// Schedule `s`'s first predicted read that the `newest` sample (started
+    /// then) will not serve, as the window its sample may start in:
+    /// (earliest, preferred, latest). The earliest
+    /// start is still recent enough for a read late by the spread; the
+    /// latest is done (by the expected duration and a quarter more) for a
+    /// read early by as much; the preferred is midway.
+    fn window(&self, s: &Schedule, newest: Option<f64>) -> (f64, f64, f64) {
+        let bound = self.sched_bound(s);
+        let late = s.spread() - bound;
+        let mut p = s.next();
+        if let Some(n) = newest
+            && n >= p + late
+        {
+            // Reads until n - late are served by it.
+            let k = ((n - late - p) / s.period()).floor() + 1.0;
+            p += k * s.period();
+        }
+        let earliest = p + late;
+        let latest = p - s.spread() - 1.25 * self.cost() - MARGIN;
+        (earliest, (earliest + latest) / 2.0, latest)
     }
 
     /// A sample starts at `now`.
     pub fn start(&mut self, now: Instant) {
-        self.running = Some(now);
+        self.running = Some(self.secs(now));
         self.wanted = None;
+        if std::mem::take(&mut self.learning) {
+            self.learn_tokens -= 1.0;
+        }
     }
 
     /// The sample that started at `started` is published, after `took`.
     pub fn done(&mut self, started: Instant, took: Duration) {
+        let s = self.secs(started);
         self.running = None;
-        self.latest = Some(self.latest.map_or(started, |l| l.max(started)));
-        self.costs[self.next_cost] = took;
+        self.latest = Some(self.latest.map_or(s, |l| l.max(s)));
+        self.costs[self.next_cost] = took.as_secs_f64();
         self.next_cost = (self.next_cost + 1) % self.costs.len();
     }
 
-    /// Readers followed now.
-    #[cfg(test)]
-    fn readers(&self) -> usize {
-        self.readers.len()
+    /// Whether a sample taken for a predicted read is published and that
+    /// read has not come yet: a change published now (a container's final
+    /// sample) would make the read encode the exposition again, so it waits
+    /// for the read (at most the sample's bound and the schedule's
+    /// tolerance).
+    pub fn hold(&self, now: Instant) -> bool {
+        let t = self.secs(now);
+        let Some(latest) = self.latest else {
+            return false;
+        };
+        self.scrapers
+            .iter()
+            .flat_map(|sc| &sc.schedules)
+            .filter(|s| s.confirmed())
+            .any(|s| {
+                let p = s.next();
+                latest >= p - self.sched_bound(s) && latest <= p && t <= p + s.tolerance()
+            })
     }
+
+    /// Scrapers' schedules followed now (confirmed).
+    pub fn schedules(&self) -> usize {
+        self.confirmed_scrapes()
+    }
+
+    /// The encodings that scrapers with a schedule asked for, as a set of
+    /// bits (`1 << encoding`): prepared at each sample.
+    pub fn encodings(&self) -> u8 {
+        self.scrapers
+            .iter()
+            .filter(|s| !s.trusted() && s.confirmed() > 0)
+            .fold(0, |m, s| {
+                m | 1u8.checked_shl(u32::from(s.encoding)).unwrap_or(0)
+            })
+    }
+
+    /// Scrapers remembered now.
+    #[cfg(test)]
+    fn scrapers(&self) -> usize {
+        self.scrapers.len()
+    }
+}
+
+/// The reads of `sc` that a read at `t` no schedule explains is paired
+/// with, for guesses: its two latest far enough back (not two that one
+/// schedule predicted), with at most two of its reads in between (as many
+/// as two other scrapers at one address make): a scraper that reads more
+/// often than a schedule may is not taken for several schedules of a
+/// multiple of its period.
+fn partners(sc: &Scraper, t: f64, min_period: f64) -> Vec<f64> {
+    let mut pairs: Vec<(f64, Option<u64>)> = Vec::with_capacity(2);
+    for &(r, by) in sc.recent.iter().rev().take(3) {
+        if pairs.len() == 2 || t - r > MAX_PERIOD {
+            break;
+        }
+        if t - r < 0.9 * min_period || (by.is_some() && pairs.iter().any(|p| p.1 == by)) {
+            continue;
+        }
+        pairs.push((r, by));
+    }
+    pairs.into_iter().map(|p| p.0).collect()
+}
+
+/// Whether a read at `t` that fits guess `g` is better taken as the
+/// second read of a new guess that has the period of another guess, made
+/// from two other reads, when `g`'s period is not theirs: two scrapers at
+/// one address (an HA pair, one period), rather than one guess mixing
+/// their reads.
+fn pairs_instead(sc: &Scraper, g: &Schedule, t: f64, min_period: f64) -> bool {
+    partners(sc, t, min_period).into_iter().any(|r| {
+        let period = snap(t - r);
+        (period - g.period()).abs() > SAME_PERIOD
+            && sc.schedules.iter().any(|k| {
+                !k.confirmed()
+                    && k.id != g.id
+                    && (k.period() - period).abs() <= SAME_PERIOD
+                    && !k.from().contains(&r)
+                    && !k.from().contains(&t)
+            })
+    })
+}
+
+/// Two scrapers behind one address read on the same period, as a rule
+/// (an HA pair): where two guesses of one period explain four distinct
+/// reads, the guesses of other periods made from those reads go.
+fn prune(schedules: &mut Vec<Schedule>) {
+    let guesses: Vec<&Schedule> = schedules.iter().filter(|s| !s.confirmed()).collect();
+    let shares = |a: &Schedule, b: &Schedule| a.from().iter().any(|r| b.from().contains(r));
+    let mut pairs: Vec<(&Schedule, &Schedule)> = Vec::new();
+    for (n, a) in guesses.iter().enumerate() {
+        for b in &guesses[n + 1..] {
+            if (a.period() - b.period()).abs() <= SAME_PERIOD && !shares(a, b) {
+                pairs.push((a, b));
+            }
+        }
+    }
+    // Only when one period pairs them: four reads of two scrapers 15 s
+    // apart, 13.75 s from each other, are as well two 13.75 s apart and
+    // 15 s from each other (their next reads will tell).
+    let Some(&(first, _)) = pairs.first() else {
+        return;
+    };
+    if pairs
+        .iter()
+        .any(|(a, _)| (a.period() - first.period()).abs() > SAME_PERIOD)
+    {
+        return;
+    }
+    let drop: Vec<u64> = guesses
+        .iter()
+        .filter(|h| {
+            (h.period() - first.period()).abs() > SAME_PERIOD
+                && pairs.iter().any(|(a, b)| shares(h, a) || shares(h, b))
+        })
+        .map(|h| h.id)
+        .collect();
+    schedules.retain(|s| !drop.contains(&s.id));
+}
+
+/// See [`Cadence::sched_bound`].
+fn sched_bound(interval: f64, cost: f64, s: &Schedule) -> f64 {
+    interval.max(2.0 * cost + 2.0 * s.spread() + 2.0 * MARGIN)
+}
+
+/// Records a read of `sc` at `t`, predicted by schedule `by`.
+fn remember(sc: &mut Scraper, t: f64, by: Option<u64>) {
+    if sc.recent.len() == RECENT {
+        sc.recent.pop_front();
+    }
+    sc.recent.push_back((t, by));
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    fn ip(n: u8) -> Reader {
-        Reader::Scrape(IpAddr::from([10, 0, 0, n]))
-    }
-
-    /// Runs the sampler's side: a sample taking `took` whenever one is
-    /// wanted or due ahead at `now`.
-    fn sampler(c: &mut Cadence, now: Instant, took: Duration) -> Option<Trigger> {
-        let why = match (c.wanted(), c.ahead(now)) {
-            (Some(w), _) => w,
-            (None, Some(at)) if at <= now => Trigger::Ahead,
-            _ => return None,
-        };
-        c.start(now);
-        c.done(now, took);
-        Some(why)
-    }
-
-    #[test]
-    fn a_regular_scraper_is_sampled_just_before_it_comes() {
-        let interval = 500 * MS;
-        let mut c = Cadence::new(interval);
-        let t0 = Instant::now();
-        let took = 40 * MS;
-        // The first two scrapes wait: nothing is known of the reader.
-        assert_eq!(c.arrive(ip(1), t0), Answer::WaitNew);
-        assert_eq!(sampler(&mut c, t0, took), Some(Trigger::Scrape));
-        assert!(c.served(t0));
-        let t1 = t0 + 15_000 * MS;
-        assert_eq!(c.arrive(ip(1), t1), Answer::WaitNew);
-        assert_eq!(sampler(&mut c, t1, took), Some(Trigger::Scrape));
-        // From then on: one sample ahead of each scrape, none between.
-        let mut samples = 0;
-        for n in 2..10u32 {
-            let expected = t0 + 15_000 * MS * n;
-            let mut t = expected - 14_000 * MS;
-            while t < expected {
-                if let Some(why) = sampler(&mut c, t, took) {
-                    assert_eq!(why, Trigger::Ahead);
-                    samples += 1;
-                    let age = expected - t;
-                    assert!(age <= interval && age >= took, "age {age:?}");
-                }
-                t += MS;
-            }
-            // A little early or late: still served.
-            let jitter = if n % 2 == 0 { 3 * MS } else { Duration::ZERO };
-            assert_eq!(c.arrive(ip(1), expected + jitter), Answer::Serve);
-        }
-        assert_eq!(samples, 8, "one sample per scrape");
-    }
-
-    #[test]
-    fn a_frequent_reader_gets_samples_every_interval_and_never_waits() {
-        let interval = 500 * MS;
-        let mut c = Cadence::new(interval);
-        let t0 = Instant::now();
-        c.arrive(ip(1), t0);
-        sampler(&mut c, t0, 30 * MS);
-        let mut samples = 0;
-        let mut t = t0;
-        for _ in 0..1000 {
-            t += 5 * MS;
-            if sampler(&mut c, t, 30 * MS).is_some() {
-                samples += 1;
-            }
-            assert_eq!(c.arrive(ip(1), t), Answer::Serve, "at {:?}", t - t0);
-        }
-        // 5 s of reads every 5 ms: about one sample per (interval - lead).
-        assert!((9..=13).contains(&samples), "{samples} samples");
-    }
-
-    #[test]
-    fn nobody_reading_means_no_sampling() {
-        let mut c = Cadence::new(500 * MS);
-        let t0 = Instant::now();
-        assert_eq!(c.ahead(t0), None);
-        for n in 0..3 {
-            let t = t0 + 15_000 * MS * n;
-            c.arrive(ip(1), t);
-            sampler(&mut c, t, 10 * MS);
-        }
-        assert!(c.ahead(t0 + 40_000 * MS).is_some());
-        // The reader stops: after a few of its periods nothing is due.
-        assert_eq!(c.ahead(t0 + 120_000 * MS), None);
-        c.arrive(ip(2), t0 + 120_000 * MS);
-        assert_eq!(c.readers(), 1, "the silent reader was forgotten");
-    }
-
-    #[test]
-    fn a_read_during_a_recent_sample_waits_for_it_and_an_old_one_is_not_enough() {
-        let mut c = Cadence::new(500 * MS);
-        let t0 = Instant::now();
-        c.start(t0);
-        assert_eq!(c.arrive(ip(1), t0 + 100 * MS), Answer::WaitRunning);
-        assert_eq!(c.wanted(), None);
-        c.done(t0, 200 * MS);
-        assert!(c.served(t0 + 100 * MS));
-        // A sample that started too long before the read does not serve it.
-        c.start(t0 + 1000 * MS);
-        assert_eq!(c.arrive(ip(2), t0 + 1600 * MS), Answer::WaitNew);
-        assert_eq!(c.wanted(), Some(Trigger::Scrape));
-        c.done(t0 + 1000 * MS, 100 * MS);
-        assert!(!c.served(t0 + 1600 * MS));
-        assert_eq!(
-            c.wanted(),
-            Some(Trigger::Scrape),
-            "still wanted after that one"
-        );
-    }
-
-    #[test]
-    fn samples_longer_than_the_interval_start_early_enough_to_be_done() {
-        let mut c = Cadence::new(500 * MS);
-        let t = Instant::now();
-        c.done(t, 100 * MS);
-        assert_eq!((c.lead(), c.bound()), (170 * MS, 500 * MS));
-        c.done(t, 400 * MS);
-        assert_eq!((c.lead(), c.bound()), (620 * MS, 820 * MS));
-        c.done(t, 1200 * MS);
-        assert_eq!((c.lead(), c.bound()), (1820 * MS, 2420 * MS));
-        // The longest of the last four counts.
-        for _ in 0..3 {
-            c.done(t, 100 * MS);
-        }
-        assert_eq!(c.bound(), 2420 * MS);
-        c.done(t, 100 * MS);
-        assert_eq!(c.bound(), 500 * MS);
-    }
-
-    #[test]
-    fn samples_longer_than_the_interval_back_to_back_never_make_a_frequent_reader_wait() {
-        let mut c = Cadence::new(500 * MS);
-        let t0 = Instant::now();
-        let took = 1500 * MS;
-        c.arrive(ip(1), t0);
-        c.start(t0);
-        c.done(t0, took);
-        let mut t = t0 + took;
-        let mut running: Option<Instant> = None;
-        for _ in 0..2000 {
-            t += 5 * MS;
-            if let Some(s) = running
-                && t >= s + took
-            {
-                c.done(s, took);
-                running = None;
-            }
-            if running.is_none()
-                && let Some(at) = c.ahead(t)
-                && at <= t
-            {
-                c.start(t);
-                running = Some(t);
-            }
-            assert_eq!(c.arrive(ip(1), t), Answer::Serve, "at {:?}", t - t0);
-        }
-    }
-
-    #[test]
-    fn readers_are_bounded() {
-        let mut c = Cadence::new(500 * MS);
-        let t0 = Instant::now();
-        for n in 0..=MAX_READERS {
-            c.arrive(
-                Reader::Scrape(IpAddr::from([10, 0, (n / 256) as u8, n as u8])),
-                t0 + MS * n as u32,
-            );
-        }
-        assert_eq!(c.readers(), MAX_READERS);
-        c.arrive(Reader::Push("pushgateway"), t0 + 1000 * MS);
-        assert_eq!(c.readers(), MAX_READERS);
-    }
-}
+mod tests;

@@ -58,6 +58,7 @@ macro_rules! metrics {
             labels: $labels,
         };)*
         /// Every metric, in the order of this file.
+        #[cfg(feature = "testing")]
         pub const ALL: &[&Metric] = &[$(&$ident),*];
     };
 }
@@ -65,8 +66,8 @@ macro_rules! metrics {
 metrics! {
     // --- Per container: identity -------------------------------------------
     CONTAINER_INFO = "apptheus_container_info", Gauge,
-        &["container_id", "starter", "image", "instance", "user", "uid", "slurm_job_id"],
-        "Metadata of a container; always 1.";
+        &["container_id", "starter", "image", "instance", "user", "uid", "slurm_job_id", "from_processes"],
+        "Metadata of a container; always 1. from_processes lists the statistics families (cpu, memory, pids, io) read from the container's processes rather than its cgroups, for its whole life.";
     CONTAINER_START_TIME = "apptheus_container_start_time_seconds", Gauge, ID,
         "Start time of the container (its starter's exec), in seconds since the Unix epoch.";
 
@@ -106,9 +107,9 @@ metrics! {
     CONTAINER_CPU_CFS_THROTTLED = "apptheus_container_cpu_cfs_throttled_seconds_total", Counter, ID,
         "Time the container was throttled by a CFS bandwidth limit.";
     CONTAINER_MEMORY_USAGE = "apptheus_container_memory_usage_bytes", Gauge, ID,
-        "Memory charged to the container, page cache included.";
+        "Memory charged to the container, page cache included; where read from its processes (from_processes has memory), their proportional set size.";
     CONTAINER_MEMORY_WORKING_SET = "apptheus_container_memory_working_set_bytes", Gauge, ID,
-        "Memory usage less inactive file pages (what the OOM killer weighs; cAdvisor's definition).";
+        "Memory usage less inactive file pages (what the OOM killer weighs; cAdvisor's definition); from its processes, their proportional set size.";
     CONTAINER_MEMORY_RSS = "apptheus_container_memory_rss_bytes", Gauge, ID,
         "Anonymous memory (RSS).";
     CONTAINER_MEMORY_CACHE = "apptheus_container_memory_cache_bytes", Gauge, ID,
@@ -130,15 +131,15 @@ metrics! {
     CONTAINER_MEMORY_UNDER_OOM = "apptheus_container_memory_under_oom", Gauge, ID,
         "1 while the container's tasks are held in the OOM handler (cgroup v1, oom_kill_disable set).";
     CONTAINER_PIDS = "apptheus_container_pids", Gauge, ID,
-        "Processes and threads in the container's cgroup (pids.current).";
+        "Tasks (processes and threads) in the container's cgroup (pids.current), or of its processes.";
     CONTAINER_PIDS_LIMIT = "apptheus_container_pids_limit", Gauge, ID,
         "Limit on pids.current; absent when unlimited.";
     CONTAINER_THREADS = "apptheus_container_threads", Gauge, ID,
-        "Threads in the container's cgroup.";
+        "Threads in the container's cgroup, or of its processes.";
     CONTAINER_BLKIO_READ_BYTES = "apptheus_container_blkio_read_bytes_total", Counter, ID_DEVICE,
-        "Bytes read from block devices.";
+        "Bytes read from block devices (an empty device: the container's processes' storage reads, all devices together).";
     CONTAINER_BLKIO_WRITE_BYTES = "apptheus_container_blkio_write_bytes_total", Counter, ID_DEVICE,
-        "Bytes written to block devices.";
+        "Bytes written to block devices (an empty device: what the container's processes dirtied for storage, all devices together).";
     CONTAINER_BLKIO_READ_OPERATIONS = "apptheus_container_blkio_read_operations_total", Counter, ID_DEVICE,
         "Read operations on block devices.";
     CONTAINER_BLKIO_WRITE_OPERATIONS = "apptheus_container_blkio_write_operations_total", Counter, ID_DEVICE,
@@ -154,41 +155,30 @@ metrics! {
     CONTAINER_PRESSURE_IO_STALLED = "apptheus_container_pressure_io_stalled_seconds_total", Counter, ID,
         "Time all tasks of the container stalled on I/O (PSI full).";
 
-    // --- Per container: read from its processes ----------------------------
-    // Only for a container whose cgroups cannot give its memory (its
-    // starter's cgroup shared with other processes); never mixed into a
-    // cgroup family.
-    CONTAINER_PROC_PROCESSES = "apptheus_container_proc_processes", Gauge, ID,
-        "Processes of the container, read from /proc where its cgroups cannot give its statistics.";
-    CONTAINER_PROC_THREADS = "apptheus_container_proc_threads", Gauge, ID,
-        "Threads of the container's processes, read from /proc.";
-    CONTAINER_PROC_MEMORY_PSS = "apptheus_container_proc_memory_pss_bytes", Gauge, ID,
-        "Proportional set size summed over the container's processes (smaps_rollup Pss: a page mapped by n processes counts 1/n in each), as last read.";
-    CONTAINER_PROC_MEMORY_RSS = "apptheus_container_proc_memory_rss_bytes", Gauge, ID,
-        "Resident set size summed over the container's processes (statm; a shared page counts in each process that maps it).";
-    CONTAINER_PROC_CPU = "apptheus_container_proc_cpu_seconds_total", Counter, ID,
-        "CPU time of the container's threads, live and exited (scheduler runtime).";
-    CONTAINER_PROC_IO_READ_BYTES = "apptheus_container_proc_io_read_bytes_total", Counter, ID,
-        "Bytes the container's threads, live and exited, made the storage layer read (/proc io read_bytes).";
-    CONTAINER_PROC_IO_WRITE_BYTES = "apptheus_container_proc_io_write_bytes_total", Counter, ID,
-        "Bytes the container's threads, live and exited, dirtied for writing to storage (/proc io write_bytes).";
-
     // --- The agent ---------------------------------------------------------
     BUILD_INFO = "apptheus_build_info", Gauge,
         &["version", "revision", "branch", "rustversion", "target"],
         "A metric with a constant '1' value labeled by version, revision, branch, rustversion and target from which apptheus was built.";
     CONTAINERS = "apptheus_containers", Gauge, &[],
-        "Containers currently tracked (running, or ended and within the grace period).";
+        "Containers currently exported (running, or ended and within the grace period).";
     CONTAINERS_STARTED = "apptheus_containers_started_total", Counter, &[],
-        "Containers seen starting since the agent started (not those adopted from an earlier run).";
+        "Containers seen starting since the agent started (not those adopted from an earlier run, nor starter runs that never ran anything).";
     EBPF_EVENTS_LOST = "apptheus_ebpf_events_lost_total", Counter, &[],
         "Kernel events that did not fit in the ring buffer (recovered by reconciling with the kernel's maps).";
+    EBPF_MAP_FULL = "apptheus_ebpf_map_full_total", Counter, &["map"],
+        "Things lost because a kernel map was full, by map: tasks (a container's task not followed; raise --ebpf.max-tasks), containers (a starter run not attributed; raise --ebpf.max-containers), runq (a container's run-queue waits not observed; raise --collector.runqlat.max-containers).";
+    EBPF_PROGRAM_ERRORS = "apptheus_ebpf_program_errors_total", Counter, &["program"],
+        "Runs of a kernel program that stopped on a kernel read that failed, losing what they handled (an exec not identified, a task not followed, an exited task's usage not banked, a move or an OOM kill not seen, file bytes not counted).";
     SOCKET_CONNECTIONS = "apptheus_socket_connections_total", Counter, &["result"],
         "Connections to the monitoring socket, by result.";
     SAMPLE_DURATION = "apptheus_sample_duration_seconds", Gauge, &[],
         "How long the latest sample of every container's statistics took.";
     SAMPLES = "apptheus_samples_total", Counter, &["trigger"],
-        "Samples of every container's statistics, by what asked for them: scrape (a scrape found none recent enough), ahead (taken just before a reader's expected scrape), push, interval (--monitor.on-demand=false).";
+        "Samples of every container's statistics, by what asked for them: scrape (a scrape found none recent enough and waited), ahead (taken just before a read a schedule predicted), push, interval (--monitor.on-demand=false).";
+    READS = "apptheus_reads_total", Counter, &["reader", "answer"],
+        "Reads of the metrics, by reader: scheduled (a read a learned scrape schedule predicted), unscheduled (any other scrape), push; and by answer: at_once (a recent enough sample was there), waited (the read waited for a sample).";
+    SCRAPE_SCHEDULES = "apptheus_scrape_schedules", Gauge, &[],
+        "Scrapers' schedules followed: a sample is taken just ahead of each read they predict.";
     SOURCE_SUCCESS = "apptheus_source_success", Gauge, &["source"],
         "Whether a statistics source read everything it found in the latest sample (1) or met a broken or unreadable file (0); a source with nothing to read on this host counts as a success.";
     SOURCE_DURATION = "apptheus_source_duration_seconds", Gauge, &["source"],
@@ -199,6 +189,10 @@ metrics! {
         "How containers are found: 1 for the mode in use (ebpf: kernel programs; socket: Apptainer's monitoring socket alone).";
     CONTAINER_PLACEMENT = "apptheus_container_placement_seconds", Histogram, &[],
         "Time from a starter's exec to every task of its container being inside the container's cgroups.";
+    STARTER_RUNS_UNSTARTED = "apptheus_starter_runs_unstarted_total", Counter, &[],
+        "Runs of a trusted starter that ended before running anything of their own (a start that failed at once, or a forged one): not containers, not exported.";
+    STARTER_RUNS_REFUSED = "apptheus_starter_runs_refused_total", Counter, &["reason"],
+        "Runs of a trusted starter not followed because their user was over a cap, by reason: rate (--limit.user-starts-per-second, --limit.user-start-burst), live (--limit.user-containers).";
     HELPER_RUNS = "apptheus_helper_runs_total", Counter, &[],
         "Runs of a starter that Apptainer's command-line tool made for itself (unpacking an image into a temporary sandbox, a clean-up); not containers.";
     INSTANCE_JOINS = "apptheus_instance_joins_total", Counter, &[],
@@ -229,22 +223,30 @@ metrics! {
     // --- The agent's process (the prometheus crate's process collector;
     // its definitions, recorded here so that docs and dashboards can be
     // checked against one list) ---------------------------------------------
+    #[cfg(feature = "testing")]
     PROCESS_CPU_SECONDS = "process_cpu_seconds_total", Counter, &[],
         "Total user and system CPU time spent in seconds.";
+    #[cfg(feature = "testing")]
     PROCESS_OPEN_FDS = "process_open_fds", Gauge, &[],
         "Number of open file descriptors.";
+    #[cfg(feature = "testing")]
     PROCESS_MAX_FDS = "process_max_fds", Gauge, &[],
         "Maximum number of open file descriptors.";
+    #[cfg(feature = "testing")]
     PROCESS_VIRTUAL_MEMORY = "process_virtual_memory_bytes", Gauge, &[],
         "Virtual memory size in bytes.";
+    #[cfg(feature = "testing")]
     PROCESS_RESIDENT_MEMORY = "process_resident_memory_bytes", Gauge, &[],
         "Resident memory size in bytes.";
+    #[cfg(feature = "testing")]
     PROCESS_START_TIME = "process_start_time_seconds", Gauge, &[],
         "Start time of the process since unix epoch in seconds.";
+    #[cfg(feature = "testing")]
     PROCESS_THREADS = "process_threads", Gauge, &[],
         "Number of OS threads in the process.";
 }
 
+#[cfg(feature = "testing")]
 /// The metric named `name`, if apptheus exports one.
 pub fn find(name: &str) -> Option<&'static Metric> {
     ALL.iter().copied().find(|m| m.name == name)

@@ -1,8 +1,8 @@
 //! Exposition formats: Prometheus text 0.0.4 and OpenMetrics 1.0.0, chosen
 //! from the scraper's Accept header. The agent's own metrics (a few dozen
 //! series) go through the `prometheus` crate's families; the containers'
-//! are written straight from the latest snapshot at each scrape, so that
-//! nothing bigger than the snapshot is kept between scrapes.
+//! are written straight from a snapshot, in pieces (a compressor takes
+//! them as they come: see `prepared`, which keeps what was encoded).
 use std::{fmt::Write as _, io::Write as _};
 
 use prometheus::{
@@ -31,6 +31,32 @@ impl Format {
         match self {
             Format::Text => TEXT_CONTENT_TYPE,
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+        }
+    }
+}
+
+/// An encoding of the exposition: a format, gzip-compressed or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    pub format: Format,
+    pub gzip: bool,
+}
+
+impl Encoding {
+    /// A small number for it (0-3).
+    pub fn index(self) -> u8 {
+        u8::from(self.format == Format::OpenMetrics) | (u8::from(self.gzip) << 1)
+    }
+
+    /// The encoding whose [`Self::index`] is `i` (its low two bits).
+    pub fn from_index(i: u8) -> Self {
+        Encoding {
+            format: if i & 1 == 0 {
+                Format::Text
+            } else {
+                Format::OpenMetrics
+            },
+            gzip: i & 2 != 0,
         }
     }
 }
@@ -72,6 +98,8 @@ pub fn negotiate(accept: &str) -> Format {
 pub enum EncodeError {
     #[error("text encoding: {0}")]
     Text(#[from] prometheus::Error),
+    #[error("writing the exposition: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 pub fn encode(families: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
@@ -94,47 +122,85 @@ pub fn encode_openmetrics(families: &[MetricFamily]) -> String {
 }
 
 /// The exposition of the agent's own metrics (`own`, encoded now) followed
-/// by the containers' of a snapshot, written straight from it.
+/// by the containers' of a snapshot, written straight from it (what
+/// `prepared` gives in pieces).
+#[cfg(test)]
 pub fn encode_with(
     own: &[MetricFamily],
     snap: &Snapshot,
     format: Format,
 ) -> Result<Vec<u8>, EncodeError> {
+    let mut out = encode_own(own, format)?;
     // About 100 bytes per series, some 30 series per container.
-    let hint = 16 * 1024 + snap.rows.len() * 3200;
-    let mut out = match format {
-        Format::Text => {
-            let mut buf = Vec::with_capacity(hint);
-            TextEncoder::new().encode(own, &mut buf)?;
-            buf
-        }
-        Format::OpenMetrics => {
-            let mut buf = Vec::with_capacity(hint);
-            buf.extend_from_slice(encode_openmetrics_body(own).as_bytes());
-            buf
-        }
-    };
+    out.reserve(snap.rows.len() * 3200);
+    write_containers(snap, format, &mut out)?;
+    Ok(out)
+}
+
+/// The agent's own metrics (a few dozen series), in `format`; OpenMetrics
+/// without its closing `# EOF` (the containers' part ends with it).
+pub fn encode_own(own: &[MetricFamily], format: Format) -> Result<Vec<u8>, EncodeError> {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    match format {
+        Format::Text => TextEncoder::new().encode(own, &mut buf)?,
+        Format::OpenMetrics => buf.extend_from_slice(encode_openmetrics_body(own).as_bytes()),
+    }
+    Ok(buf)
+}
+
+/// Bytes written at a time to [`write_containers`]' sink.
+const CHUNK: usize = 64 * 1024;
+
+/// The containers' families of a snapshot in `format` (and, in
+/// OpenMetrics, the closing `# EOF`), written to `sink` a piece of about
+/// [`CHUNK`] bytes at a time: a compressor gets the exposition without the
+/// whole of it being held.
+pub fn write_containers(
+    snap: &Snapshot,
+    format: Format,
+    sink: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut w = Writer {
-        out: &mut out,
+        out: Vec::with_capacity(CHUNK + 4096),
+        sink,
+        failed: None,
         openmetrics: format == Format::OpenMetrics,
     };
     families::visit(snap, &mut w);
     if format == Format::OpenMetrics {
-        out.extend_from_slice(b"# EOF\n");
+        w.out.extend_from_slice(b"# EOF\n");
     }
-    Ok(out)
+    w.flush();
+    match w.failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Writes visited families in the text format 0.0.4 or OpenMetrics (without
-/// its closing `# EOF`).
+/// its closing `# EOF`) to a sink, through a buffer.
 struct Writer<'a> {
-    out: &'a mut Vec<u8>,
+    out: Vec<u8>,
+    sink: &'a mut dyn std::io::Write,
+    /// The sink failed: nothing more is written.
+    failed: Option<std::io::Error>,
     openmetrics: bool,
+}
+
+impl Writer<'_> {
+    fn flush(&mut self) {
+        if self.failed.is_none()
+            && let Err(e) = self.sink.write_all(&self.out)
+        {
+            self.failed = Some(e);
+        }
+        self.out.clear();
+    }
 }
 
 impl Visitor for Writer<'_> {
     fn family(&mut self, m: &'static Metric) {
-        let o = &mut *self.out;
+        let o = &mut self.out;
         if self.openmetrics {
             let f = m.family();
             let _ = write!(o, "# TYPE {f} {}\n# HELP {f} ", m.kind.as_str());
@@ -148,24 +214,28 @@ impl Visitor for Writer<'_> {
     }
 
     fn sample(&mut self, m: &'static Metric, labels: &[(&str, &str)], value: Value<'_>) {
+        let o = &mut self.out;
         match value {
-            Value::Number(v) => line(self.out, m.name, "", labels, None, v),
+            Value::Number(v) => line(o, m.name, "", labels, None, v),
             Value::Histogram(h) => {
                 let name = m.family();
                 for (le, n) in h.buckets {
-                    line(self.out, name, "_bucket", labels, Some(le), n as f64);
+                    line(o, name, "_bucket", labels, Some(le), n as f64);
                 }
                 line(
-                    self.out,
+                    o,
                     name,
                     "_bucket",
                     labels,
                     Some(f64::INFINITY),
                     h.count as f64,
                 );
-                line(self.out, name, "_sum", labels, None, h.sum);
-                line(self.out, name, "_count", labels, None, h.count as f64);
+                line(o, name, "_sum", labels, None, h.sum);
+                line(o, name, "_count", labels, None, h.count as f64);
             }
+        }
+        if self.out.len() >= CHUNK {
+            self.flush();
         }
     }
 }

@@ -10,24 +10,34 @@ use prometheus::{
 use crate::{
     build_info,
     export::{
-        cadence::{Reader, Trigger},
+        cadence::{ReadKind, Reader, Trigger},
         catalogue::{self as cat, Metric},
         demand::Demand,
-        exposition::{self, EncodeError, Format},
+        exposition::{self, EncodeError, Encoding},
+        prepared::Prepared,
         protos,
         snapshot::Snapshot,
     },
+    sync,
 };
 
 /// Results of a connection to the monitoring socket, for
 /// `apptheus_socket_connections_total{result}`.
 pub const SOCKET_RESULTS: [&str; 3] = ["accepted", "rejected", "error"];
 
+/// A read's answer, for `apptheus_reads_total{answer}`: served at once, or
+/// after waiting for a sample.
+pub const READ_ANSWERS: [&str; 2] = ["at_once", "waited"];
+
 pub struct AgentMetrics {
     registry: Registry,
     pub containers: IntGauge,
     pub containers_started: IntCounter,
     pub ebpf_events_lost: IntCounter,
+    /// What the kernel programs dropped: a map full, by map; a run that
+    /// failed, by program (see `model::drops`).
+    pub ebpf_map_full: IntCounterVec,
+    pub ebpf_program_errors: IntCounterVec,
     pub socket_connections: IntCounterVec,
     pub sample_duration: Gauge,
     pub mode: IntGaugeVec,
@@ -35,6 +45,10 @@ pub struct AgentMetrics {
     /// Starter runs Apptainer made for itself (not containers), and runs
     /// that joined an instance.
     pub helper_runs: IntCounter,
+    /// Starter runs that never ran anything, and runs refused by a cap
+    /// (see `model::caps`).
+    pub starter_runs_unstarted: IntCounter,
+    pub starter_runs_refused: IntCounterVec,
     pub joins: IntCounter,
     /// Trusted files, by role (starter, launcher).
     pub trusted_files: IntGaugeVec,
@@ -52,14 +66,17 @@ pub struct AgentMetrics {
     pub http_open: IntGauge,
     /// Samples taken, by trigger (see [`cat::SAMPLES`]).
     pub samples: IntCounterVec,
+    /// Reads, by kind and whether they waited; scrape schedules followed.
+    pub reads: IntCounterVec,
+    pub scrape_schedules: IntGauge,
     /// Each statistics source's outcome and time in the latest sample.
     pub source_success: IntGaugeVec,
     pub source_duration: prometheus::GaugeVec,
     /// cgroup files kept open between samples.
     pub cgroup_open_files: IntGauge,
     /// The latest snapshot of every container, replaced whole at each
-    /// sample and encoded at each scrape.
-    snapshot: RwLock<Arc<Snapshot>>,
+    /// sample, and its encodings as they are asked for.
+    prepared: RwLock<Arc<Prepared>>,
     /// When readers read, and when to sample for them.
     pub demand: Demand,
 }
@@ -77,6 +94,7 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl AgentMetrics {
     /// The agent's metrics, its samples taken on a clock (readers never
     /// wait).
+    #[cfg(feature = "testing")]
     pub fn new() -> Arc<Self> {
         Self::with_demand(Demand::new(std::time::Duration::from_secs(1), false))
     }
@@ -100,6 +118,20 @@ impl AgentMetrics {
         let containers = must(IntGauge::with_opts(opts(&cat::CONTAINERS)));
         let containers_started = must(IntCounter::with_opts(opts(&cat::CONTAINERS_STARTED)));
         let ebpf_events_lost = must(IntCounter::with_opts(opts(&cat::EBPF_EVENTS_LOST)));
+        let ebpf_map_full = must(IntCounterVec::new(
+            opts(&cat::EBPF_MAP_FULL),
+            cat::EBPF_MAP_FULL.labels,
+        ));
+        for m in crate::model::drops::Map::ALL {
+            ebpf_map_full.with_label_values(&[m.label()]);
+        }
+        let ebpf_program_errors = must(IntCounterVec::new(
+            opts(&cat::EBPF_PROGRAM_ERRORS),
+            cat::EBPF_PROGRAM_ERRORS.labels,
+        ));
+        for (p, _, _) in crate::model::drops::PROGRAM_ERRORS {
+            ebpf_program_errors.with_label_values(&[p]);
+        }
         let socket_connections = must(IntCounterVec::new(
             opts(&cat::SOCKET_CONNECTIONS),
             cat::SOCKET_CONNECTIONS.labels,
@@ -112,6 +144,13 @@ impl AgentMetrics {
         for t in Trigger::ALL {
             samples.with_label_values(&[t.name()]);
         }
+        let reads = must(IntCounterVec::new(opts(&cat::READS), cat::READS.labels));
+        for k in ReadKind::ALL {
+            for answer in READ_ANSWERS {
+                reads.with_label_values(&[k.name(), answer]);
+            }
+        }
+        let scrape_schedules = must(IntGauge::with_opts(opts(&cat::SCRAPE_SCHEDULES)));
         let source_success = must(IntGaugeVec::new(
             opts(&cat::SOURCE_SUCCESS),
             cat::SOURCE_SUCCESS.labels,
@@ -133,6 +172,15 @@ impl AgentMetrics {
                 ]),
         ));
         let helper_runs = must(IntCounter::with_opts(opts(&cat::HELPER_RUNS)));
+        let starter_runs_unstarted =
+            must(IntCounter::with_opts(opts(&cat::STARTER_RUNS_UNSTARTED)));
+        let starter_runs_refused = must(IntCounterVec::new(
+            opts(&cat::STARTER_RUNS_REFUSED),
+            cat::STARTER_RUNS_REFUSED.labels,
+        ));
+        for r in crate::model::caps::Refusal::ALL {
+            starter_runs_refused.with_label_values(&[r.label()]);
+        }
         let joins = must(IntCounter::with_opts(opts(&cat::INSTANCE_JOINS)));
         let trusted_files = must(IntGaugeVec::new(
             opts(&cat::TRUSTED_FILES),
@@ -163,15 +211,21 @@ impl AgentMetrics {
             Box::new(containers.clone()),
             Box::new(containers_started.clone()),
             Box::new(ebpf_events_lost.clone()),
+            Box::new(ebpf_map_full.clone()),
+            Box::new(ebpf_program_errors.clone()),
             Box::new(socket_connections.clone()),
             Box::new(sample_duration.clone()),
             Box::new(samples.clone()),
+            Box::new(reads.clone()),
+            Box::new(scrape_schedules.clone()),
             Box::new(source_success.clone()),
             Box::new(source_duration.clone()),
             Box::new(cgroup_open_files.clone()),
             Box::new(mode.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(helper_runs.clone()),
+            Box::new(starter_runs_unstarted.clone()),
+            Box::new(starter_runs_refused.clone()),
             Box::new(joins.clone()),
             Box::new(trusted_files.clone()),
             Box::new(prewarm_windows.clone()),
@@ -191,15 +245,21 @@ impl AgentMetrics {
             containers,
             containers_started,
             ebpf_events_lost,
+            ebpf_map_full,
+            ebpf_program_errors,
             socket_connections,
             sample_duration,
             samples,
+            reads,
+            scrape_schedules,
             source_success,
             source_duration,
             cgroup_open_files,
             mode,
             placement_seconds,
             helper_runs,
+            starter_runs_unstarted,
+            starter_runs_refused,
             joins,
             trusted_files,
             prewarm_windows,
@@ -210,14 +270,18 @@ impl AgentMetrics {
             http_closed,
             http_requests_rejected,
             http_open,
-            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            prepared: RwLock::new(Arc::new(Prepared::new(Arc::new(Snapshot::default())))),
             demand,
         })
     }
 
-    /// Waits, when need be, for a sample recent enough for `reader`.
+    /// Waits, when need be, for a sample recent enough for `reader`, and
+    /// counts the read.
     pub async fn fresh(&self, reader: Reader) {
-        self.demand.fresh(reader).await;
+        let (kind, waited) = self.demand.fresh(reader).await;
+        let answer = READ_ANSWERS[usize::from(waited)];
+        self.reads.with_label_values(&[kind.name(), answer]).inc();
+        self.scrape_schedules.set(self.demand.schedules() as i64);
     }
 
     /// Records which attribution mode runs.
@@ -230,11 +294,9 @@ impl AgentMetrics {
     /// Replaces the containers' snapshot with a new one.
     pub fn publish(&self, snapshot: Snapshot) {
         let large = snapshot.rows.len() > 2000;
-        let mut guard = self
-            .snapshot
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let old = std::mem::replace(&mut *guard, Arc::new(snapshot));
+        let new = Arc::new(Prepared::new(Arc::new(snapshot)));
+        let mut guard = sync::write(&self.prepared);
+        let old = std::mem::replace(&mut *guard, new);
         drop(guard);
         drop(old);
         // Large snapshots leave large freed blocks behind; glibc keeps them
@@ -244,12 +306,23 @@ impl AgentMetrics {
         }
     }
 
+    /// Encodes the latest snapshot now in the encodings that scrapers with
+    /// a schedule ask for (after a sample: their scrapes then only copy
+    /// it).
+    pub fn prepare(&self) {
+        let set = self.demand.encodings();
+        if set != 0 {
+            self.current().prepare(set);
+        }
+    }
+
+    fn current(&self) -> Arc<Prepared> {
+        sync::read(&self.prepared).clone()
+    }
+
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.current().snapshot.clone()
     }
 
     /// Everything to expose, as families, sorted by name (for pushing).
@@ -260,16 +333,28 @@ impl AgentMetrics {
         all
     }
 
-    /// The exposition in `format`: the agent's own metrics, then the
-    /// containers' from the latest snapshot, both encoded now.
-    pub fn encode(&self, format: Format) -> Result<Vec<u8>, EncodeError> {
-        exposition::encode_with(&self.registry.gather(), &self.snapshot(), format)
+    /// The exposition in `encoding`: the agent's own metrics, encoded now,
+    /// then the containers' from the latest snapshot, as it was encoded
+    /// for an earlier read or after the sample (see `prepared`).
+    pub fn exposition(&self, encoding: Encoding) -> Result<Vec<u8>, EncodeError> {
+        let own = exposition::encode_own(&self.registry.gather(), encoding.format)?;
+        self.current().body(own, encoding)
+    }
+
+    /// The plain exposition in `format`.
+    #[cfg(feature = "testing")]
+    pub fn encode(&self, format: exposition::Format) -> Result<Vec<u8>, EncodeError> {
+        self.exposition(Encoding {
+            format,
+            gzip: false,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::exposition::Format;
 
     #[test]
     fn build_info_and_process_metrics_are_exposed() {

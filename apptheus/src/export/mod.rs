@@ -7,5 +7,7 @@ pub(crate) mod demand;
 pub(crate) mod exposition;
 pub(crate) mod families;
 pub(crate) mod metrics;
+pub(crate) mod prepared;
 pub(crate) mod protos;
+pub(crate) mod schedule;
 pub(crate) mod snapshot;

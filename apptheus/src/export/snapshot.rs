@@ -65,7 +65,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn of(registry: &Registry, programs: Vec<ProgramStats>) -> Self {
         Snapshot {
-            rows: registry.iter().map(Row::of).collect(),
+            rows: registry.iter().filter(|c| c.shown).map(Row::of).collect(),
             programs,
         }
     }

@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::sync::lock;
+
 /// The soft descriptor limit (RLIMIT_NOFILE), if it can be read.
 pub(crate) fn fd_limit() -> Option<u64> {
     rlimit_nofile().ok().map(|l| l.rlim_cur)
@@ -104,10 +106,6 @@ impl Backoff {
         self.next = (self.next * 2).min(Self::MAX);
         d
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Reading the host: /proc, users, the kernel's clock, start-up checks,
 //! Slurm's job ids.
 pub(crate) mod clock;
+pub(crate) mod dirwatch;
 pub(crate) mod limits;
 pub(crate) mod preflight;
 pub(crate) mod procfs;

@@ -105,10 +105,26 @@ impl Procfs {
             .unwrap_or(true)
     }
 
-    /// Whether the process exists.
-    pub fn exists(&self, pid: u32) -> bool {
-        self.root.join(pid.to_string()).exists()
+    /// When the process started (`stat` field 22, clock ticks since boot):
+    /// with its pid, what tells it from a later process given the same id.
+    /// None once it has exited.
+    pub fn start_time(&self, pid: u32) -> Option<u64> {
+        let stat = self.read_text(pid, "stat").ok()?;
+        if parse_stat_state(&stat).is_none_or(|st| matches!(st, 'Z' | 'X')) {
+            return None;
+        }
+        parse_stat_start_time(&stat)
     }
+}
+
+/// Field 22 of a `stat` text, the start time (fields counted from the last
+/// `)`: the command name may hold spaces and parentheses).
+fn parse_stat_start_time(stat: &str) -> Option<u64> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// A file's identity (device and inode), the device in the kernel's
@@ -141,6 +157,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_the_start_time() {
+        let stat = "4711 (a b) c) S 4700 4711 4700 0 -1 4194560 120 0 0 0 1 0 0 0 20 0 1 0 98765 2281472 224 18446744073709551615";
+        assert_eq!(parse_stat_start_time(stat), Some(98765));
+        assert_eq!(parse_stat_start_time("4711 (x) S 1 2"), None);
+    }
+
+    #[test]
     fn parses_status() {
         assert_eq!(
             parse_status_uid("Name:\tx\nUid:\t1000\t1000\t1000\t1000\n"),
@@ -162,13 +185,13 @@ mod tests {
         assert!(p.cgroup(me).unwrap().contains("::"));
         assert!(p.uid(me).is_some());
         assert!(p.ppid(me).is_some());
-        assert!(p.exists(me));
+        assert!(p.start_time(me).is_some());
         assert!(!p.has_exited(me));
         assert!(p.has_exited(u32::MAX));
         let gone = u32::MAX;
         assert!(p.environ(gone).is_err());
         assert!(p.arg0(gone).is_err());
         assert_eq!(p.uid(gone), None);
-        assert!(!p.exists(gone));
+        assert_eq!(p.start_time(gone), None);
     }
 }

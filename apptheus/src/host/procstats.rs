@@ -1,5 +1,6 @@
 //! A container's statistics from its processes' /proc files (see
-//! [`crate::model::processes`]): per process `statm` (resident set size)
+//! [`crate::model::processes`]): per process `statm` (anonymous resident
+//! memory)
 //! and, when asked, `smaps_rollup` (proportional set size, whose reading
 //! walks the process's pages), per thread `schedstat` (CPU time) and `io`
 //! (storage I/O). Reading a file and parsing it are apart; the parsers are
@@ -7,7 +8,7 @@
 //! simply not counted.
 use std::{io::Read as _, path::Path, time::Instant};
 
-use crate::model::processes::ProcReading;
+use crate::model::processes::{Baseline, ProcReading};
 
 /// Most bytes read from one of these files (each is a few hundred).
 const MAX_FILE_BYTES: u64 = 8 << 10;
@@ -43,6 +44,25 @@ pub fn read(procfs: &Path, tgids: &[u32], pss: bool) -> ProcReading {
     }
     r.pss_bytes = pss.then_some(pss_sum);
     r
+}
+
+/// What tasks `tids` have used so far (CPU time, storage I/O), for the
+/// baseline of a container found with its tasks already running (through
+/// the monitoring socket, or after an agent restart): its counters start
+/// at zero from then.
+pub fn used_by(procfs: &Path, tids: &[u32]) -> Baseline {
+    let mut b = Baseline::default();
+    for tid in tids {
+        let dir = procfs.join(tid.to_string());
+        if let Some(ns) = read_small(&dir.join("schedstat")).and_then(|t| parse_schedstat(&t)) {
+            b.runtime_ns += ns;
+        }
+        if let Some((r, w)) = read_small(&dir.join("io")).and_then(|t| parse_io(&t)) {
+            b.read_bytes += r;
+            b.write_bytes += w;
+        }
+    }
+    b
 }
 
 /// The size of a memory page.
@@ -88,8 +108,8 @@ fn read_process(dir: &Path, page: u64, r: &mut ProcReading) -> bool {
     }
     r.processes += 1;
     r.threads += threads;
-    if let Some(pages) = read_small(&dir.join("statm")).and_then(|t| parse_statm(&t)) {
-        r.rss_bytes += pages * page;
+    if let Some((resident, shared)) = read_small(&dir.join("statm")).and_then(|t| parse_statm(&t)) {
+        r.rss_bytes += resident.saturating_sub(shared) * page;
     }
     true
 }
@@ -110,9 +130,14 @@ pub fn parse_live(stat: &str) -> Option<bool> {
     Some(!matches!(state, "Z" | "X" | "x") && flags & PF_EXITING == 0)
 }
 
-/// `statm`: its second field, the resident pages.
-pub fn parse_statm(text: &str) -> Option<u64> {
-    text.split_whitespace().nth(1)?.parse().ok()
+/// `statm`: its second and third fields, the resident pages and those of
+/// them backed by a file or shared memory (resident minus shared: the
+/// process's anonymous memory, what a cgroup calls its rss).
+pub fn parse_statm(text: &str) -> Option<(u64, u64)> {
+    let mut f = text.split_whitespace().skip(1);
+    let resident = f.next()?.parse().ok()?;
+    let shared = f.next()?.parse().ok()?;
+    Some((resident, shared))
 }
 
 /// The thread-group id of task `tid`, from its `status` file.
@@ -233,9 +258,12 @@ Locked:                0 kB
 
     #[test]
     fn statm_resident_pages() {
-        assert_eq!(parse_statm("55350 54623 52895 1 0 2020 0\n"), Some(54623));
-        assert_eq!(parse_statm("0 0 0 0 0 0 0\n"), Some(0));
-        assert_eq!(parse_statm("55350\n"), None);
+        assert_eq!(
+            parse_statm("55350 54623 52895 1 0 2020 0\n"),
+            Some((54623, 52895))
+        );
+        assert_eq!(parse_statm("0 0 0 0 0 0 0\n"), Some((0, 0)));
+        assert_eq!(parse_statm("55350 4\n"), None);
     }
 
     #[test]
@@ -287,14 +315,14 @@ Locked:                0 kB
                 threads: 3,
                 pss_bytes: Some(200 * 1024),
                 pss_cost: std::time::Duration::ZERO,
-                rss_bytes: 75 * page,
+                rss_bytes: 65 * page,
                 runtime_ns: 1507,
                 read_bytes: 11,
                 write_bytes: 22,
             }
         );
         let r = read(root.path(), &[10, 20, 30], false);
-        assert_eq!((r.pss_bytes, r.rss_bytes, r.threads), (None, 75 * page, 3));
+        assert_eq!((r.pss_bytes, r.rss_bytes, r.threads), (None, 65 * page, 3));
         assert_eq!(tgid_of(root.path(), 20), Some(20));
         assert_eq!(tgid_of(root.path(), 30), None);
     }

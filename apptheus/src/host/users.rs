@@ -4,6 +4,8 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
+use crate::sync::lock;
+
 fn cache() -> &'static Mutex<HashMap<u32, String>> {
     static CACHE: OnceLock<Mutex<HashMap<u32, String>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
@@ -11,9 +13,7 @@ fn cache() -> &'static Mutex<HashMap<u32, String>> {
 
 /// The user name of `uid`, or the uid as text when it has none.
 pub fn name(uid: u32) -> String {
-    let mut c = cache()
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut c = lock(cache());
     if let Some(n) = c.get(&uid) {
         return n.clone();
     }

@@ -7,7 +7,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
@@ -27,7 +27,7 @@ use super::{
     Server,
     limits::{Limits, Pool, Refusal, Timeouts, client_key},
 };
-use crate::host::limits::LogThrottle;
+use crate::{host::limits::LogThrottle, sync::lock};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -118,12 +118,6 @@ pub struct Connections {
     requests_rejected: IntCounterVec,
     open: IntGauge,
     logs: Logs,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update of the pool completes before the lock is released;
-    // nothing in it panics, and if something did the counts stay whole.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Connections {
@@ -481,10 +475,9 @@ where
     let handler = Arc::clone(server);
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let handler = Arc::clone(&handler);
-        // Scrapes are told apart by address (sampling follows each reader).
+        // Where a scrape comes from (sampling follows each scraper).
         if let Some((_, peer)) = key {
-            req.extensions_mut()
-                .insert(crate::export::cadence::Reader::Scrape(peer.ip()));
+            req.extensions_mut().insert(super::Peer(peer.ip()));
         }
         async move { Ok::<_, std::convert::Infallible>(answer(&handler, &req, key).await) }
     });
@@ -514,6 +507,7 @@ where
     }
 }
 
+#[cfg(feature = "testing")]
 /// Serves one connection's worth of bytes from `io` as a connection just
 /// accepted is served (without its slot and first-byte wait): for fuzzing
 /// the request handling in memory.

@@ -1,8 +1,8 @@
 //! The HTTP endpoint: metrics, a landing page, health and readiness; TLS,
 //! basic authentication and extra headers from `--web.config.file`.
 use std::{
-    io::Write as _,
-    net::SocketAddr,
+    hash::{Hash as _, Hasher as _},
+    net::{IpAddr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -27,8 +27,54 @@ mod conn;
 pub mod limits;
 
 pub use conn::Connections;
+#[cfg(feature = "testing")]
 pub(crate) use conn::serve_stream;
 pub use limits::Limits;
+
+/// The address a request came from (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub IpAddr);
+
+/// The header Prometheus (and the scrapers built on its scrape code:
+/// Grafana Agent and Alloy, the OpenTelemetry Collector, vmagent) sends
+/// with every scrape: a reader that sends it scrapes on a schedule.
+const SCRAPE_TIMEOUT_HEADER: &str = "x-prometheus-scrape-timeout-seconds";
+
+/// Who a scrape is, for sampling: its address and, when it says it
+/// scrapes on a schedule, what it says of itself (its User-Agent and its
+/// timeout), which tells two scrapers at one address apart when they are
+/// configured differently (timing tells them apart when not).
+fn reader_of<B>(req: &Request<B>, addr: IpAddr, encoding: exposition::Encoding) -> Reader {
+    let h = req.headers();
+    let scraper = h.get(SCRAPE_TIMEOUT_HEADER).map(|timeout| {
+        let mut hasher = std::hash::DefaultHasher::new();
+        timeout.as_bytes().hash(&mut hasher);
+        h.get(header::USER_AGENT)
+            .map(HeaderValue::as_bytes)
+            .hash(&mut hasher);
+        hasher.finish()
+    });
+    Reader::Scrape {
+        addr,
+        scraper,
+        encoding: encoding.index(),
+    }
+}
+
+/// The encoding a request asks for: the format its Accept header prefers,
+/// gzip-compressed when its Accept-Encoding allows.
+fn encoding_of<B>(req: &Request<B>) -> exposition::Encoding {
+    let get = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .unwrap_or("")
+    };
+    exposition::Encoding {
+        format: exposition::negotiate(get(header::ACCEPT)),
+        gzip: accepts_gzip(get(header::ACCEPT_ENCODING)),
+    }
+}
 
 /// Connections the kernel queues for `accept`; the accept loop never
 /// stops, so this only absorbs bursts (the kernel caps it at somaxconn).
@@ -193,9 +239,10 @@ impl Server {
             _ => {
                 // The metrics are sampled for the scrape, or just before it.
                 if req.uri().path() == self.telemetry_path
-                    && let Some(reader) = req.extensions().get::<Reader>()
+                    && let Some(Peer(addr)) = req.extensions().get::<Peer>()
                 {
-                    self.metrics.fresh(*reader).await;
+                    let reader = reader_of(req, *addr, encoding_of(req));
+                    self.metrics.fresh(reader).await;
                 }
                 self.handle(req)
             }
@@ -237,13 +284,8 @@ impl Server {
     }
 
     fn metrics<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let accept = req
-            .headers()
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let format = exposition::negotiate(accept);
-        let body = match self.metrics.encode(format) {
+        let encoding = encoding_of(req);
+        let body = match self.metrics.exposition(encoding) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "encoding metrics failed");
@@ -253,30 +295,13 @@ impl Server {
                 );
             }
         };
-        let gzip = req
-            .headers()
-            .get(header::ACCEPT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(accepts_gzip);
         let mut builder = Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, format.content_type())
+            .header(header::CONTENT_TYPE, encoding.format.content_type())
             .header(header::VARY, "Accept-Encoding");
-        let body = if gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::fast(),
-            );
-            match enc.write_all(&body).and_then(|()| enc.finish()) {
-                Ok(z) => {
-                    builder = builder.header(header::CONTENT_ENCODING, "gzip");
-                    z
-                }
-                Err(_) => body,
-            }
-        } else {
-            body
-        };
+        if encoding.gzip {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        }
         builder
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response error\n"))

@@ -18,7 +18,7 @@ impl ContainerCgroups {
             .chain(self.v1.iter().map(|(c, d)| (Some(c.as_str()), d)))
     }
 
-    fn dir(&self, hierarchy: Option<&str>) -> Option<&PathBuf> {
+    pub fn dir(&self, hierarchy: Option<&str>) -> Option<&PathBuf> {
         match hierarchy {
             None => self.v2.as_ref(),
             Some(c) => self.v1.get(c),

@@ -108,7 +108,7 @@ impl fmt::Display for Collectors {
 }
 
 /// The flags. Of the two flags of a collector, the last one given wins.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Kernel collectors")]
 pub struct CollectorArgs {
     /// OOM kills per container, counted by the kernel when it picks the
@@ -143,6 +143,14 @@ pub struct CollectorArgs {
     /// Disable the runqlat collector.
     #[arg(long = "no-collector.runqlat", overrides_with = "runqlat")]
     no_runqlat: bool,
+
+    /// Starter runs the runqlat collector keeps a histogram for at once
+    /// (192 bytes per run and CPU); those beyond are not observed, counted in
+    /// apptheus_ebpf_map_full_total{map="runq"}.
+    #[arg(long = "collector.runqlat.max-containers", value_name = "N",
+        default_value_t = apptheus_common::MAX_RUNQ_CONTAINERS,
+        value_parser = clap::value_parser!(u32).range(1..i64::from(apptheus_common::RUNQ_SLOT_UNRESOLVED)))]
+    pub runqlat_max_containers: u32,
 }
 
 impl CollectorArgs {
@@ -196,6 +204,9 @@ mod tests {
         assert!(!s.contains(Collector::Fsio));
         assert!(!s.contains(Collector::Runqlat));
         assert_eq!(s.to_string(), "oom,network");
+        let c = Cli::try_parse_from(["x", "--collector.runqlat.max-containers=3"]).unwrap();
+        assert_eq!(c.c.runqlat_max_containers, 3);
+        assert!(Cli::try_parse_from(["x", "--collector.runqlat.max-containers=65535"]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::model::{
     cgroups::ContainerCgroups,
     lifecycle::Lifecycle,
     metadata::Metadata,
-    processes::{ExitedTotals, ProcSource, ProcStats},
+    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcSource},
     stats::{CgroupStats, PartStats, combine},
 };
 
@@ -107,11 +107,13 @@ pub struct FsCounters {
 /// The latest statistics of a container, as exported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sample {
+    /// From its cgroups, and for the families they cannot give, from its
+    /// processes (see [`crate::model::processes`]).
     pub cgroup: CgroupStats,
     pub kernel: Option<KernelCounters>,
-    /// From the container's processes, where its cgroups cannot give its
-    /// memory (see [`crate::model::processes`]).
-    pub processes: Option<ProcStats>,
+    /// The families read from its processes (none: every family is its
+    /// cgroups').
+    pub from_processes: FromProcesses,
 }
 
 /// A starter run whose tasks belong to the container: the one that started
@@ -189,12 +191,21 @@ pub struct Container {
     pub members: Vec<Member>,
     /// The cgroups its statistics come from.
     pub parts: Vec<Part>,
-    /// Set when its cgroups cannot give its memory: its statistics are
-    /// read from its processes too.
+    /// Set when its own cgroups lack families (see
+    /// [`crate::model::processes`]): those are read from its processes.
     pub processes: Option<ProcSource>,
+    /// Whether where its statistics come from was decided (once, when its
+    /// cgroups were first set up).
+    pub sources_decided: bool,
+    /// Without the kernel programs: its processes seen so far.
+    pub known: KnownProcesses,
     /// What is exported, refreshed by each sample (shared with the
     /// snapshot readers get until the next).
     pub sample: Option<std::sync::Arc<Sample>>,
+    /// Exported. A starter run the kernel reported is shown once it runs
+    /// something of its own (see `app::admission`); until then it is
+    /// followed and placed, but not a container to the readers.
+    pub shown: bool,
 }
 
 impl Container {
@@ -218,7 +229,10 @@ impl Container {
             }],
             parts: Vec::new(),
             processes: None,
+            sources_decided: false,
+            known: KnownProcesses::default(),
             sample: None,
+            shown: true,
         }
     }
 
@@ -257,28 +271,58 @@ impl Container {
         let has_runtime = self
             .live_parts()
             .any(|p| matches!(p.origin, Origin::Runtime { .. }));
+        // A cgroup shared with other processes gives the container its
+        // limits only: what is used there is not the container's alone.
+        let limits_only: Vec<Option<CgroupStats>> = self
+            .parts
+            .iter()
+            .map(|p| match p.origin {
+                Origin::Shared { .. } => p.last.as_ref().map(CgroupStats::limits_only),
+                _ => None,
+            })
+            .collect();
         let parts: Vec<PartStats<'_>> = self
             .parts
             .iter()
-            .filter_map(|p| {
-                p.last.as_ref().map(|stats| PartStats {
+            .zip(&limits_only)
+            .filter_map(|(p, limits)| {
+                limits.as_ref().or(p.last.as_ref()).map(|stats| PartStats {
                     stats,
                     live: !p.gone,
                     limits: !has_runtime || matches!(p.origin, Origin::Runtime { .. }),
                 })
             })
             .collect();
-        let cgroup = combine(&parts);
+        let mut cgroup = combine(&parts);
+        if let Some(p) = &self.processes {
+            p.overlay(&mut cgroup);
+        }
         let kernel = self
             .members
             .iter()
             .filter_map(|m| m.counters.clone())
             .reduce(|a, b| a.plus(&b));
-        let processes = self.processes.as_ref().and_then(|p| p.stats.clone());
+        // A cgroup's CPU misses what its tasks used before they were placed
+        // and, in a runtime's cgroup removed before its last reading, what
+        // they used since the one before: never less than what the kernel
+        // banked at the exits of the container's tasks (all of it, once
+        // the last has exited).
+        if let (Some(cpu), Some(exited)) =
+            (cgroup.cpu.as_mut(), kernel.as_ref().and_then(|k| k.exited))
+        {
+            let banked = exited
+                .runtime_ns
+                .saturating_sub(exited.before_start.runtime_ns);
+            cpu.usage_seconds = cpu.usage_seconds.max(banked as f64 / 1e9);
+        }
         self.sample = Some(std::sync::Arc::new(Sample {
             cgroup,
             kernel,
-            processes,
+            from_processes: self
+                .processes
+                .as_ref()
+                .map(|p| p.families)
+                .unwrap_or_default(),
         }));
     }
 }
@@ -318,6 +362,53 @@ mod tests {
             }),
             ..CgroupStats::default()
         }
+    }
+
+    /// A runtime removed its cgroup before it was read again (an instance
+    /// stopped with its join): the CPU the kernel banked at the tasks'
+    /// exits stands; what the starter's process used before its exec does
+    /// not count.
+    #[test]
+    fn cpu_is_never_less_than_the_kernel_banked_at_the_exits() {
+        let mut c = Container::new(1, 10, SystemTime::UNIX_EPOCH);
+        let mut own = Part::new(Origin::Placed { member: 1 }, ContainerCgroups::default());
+        own.last = Some(cpu(0.1));
+        c.parts = vec![own];
+        c.members[0].counters = Some(KernelCounters {
+            exited: Some(ExitedTotals {
+                runtime_ns: 2_000_000_000,
+                io: None,
+                before_start: crate::model::processes::Baseline {
+                    runtime_ns: 500_000_000,
+                    ..Default::default()
+                },
+            }),
+            ..KernelCounters::default()
+        });
+        c.refresh_sample();
+        let got = c
+            .sample
+            .as_ref()
+            .unwrap()
+            .cgroup
+            .cpu
+            .as_ref()
+            .unwrap()
+            .usage_seconds;
+        assert!((got - 1.5).abs() < 1e-9, "{got}");
+        // More in the cgroups (live tasks): the cgroups' figure.
+        c.parts[0].last = Some(cpu(3.0));
+        c.refresh_sample();
+        let got = c
+            .sample
+            .as_ref()
+            .unwrap()
+            .cgroup
+            .cpu
+            .as_ref()
+            .unwrap()
+            .usage_seconds;
+        assert!((got - 3.0).abs() < 1e-9, "{got}");
     }
 
     /// An instance with one join: the join's tasks and cgroup count in the

@@ -1,6 +1,8 @@
-//! A container's life: discovered -> running -> (closing) -> ended ->
-//! expired. Pure: time is passed in, and the caller does what a transition
-//! calls for (place, take the final sample, remove cgroups, drop series).
+//! A container's life: discovered -> running -> ended -> expired. It ends
+//! with its last task, however long that outlives its starter (the kernel
+//! reports it; without the kernel programs, the agent looks at its tasks).
+//! Pure: time is passed in, and the caller does what a transition calls
+//! for (place, take the final sample, remove cgroups, drop series).
 use std::time::{Duration, Instant};
 
 /// Placement attempts (the first, then one per sample) before a container
@@ -13,9 +15,6 @@ pub enum Phase {
     Discovered,
     /// Its tasks are in its cgroups, or placement gave up on them.
     Running,
-    /// Its starter closed the monitoring socket: it ends once its tasks are
-    /// gone, or at `deadline` at the latest.
-    Closing { deadline: Instant },
     /// Its last task is gone and its final sample taken; its series stay
     /// until `expires`.
     Ended { expires: Instant },
@@ -73,20 +72,6 @@ impl Lifecycle {
         }
     }
 
-    /// The starter closed its monitoring-socket connection.
-    pub fn closing(&mut self, now: Instant, settle: Duration) {
-        if matches!(self.phase, Phase::Discovered | Phase::Running) {
-            self.phase = Phase::Closing {
-                deadline: now + settle,
-            };
-        }
-    }
-
-    /// Whether a closing container has waited long enough for its tasks.
-    pub fn close_due(&self, now: Instant) -> bool {
-        matches!(self.phase, Phase::Closing { deadline } if now >= deadline)
-    }
-
     /// Its last task is gone: ended, its series kept for `grace`. True the
     /// first time (the caller then takes the final sample first).
     pub fn end(&mut self, now: Instant, grace: Duration) -> bool {
@@ -137,24 +122,6 @@ mod tests {
         assert_eq!(l.phase(), Phase::Running);
         // Later results change nothing.
         assert!(!l.placed(true));
-    }
-
-    #[test]
-    fn a_closed_socket_ends_it_at_the_deadline_at_the_latest() {
-        let t0 = Instant::now();
-        let settle = Duration::from_secs(2);
-        let mut l = Lifecycle::default();
-        l.placed(true);
-        l.closing(t0, settle);
-        assert!(l.is_live());
-        assert!(!l.close_due(t0 + Duration::from_secs(1)));
-        assert!(l.close_due(t0 + settle));
-        // Closing again does not move the deadline.
-        l.closing(t0 + Duration::from_secs(1), settle);
-        assert!(l.close_due(t0 + settle));
-        assert!(l.end(t0 + settle, GRACE));
-        l.closing(t0 + settle, settle);
-        assert!(!l.is_live(), "an ended container does not reopen");
     }
 
     #[test]

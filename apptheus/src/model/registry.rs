@@ -91,11 +91,19 @@ impl Registry {
         self.members.get(&member).copied()
     }
 
-    /// The live instance named `name` of user `uid`.
+    /// The running instance named `name` of user `uid`: the newest whose
+    /// own starter runs (an instance stopped lives on while a join of it
+    /// does, but is no longer there to join).
     pub fn instance(&self, uid: u32, name: &str) -> Option<u64> {
         self.containers
             .values()
-            .find(|c| c.life.is_live() && c.uid == uid && c.meta.instance.as_deref() == Some(name))
+            .rev()
+            .find(|c| {
+                c.life.is_live()
+                    && !c.members[0].ended
+                    && c.uid == uid
+                    && c.meta.instance.as_deref() == Some(name)
+            })
             .map(|c| c.key)
     }
 
@@ -141,8 +149,31 @@ impl Registry {
             .collect()
     }
 
+    /// Containers shown (exported): runs not shown yet left out.
     pub fn count(&self) -> usize {
-        self.containers.len()
+        self.containers.values().filter(|c| c.shown).count()
+    }
+
+    /// Removes a container at once (a run that never became one), and
+    /// its members' keys.
+    pub fn remove(&mut self, key: u64) -> Option<Container> {
+        let c = *self.containers.remove(&key)?;
+        for m in &c.members {
+            self.members.remove(&m.key);
+            if let Some(conn) = m.socket {
+                self.conns.remove(&conn);
+            }
+        }
+        Some(c)
+    }
+
+    /// Live containers (runs not shown yet included) per user.
+    pub fn live_by_user(&self) -> BTreeMap<u32, u32> {
+        let mut out = BTreeMap::new();
+        for c in self.containers.values().filter(|c| c.life.is_live()) {
+            *out.entry(c.uid).or_default() += 1;
+        }
+        out
     }
 }
 
@@ -164,6 +195,29 @@ mod tests {
             counters: None,
             ended: false,
         }
+    }
+
+    /// An instance stopped while a join of it runs lives on, but a join
+    /// started since goes to the instance of that name started again.
+    #[test]
+    fn a_join_finds_the_running_instance_of_its_name() {
+        let mut r = Registry::default();
+        let instance = |key, pid| {
+            let mut c = container(key, pid);
+            c.uid = 7;
+            c.meta.instance = Some("svc".into());
+            c
+        };
+        r.insert(instance(1, 10));
+        r.join(1, member(2, 20));
+        assert_eq!(r.instance(7, "svc"), Some(1));
+        assert_eq!(r.instance(8, "svc"), None, "another user's");
+        r.get_mut(1).unwrap().members[0].ended = true;
+        assert_eq!(r.instance(7, "svc"), None, "its own run ended");
+        r.insert(instance(5, 50));
+        assert_eq!(r.instance(7, "svc"), Some(5));
+        r.insert(instance(9, 90));
+        assert_eq!(r.instance(7, "svc"), Some(9), "the newest");
     }
 
     #[test]
@@ -188,6 +242,25 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(r.container_of(5), None);
         assert_eq!(r.count(), 0);
+    }
+
+    #[test]
+    fn runs_not_shown_are_not_counted_and_can_go_at_once() {
+        let mut r = Registry::default();
+        let mut c = container(1, 10);
+        c.shown = false;
+        c.uid = 7;
+        r.insert(c);
+        r.join(1, member(2, 20));
+        let mut d = container(3, 30);
+        d.uid = 7;
+        r.insert(d);
+        assert_eq!(r.count(), 1, "only the one shown");
+        assert_eq!(r.live_by_user(), BTreeMap::from([(7, 2)]));
+        assert_eq!(r.remove(1).map(|c| c.key), Some(1));
+        assert_eq!(r.container_of(2), None, "its members go with it");
+        assert!(r.remove(1).is_none());
+        assert_eq!(r.keys(), vec![3]);
     }
 
     #[test]

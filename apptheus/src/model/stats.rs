@@ -66,6 +66,24 @@ pub struct CgroupStats {
     pub pressure: Option<Pressure>,
 }
 
+impl CgroupStats {
+    /// Its limits alone (memory and tasks): what a cgroup shared with
+    /// other processes gives a container.
+    pub fn limits_only(&self) -> CgroupStats {
+        CgroupStats {
+            memory: self.memory.as_ref().map(|m| MemoryStats {
+                limit_bytes: m.limit_bytes,
+                ..MemoryStats::default()
+            }),
+            pids: self.pids.as_ref().map(|p| PidsStats {
+                current: 0,
+                limit: p.limit,
+            }),
+            ..CgroupStats::default()
+        }
+    }
+}
+
 /// One cgroup's statistics as they go into a container's total.
 #[derive(Debug, Clone, Copy)]
 pub struct PartStats<'a> {

@@ -32,6 +32,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// Retries wait at most this long (or the push interval, if longer).
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// `--push.interval` unless given: what Pushgateway and remote-write users
+/// expect, as often as Prometheus scrapes by default.
+const DEFAULT_INTERVAL: &str = "15s";
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct PushArgs {
@@ -47,9 +50,10 @@ pub struct PushArgs {
     #[arg(long = "push.remote-write-url", value_name = "URL", value_parser = parse_url)]
     pub remote_write_url: Option<Url>,
 
-    /// How often to push (default: --monitor.interval).
-    #[arg(long = "push.interval", value_name = "DURATION", value_parser = parse_push_interval)]
-    pub interval: Option<Duration>,
+    /// How often to push: 15s by default, as Prometheus scrapes. Each
+    /// push is served a sample taken just before it (see --monitor.interval).
+    #[arg(long = "push.interval", value_name = "DURATION", value_parser = parse_push_interval, default_value = DEFAULT_INTERVAL)]
+    pub interval: Duration,
 
     /// The instance label of pushed metrics (default: the host name).
     #[arg(long = "push.instance", value_name = "NAME")]
@@ -139,7 +143,6 @@ impl Target {
 /// Starts a task per configured target; none when nothing is configured.
 pub fn spawn(
     args: &PushArgs,
-    monitor_interval: Duration,
     metrics: Arc<AgentMetrics>,
 ) -> Result<Vec<JoinHandle<()>>, PushError> {
     if args.gateway_url.is_none() && args.remote_write_url.is_none() {
@@ -149,7 +152,7 @@ pub fn spawn(
         Some(i) => i.clone(),
         None => hostname()?,
     };
-    let interval = args.interval.unwrap_or(monitor_interval);
+    let interval = args.interval;
     let client = client()?;
     let mut targets = Vec::new();
     if let Some(url) = &args.gateway_url {
@@ -353,6 +356,13 @@ mod tests {
 
     use super::*;
 
+    /// The push flags on their own, as the command line takes them.
+    #[derive(Debug, clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        push: PushArgs,
+    }
+
     #[test]
     fn backoff_doubles_up_to_a_cap() {
         let i = Duration::from_millis(500);
@@ -369,7 +379,7 @@ mod tests {
 
     #[test]
     fn flags() {
-        let a = crate::cli::Args::try_parse_from([
+        let a = Flags::try_parse_from([
             "apptheus",
             "--push.gateway-url=http://gw:9091/",
             "--push.remote-write-url=https://u:p@prom/api/v1/write",
@@ -377,16 +387,21 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.push.gateway_url.unwrap().as_str(), "http://gw:9091/");
-        assert_eq!(a.push.interval, Some(Duration::from_secs(15)));
-        let a = crate::cli::Args::try_parse_from(["apptheus"]).unwrap();
-        assert!(a.push.gateway_url.is_none() && a.push.interval.is_none());
+        assert_eq!(a.push.interval, Duration::from_secs(15));
+        let a = Flags::try_parse_from(["apptheus", "--push.interval=1m"]).unwrap();
+        assert_eq!(a.push.interval, Duration::from_secs(60));
+        // Pushing every 15 s unless told (whatever --monitor.interval is:
+        // see the cli tests).
+        let a = Flags::try_parse_from(["apptheus"]).unwrap();
+        assert!(a.push.gateway_url.is_none());
+        assert_eq!(a.push.interval, Duration::from_secs(15));
         for bad in [
             "--push.gateway-url=gw:9091",
             "--push.gateway-url=ftp://gw",
             "--push.remote-write-url=nope",
             "--push.interval=1ms",
         ] {
-            let e = crate::cli::Args::try_parse_from(["apptheus", bad])
+            let e = Flags::try_parse_from(["apptheus", bad])
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{e}");

@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::sync::lock;
+
 use base64::Engine as _;
 use hyper::header::HeaderValue;
 use ring::hmac;
@@ -112,18 +114,12 @@ impl BasicAuth {
     }
 
     fn cached(&self, tag: &[u8]) -> bool {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = lock(&self.cache);
         cache.get(tag).is_some_and(|t| t.elapsed() < CACHE_TTL)
     }
 
     fn remember(&self, tag: Vec<u8>) {
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = lock(&self.cache);
         if cache.len() >= CACHE_MAX {
             cache.clear();
         }

@@ -283,12 +283,21 @@ mod tests {
     }
 
     /// A CA, a server certificate for localhost and a client certificate
-    /// it issued, and a client certificate from nobody in particular.
+    /// it issued, and a client certificate from nobody in particular. The
+    /// CA and the server's certificate and key are in `dir` and in `pem`.
     struct Pki {
         dir: tempfile::TempDir,
+        pem: ServerPem,
+        server: CertificateDer<'static>,
         client: (CertificateDer<'static>, PrivateKeyDer<'static>),
         stranger: (CertificateDer<'static>, PrivateKeyDer<'static>),
         roots: Arc<RootCertStore>,
+    }
+
+    struct ServerPem {
+        ca: String,
+        cert: String,
+        key: String,
     }
 
     fn pki() -> Pki {
@@ -314,19 +323,56 @@ mod tests {
         let client = client_params.signed_by(&client_key, &issuer).unwrap();
         let stranger = rcgen::generate_simple_self_signed(vec!["prometheus".into()]).unwrap();
 
+        let pem = ServerPem {
+            ca: ca.pem(),
+            cert: server.pem(),
+            key: server_key.serialize_pem(),
+        };
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("server.crt"), server.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &pem.ca).unwrap();
+        std::fs::write(dir.path().join("server.crt"), &pem.cert).unwrap();
+        std::fs::write(dir.path().join("server.key"), &pem.key).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(ca.der().clone()).unwrap();
         let key = |k: &KeyPair| PrivateKeyDer::try_from(k.serialize_der()).unwrap();
         Pki {
             dir,
+            pem,
+            server: server.der().clone(),
             client: (client.der().clone(), key(&client_key)),
             stranger: (stranger.cert.der().clone(), key(&stranger.signing_key)),
             roots: Arc::new(roots),
         }
+    }
+
+    /// A handshake with the server from a client that trusts `roots`,
+    /// presents `cert` (or none) and speaks `versions`: the certificates
+    /// the server presented when both sides accepted it.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        roots: Arc<RootCertStore>,
+        cert: Option<&(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+        versions: &[&'static SupportedProtocolVersion],
+    ) -> Option<Vec<CertificateDer<'static>>> {
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots);
+        let client = match cert {
+            Some((c, k)) => builder
+                .with_client_auth_cert(vec![c.clone()], k.clone_key())
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (s, c) = tokio::join!(
+            tokio_rustls::TlsAcceptor::from(server).accept(a),
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b),
+        );
+        let (_, c) = s.and(c).ok()?.into_inner();
+        Some(c.peer_certificates()?.to_vec())
     }
 
     /// Whether the server accepts a handshake from a client presenting
@@ -337,24 +383,9 @@ mod tests {
         cert: Option<&(CertificateDer<'static>, PrivateKeyDer<'static>)>,
         versions: &[&'static SupportedProtocolVersion],
     ) -> bool {
-        let builder =
-            rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
-                .with_protocol_versions(versions)
-                .unwrap()
-                .with_root_certificates(pki.roots.clone());
-        let client = match cert {
-            Some((c, k)) => builder
-                .with_client_auth_cert(vec![c.clone()], k.clone_key())
-                .unwrap(),
-            None => builder.with_no_client_auth(),
-        };
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let (s, _c) = tokio::join!(
-            tokio_rustls::TlsAcceptor::from(server).accept(a),
-            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, b),
-        );
-        s.is_ok()
+        handshake(server, pki.roots.clone(), cert, versions)
+            .await
+            .is_some()
     }
 
     #[tokio::test]
@@ -401,16 +432,34 @@ mod tests {
         assert!(!accepted(c, &pki, None, tls12).await);
     }
 
-    #[test]
-    fn inline_certificates() {
-        let (cert, key) = self_signed();
+    #[tokio::test]
+    async fn inline_certificates_serve_and_verify_like_files() {
+        let pki = pki();
         let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
         let text = format!(
-            "tls_server_config:\n  cert: |\n{}  key: |\n{}",
-            indent(&cert),
-            indent(&key)
+            "tls_server_config:\n  cert: |\n{}  key: |\n{}  \
+             client_auth_type: RequireAndVerifyClientCert\n  client_ca: |\n{}",
+            indent(&pki.pem.cert),
+            indent(&pki.pem.key),
+            indent(&pki.pem.ca),
         );
         let t = parse(&text, Path::new("/nowhere")).unwrap().tls.unwrap();
-        server_config(&t).unwrap();
+        assert!(t.files().is_empty(), "{:?}", t.files());
+        let server = server_config(&t).unwrap();
+        let both: &[&'static SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+        // A client that trusts the CA gets the certificate given inline,
+        // and its own certificate from that CA is accepted.
+        let presented = handshake(server.clone(), pki.roots.clone(), Some(&pki.client), both).await;
+        assert_eq!(presented, Some(vec![pki.server.clone()]));
+        // A client that trusts another CA refuses the server.
+        let mut other = RootCertStore::empty();
+        other.add(pki.stranger.0.clone()).unwrap();
+        let refused = handshake(server.clone(), Arc::new(other), Some(&pki.client), both).await;
+        assert_eq!(refused, None);
+        // The inline client CA decides which clients get in.
+        assert!(!accepted(server.clone(), &pki, Some(&pki.stranger), both).await);
+        assert!(!accepted(server, &pki, None, both).await);
     }
 }

@@ -11,6 +11,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use ring::digest;
 
 use super::{WebConfigError, auth::BasicAuth, parse, tls};
+use crate::sync;
 
 /// How often the files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(3);
@@ -120,20 +121,14 @@ impl WebConfigHandle {
 
     /// The configuration in force now.
     pub fn current(&self) -> Arc<Active> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        sync::read(&self.current).clone()
     }
 
     /// Reloads if any of the files changed since last looked at.
     pub fn reload_if_changed(&self) -> Reload {
         let now = fingerprint(&self.path);
         {
-            let mut seen = self
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = sync::lock(&self.seen);
             if *seen == now {
                 return Reload::Unchanged;
             }
@@ -143,10 +138,7 @@ impl WebConfigHandle {
             Ok(active) => {
                 tracing::info!(file = %self.path.display(), "web config reloaded");
                 log_active(&self.path, &active);
-                *self
-                    .current
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(active);
+                *sync::write(&self.current) = Arc::new(active);
                 Reload::Reloaded
             }
             Err(e) => {

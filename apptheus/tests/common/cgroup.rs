@@ -1,6 +1,6 @@
 //! What the tests of cgroups share (cgroups.rs, shared_cgroups.rs): the
 //! memory cgroups they make, and waiting for a container's statistics.
-use std::{path::PathBuf, sync::MutexGuard, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use super::*;
 
@@ -28,7 +28,7 @@ impl ParentCgroup {
 pub fn memory_controller() -> Option<MemoryController> {
     let mc = MemoryController::find();
     if mc.is_none() {
-        apptheus::testing::skip("a memory controller in this cgroup layout");
+        apptheus_testkit::skip("a memory controller in this cgroup layout");
     }
     mc
 }
@@ -38,7 +38,7 @@ pub fn memory_controller() -> Option<MemoryController> {
 /// controller, the lock that keeps agents apart and a trusted directory.
 /// Bind them in this order (`let Some((mc, _serial, trust)) = ...`), so
 /// that they go in the reverse.
-pub fn memory_setup() -> Option<(MemoryController, MutexGuard<'static, ()>, TrustDir)> {
+pub fn memory_setup() -> Option<(MemoryController, Serial, TrustDir)> {
     if !privileged() {
         return None;
     }
@@ -69,15 +69,4 @@ pub fn wait_container(agent: &Agent, starter: &Path, metric: &str) -> String {
         id.is_some()
     });
     id.unwrap()
-}
-
-/// Where a container's RSS is read when its cgroup's parent holds
-/// processes: on cgroup v2 its cgroup then has no memory controller, and
-/// the RSS comes from its processes; on v1 its cgroup gives it.
-pub fn rss_metric(mc: &MemoryController) -> &'static str {
-    if mc.v2 {
-        "apptheus_container_proc_memory_rss_bytes"
-    } else {
-        "apptheus_container_memory_rss_bytes"
-    }
 }

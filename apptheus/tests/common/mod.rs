@@ -6,43 +6,32 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cgroup;
+pub mod tls;
 
 use std::{
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    sync::MutexGuard,
 };
 
 pub use apptheus_testkit::{
     cgroupfs::{MemoryController, our_cgroup_dirs},
     host::{
-        TrustDir, children_cpu_seconds, launch_workload, run, scaled, serial, time_scale, unique,
+        Serial, TrustDir, children_cpu_seconds, free_port, launch_workload, run, scaled, serial,
+        time_scale, unique,
     },
+    privileged,
     scrape::{container_id, http_get, value},
     sim::starter_sim,
 };
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_apptheus");
 
-/// True when the test can run; otherwise reports the skip (a failure in CI).
-pub fn privileged() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        apptheus::testing::skip("root");
-        return false;
-    }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        apptheus::testing::skip("kernel BTF");
-        return false;
-    }
-    true
-}
-
 /// How most tests start: `None` (the skip reported) unless
 /// [`privileged`]; else the lock that keeps agents apart, and a trusted
 /// directory holding the starter simulator as `starter`. Bind them in this
 /// order (`let Some((_serial, trust, starter)) = ...`), so that they go in
 /// the reverse.
-pub fn trusted_starter() -> Option<(MutexGuard<'static, ()>, TrustDir, PathBuf)> {
+pub fn trusted_starter() -> Option<(Serial, TrustDir, PathBuf)> {
     if !privileged() {
         return None;
     }

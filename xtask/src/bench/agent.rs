@@ -3,6 +3,8 @@
 //! prefix, its CPU and memory metered. Starting, the log and scraping are
 //! apptheus-testkit's, shared with the integration tests.
 use std::{
+    io::{Read as _, Write as _},
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
     sync::{Arc, Mutex},
@@ -21,6 +23,61 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A plain HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     scrape::http_get_within(addr, path, &[], HTTP_TIMEOUT)
+}
+
+/// What Prometheus 2.42 sends with a scrape (its timeout header says it
+/// scrapes on a schedule).
+pub const PROMETHEUS_HEADERS: [(&str, &str); 4] = [
+    ("User-Agent", "Prometheus/2.42.0"),
+    (
+        "Accept",
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    ),
+    ("Accept-Encoding", "gzip"),
+    ("X-Prometheus-Scrape-Timeout-Seconds", "10"),
+];
+
+/// A GET of /metrics with `headers`, connecting from `from` (None: the
+/// kernel's choice): how long until the whole answer was read, and the
+/// body (decompressed when it came gzip'd).
+pub fn get_metrics(
+    addr: &str,
+    from: Option<IpAddr>,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(Duration, String)> {
+    let to: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
+    let t = Instant::now();
+    let mut s = match from {
+        Some(f) => apptheus_testkit::forward::connect_from(f, to)?,
+        None => std::net::TcpStream::connect(to)?,
+    };
+    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    let mut req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let took = t.elapsed();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("no end of headers in the answer"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
+        bail!("answered {}", head.lines().next().unwrap_or(""));
+    }
+    let body = &raw[split + 4..];
+    let text = if head.contains("content-encoding: gzip") {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(body).read_to_string(&mut out)?;
+        out
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
+    Ok((took, text))
 }
 
 /// A root-owned Apptainer-like prefix: copies of the starter simulator as
@@ -119,6 +176,20 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
+    /// Where it serves.
+    pub fn addr(&self) -> &str {
+        &self.process.addr
+    }
+
+    /// A scrape as Prometheus makes it: its latency, and the exposition.
+    pub fn scrape(&self) -> anyhow::Result<(Duration, String)> {
+        get_metrics(&self.process.addr, None, &PROMETHEUS_HEADERS)
     }
 
     pub fn metrics(&self) -> anyhow::Result<String> {

@@ -6,8 +6,9 @@
 //!
 //! Modules: `agent` (the agent as the benchmarks run it), `workloads`
 //! (overhead, placement, accuracy), `scale` (many containers, sample cost,
-//! beside cAdvisor: `peer`), `runqlat`, `meter` (what a process costs),
-//! `report` and `targets` (BENCHMARKS.md's section).
+//! beside cAdvisor: `peer`), `readers` (real and hostile readers), `runqlat`,
+//! `meter` (what a process costs), `report` and `targets` (BENCHMARKS.md's
+//! section).
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::bail;
@@ -16,8 +17,10 @@ use apptheus_testkit::{scrape::value, sim::STARTER_SIM};
 use crate::build_ebpf::workspace_root;
 
 mod agent;
+mod floor;
 mod meter;
 mod peer;
+mod readers;
 mod report;
 mod runqlat;
 mod scale;
@@ -35,7 +38,7 @@ pub struct Options {
     pub smoke: bool,
     /// Run only these benchmarks; the results go to
     /// target/bench-partial.md, not BENCHMARKS.md.
-    #[arg(long, value_delimiter = ',', value_parser = ["overhead", "placement", "scale", "sample", "peer", "runqlat", "accuracy"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["overhead", "placement", "scale", "sample", "peer", "readers", "runqlat", "accuracy"])]
     pub only: Vec<String>,
     /// Containers started one after another by each placement variant
     /// [default: 300, 5 with --smoke]
@@ -65,10 +68,23 @@ struct Sizes {
     scrape_every: Duration,
     sample_containers: usize,
     sample_window: Duration,
+    /// Passes over the cgroup files to measure the kernel's read path.
+    floor_passes: usize,
     peer_sizes: Vec<usize>,
     peer_warmup: Duration,
     peer_window_defaults: Duration,
     peer_window_fixed: Duration,
+    /// The readers benchmark: containers, the agent's flags, Prometheus's
+    /// scrape interval, the window measured (longer where the interval
+    /// changes: the time at the slow interval), a hostile client's time,
+    /// and how often other reads may take a sample at that interval.
+    readers_containers: usize,
+    readers_agent_args: Vec<&'static str>,
+    readers_period: Duration,
+    readers_window: Duration,
+    readers_slow: Duration,
+    readers_hostile: Duration,
+    other_every: Duration,
     runqlat_rounds: usize,
     runqlat_secs: u64,
     spin_secs: f64,
@@ -90,10 +106,18 @@ impl Sizes {
                 scrape_every: Duration::from_secs(1),
                 sample_containers: 5,
                 sample_window: Duration::from_secs(2),
+                floor_passes: 5,
                 peer_sizes: vec![5],
                 peer_warmup: Duration::from_secs(1),
                 peer_window_defaults: Duration::from_secs(2),
                 peer_window_fixed: Duration::from_secs(2),
+                readers_containers: 5,
+                readers_agent_args: vec!["--monitor.interval=100ms"],
+                readers_period: Duration::from_secs(2),
+                readers_window: Duration::from_secs(6),
+                readers_slow: Duration::from_secs(24),
+                readers_hostile: Duration::from_secs(4),
+                other_every: Duration::from_secs(1),
                 runqlat_rounds: 1,
                 runqlat_secs: 1,
                 spin_secs: 0.3,
@@ -112,10 +136,18 @@ impl Sizes {
                 scrape_every: Duration::from_secs(15),
                 sample_containers: 200,
                 sample_window: Duration::from_secs(20),
+                floor_passes: 50,
                 peer_sizes: vec![100, 1000],
                 peer_warmup: Duration::from_secs(30),
                 peer_window_defaults: Duration::from_secs(60),
                 peer_window_fixed: Duration::from_secs(30),
+                readers_containers: 1000,
+                readers_agent_args: Vec::new(),
+                readers_period: Duration::from_secs(15),
+                readers_window: Duration::from_secs(120),
+                readers_slow: Duration::from_secs(300),
+                readers_hostile: Duration::from_secs(60),
+                other_every: Duration::from_secs(5),
                 runqlat_rounds: 15,
                 runqlat_secs: 3,
                 spin_secs: 5.0,
@@ -129,12 +161,18 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     if !apptheus_testkit::is_root() {
         let msg =
             "SKIPPED: cargo xtask bench needs root (it loads kernel programs and creates cgroups)";
-        if std::env::var("APPTHEUS_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            bail!("{msg}; APPTHEUS_REQUIRE_PRIVILEGED=1 forbids skipping");
+        if apptheus_testkit::skips_forbidden() {
+            bail!(
+                "{msg}; {}=1 forbids skipping",
+                apptheus_testkit::REQUIRE_ENV
+            );
         }
         eprintln!("{msg}");
         return Ok(());
     }
+    // Its agents would adopt another test's or benchmark's cgroups, and
+    // theirs this one's: one at a time on a host.
+    let _serial = apptheus_testkit::host::serial();
     let root = workspace_root();
     let profile = if o.smoke { "debug" } else { "release" };
     if !o.prebuilt {
@@ -197,6 +235,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     }
     if wanted("peer") {
         scale::peer(&ctx, &sizes, &mut report)?;
+    }
+    if wanted("readers") {
+        readers::readers(&ctx, &sizes, &mut report)?;
     }
     if wanted("runqlat") {
         if o.prebuilt {

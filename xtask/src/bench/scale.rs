@@ -71,7 +71,7 @@ impl Drop for Containers {
 /// Waits until `agent` tracks `n` running containers: from its log (its
 /// own count would include those that ended within the grace period, and
 /// scraping it at every look would make it sample all along).
-fn tracked(agent: &Agent, n: usize) -> anyhow::Result<()> {
+pub fn tracked(agent: &Agent, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120 + n as u64 / 10);
     loop {
         let running = agent.log.lock().map_or(0, |l| {
@@ -79,7 +79,9 @@ fn tracked(agent: &Agent, n: usize) -> anyhow::Result<()> {
             count("message=\"container started\"")
                 .saturating_sub(count("message=\"container exited\""))
         });
-        if running == n {
+        // Containers of others (another run's, adopted at start) may be
+        // there too.
+        if running >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -92,8 +94,16 @@ fn tracked(agent: &Agent, n: usize) -> anyhow::Result<()> {
 /// One scale row.
 pub struct ScaleRow {
     pub n: usize,
+    /// Scrapes as Prometheus makes them (OpenMetrics, gzip), back to back.
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Plain text scrapes (no Accept header, no gzip), back to back.
+    pub plain_p50_ms: f64,
+    pub plain_p99_ms: f64,
+    /// The slowest of the scrapes on schedule, and those that waited for
+    /// a sample.
+    pub scheduled_max_ms: f64,
+    pub scheduled_waited: f64,
     pub rss_mib: f64,
     pub cpu_pct: f64,
     pub samples: f64,
@@ -103,9 +113,9 @@ pub struct ScaleRow {
     pub slab_mib: f64,
 }
 
-/// The agent alone at its defaults, scraped every 15 s: CPU and memory;
-/// then scrape latency over back-to-back scrapes. A size the machine
-/// cannot take is recorded, not fatal.
+/// The agent alone at its defaults, scraped every 15 s as Prometheus
+/// scrapes: CPU and memory; then scrape latency over back-to-back
+/// scrapes. A size the machine cannot take is recorded, not fatal.
 pub fn scale(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let agent = Agent::start(ctx, &[])?;
     std::thread::sleep(Duration::from_secs(2));
@@ -120,6 +130,34 @@ pub fn scale(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Scheduled scrapes that waited for a sample, as a scrape's body says.
+fn scheduled_waits(m: &str) -> f64 {
+    value(
+        m,
+        "apptheus_reads_total",
+        &[("reader", "scheduled"), ("answer", "waited")],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Scrapes as Prometheus makes them, every `every` from now on a fixed
+/// clock, `n` of them: their latencies (ms), and the last body.
+fn on_schedule(agent: &Agent, every: Duration, n: usize) -> anyhow::Result<(Vec<f64>, String)> {
+    let t0 = Instant::now();
+    let mut lat = Vec::with_capacity(n);
+    let mut last = String::new();
+    for k in 0..n {
+        let at = t0 + every * u32::try_from(k)?;
+        if let Some(d) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+        let (took, body) = agent.scrape()?;
+        lat.push(took.as_secs_f64() * 1e3);
+        last = body;
+    }
+    Ok((lat, last))
+}
+
 fn scale_one(ctx: &Ctx, s: &Sizes, n: usize) -> anyhow::Result<ScaleRow> {
     let agent = Agent::start(ctx, &[])?;
     let started = Instant::now();
@@ -129,28 +167,29 @@ fn scale_one(ctx: &Ctx, s: &Sizes, n: usize) -> anyhow::Result<ScaleRow> {
         "bench: {n} containers tracked {:.1} s after the first start",
         started.elapsed().as_secs_f64()
     );
-    // CPU over a window, scraped every 15 s, as Prometheus does.
-    let samples0 = samples(&agent.metrics()?);
+    // Two scrapes for the agent to learn the schedule, then a window
+    // scraped every 15 s as Prometheus scrapes: CPU, samples, waits.
+    let (_, m0) = on_schedule(&agent, s.scrape_every, 2)?;
+    std::thread::sleep(s.scrape_every.saturating_sub(Duration::from_millis(10)));
     let cpu0 = agent.meter.cpu_seconds();
     let t0 = Instant::now();
-    while t0.elapsed() < s.cpu_window {
-        let left = s.cpu_window.saturating_sub(t0.elapsed());
-        std::thread::sleep(s.scrape_every.min(left));
-        if t0.elapsed() < s.cpu_window {
-            agent.metrics()?;
-        }
-    }
+    let scrapes = (s.cpu_window.as_secs_f64() / s.scrape_every.as_secs_f64()).round() as usize;
+    let (sched, m) = on_schedule(&agent, s.scrape_every, scrapes.max(1))?;
     let cpu = agent.meter.cpu_seconds() - cpu0;
     let window = t0.elapsed().as_secs_f64();
-    let m = agent.metrics()?;
-    let samples = samples(&m) - samples0;
+    let samples = samples(&m) - samples(&m0);
+    let scheduled_waited = scheduled_waits(&m) - scheduled_waits(&m0);
     let open_files = value(&m, "apptheus_cgroup_open_files", &[]).unwrap_or(0.0);
     let rss = agent.meter.rss_mib();
     let mut lat = Vec::with_capacity(s.scrapes);
     for _ in 0..s.scrapes {
+        lat.push(agent.scrape()?.0.as_secs_f64() * 1e3);
+    }
+    let mut plain = Vec::with_capacity(s.scrapes / 3);
+    for _ in 0..(s.scrapes / 3).max(1) {
         let t = Instant::now();
         agent.metrics()?;
-        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        plain.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let slab_with = meter::slab_mib();
     drop(agent);
@@ -161,6 +200,10 @@ fn scale_one(ctx: &Ctx, s: &Sizes, n: usize) -> anyhow::Result<ScaleRow> {
         n,
         p50_ms: percentile(&mut lat, 0.5),
         p99_ms: percentile(&mut lat, 0.99),
+        plain_p50_ms: percentile(&mut plain, 0.5),
+        plain_p99_ms: percentile(&mut plain, 0.99),
+        scheduled_max_ms: sched.iter().copied().fold(0.0, f64::max),
+        scheduled_waited,
         rss_mib: rss,
         cpu_pct: cpu / window * 100.0,
         samples,
@@ -214,7 +257,8 @@ pub fn sample_cost(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         let mut sources: Vec<(String, f64)> = Vec::new();
         let mut looks: f64 = 0.0;
         while t0.elapsed() < s.sample_window {
-            std::thread::sleep(Duration::from_millis(1000));
+            // Reads cost the agent an encoding each: a few, spread out.
+            std::thread::sleep(s.sample_window / 4);
             let m = agent.metrics()?;
             looks += 1.0;
             for l in m
@@ -245,6 +289,22 @@ pub fn sample_cost(ctx: &Ctx, s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
             bail!("{label}: no sample was taken");
         }
         let per = |secs: f64| secs / (n as f64) * 1e6;
+        // The floor: the files this agent keeps open, read by the kernel
+        // alone (measured once the agent is gone).
+        let floor_files = if extra.is_none() {
+            super::floor::open_cgroup_files(agent.pid()).ok()
+        } else {
+            None
+        };
+        drop(agent);
+        if let Some(files) = floor_files {
+            match super::floor::measure(&files, n, s.floor_passes) {
+                Ok(f) => r.floor = Some(f),
+                Err(e) => r
+                    .notes
+                    .push(format!("the kernel's read path: not measured: {e:#}")),
+            }
+        }
         r.sample_cost.push(SampleCost {
             label: label.to_string(),
             n,
@@ -350,7 +410,11 @@ fn peer_one(
         }
         std::thread::sleep(Duration::from_secs(2));
     }
-    std::thread::sleep(s.peer_warmup);
+    // The warm-up: scraped as Prometheus scrapes, so that the agent learns
+    // the schedule before the window.
+    let warm = (s.peer_warmup.as_secs_f64() / s.scrape_every.as_secs_f64()).round() as usize;
+    on_schedule(&agent, s.scrape_every, warm.max(1))?;
+    std::thread::sleep(s.scrape_every.saturating_sub(Duration::from_millis(10)));
     let window = if defaults {
         s.peer_window_defaults
     } else {
@@ -361,15 +425,20 @@ fn peer_one(
     let mut agent_scrapes = Vec::new();
     let mut cad_scrapes = Vec::new();
     let mut cgroups = 0;
+    let mut k = 0;
     while t0.elapsed() < window {
-        let t = Instant::now();
-        agent.metrics()?;
-        agent_scrapes.push(t.elapsed().as_secs_f64() * 1e3);
+        let (took, _) = agent.scrape()?;
+        agent_scrapes.push(took.as_secs_f64() * 1e3);
         let (seen, took) = cad.scrape()?;
         cgroups = seen;
         cad_scrapes.push(took.as_secs_f64() * 1e3);
-        let left = window.saturating_sub(t0.elapsed());
-        std::thread::sleep(s.scrape_every.min(left));
+        // On a fixed clock, as Prometheus scrapes.
+        k += 1;
+        let next = t0 + s.scrape_every * k;
+        let until = next.min(t0 + window);
+        if let Some(d) = until.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
     }
     let secs = t0.elapsed().as_secs_f64();
     let (a1, c1) = (agent.meter.cpu_seconds(), cad.meter.cpu_seconds());

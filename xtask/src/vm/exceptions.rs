@@ -28,12 +28,12 @@ const V2_OCCUPIED: &str = "pure v2: this test runs its starter in the test's own
      like a login session's scope. cgroup v2 lets a cgroup with processes give its children \
      no controller, and the agent moves nothing that is not the container's, so the \
      container's cgroup has cpu.stat, PSI and cgroup.threads but no memory files, and its \
-     memory comes from its processes (apptheus_container_proc_*) instead. This container \
+     memory comes from its processes (in the usual families) instead. This container \
      lives between two samples (5 s apart): its processes are gone before anything reads \
      them, and no cgroup kept its memory peak, which the test checks. A container that \
      lives across a sample has its memory from its processes (the shared_cgroups tests \
      check it beside a login shell and beside a Slurm batch script), and where the starter \
-     is alone in its cgroup (srun, a service) the agent enables the controllers";
+     is alone in its cgroup outside Slurm (a service) the agent enables the controllers";
 
 /// Why Debian's 6.12 has no v1 memory statistics.
 const NO_MEMCG_V1: &str = "Linux 6.12 as Debian builds it has no v1 memory controller \

@@ -13,8 +13,8 @@ use std::{
 use apptheus_common::{
     Config, ContainerState, FileId, GLOBAL_CONFIG, MAP_CGROUPS, MAP_CONTAINERS, MAP_EVENTS,
     MAP_RUNQ, MAP_RUNQ_SLOTS, MAP_RUNQ_TASKS, MAP_STATS, MAP_TASKS, MAP_TRUSTED, MAP_WATCHED,
-    MAX_RUNQ_TASKS, RUN_DELAY_UNKNOWN, RunqHistogram, STAT_COUNT, Stat, TRUST_LAUNCHER,
-    TRUST_STARTER, TaskEntry,
+    MAX_CONTAINERS, MAX_RUNQ_CONTAINERS, MAX_RUNQ_TASKS, MAX_TASKS, RUN_DELAY_UNKNOWN,
+    RunqHistogram, STAT_COUNT, Stat, TRUST_LAUNCHER, TRUST_STARTER, TaskEntry,
 };
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -25,7 +25,8 @@ use aya::{
 use crate::model::{
     collectors::{Collector, Collectors},
     container::{FsCounters, KernelCounters, NetCounters},
-    processes::ExitedTotals,
+    drops,
+    processes::{Baseline, ExitedTotals},
 };
 
 /// What to load beyond container attribution.
@@ -37,6 +38,31 @@ pub struct Options {
     pub cgroup2: Option<PathBuf>,
     /// Where /proc is mounted (`kernel.pid_max` sizes a collector's table).
     pub procfs: PathBuf,
+    /// How many entries the maps hold.
+    pub sizes: Sizes,
+}
+
+/// How many entries the kernel's maps hold (`--ebpf.max-tasks`,
+/// `--ebpf.max-containers`, `--collector.runqlat.max-containers`): what
+/// does not fit is counted (`apptheus_ebpf_map_full_total`) and lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// Tasks (threads) attributed at once, node-wide.
+    pub tasks: u32,
+    /// Starter runs alive (or ended, awaiting their final sample) at once.
+    pub containers: u32,
+    /// Starter runs with a run-queue latency histogram at once.
+    pub runq_containers: u32,
+}
+
+impl Default for Sizes {
+    fn default() -> Self {
+        Sizes {
+            tasks: MAX_TASKS,
+            containers: MAX_CONTAINERS,
+            runq_containers: MAX_RUNQ_CONTAINERS,
+        }
+    }
 }
 
 /// The kernel object, built by build.rs from apptheus-ebpf.
@@ -98,6 +124,8 @@ pub struct Kernel {
     runq_tasks: Array<MapData, u64>,
     runq_slots: HashMap<MapData, u64, u32>,
     runq_slots_given: runq::Slots,
+    /// Containers given no run-queue latency slot (every one was taken).
+    runq_unobserved: u64,
     cgroups: HashMap<MapData, u64, u64>,
     watched: HashMap<MapData, u32, u64>,
     /// Container id -> the cgroup2 id registered for it in `cgroups`.
@@ -147,9 +175,15 @@ impl Kernel {
         let btf =
             Btf::parse_file(btf_path, aya::Endianness::default()).map_err(KernelError::Btf)?;
         let mut loader = EbpfLoader::new();
+        let sizes = opts.sizes;
         loader
             .btf(&btf)
-            .override_global(GLOBAL_CONFIG, &config, true);
+            .override_global(GLOBAL_CONFIG, &config, true)
+            .map_max_entries(MAP_TASKS, sizes.tasks.max(1))
+            .map_max_entries(MAP_CONTAINERS, sizes.containers.max(1))
+            .map_max_entries(MAP_CGROUPS, sizes.containers.max(1))
+            .map_max_entries(MAP_RUNQ, sizes.runq_containers.max(1) + 1)
+            .map_max_entries(MAP_RUNQ_SLOTS, sizes.runq_containers.max(1));
         for c in Collector::ALL.into_iter().filter(|c| !wanted.contains(*c)) {
             for map in collectors::maps(c) {
                 loader.map_max_entries(map, 1);
@@ -195,7 +229,8 @@ impl Kernel {
             runq: PerCpuArray::try_from(runq).map_err(map_err(MAP_RUNQ))?,
             runq_tasks: Array::try_from(runq_tasks).map_err(map_err(MAP_RUNQ_TASKS))?,
             runq_slots: HashMap::try_from(runq_slots).map_err(map_err(MAP_RUNQ_SLOTS))?,
-            runq_slots_given: runq::Slots::default(),
+            runq_slots_given: runq::Slots::new(sizes.runq_containers.max(1)),
+            runq_unobserved: 0,
             cgroups: HashMap::try_from(cgroups).map_err(map_err(MAP_CGROUPS))?,
             watched: HashMap::try_from(watched).map_err(map_err(MAP_WATCHED))?,
             cgroup_ids: BTreeMap::new(),
@@ -213,6 +248,7 @@ impl Kernel {
         Ok(kernel)
     }
 
+    #[cfg(feature = "testing")]
     /// For the benchmark only: loads the kernel object with every collector
     /// map shrunk, and attaches nothing but `apptheus_switch_baseline`, a
     /// `sched_switch` program that returns at once. Detached when the
@@ -296,6 +332,11 @@ impl Kernel {
                 io: self
                     .banks_io
                     .then_some((s.exited_read_bytes, s.exited_write_bytes)),
+                before_start: Baseline {
+                    runtime_ns: s.start_runtime_ns,
+                    read_bytes: s.start_read_bytes,
+                    write_bytes: s.start_write_bytes,
+                },
             }),
         })
     }
@@ -395,6 +436,20 @@ impl Kernel {
             .get(&(stat as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Everything the programs dropped so far, by kind (lost events
+    /// aside), with the containers this side gave no run-queue slot.
+    pub fn drops(&self) -> Vec<(drops::Drop, u64)> {
+        Stat::ALL
+            .into_iter()
+            .filter(|s| *s != Stat::EventsLost)
+            .map(|s| (drops::of(s), self.stat(s)))
+            .chain(std::iter::once((
+                drops::Drop::MapFull(drops::Map::Runq),
+                self.runq_unobserved,
+            )))
+            .collect()
     }
 }
 

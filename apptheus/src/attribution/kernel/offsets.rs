@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn resolves_on_the_running_kernel() {
         if !Path::new(VMLINUX).exists() {
-            crate::testing::skip("no BTF at /sys/kernel/btf/vmlinux");
+            apptheus_testkit::skip("no BTF at /sys/kernel/btf/vmlinux");
             return;
         }
         let btf = load_btf(Path::new(VMLINUX)).unwrap();
@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn collectors_resolve_on_the_running_kernel() {
         if !Path::new(VMLINUX).exists() {
-            crate::testing::skip("no BTF at /sys/kernel/btf/vmlinux");
+            apptheus_testkit::skip("no BTF at /sys/kernel/btf/vmlinux");
             return;
         }
         let btf = load_btf(Path::new(VMLINUX)).unwrap();

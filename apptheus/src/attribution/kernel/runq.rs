@@ -10,8 +10,7 @@
 use std::collections::BTreeMap;
 
 use apptheus_common::{
-    MAX_RUNQ_CONTAINERS, RUNQ_SEEN_UNKNOWN, RUNQ_SLOT_NONE, RUNQ_SLOT_UNRESOLVED, RunqHistogram,
-    runq_entry,
+    RUNQ_SEEN_UNKNOWN, RUNQ_SLOT_NONE, RUNQ_SLOT_UNRESOLVED, RunqHistogram, runq_entry,
 };
 use aya::maps::PerCpuValues;
 
@@ -23,12 +22,6 @@ use crate::model::collectors::Collector;
 pub struct Slots {
     free: Vec<u32>,
     of: BTreeMap<u64, u32>,
-}
-
-impl Default for Slots {
-    fn default() -> Self {
-        Slots::new(MAX_RUNQ_CONTAINERS)
-    }
 }
 
 impl Slots {
@@ -74,10 +67,8 @@ impl Kernel {
         let slot = match self.runq_slots_given.take(cid) {
             Some(s) => s,
             None => {
-                tracing::warn!(
-                    max = MAX_RUNQ_CONTAINERS,
-                    "run-queue latency: every slot is taken; this container's tasks are not observed"
-                );
+                // Counted, and said once (see app::drops).
+                self.runq_unobserved += 1;
                 RUNQ_SLOT_NONE
             }
         };

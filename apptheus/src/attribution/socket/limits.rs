@@ -3,9 +3,11 @@
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
+
+use crate::sync::lock;
 
 /// Limits on connections to the monitoring socket.
 ///
@@ -98,12 +100,6 @@ struct State {
 pub(crate) struct Tracker {
     limits: Limits,
     state: Mutex<State>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; if something did, the
-    // counts are still consistent (every update is a single statement).
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Tracker {

@@ -35,7 +35,9 @@ use apptheus_common::FileId;
 pub use crate::host::limits::raise_fd_limit;
 pub use limits::Limits;
 pub use listener::{SocketListenerHandle, bind};
-pub use server::{serve, serve_with};
+pub use server::serve;
+#[cfg(feature = "testing")]
+pub use server::serve_with;
 
 /// Identifies one accepted connection for the life of one [`serve`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -90,6 +90,7 @@ pub struct Peer {
 
 impl Peer {
     /// Reads the credentials of the peer of `sock` and pins it.
+    #[cfg(feature = "testing")]
     pub fn from_socket(sock: BorrowedFd<'_>) -> Result<Self, VerifyError> {
         let creds = PeerCreds::of(sock)?;
         Self::open(sock, creds)
@@ -119,6 +120,7 @@ impl Peer {
         Ok(Self { creds, pidfd })
     }
 
+    #[cfg(feature = "testing")]
     pub fn creds(&self) -> PeerCreds {
         self.creds
     }

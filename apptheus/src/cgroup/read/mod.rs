@@ -30,12 +30,15 @@ pub mod parse;
 mod pids;
 mod pressure;
 
-pub use files::{Budget, Problem, StatWarning};
+#[cfg(feature = "testing")]
+pub use files::StatWarning;
+pub use files::{Budget, Problem};
 use files::{Ctx, Hier};
 pub use v1_hz::user_hz;
 
 use crate::model::{
     cgroups::ContainerCgroups,
+    processes::FromProcesses,
     source::{CgroupSource as Which, Fresh, Outcome, Source, Target},
     stats::CgroupStats,
 };
@@ -47,6 +50,21 @@ pub const MAX_DEVICES: usize = 256;
 /// How long a family that found nothing to read waits before it looks
 /// again (a controller enabled in the container's cgroup since).
 const REPLAN_AFTER: Duration = Duration::from_secs(30);
+
+/// The statistics families a container's own cgroups `own` (holding
+/// nothing but its tasks) cannot give, among those `enabled`: a hierarchy
+/// where it has no cgroup of its own (a Slurm job's), or a cgroup2
+/// directory without the family's controller.
+pub fn lacking(own: &ContainerCgroups, enabled: impl Fn(Which) -> bool) -> FromProcesses {
+    let v2 = |f: &str| own.v2.as_ref().is_some_and(|d| d.join(f).exists());
+    let v1 = |c: &str| own.v1.contains_key(c);
+    FromProcesses {
+        cpu: enabled(Which::Cpu) && !(v2("cpu.stat") || v1("cpuacct")),
+        memory: enabled(Which::Memory) && !(v2("memory.current") || v1("memory")),
+        pids: enabled(Which::Pids) && !(v2("pids.current") || v1("pids")),
+        io: enabled(Which::Blkio) && !(v2("io.stat") || v1("blkio")),
+    }
+}
 
 /// A family of statistics read from cgroup files.
 trait Family {
@@ -247,6 +265,7 @@ pub fn sources(
     out
 }
 
+#[cfg(feature = "testing")]
 /// Reads a container's statistics once, every family, nothing kept open
 /// (tests, fixture trees). Never fails: what cannot be read is left out
 /// and explained in the warnings, each naming its file, once.
@@ -254,6 +273,7 @@ pub fn read(cg: &ContainerCgroups) -> (CgroupStats, Vec<StatWarning>) {
     read_with(cg, user_hz())
 }
 
+#[cfg(feature = "testing")]
 /// [`read`] with the unit of cpuacct.stat given (for tests).
 pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatWarning>) {
     let budget = Budget::new(0);
@@ -282,6 +302,7 @@ pub fn read_with(cg: &ContainerCgroups, user_hz: u64) -> (CgroupStats, Vec<StatW
     (stats, warnings)
 }
 
+#[cfg(feature = "testing")]
 /// Adds a warning unless the same one (file and problem) is there already:
 /// several families look at the same directory.
 pub fn push_once(warnings: &mut Vec<StatWarning>, w: StatWarning) {
@@ -303,5 +324,71 @@ mod v1_hz {
             // USER_HZ is 100 on every Linux ABI; sysconf failing is theoretical.
             u64::try_from(v).ok().filter(|v| *v > 0).unwrap_or(100)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn dir_with(files: &[&str]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        d
+    }
+
+    /// What a container's own cgroups lack is read from its processes:
+    /// everything where it has none, memory where a pure v2 cgroup has no
+    /// memory controller, memory where a Slurm job's v1 memory cgroup is
+    /// not its own.
+    #[test]
+    fn the_families_a_containers_own_cgroups_lack() {
+        let all = |_| true;
+        assert_eq!(
+            lacking(&ContainerCgroups::default(), all),
+            FromProcesses::ALL
+        );
+        // Pure v2 beside a login shell: cpu.stat and nothing else.
+        let bare = dir_with(&["cpu.stat", "cgroup.threads"]);
+        let v2 = ContainerCgroups {
+            v2: Some(bare.path().to_path_buf()),
+            ..ContainerCgroups::default()
+        };
+        assert_eq!(
+            lacking(&v2, all),
+            FromProcesses {
+                cpu: false,
+                ..FromProcesses::ALL
+            }
+        );
+        // The same with every controller enabled.
+        let full = dir_with(&["cpu.stat", "memory.current", "pids.current", "io.stat"]);
+        let v2 = ContainerCgroups {
+            v2: Some(full.path().to_path_buf()),
+            ..ContainerCgroups::default()
+        };
+        assert!(!lacking(&v2, all).any());
+        // Hybrid, in a Slurm job: no memory cgroup of its own.
+        let unified = dir_with(&["cpu.stat"]);
+        let hybrid = ContainerCgroups {
+            v2: Some(unified.path().to_path_buf()),
+            v1: ["cpu", "cpuacct", "pids", "blkio"]
+                .into_iter()
+                .map(|c| (c.to_string(), PathBuf::from("/x")))
+                .collect(),
+        };
+        assert_eq!(
+            lacking(&hybrid, all),
+            FromProcesses {
+                memory: true,
+                ..FromProcesses::default()
+            }
+        );
+        // A family switched off is read from nowhere.
+        assert!(!lacking(&hybrid, |s| s != Which::Memory).any());
     }
 }

@@ -139,16 +139,23 @@ type DeviceValue = fn(&BlkioDevice) -> u64;
 
 /// Block I/O, one series per device.
 pub(super) fn blkio(snap: &Snapshot, v: &mut impl Visitor) {
-    let families: [(&'static cat::Metric, DeviceValue); 4] = [
-        (&cat::CONTAINER_BLKIO_READ_BYTES, |d| d.read_bytes),
-        (&cat::CONTAINER_BLKIO_WRITE_BYTES, |d| d.write_bytes),
-        (&cat::CONTAINER_BLKIO_READ_OPERATIONS, |d| d.read_ops),
-        (&cat::CONTAINER_BLKIO_WRITE_OPERATIONS, |d| d.write_ops),
+    // A device-less entry is the container's processes' I/O, all devices
+    // together: bytes, no operation counts.
+    let families: [(&'static cat::Metric, DeviceValue, bool); 4] = [
+        (&cat::CONTAINER_BLKIO_READ_BYTES, |d| d.read_bytes, true),
+        (&cat::CONTAINER_BLKIO_WRITE_BYTES, |d| d.write_bytes, true),
+        (&cat::CONTAINER_BLKIO_READ_OPERATIONS, |d| d.read_ops, false),
+        (
+            &cat::CONTAINER_BLKIO_WRITE_OPERATIONS,
+            |d| d.write_ops,
+            false,
+        ),
     ];
-    for (m, get) in families {
+    for (m, get, bytes) in families {
         let mut out = Lazy { v, started: false };
         for r in &snap.rows {
-            for d in s(r).and_then(|s| s.blkio.as_deref()).unwrap_or_default() {
+            let devices = s(r).and_then(|s| s.blkio.as_deref()).unwrap_or_default();
+            for d in devices.iter().filter(|d| bytes || !d.device.is_empty()) {
                 out.sample(
                     m,
                     &[("container_id", &r.id), ("device", &d.device)],

@@ -13,7 +13,6 @@ use crate::export::{
 
 mod cgroup;
 mod kernel;
-mod process;
 
 /// A histogram's samples: (upper bound, cumulative count) per finite
 /// bucket (+Inf is `count`), the count and the sum.
@@ -63,10 +62,7 @@ impl<V: Visitor> Lazy<'_, V> {
 /// Visits every family of `snap`.
 pub fn visit(snap: &Snapshot, v: &mut impl Visitor) {
     info(snap, v);
-    let scalars = kernel::SCALARS
-        .iter()
-        .chain(cgroup::SCALARS)
-        .chain(process::SCALARS);
+    let scalars = kernel::SCALARS.iter().chain(cgroup::SCALARS);
     for s in scalars {
         let mut out = Lazy { v, started: false };
         for r in &snap.rows {
@@ -86,6 +82,11 @@ fn info(snap: &Snapshot, v: &mut impl Visitor) {
         let mut buf = itoa::Buffer::new();
         let uid = buf.format(r.info.uid);
         let i = &r.info;
+        let from_processes = r
+            .sample
+            .as_ref()
+            .map(|s| s.from_processes.names())
+            .unwrap_or_default();
         out.sample(
             &cat::CONTAINER_INFO,
             &[
@@ -96,6 +97,7 @@ fn info(snap: &Snapshot, v: &mut impl Visitor) {
                 ("user", &i.user),
                 ("uid", uid),
                 ("slurm_job_id", &i.slurm_job_id),
+                ("from_processes", &from_processes),
             ],
             Value::Number(1.0),
         );
@@ -212,28 +214,56 @@ mod tests {
         assert_eq!(f.len(), seen.families.len());
     }
 
+    /// A container read from its processes has its values in the same
+    /// families as one read from its cgroups, and says so in its info.
     #[test]
-    fn statistics_from_processes_have_families_of_their_own() {
-        use crate::model::processes::ProcStats;
-        let row = |processes| Row {
-            id: "c".into(),
-            sample: Some(std::sync::Arc::new(Sample {
-                processes,
-                ..Default::default()
-            })),
-            ..Row::default()
+    fn statistics_from_processes_are_in_the_usual_families() {
+        use crate::model::{
+            processes::{ExitedTotals, FromProcesses, ProcReading, ProcSource},
+            stats::{CgroupStats, MemoryStats},
         };
-        let read = Some(ProcStats {
-            processes: 2,
-            threads: 5,
-            pss_bytes: None,
-            rss_bytes: 4096,
-            cpu_seconds: Some(1.5),
-            read_bytes: None,
-            write_bytes: None,
+        let mut by_cgroup = Container::new(1, 10, SystemTime::UNIX_EPOCH);
+        by_cgroup.parts.push(crate::model::container::Part {
+            last: Some(CgroupStats {
+                memory: Some(MemoryStats {
+                    usage_bytes: 1000,
+                    ..MemoryStats::default()
+                }),
+                ..CgroupStats::default()
+            }),
+            ..crate::model::container::Part::new(
+                crate::model::container::Origin::Placed { member: 1 },
+                Default::default(),
+            )
         });
+        by_cgroup.refresh_sample();
+        let mut by_processes = Container::new(2, 20, SystemTime::UNIX_EPOCH);
+        let mut p = ProcSource::new(FromProcesses::ALL, "shared");
+        p.update(
+            &ProcReading {
+                processes: 2,
+                threads: 5,
+                pss_bytes: Some(4096),
+                rss_bytes: 2048,
+                runtime_ns: 500_000_000,
+                read_bytes: 10,
+                write_bytes: 20,
+                ..ProcReading::default()
+            },
+            Some(&ExitedTotals {
+                runtime_ns: 1_000_000_000,
+                io: Some((0, 0)),
+                ..ExitedTotals::default()
+            }),
+            std::time::Instant::now(),
+        );
+        by_processes.processes = Some(p);
+        by_processes.refresh_sample();
+        let mut r = Registry::default();
+        r.insert(by_cgroup);
+        r.insert(by_processes);
         let snap = Snapshot {
-            rows: vec![row(read), row(None)],
+            rows: r.iter().map(Row::of).collect(),
             programs: Vec::new(),
         };
         let mut seen = Seen::default();
@@ -245,24 +275,40 @@ mod tests {
                 .map(|(_, v)| *v)
                 .collect()
         };
-        // Only the container read from its processes has them.
-        assert_eq!(of("apptheus_container_proc_processes"), [2.0]);
-        assert_eq!(of("apptheus_container_proc_threads"), [5.0]);
-        assert_eq!(of("apptheus_container_proc_memory_rss_bytes"), [4096.0]);
-        assert_eq!(of("apptheus_container_proc_cpu_seconds_total"), [1.5]);
-        // Not read yet, or not known without the kernel programs: absent.
+        assert_eq!(
+            of("apptheus_container_memory_usage_bytes"),
+            [1000.0, 4096.0]
+        );
+        assert_eq!(of("apptheus_container_memory_rss_bytes"), [2048.0]);
+        assert_eq!(of("apptheus_container_pids"), [5.0]);
+        assert_eq!(of("apptheus_container_threads"), [5.0]);
+        assert_eq!(of("apptheus_container_cpu_usage_seconds_total"), [1.5]);
+        assert_eq!(of("apptheus_container_blkio_read_bytes_total"), [10.0]);
+        assert_eq!(of("apptheus_container_blkio_write_bytes_total"), [20.0]);
+        // No operation counts, no split of CPU time, no families of their own.
         for absent in [
-            "apptheus_container_proc_memory_pss_bytes",
-            "apptheus_container_proc_io_read_bytes_total",
+            "apptheus_container_blkio_read_operations_total",
+            "apptheus_container_cpu_user_seconds_total",
         ] {
             assert!(!seen.families.contains(&absent), "{absent}");
         }
-        // Never mixed into the cgroup families.
         assert!(
             !seen
                 .families
-                .contains(&"apptheus_container_memory_usage_bytes")
+                .iter()
+                .any(|f| f.starts_with("apptheus_container_proc_"))
         );
+        let infos: Vec<String> = snap
+            .rows
+            .iter()
+            .map(|r| {
+                r.sample
+                    .as_ref()
+                    .map(|s| s.from_processes.names())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(infos, ["", "cpu,memory,pids,io"]);
     }
 
     #[test]

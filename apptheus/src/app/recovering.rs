@@ -1,0 +1,131 @@
+//! Runs of a newly trusted starter that began before the kernel knew its
+//! identity: between a package upgrade's rename of the new file over the
+//! old and the agent's re-resolution (a millisecond with the directory
+//! watch, up to the periodic re-check without), the kernel compares execs
+//! with the old identity and lets them go. Each re-resolution that trusts
+//! new files looks for their runs in /proc and follows them from then on,
+//! as a run found through the monitoring socket is.
+use std::collections::BTreeSet;
+
+use apptheus_common::{ContainerState, FileId};
+
+use super::{Agent, StartFacts};
+use crate::{
+    host::{clock, proctree},
+    model::container::Source,
+};
+
+impl Agent {
+    /// Follows the runs of the starters `new` (identities just trusted)
+    /// that no container holds yet.
+    pub(super) fn recover_runs(&mut self, new: &BTreeSet<FileId>) {
+        if new.is_empty() || self.kernel.is_none() {
+            return;
+        }
+        let procfs = self.procfs.root().to_path_buf();
+        let Ok(entries) = std::fs::read_dir(&procfs) else {
+            return;
+        };
+        let runs_new = |pid: u32| {
+            self.procfs
+                .exe_identity(pid)
+                .ok()
+                .filter(|id| new.contains(id))
+        };
+        let mut found = Vec::new();
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(exe) = runs_new(pid) else {
+                continue;
+            };
+            // A run's topmost starter: the others are its own.
+            let nested = self
+                .procfs
+                .ppid(pid)
+                .is_some_and(|pp| runs_new(pp).is_some());
+            let known = self
+                .kernel
+                .as_ref()
+                .and_then(|k| k.container_of(pid))
+                .is_some();
+            if !nested && !known {
+                found.push((pid, exe));
+            }
+        }
+        for (pid, exe) in found {
+            self.recover(pid, exe);
+        }
+    }
+
+    /// Follows the run of starter process `pid` (executing `exe`) from now.
+    fn recover(&mut self, pid: u32, exe: FileId) {
+        let procs = proctree::tree(self.procfs.root(), pid);
+        let tids: Vec<u32> = procs.iter().flat_map(|p| self.threads(*p)).collect();
+        // Whether it runs something of its own already (see `admission`).
+        let ran = procs
+            .iter()
+            .any(|p| self.procfs.exe_identity(*p).is_ok_and(|id| id != exe));
+        let uid = self.procfs.uid(pid).unwrap_or(0);
+        let now = clock::boot_time_now().as_nanos() as u64;
+        let mut key = now;
+        while self.registry.container_of(key).is_some()
+            || self
+                .kernel
+                .as_ref()
+                .is_some_and(|k| k.container(key).is_some())
+        {
+            key += 1;
+        }
+        let state = ContainerState {
+            start_boot_ns: now,
+            starter_tgid: pid,
+            uid,
+            starter: exe,
+            execs: if ran { 2 } else { 1 },
+            ..ContainerState::default()
+        };
+        if let Some(k) = self.kernel.as_mut()
+            && let Err(e) = k.adopt(key, &state, &tids)
+        {
+            tracing::warn!(pid, error = %e, "cannot hand a run of a newly trusted starter to the kernel programs");
+            return;
+        }
+        tracing::info!(
+            pid,
+            uid,
+            tasks = tids.len(),
+            "a run of a newly trusted starter began before it was trusted; followed from now on"
+        );
+        self.on_start(StartFacts {
+            key,
+            starter_pid: pid,
+            uid,
+            boot_ns: now,
+            file: Some(exe),
+            parent_launcher: None,
+            arg0: None,
+            source: Source::Kernel,
+            socket: None,
+            cgroups: None,
+        });
+        // Refused by a cap, or a helper run: the kernel lets it go.
+        if self.registry.container_of(key).is_none()
+            && let Some(k) = self.kernel.as_mut()
+        {
+            k.forget(key);
+        }
+    }
+
+    /// The threads of process `pid`.
+    fn threads(&self, pid: u32) -> Vec<u32> {
+        std::fs::read_dir(self.procfs.root().join(pid.to_string()).join("task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
