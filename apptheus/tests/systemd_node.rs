@@ -35,6 +35,7 @@ use apptheus_testkit::{
     root::STARTER,
     running::Running,
     scrape::{container_id, value},
+    shell_quote,
     slurm::{Job, NodeSlurm},
     workload::{Done, Hold, Report, Workload},
 };
@@ -447,6 +448,116 @@ fn assert_user_scope(scope: &str, pid: u32, live: bool) {
         .unwrap();
     let group = String::from_utf8_lossy(&out.stdout);
     assert_eq!(group.trim(), scope, "the user's systemd knows {unit}");
+}
+
+/// `apptainer exec img sh -c '<workload> & exit 0'` as an ordinary user,
+/// plain (in the login session's scope) and with `--memory` (in a scope
+/// that the user's systemd made for the container, which lasts while the
+/// work does): the container's shell exits at once, its starter and
+/// Apptainer's tool after it, and the workload goes on in the background.
+/// The container lasts as long as that work: still there, its CPU
+/// growing, once Apptainer has returned, and ended when the work ends, its
+/// final CPU what the work burned (at least the workload's rusage, at
+/// most that and what Apptainer's tool and starter used).
+#[test]
+#[ignore = "needs the systemd node: cargo xtask vm-test --kernel 6.12 --layout systemd"]
+fn work_left_in_the_background_is_the_containers_until_it_ends() {
+    let Some(n) = node() else { return };
+    for (name, flags) in [
+        ("background", &[][..]),
+        ("background-scope", &["--memory", "256M"][..]),
+    ] {
+        let img = image(&n, name);
+        let w = Workload::new()
+            .cpu(Duration::from_millis(1500))
+            .hold(Hold::UntilKilled);
+        let script = format!("{} & exit 0", shell_quote(&w.argv()));
+        let mut argv = vec!["apptainer", "exec"];
+        argv.extend_from_slice(flags);
+        argv.extend([img.inside.as_str(), "/bin/sh", "-c", &script]);
+        let tree_before = children_cpu_seconds();
+        let mut c = n.s.spawn(As::User, &argv).unwrap();
+        let started = c.started(scaled(LIMIT)).unwrap();
+        let cgroup = started.cgroup("").unwrap().to_string();
+        if flags.is_empty() {
+            assert!(
+                cgroup.starts_with("/user.slice/user-1500.slice/session-"),
+                "{name}: in the user's login session: {cgroup}"
+            );
+        } else {
+            assert!(
+                cgroup.starts_with("/user.slice/user-1500.slice/user@1500.service/")
+                    && cgroup.contains("/apptainer-")
+                    && cgroup.ends_with(".scope"),
+                "{name}: placed by the user's systemd: {cgroup}"
+            );
+        }
+        let id = n.find("image", &img.inside);
+        // Apptainer returns (its starter gone with the container's shell),
+        // the work goes on.
+        let limit = scaled(LIMIT);
+        let deadline = Instant::now() + limit;
+        while c.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{name}: apptainer did not return after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let tree = children_cpu_seconds() - tree_before;
+        let report = c.done(scaled(LIMIT)).unwrap();
+        let burned = workload_cpu(report.done.as_ref().unwrap());
+        assert!(
+            node::cpu_seconds(report.pid).is_some(),
+            "{name}: the background work still runs"
+        );
+        let cpu = n.series_until(
+            "apptheus_container_cpu_usage_seconds_total",
+            &id,
+            &format!("the background work's {burned:.3} s"),
+            |v| v >= burned * 0.97,
+        );
+        assert!(
+            !n.agent.log_text().lines().any(|l| {
+                l.contains("container exited") && l.contains(&format!("container_id={id}"))
+            }),
+            "{name}: {id} ended while its work runs\n{}",
+            n.agent.log_text()
+        );
+        if !flags.is_empty() {
+            // What systemd made is still there, holding the work.
+            assert_eq!(
+                node::cgroup_of(report.pid).as_deref(),
+                Some(cgroup.as_str())
+            );
+        }
+        kill(report.pid);
+        n.ended(&id);
+        // Its final CPU, once two reads 0.5 s apart agree.
+        let mut last = -1.0;
+        n.agent.wait_for(LIMIT, &format!("{id}'s final CPU"), || {
+            std::thread::sleep(scaled(Duration::from_millis(500)));
+            let now = value(
+                &n.metrics(),
+                "apptheus_container_cpu_usage_seconds_total",
+                &[("container_id", &id)],
+            )
+            .unwrap_or(-1.0);
+            let settled = now == last && now >= 0.0;
+            last = now;
+            settled
+        });
+        eprintln!(
+            "{name}: {id}: {cpu:.3} s while the work ran, final {last:.3} s; the work burned \
+             {burned:.3} s, Apptainer's tool and starter {tree:.3} s"
+        );
+        assert!(
+            last >= burned * 0.97 && last <= burned + tree + 0.05,
+            "{name}: {id}: final CPU {last} s; the background work burned {burned} s, \
+             Apptainer's tool and starter {tree} s\n{}",
+            n.agent.log_text()
+        );
+    }
 }
 
 /// `apptainer instance start` and two `exec instance://` joins, as root and
