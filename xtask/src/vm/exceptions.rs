@@ -47,17 +47,17 @@ const NO_MEMCG_V1_SLURM: &str = "Linux 6.12 as Debian builds it has no v1 memory
      test's Slurm cluster cannot start there (a site running 6.12 runs pure v2, where the \
      test runs)";
 
-/// Why a container sharing its Slurm task's cgroup is not yet read as
-/// the user expects on the systemd node.
-const SHARED_TASK_CGROUP: &str = "a container in a Slurm task's cgroup that holds, or held, \
-     the batch script's own work: the agent reads the task cgroup's totals since the step \
-     began when the container is alone there (the script's CPU before `exec apptainer`, \
-     Apptainer's tool starting and unpacking the image are counted: 8.8 s for a 3.3 s \
-     workload under emulation), and with the script's processes beside it exports the \
-     container's numbers from its processes in the apptheus_container_proc_* families only, \
-     not in the standard ones a user reads. Counting from the container's own start, in the \
-     standard families, is the change of issue 24 (shared cgroups count only the \
-     container), with which these tests are expected to pass";
+/// Why a batch job's container on the systemd node counts more CPU than
+/// its processes used from its start.
+const BEFORE_THE_STARTER: &str = "a Slurm batch job's container on the systemd node (read from \
+     its processes: Slurm's cgroup v2 tree gets no cgroup of the agent's) is reported with about \
+     1.2 s more CPU than the truth under emulation (6.75 s for a workload of 3.07 s and a starter \
+     of 2.50 s since it executed, its reaped children included), whether the script `exec`s \
+     Apptainer or runs it beside its own work (whose 3 s are not counted: issue 24's part holds). \
+     Not yet explained: the surplus is of the order of what Apptainer's command-line tool (Go) \
+     uses before it executes the starter, unpacking the SIF for an unprivileged user included, \
+     which the starter's pre-exec baseline (its own task's runtime) does not cover if the \
+     tool's other threads or helper runs are banked to the container";
 
 /// Why a Slurm job's container is not followed across an agent restart.
 const NOT_MARKED: &str = "a container in a Slurm job on pure v2 has no cgroup of the agent's \
@@ -78,13 +78,13 @@ pub static EXCEPTIONS: &[Exception] = &[
         kernels: &["6.12"],
         layouts: &[Layout::Systemd],
         test: "systemd_node::a_batch_jobs_container_counts_from_its_own_start",
-        why: SHARED_TASK_CGROUP,
+        why: BEFORE_THE_STARTER,
     },
     Exception {
         kernels: &["6.12"],
         layouts: &[Layout::Systemd],
         test: "systemd_node::a_batch_scripts_own_work_beside_its_container_is_not_the_containers",
-        why: SHARED_TASK_CGROUP,
+        why: BEFORE_THE_STARTER,
     },
     Exception {
         kernels: EVERY_KERNEL,
