@@ -517,13 +517,30 @@ fn work_left_in_the_background_is_the_containers_until_it_ends() {
         let w = Workload::new()
             .cpu(Duration::from_millis(1500))
             .hold(Hold::UntilKilled);
-        let script = format!("{} & exit 0", shell_quote(&w.argv()));
+        // Its report goes to a file: the work outlives Apptainer, whose
+        // output the test reads to its end.
+        let out = n.s.tmp().join(format!("{name}.out"));
+        let script = format!(
+            "{} > {} 2>&1 & exit 0",
+            shell_quote(&w.argv()),
+            shell_quote(&[out.display().to_string()])
+        );
         let mut argv = vec!["apptainer", "exec"];
         argv.extend_from_slice(flags);
         argv.extend([img.inside.as_str(), "/bin/sh", "-c", &script]);
         let tree_before = children_cpu_seconds();
         let mut c = n.s.spawn(As::User, &argv).unwrap();
-        let started = c.started(scaled(LIMIT)).unwrap();
+        let report_of = |done: bool| {
+            let mut r = None;
+            n.agent
+                .wait_for(LIMIT, &format!("{name}: the workload's report"), || {
+                    r = Report::parse(&std::fs::read_to_string(&out).unwrap_or_default())
+                        .filter(|r| !done || r.done.is_some());
+                    r.is_some()
+                });
+            r.unwrap()
+        };
+        let started = report_of(false);
         let cgroup = started.cgroup("").unwrap().to_string();
         if flags.is_empty() {
             assert!(
@@ -551,7 +568,7 @@ fn work_left_in_the_background_is_the_containers_until_it_ends() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let tree = children_cpu_seconds() - tree_before;
-        let report = c.done(scaled(LIMIT)).unwrap();
+        let report = report_of(true);
         let burned = workload_cpu(report.done.as_ref().unwrap());
         assert!(
             node::cpu_seconds(report.pid).is_some(),
@@ -774,6 +791,7 @@ fn a_batch_job_that_execs_apptainer_is_labelled_with_its_job_and_read_from_its_t
     // Slurm's task cgroup is Slurm's: nothing of the agent's goes there,
     // and every statistic comes from the container's processes (the
     // script's shell became the container's starter).
+    let labels = n.info(&id);
     assert_eq!(
         from_processes(&labels),
         "cpu,memory,pids,io",
