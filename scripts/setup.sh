@@ -71,7 +71,8 @@ packages=(
 )
 if [ "$want_test" = 1 ]; then
   packages+=(prometheus prometheus-pushgateway crun runc stress-ng util-linux procps iproute2 python3
-    qemu-system-x86 g++ slurmd slurmctld slurm-client munge debian-archive-keyring)
+    qemu-system-x86 g++ slurmd slurmctld slurm-client munge debian-archive-keyring
+    zstd)
 fi
 if [ "$want_package" = 1 ]; then
   packages+=(dpkg-dev debootstrap systemd-container)

@@ -15,6 +15,13 @@
 //! directory at `/run/apptheus`, where the root's apptainer.conf expects
 //! `gateway.sock`). Every command of a session sees the same directories, so
 //! an instance started by one command is found by the next.
+//!
+//! Where the machine itself has Apptainer installed (the systemd node of
+//! `cargo xtask vm-test`), [`Session::native`] runs it as it is: no root
+//! entered, the real /tmp and homes, root with every privilege (no
+//! `--no-privs`), the test user in a login session of its own (see
+//! [`enter::native_argv`]); images and files go to a private directory,
+//! whose paths are the same inside and out.
 use std::{
     os::unix::fs::{PermissionsExt as _, chown, symlink},
     path::{Path, PathBuf},
@@ -35,8 +42,9 @@ use crate::{
 /// Who runs Apptainer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum As {
-    /// root; the helpers add `--no-privs` (root here lacks CAP_SYS_RESOURCE
-    /// in its bounding set, and Apptainer asks for it otherwise).
+    /// root; in the cached root the helpers add `--no-privs` (root here
+    /// lacks CAP_SYS_RESOURCE in its bounding set, and Apptainer asks for
+    /// it otherwise); natively root runs with every privilege.
     Root,
     /// The test user: Apptainer runs in user-namespace mode and, without
     /// squashfuse, unpacks a SIF into /tmp/rootfs-* first (with a nested,
@@ -44,7 +52,8 @@ pub enum As {
     User,
 }
 
-/// Time limit for Apptainer's own commands (build, instance start/stop).
+/// Time limit for Apptainer's own commands (build, instance start/stop),
+/// stretched by [`crate::host::scaled`] where it is used.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An image built in a session.
@@ -78,6 +87,11 @@ impl Session {
     /// what is missing (root privileges, the cached root, the test user).
     pub fn start() -> anyhow::Result<Session> {
         Session::new(&Root::locate()?)
+    }
+
+    /// A session on this machine's own Apptainer ([`Root::native`]).
+    pub fn native() -> anyhow::Result<Session> {
+        Session::new(&Root::native()?)
     }
 
     /// A session in `root`.
@@ -131,14 +145,31 @@ impl Session {
         self.dir.path().join("work")
     }
 
+    /// The session's work directory as Apptainer sees it: `/work` inside
+    /// the root, natively [`Session::work`] itself.
+    pub fn work_inside(&self) -> String {
+        if self.root.is_native() {
+            self.work().display().to_string()
+        } else {
+            "/work".into()
+        }
+    }
+
     /// `/tmp` inside the root (and in the containers), seen from the host.
     pub fn tmp(&self) -> PathBuf {
-        self.dir.path().join("tmp")
+        if self.root.is_native() {
+            PathBuf::from("/tmp")
+        } else {
+            self.dir.path().join("tmp")
+        }
     }
 
     /// The host path of `inside` (a path inside the root), when it lies in
-    /// one of the session's directories or binds.
+    /// one of the session's directories or binds; natively, `inside`.
     pub fn host_path(&self, inside: &str) -> Option<PathBuf> {
+        if self.root.is_native() {
+            return Some(PathBuf::from(inside));
+        }
         self.all_binds().iter().rev().find_map(|b| {
             if inside == b.inside {
                 Some(b.host.clone())
@@ -178,6 +209,9 @@ impl Session {
     /// nested commands Apptainer starts read it too, which `--config` would
     /// not give.
     pub fn set_config(&mut self, key: &str, value: &str) -> anyhow::Result<()> {
+        if self.root.is_native() {
+            bail!("a native session runs the machine's own apptainer.conf, unchanged");
+        }
         let text = set_key(&self.config()?, key, value);
         let path = self.dir.path().join("apptainer.conf");
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -218,6 +252,12 @@ impl Session {
     /// scripts, e.g. a Slurm job: quote it with [`crate::shell_quote`]).
     pub fn argv<S: AsRef<str>>(&self, who: As, command: &[S]) -> anyhow::Result<Vec<String>> {
         let command: Vec<String> = command.iter().map(|s| s.as_ref().to_string()).collect();
+        if self.root.is_native() {
+            if !self.binds.is_empty() {
+                bail!("a native session has no binds: its paths are the machine's");
+            }
+            return enter::native_argv(&self.who(who), &command);
+        }
         enter::argv(
             self.root.path(),
             &self.all_binds(),
@@ -275,20 +315,37 @@ impl Session {
             bail!("image name {name:?} must be a plain file name");
         }
         let tree = self.image_tree()?;
-        let inside = format!("/work/{name}.sif");
+        let work = self.work_inside();
+        let inside = format!("{work}/{name}.sif");
         let tree_inside = format!(
-            "/work/{}/",
+            "{work}/{}/",
             tree.file_name().and_then(|n| n.to_str()).unwrap_or("image")
         );
         self.run_command(
             As::Root,
             &["apptainer", "-s", "build", "--force", &inside, &tree_inside],
-            COMMAND_TIMEOUT,
+            crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
         )
         .with_context(|| format!("building {inside}"))?;
         Ok(Image {
             host: self.work().join(format!("{name}.sif")),
             inside,
+        })
+    }
+
+    /// A copy of `image` named `<name>.sif` beside it: the same image under
+    /// another file name, so another `image` label (building takes tens of
+    /// seconds under emulation, copying none).
+    pub fn copy_image(&self, image: &Image, name: &str) -> anyhow::Result<Image> {
+        if name.is_empty() || name.contains('/') {
+            bail!("image name {name:?} must be a plain file name");
+        }
+        let host = self.work().join(format!("{name}.sif"));
+        std::fs::copy(&image.host, &host)
+            .with_context(|| format!("copying {} to {}", image.host.display(), host.display()))?;
+        Ok(Image {
+            inside: format!("{}/{name}.sif", self.work_inside()),
+            host,
         })
     }
 
@@ -327,21 +384,21 @@ impl Session {
         Ok(tree)
     }
 
-    /// `apptainer <subcommand> [--no-privs as root] <flags> <rest>`.
+    /// `apptainer <subcommand> [--no-privs as root in the cached root]
+    /// <flags> <rest>`.
     fn apptainer_args(
+        &self,
         who: As,
         subcommand: &[&str],
         flags: &[&str],
         rest: &[String],
     ) -> Vec<String> {
-        let mut v = vec!["apptainer".to_string()];
-        v.extend(subcommand.iter().map(|s| s.to_string()));
-        if who == As::Root {
-            v.push("--no-privs".into());
-        }
-        v.extend(flags.iter().map(|s| s.to_string()));
-        v.extend(rest.iter().cloned());
-        v
+        apptainer_argv(
+            who == As::Root && !self.root.is_native(),
+            subcommand,
+            flags,
+            rest,
+        )
     }
 
     /// The command line `apptainer exec <flags> <target> <workload>` in the
@@ -350,7 +407,7 @@ impl Session {
     pub fn exec_command(&self, who: As, target: &str, flags: &[&str], w: &Workload) -> Vec<String> {
         let mut rest = vec![target.to_string()];
         rest.extend(w.argv());
-        Session::apptainer_args(who, &["exec"], flags, &rest)
+        self.apptainer_args(who, &["exec"], flags, &rest)
     }
 
     /// Starts `apptainer exec <flags> <image> /bin/workload ...`. The pid
@@ -376,7 +433,7 @@ impl Session {
     ) -> anyhow::Result<Running> {
         let mut rest = vec![image.inside.clone()];
         rest.extend(w.args());
-        self.spawn(who, &Session::apptainer_args(who, &["run"], flags, &rest))
+        self.spawn(who, &self.apptainer_args(who, &["run"], flags, &rest))
     }
 
     /// `apptainer instance start <flags> <image> <name>`; returns once the
@@ -390,13 +447,13 @@ impl Session {
         flags: &[&str],
         name: &str,
     ) -> anyhow::Result<Instance<'_>> {
-        let args = Session::apptainer_args(
+        let args = self.apptainer_args(
             who,
             &["instance", "start"],
             flags,
             &[image.inside.clone(), name.to_string()],
         );
-        self.run_command(who, &args, COMMAND_TIMEOUT)
+        self.run_command(who, &args, crate::host::scaled(COMMAND_TIMEOUT))
             .with_context(|| format!("starting instance {name}"))?;
         let mut instance = Instance {
             session: self,
@@ -409,7 +466,7 @@ impl Session {
         let listed = self.run_command(
             who,
             &["apptainer", "instance", "list", "--json", name],
-            COMMAND_TIMEOUT,
+            crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
         )?;
         instance.init_pid = parse_instance_pid(&listed.stdout, name)?;
         instance.master_pid = parent_pid(instance.init_pid)?;
@@ -453,7 +510,7 @@ impl Instance<'_> {
             .run_command(
                 self.who,
                 &["apptainer", "instance", "stop", &self.name],
-                COMMAND_TIMEOUT,
+                crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
             )
             .with_context(|| format!("stopping instance {}", self.name))
     }
@@ -467,7 +524,7 @@ impl Drop for Instance<'_> {
         let _ = self.session.run_command(
             self.who,
             &["apptainer", "instance", "stop", "--force", &self.name],
-            COMMAND_TIMEOUT,
+            crate::host::scaled(crate::host::scaled(COMMAND_TIMEOUT)),
         );
     }
 }
@@ -481,6 +538,23 @@ struct InstanceList {
 struct Listed {
     instance: String,
     pid: u32,
+}
+
+/// `apptainer <subcommand> [--no-privs] <flags> <rest>`.
+fn apptainer_argv(
+    no_privs: bool,
+    subcommand: &[&str],
+    flags: &[&str],
+    rest: &[String],
+) -> Vec<String> {
+    let mut v = vec!["apptainer".to_string()];
+    v.extend(subcommand.iter().map(|s| s.to_string()));
+    if no_privs {
+        v.push("--no-privs".into());
+    }
+    v.extend(flags.iter().map(|s| s.to_string()));
+    v.extend(rest.iter().cloned());
+    v
 }
 
 /// The pid of instance `name` in `apptainer instance list --json`.
@@ -560,8 +634,8 @@ mod tests {
     fn the_apptainer_command_line() {
         let w = Workload::new().children(2);
         assert_eq!(
-            Session::apptainer_args(
-                As::Root,
+            apptainer_argv(
+                true,
                 &["exec"],
                 &["--memory", "64M"],
                 &["/work/i.sif".into()]
@@ -578,7 +652,7 @@ mod tests {
         let mut rest = vec!["instance://x".to_string()];
         rest.extend(w.argv());
         assert_eq!(
-            Session::apptainer_args(As::User, &["exec"], &[], &rest),
+            apptainer_argv(false, &["exec"], &[], &rest),
             [
                 "apptainer",
                 "exec",

@@ -1,4 +1,5 @@
-//! The command line that runs a command inside the Apptainer root.
+//! The command line that runs a command inside the Apptainer root, or
+//! on a machine whose own root holds Apptainer ([`native_argv`]).
 //!
 //! Apptainer refuses a plain chroot ("weak chrooted environment"), so the
 //! command runs in a new mount namespace (`unshare -m`, propagation slave:
@@ -142,6 +143,36 @@ pub fn argv(
     Ok(v)
 }
 
+/// The argument vector that runs `command` on this machine itself as
+/// `who` (a root of [`crate::root::Root::native`]): as root, the command
+/// itself; as an ordinary user, in a login session of its own, as an SSH
+/// login gives one. `su` opens it through PAM (pam_systemd: a
+/// `session-<n>.scope` in the user's slice, the user's manager and bus
+/// running; `--session-command` keeps the command in the caller's process
+/// group), and the command gets XDG_RUNTIME_DIR and
+/// DBUS_SESSION_BUS_ADDRESS, through which Apptainer asks the user's
+/// systemd for cgroups.
+pub fn native_argv(who: &Who, command: &[String]) -> anyhow::Result<Vec<String>> {
+    if command.is_empty() {
+        bail!("no command to run");
+    }
+    let Who::User(u) = who else {
+        return Ok(command.to_vec());
+    };
+    let run = format!("/run/user/{}", u.uid);
+    let line = format!(
+        "exec env XDG_RUNTIME_DIR={run} DBUS_SESSION_BUS_ADDRESS=unix:path={run}/bus {}",
+        crate::shell_quote(command)
+    );
+    Ok(vec![
+        "su".into(),
+        "--login".into(),
+        "--shell=/bin/sh".into(),
+        format!("--session-command={line}"),
+        u.name.clone(),
+    ])
+}
+
 /// The root is mounted read-only: a bind's mount point must exist in it,
 /// or lie below /run (a tmpfs) or below an earlier bind of a directory.
 fn check_binds(root: &Path, binds: &[Bind]) -> anyhow::Result<()> {
@@ -220,6 +251,29 @@ mod tests {
                 "id"
             ]
         );
+    }
+
+    #[test]
+    fn natively_the_user_gets_a_login_session() {
+        let cmd = ["apptainer".to_string(), "exec".into(), "a b.sif".into()];
+        assert_eq!(native_argv(&Who::Root, &cmd).unwrap(), cmd);
+        let user = Who::User(TestUser {
+            name: "t".into(),
+            uid: 7,
+            gid: 8,
+        });
+        assert_eq!(
+            native_argv(&user, &cmd).unwrap(),
+            [
+                "su",
+                "--login",
+                "--shell=/bin/sh",
+                "--session-command=exec env XDG_RUNTIME_DIR=/run/user/7 \
+                 DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/7/bus apptainer exec 'a b.sif'",
+                "t"
+            ]
+        );
+        assert!(native_argv(&user, &[]).is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::{
 
 /// How many times slower than a real machine this one runs: 1, unless
 /// APPTHEUS_TEST_TIME_SCALE says otherwise (the VMs of `cargo xtask
-/// vm-test` run under software emulation, about ten times slower). Time
+/// vm-test` measure it at boot with [`calibrated_scale`]: software
+/// emulation runs 13 to 22 times slower, more on a loaded host). Time
 /// limits are multiplied by it; nothing the tests measure is.
 pub fn time_scale() -> f64 {
     std::env::var("APPTHEUS_TEST_TIME_SCALE")
@@ -19,6 +20,77 @@ pub fn time_scale() -> f64 {
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|v| v.is_finite() && *v >= 1.0)
         .unwrap_or(1.0)
+}
+
+/// Calibration: a fixed piece of CPU work, 20 million rounds of an
+/// integer hash (about 0.1 s on this project's machines in a debug build);
+/// how long it took here, now. CPU work, not process creation: emulation
+/// slows forks and page faults far more than the agent's and the tests'
+/// waits, and a loaded host slows both alike.
+pub fn calibration_work() -> Duration {
+    let started = std::time::Instant::now();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..20_000_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    std::hint::black_box(x);
+    started.elapsed()
+}
+
+/// How long 20 forks and execs of /bin/true take here (for the record
+/// beside [`calibration_work`]; emulation slows them far more).
+pub fn fork_exec_work() -> Duration {
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let _ = Command::new("/bin/true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    started.elapsed()
+}
+
+/// The fastest of `rounds` runs of [`calibration_work`]: what the machine
+/// can do (`cargo xtask vm-test` measures the host's so before it boots
+/// the VMs).
+pub fn calibration_best(rounds: usize) -> Duration {
+    (0..rounds.max(1))
+        .map(|_| calibration_work())
+        .min()
+        .unwrap_or_default()
+}
+
+/// The median of `rounds` runs of [`calibration_work`]: what the machine
+/// does now, load included.
+pub fn calibration_median(rounds: usize) -> Duration {
+    let mut v: Vec<Duration> = (0..rounds.max(1)).map(|_| calibration_work()).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// The time scale the VM tests were tuned with (a fixed `--time-scale 5`
+/// until the VMs measured it), in CI's configuration on an otherwise idle
+/// host: two VMs at once on two cores (`--jobs 2`).
+pub const TUNED_SCALE: f64 = 5.0;
+/// How much slower than on the host itself [`calibration_work`] ran under
+/// the VMs' software emulation in that configuration on this project's
+/// machines (one VM alone: about 13 times; two at once: 17 to 22 times).
+pub const IDLE_EMULATION_RATIO: f64 = 20.0;
+
+/// The time scale of a VM that did the calibration work in `here` where
+/// its host did it in `reference`: [`TUNED_SCALE`], stretched by as much
+/// as the VM is slower than an idle emulated machine ([`IDLE_EMULATION_RATIO`])
+/// (a loaded host slows the VMs), never less.
+pub fn calibrated_scale(here: Duration, reference: Duration) -> f64 {
+    if reference.is_zero() {
+        return TUNED_SCALE;
+    }
+    let ratio = here.as_secs_f64() / reference.as_secs_f64();
+    TUNED_SCALE * (ratio / IDLE_EMULATION_RATIO).max(1.0)
 }
 
 /// A time limit, stretched by [`time_scale`].
@@ -151,4 +223,23 @@ pub fn launch_workload(cli: &Path, starter: &Path, args: &str) -> String {
         cli.display(),
         s = starter.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scale_follows_the_measured_slowness() {
+        let ms = Duration::from_millis;
+        // An idle emulated machine: the scale the tests were tuned with.
+        assert_eq!(calibrated_scale(ms(2000), ms(100)), TUNED_SCALE);
+        // Twice as slow (a loaded host): twice the time.
+        assert_eq!(calibrated_scale(ms(4000), ms(100)), 2.0 * TUNED_SCALE);
+        // Never below the tuned scale, whatever the measurement.
+        assert_eq!(calibrated_scale(ms(10), ms(100)), TUNED_SCALE);
+        assert_eq!(calibrated_scale(ms(10), Duration::ZERO), TUNED_SCALE);
+        let t = calibration_work();
+        assert!(t > Duration::ZERO && t < Duration::from_secs(60), "{t:?}");
+    }
 }

@@ -16,6 +16,10 @@
 //!   `run`, instances, as root or as the test user;
 //! - [`workload`]: a static C program with known resource use, built into
 //!   the images, and what it reports;
+//! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd), or
+//!   the node's own Slurm ([`slurm::NodeSlurm`]);
+//! - [`node`]: the systemd node of `cargo xtask vm-test`: the agent
+//!   installed from its package and run by systemd;
 //! - [`slurm`]: a private one-node cluster (munge, slurmctld, slurmd);
 //! - [`prometheus`]: a real Prometheus server scraping the agent;
 //! - [`forward`]: connections forwarded from another address (a scraper
@@ -30,6 +34,7 @@ pub mod cgroupfs;
 pub mod enter;
 pub mod forward;
 pub mod host;
+pub mod node;
 pub mod prometheus;
 pub mod root;
 pub mod running;

@@ -1,5 +1,7 @@
 //! The cached Debian root that holds the real Apptainer
-//! (`scripts/apptainer-root.sh` builds it), and the test user.
+//! (`scripts/apptainer-root.sh` builds it), and the test user; or, on a
+//! machine where Apptainer is installed (the systemd node of `cargo xtask
+//! vm-test`), the machine's own root ([`Root::native`]).
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -22,6 +24,7 @@ pub struct Root {
     path: PathBuf,
     apptainer_version: String,
     stamp: String,
+    native: bool,
 }
 
 impl Root {
@@ -62,7 +65,45 @@ impl Root {
             path: path.to_path_buf(),
             apptainer_version,
             stamp,
+            native: false,
         })
+    }
+
+    /// This machine's own root, where Debian's apptainer package is
+    /// installed and runs as it would on a compute node: commands are not
+    /// entered into anything, the real /tmp and homes are used, root has
+    /// every privilege, and the test user runs in a login session of its
+    /// own (see [`crate::enter`]). The error says what is missing.
+    pub fn native() -> anyhow::Result<Root> {
+        if !crate::is_root() {
+            return Err(crate::unavailable(
+                "root privileges (running Apptainer as root and as the test user)",
+            ));
+        }
+        let path = PathBuf::from("/");
+        for f in [LAUNCHER, STARTER] {
+            if !path.join(f).is_file() {
+                return Err(crate::unavailable(format!(
+                    "Debian's apptainer package on this machine (/{f} is missing)"
+                )));
+            }
+        }
+        let out = std::process::Command::new("dpkg-query")
+            .args(["-W", "-f", "${Version}", "apptainer"])
+            .output()
+            .context("running dpkg-query")?;
+        let apptainer_version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Ok(Root {
+            path,
+            stamp: format!("native\napptainer={apptainer_version}\n"),
+            apptainer_version,
+            native: true,
+        })
+    }
+
+    /// Whether this is the machine's own root ([`Root::native`]).
+    pub fn is_native(&self) -> bool {
+        self.native
     }
 
     pub fn path(&self) -> &Path {

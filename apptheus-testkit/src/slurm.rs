@@ -167,6 +167,84 @@ fn parse_job(line: &str) -> Option<Job> {
     })
 }
 
+/// `scontrol show job -o <id>` run by `scontrol` (a prepared command).
+fn show_job(mut scontrol: Command, id: u32) -> anyhow::Result<Job> {
+    let out = scontrol
+        .args(["show", "job", "-o", &id.to_string()])
+        .output()
+        .context("running scontrol")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "scontrol show job {id} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_job(text.trim()).with_context(|| format!("reading scontrol's job {id}: {text}"))
+}
+
+/// Asks `job` until `f` holds; after `timeout` (stretched by
+/// [`crate::host::scaled`]: a job's pace is the machine's) fails, showing
+/// the job and `logs`.
+fn wait_job(
+    job: impl Fn() -> anyhow::Result<Job>,
+    id: u32,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&Job) -> bool,
+    logs: impl Fn() -> String,
+) -> anyhow::Result<Job> {
+    let timeout = crate::host::scaled(timeout);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let job = job()?;
+        if f(&job) {
+            return Ok(job);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "job {id}: timed out after {timeout:?} waiting for {what}; it is {} ({:?})\n{}",
+                job.state,
+                job.fields,
+                logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The job if it runs, else an error.
+fn running(job: Job) -> anyhow::Result<Job> {
+    if job.state != "RUNNING" {
+        bail!(
+            "job {} ended ({}) before it was seen running",
+            job.id,
+            job.state
+        );
+    }
+    Ok(job)
+}
+
+/// The sbatch command line's job id (`--parsable`: `<id>[;<cluster>]`).
+fn parsable_id(out: &std::process::Output, args: &[&str]) -> anyhow::Result<u32> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "sbatch {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.trim()
+        .split(';')
+        .next()
+        .and_then(|id| id.parse().ok())
+        .with_context(|| format!("sbatch printed no job id: {text}"))
+}
+
 impl Cluster {
     /// Starts munged, slurmctld and slurmd on free ports and waits until
     /// the node is idle (about a second). The error names what is missing.
@@ -276,17 +354,25 @@ impl Cluster {
                 format!("--log-file={}", d.join("log/munged.log").display()),
             ]),
         )?;
-        cluster.wait_for(START_TIMEOUT, "munged's socket", |_| Ok(socket.exists()))?;
+        cluster.wait_for(
+            crate::host::scaled(START_TIMEOUT),
+            "munged's socket",
+            |_| Ok(socket.exists()),
+        )?;
         cluster.spawn_daemon("slurmctld", Command::new("slurmctld").args(["-D", "-i"]))?;
         let node = cluster.node.clone();
         cluster.spawn_daemon("slurmd", Command::new("slurmd").args(["-D", "-N", &node]))?;
-        cluster.wait_for(START_TIMEOUT, "the node to be idle", |c| {
-            let out = c
-                .command("scontrol")
-                .args(["show", "node", "-o", &c.node])
-                .output()?;
-            Ok(String::from_utf8_lossy(&out.stdout).contains("State=IDLE"))
-        })?;
+        cluster.wait_for(
+            crate::host::scaled(START_TIMEOUT),
+            "the node to be idle",
+            |c| {
+                let out = c
+                    .command("scontrol")
+                    .args(["show", "node", "-o", &c.node])
+                    .output()?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains("State=IDLE"))
+            },
+        )?;
         Ok(cluster)
     }
 
@@ -406,39 +492,12 @@ impl Cluster {
             ));
         }
         let out = c.args(args).arg(&path).output().context("running sbatch")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "sbatch {} failed ({}): {}{}",
-                args.join(" "),
-                out.status,
-                text,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        text.trim()
-            .split(';')
-            .next()
-            .and_then(|id| id.parse().ok())
-            .with_context(|| format!("sbatch printed no job id: {text}"))
+        parsable_id(&out, args)
     }
 
     /// The job as `scontrol show job` tells it now.
     pub fn job(&self, id: u32) -> anyhow::Result<Job> {
-        let out = self
-            .command("scontrol")
-            .args(["show", "job", "-o", &id.to_string()])
-            .output()
-            .context("running scontrol")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            bail!(
-                "scontrol show job {id} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        parse_job(text.trim()).with_context(|| format!("reading scontrol's job {id}: {text}"))
+        show_job(self.command("scontrol"), id)
     }
 
     /// Waits until `f(job)`; fails after `timeout`, showing the job.
@@ -449,22 +508,7 @@ impl Cluster {
         what: &str,
         f: impl Fn(&Job) -> bool,
     ) -> anyhow::Result<Job> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let job = self.job(id)?;
-            if f(&job) {
-                return Ok(job);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "job {id}: timed out after {timeout:?} waiting for {what}; it is {} ({:?})\n{}",
-                    job.state,
-                    job.fields,
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_job(|| self.job(id), id, timeout, what, f, || self.logs())
     }
 
     /// Waits until the job has ended (any final state).
@@ -474,13 +518,9 @@ impl Cluster {
 
     /// Waits until the job runs (fails if it ended first).
     pub fn wait_running(&self, id: u32, timeout: Duration) -> anyhow::Result<Job> {
-        let job = self.wait_job(id, timeout, "it to run", |j| {
+        running(self.wait_job(id, timeout, "it to run", |j| {
             j.state == "RUNNING" || j.is_final()
-        })?;
-        if job.state != "RUNNING" {
-            bail!("job {id} ended ({}) before it was seen running", job.state);
-        }
-        Ok(job)
+        })?)
     }
 
     /// Submits `script` and waits for its end.
@@ -532,7 +572,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + crate::host::scaled(STOP_TIMEOUT);
         while Instant::now() < deadline {
             match self
                 .command("squeue")
@@ -556,7 +596,7 @@ impl Cluster {
             unsafe {
                 libc::kill(child.id() as i32, libc::SIGTERM);
             }
-            let deadline = Instant::now() + STOP_TIMEOUT;
+            let deadline = Instant::now() + crate::host::scaled(STOP_TIMEOUT);
             while matches!(child.try_wait(), Ok(None)) {
                 if Instant::now() >= deadline {
                     let _ = child.kill();
@@ -668,6 +708,182 @@ fn cgroup_conf(cgroups: Cgroups) -> String {
     format!(
         "{plugin}CgroupMountpoint=/sys/fs/cgroup\nConstrainRAMSpace=yes\nConstrainSwapSpace=yes\n"
     )
+}
+
+/// The machine's own Slurm, as a compute node runs it (the systemd node of
+/// `cargo xtask vm-test`): slurmctld, slurmd and munge are systemd services
+/// with the system's configuration, and jobs are submitted by an ordinary
+/// user. Scripts and their output go to a directory of that user's.
+pub struct NodeSlurm {
+    dir: tempfile::TempDir,
+    user: crate::root::TestUser,
+    scripts: AtomicU32,
+    /// Jobs submitted: cancelled when dropped (a failed test's job may
+    /// hold forever).
+    submitted: std::sync::Mutex<Vec<u32>>,
+}
+
+impl Drop for NodeSlurm {
+    fn drop(&mut self) {
+        let ids = self.submitted.lock().map(|v| v.clone()).unwrap_or_default();
+        for id in ids {
+            let _ = self.command("scancel").arg(id.to_string()).status();
+        }
+    }
+}
+
+impl NodeSlurm {
+    /// The node's Slurm, once its node is idle (slurmd registered, within
+    /// `timeout` stretched by [`crate::host::scaled`]), for jobs of `user`.
+    pub fn new(user: &crate::root::TestUser, timeout: Duration) -> anyhow::Result<NodeSlurm> {
+        let timeout = crate::host::scaled(timeout);
+        for (program, package) in PROGRAMS {
+            if which(program).is_none() {
+                return Err(crate::unavailable(format!(
+                    "{program} (Debian package {package}) on this node"
+                )));
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("apptheus-slurm-")
+            .tempdir()
+            .context("creating the jobs' directory")?;
+        std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let s = NodeSlurm {
+            dir,
+            user: user.clone(),
+            scripts: AtomicU32::new(0),
+            submitted: std::sync::Mutex::new(Vec::new()),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = s
+                .command("sinfo")
+                .args(["--noheader", "--Node", "--format=%t"])
+                .output()
+                .context("running sinfo")?;
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && (state == "idle" || state == "mix" || state == "alloc") {
+                return Ok(s);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the node's Slurm did not get ready within {timeout:?} (sinfo: {state:?} {})\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    s.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Where scripts and their output go (the user's).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A Slurm client command run by root, with a clean environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", crate::enter::PATH)
+            .env("HOME", "/root")
+            .env("LANG", "C.UTF-8");
+        c
+    }
+
+    /// Submits `script` (a whole batch script) as the user with `sbatch
+    /// <args>` (the job gets the user's plain environment); output goes to
+    /// `<dir>/slurm-<id>.out` unless `args` choose. Returns the job id.
+    pub fn submit(&self, script: &str, args: &[&str]) -> anyhow::Result<u32> {
+        let n = self.scripts.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.path().join(format!("script-{n}.sh"));
+        std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        let u = &self.user;
+        let home = u.home();
+        let mut c = Command::new("runuser");
+        c.env_clear()
+            .env("PATH", crate::enter::PATH)
+            .env("HOME", &home)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name)
+            .env("LANG", "C.UTF-8")
+            .current_dir(self.dir.path())
+            .args(["-u", &u.name, "--", "sbatch", "--parsable"]);
+        if !args
+            .iter()
+            .any(|a| a.starts_with("-o") || a.starts_with("--output"))
+        {
+            c.arg(format!(
+                "--output={}/slurm-%j.out",
+                self.dir.path().display()
+            ));
+        }
+        let out = c.args(args).arg(&path).output().context("running sbatch")?;
+        let id = parsable_id(&out, args)?;
+        if let Ok(mut v) = self.submitted.lock() {
+            v.push(id);
+        }
+        Ok(id)
+    }
+
+    /// The job as `scontrol show job` tells it now.
+    pub fn job(&self, id: u32) -> anyhow::Result<Job> {
+        show_job(self.command("scontrol"), id)
+    }
+
+    /// Waits until `f(job)`; fails after `timeout`, showing the job.
+    pub fn wait_job(
+        &self,
+        id: u32,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Job) -> bool,
+    ) -> anyhow::Result<Job> {
+        wait_job(|| self.job(id), id, timeout, what, f, || self.logs())
+    }
+
+    /// Waits until the job has ended (any final state).
+    pub fn wait(&self, id: u32, timeout: Duration) -> anyhow::Result<Job> {
+        self.wait_job(id, timeout, "its end", Job::is_final)
+    }
+
+    /// Waits until the job runs (fails if it ended first).
+    pub fn wait_running(&self, id: u32, timeout: Duration) -> anyhow::Result<Job> {
+        running(self.wait_job(id, timeout, "it to run", |j| {
+            j.state == "RUNNING" || j.is_final()
+        })?)
+    }
+
+    /// The last lines of the daemons' logs and of their journal.
+    pub fn logs(&self) -> String {
+        let mut out: Vec<String> = ["/var/log/slurm/slurmctld.log", "/var/log/slurm/slurmd.log"]
+            .iter()
+            .map(|p| format!("--- {p}:\n{}", tail(Path::new(p), 20)))
+            .collect();
+        if let Ok(j) = Command::new("journalctl")
+            .args([
+                "--no-pager",
+                "-n",
+                "30",
+                "-u",
+                "slurmd",
+                "-u",
+                "slurmctld",
+                "-u",
+                "munge",
+            ])
+            .output()
+        {
+            out.push(format!(
+                "--- journal:\n{}",
+                String::from_utf8_lossy(&j.stdout)
+            ));
+        }
+        out.join("\n")
+    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,34 @@ pub mod cgroup {
         cgroups::ContainerCgroups,
         stats::{BlkioDevice, CgroupStats, CpuStats, MemoryStats, PidsStats, Pressure},
     };
+
+    /// The directories `placer` finds marked as apptheus' own (what a
+    /// restarted agent adopts or removes).
+    pub fn find_marked(
+        placer: &Placer,
+    ) -> std::collections::BTreeMap<Mark, crate::model::cgroups::ContainerCgroups> {
+        crate::cgroup::leftovers::find_marked(placer.hierarchies())
+    }
+
+    /// Where `placer` found cgroup2 mounted, if it is.
+    pub fn v2_root(placer: &Placer) -> Option<&std::path::Path> {
+        placer.hierarchies().v2_root()
+    }
+
+    /// The `slurm_job_id` of a process whose `/proc/<pid>/cgroup` is
+    /// `proc_cgroup`, with cgroup2 at `v2_root` and /proc at `procfs` (a
+    /// fixture tree's).
+    pub fn slurm_job_of(
+        proc_cgroup: &str,
+        v2_root: Option<&std::path::Path>,
+        procfs: &std::path::Path,
+    ) -> Option<String> {
+        crate::cgroup::slurm_job::job_of(
+            proc_cgroup,
+            v2_root,
+            &crate::host::procfs::Procfs::new(procfs),
+        )
+    }
 }
 
 /// The monitoring socket, run on its own (socket tests).

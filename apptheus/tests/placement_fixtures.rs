@@ -5,7 +5,9 @@
 //! temporary directory, its mount points rewritten there, and placed.
 use std::path::{Path, PathBuf};
 
-use apptheus::testing::cgroup::{Layout, Mark, NoOwnCgroup, Placer};
+use apptheus::testing::cgroup::{
+    Layout, Mark, NoOwnCgroup, Placer, find_marked, slurm_job_of, v2_root,
+};
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -154,5 +156,68 @@ fn login_session_scope_gets_a_child_not_a_sibling() {
     assert!(
         slice.iter().all(|d| d.starts_with("session-3.scope")),
         "nothing beside the scope: {slice:?}"
+    );
+}
+
+/// Seen on the systemd node (`cargo xtask vm-test --layout systemd`): an
+/// ordinary user's `apptainer exec --memory 64M --cpus 0.5` from a login
+/// session. The starter stays in the session's scope beside `su`; the
+/// user's systemd made `apptainer-601.scope` for the workload. The
+/// container's cgroup goes beneath the session's scope, the starter alone
+/// is moved into it, and the workload stays in systemd's scope: nothing is
+/// created there, nothing moved out of it.
+#[test]
+fn a_users_systemd_scope_keeps_its_workload() {
+    let case = Case::new("apptainer-1.4-systemd-user-limits");
+    let scope = case.path(
+        "sys/fs/cgroup/user.slice/user-1500.slice/user@1500.service/user.slice/apptainer-601.scope",
+    );
+    let before = dirs(&scope);
+    let created = case.placer.create(&own(546, 1)).unwrap();
+    assert_eq!(created.why_shared, None);
+    let own = created.own.v2.clone().unwrap();
+    assert_eq!(
+        own,
+        case.path("sys/fs/cgroup/user.slice/user-1500.slice/session-c2.scope/apptheus-546-1")
+    );
+    // A regular file stands in for the kernel's.
+    std::fs::write(own.join("cgroup.procs"), "").unwrap();
+    let placed = case.placer.place(&created.own, || vec![546, 601]).unwrap();
+    assert_eq!(placed.elsewhere, vec![601], "{placed:?}");
+    assert_eq!(
+        std::fs::read_to_string(own.join("cgroup.procs")).unwrap(),
+        "546"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scope.join("cgroup.procs")).unwrap(),
+        "601\n"
+    );
+    assert_eq!(dirs(&scope), before, "nothing created in systemd's scope");
+    assert!(before.is_empty());
+}
+
+/// Seen on the systemd node: Slurm 26.05's cgroup/v2 plugin under systemd
+/// on a node named `apptheus-node`. Its scope is
+/// `apptheus-node_slurmstepd.scope`, the job's directory its SLUID, the
+/// job's slurmstepd in `step_batch/slurm`. Nothing is created in the job;
+/// the scope, though named `apptheus-...`, is not taken for a cgroup of
+/// ours; the label is the job's numeric id, which its slurmstepd names.
+#[test]
+fn slurm_26_05_under_systemd_is_left_alone_and_named_by_its_job_id() {
+    let case = Case::new("slurm-26.05-v2-systemd");
+    let before = case.cgroup_dirs();
+    let created = case.placer.create(&own(953, 1)).unwrap();
+    assert!(created.own.is_empty(), "{created:?}");
+    assert_eq!(created.why_shared, Some(NoOwnCgroup::SlurmV2));
+    assert_eq!(case.cgroup_dirs(), before);
+    assert!(
+        find_marked(&case.placer).is_empty(),
+        "Slurm's scope is not ours: {:?}",
+        find_marked(&case.placer)
+    );
+    let task = std::fs::read_to_string(case.path("proc/953/cgroup")).unwrap();
+    assert_eq!(
+        slurm_job_of(&task, v2_root(&case.placer), &case.path("proc")).as_deref(),
+        Some("1")
     );
 }

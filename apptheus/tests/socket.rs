@@ -205,7 +205,7 @@ impl Client {
     /// Closes stdin, which ends the script, and reaps it.
     fn finish(mut self) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + long();
         while self.child.try_wait().unwrap().is_none() {
             assert!(
                 Instant::now() < deadline,
@@ -348,7 +348,11 @@ fn start_time_of(pid: u32) -> u64 {
 }
 
 const SHORT: Duration = Duration::from_millis(300);
-const LONG: Duration = Duration::from_secs(20);
+/// How long a test waits for something that must happen (stretched on a
+/// slow machine: apptheus_testkit::host::scaled).
+fn long() -> Duration {
+    apptheus_testkit::host::scaled(Duration::from_secs(20))
+}
 
 #[test]
 fn trusted_caller_is_reported_until_it_disconnects() {
@@ -358,8 +362,8 @@ fn trusted_caller_is_reported_until_it_disconnects() {
     let mut d = Daemon::start(py.set.clone(), ConnectionCaps::default());
 
     let client = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1", "hold"]);
-    assert_eq!(client.line(LONG), "connected");
-    let ev = d.event(LONG);
+    assert_eq!(client.line(long()), "connected");
+    let ev = d.event(long());
     let (conn, pid, exe, start_time) = connected(ev.clone());
     assert_eq!(pid, client.pid());
     assert_eq!(exe, py.id);
@@ -372,7 +376,7 @@ fn trusted_caller_is_reported_until_it_disconnects() {
     assert_eq!(d.event(SHORT), None, "one event per connection");
 
     client.finish();
-    assert_eq!(d.event(LONG), Some(SocketEvent::Disconnected { conn }));
+    assert_eq!(d.event(long()), Some(SocketEvent::Disconnected { conn }));
     d.stop();
     assert!(
         !d.path.exists(),
@@ -390,17 +394,17 @@ fn untrusted_callers_are_closed_counted_and_not_reported() {
     // The genuine interpreter, but not the trusted file: same path name
     // elsewhere or same content does not matter, identity does.
     let client = Client::spawn(&py.untrusted, CLIENT, &[d.sock(), "1", "closed"]);
-    assert_eq!(client.line(LONG), "connected");
-    assert_eq!(client.line(LONG), "closed", "the daemon hangs up");
+    assert_eq!(client.line(long()), "connected");
+    assert_eq!(client.line(long()), "closed", "the daemon hangs up");
     client.finish();
 
     // This test process is no starter either.
     let mut own = StdStream::connect(&d.path).unwrap();
-    own.set_read_timeout(Some(LONG)).unwrap();
+    own.set_read_timeout(Some(long())).unwrap();
     let mut buf = [0u8; 1];
     assert_eq!(std::io::Read::read(&mut own, &mut buf).unwrap(), 0);
 
-    d.wait_for(LONG, "two rejections", |d| d.count("rejected") == 2);
+    d.wait_for(long(), "two rejections", |d| d.count("rejected") == 2);
     assert_eq!(d.count("accepted"), 0);
     assert_eq!(d.event(SHORT), None, "rejected callers produce no event");
     d.stop();
@@ -622,7 +626,7 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
         expected > 9_900,
         "only {expected} of 10,000 clients connected"
     );
-    d.wait_for(LONG, "every flood connection accounted for", |d| {
+    d.wait_for(long(), "every flood connection accounted for", |d| {
         d.total() == expected
     });
     assert_eq!(d.count("accepted"), 0);
@@ -633,7 +637,7 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
         d.count("rejected"),
         d.count("error")
     );
-    d.wait_for(LONG, "descriptors back after the flood", |_| {
+    d.wait_for(long(), "descriptors back after the flood", |_| {
         fd_count() <= base
     });
 
@@ -641,21 +645,21 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     // cap closed; then 1,000 idle untrusted ones, all closed at once.
     let rejected_before = d.count("rejected");
     let holder = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1100", "hold"]);
-    assert_eq!(holder.line(LONG), "connected");
+    assert_eq!(holder.line(long()), "connected");
     let mut conns = Vec::new();
     for _ in 0..1000 {
-        let (conn, pid, _, _) = connected(d.event(LONG));
+        let (conn, pid, _, _) = connected(d.event(long()));
         assert_eq!(pid, holder.pid());
         conns.push(conn);
     }
-    d.wait_for(LONG, "100 over the cap rejected", |d| {
+    d.wait_for(long(), "100 over the cap rejected", |d| {
         d.count("rejected") == rejected_before + 100
     });
     assert_eq!(d.count("accepted"), 1000);
     let idle = Client::spawn(&py.untrusted, CLIENT, &[d.sock(), "1000", "closed"]);
-    assert_eq!(idle.line(LONG), "connected");
-    assert_eq!(idle.line(LONG), "closed");
-    d.wait_for(LONG, "the idle untrusted connections counted", |d| {
+    assert_eq!(idle.line(long()), "connected");
+    assert_eq!(idle.line(long()), "closed");
+    d.wait_for(long(), "the idle untrusted connections counted", |d| {
         d.count("rejected") == rejected_before + 1100
     });
     // The held connections cost one descriptor each; the idle untrusted
@@ -670,7 +674,7 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     holder.finish();
     let mut gone = Vec::new();
     for _ in 0..1000 {
-        match d.event(LONG) {
+        match d.event(long()) {
             Some(SocketEvent::Disconnected { conn }) => gone.push(conn),
             other => panic!("expected Disconnected, got {other:?}"),
         }
@@ -682,18 +686,18 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     // 3. A trusted client writing without end for 2 s is read at a bounded
     // rate and does not hold up others; an untrusted one is hung up on.
     let writer = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1", "write", "2"]);
-    assert_eq!(writer.line(LONG), "connected");
-    let (wconn, wpid, _, _) = connected(d.event(LONG));
+    assert_eq!(writer.line(long()), "connected");
+    let (wconn, wpid, _, _) = connected(d.event(long()));
     assert_eq!(wpid, writer.pid());
     let rude = Client::spawn(&py.untrusted, CLIENT, &[d.sock(), "1", "write", "2"]);
-    assert_eq!(rude.line(LONG), "connected");
+    assert_eq!(rude.line(long()), "connected");
     let polite = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1", "hold"]);
-    assert_eq!(polite.line(LONG), "connected");
+    assert_eq!(polite.line(long()), "connected");
     let (pconn, ppid, _, _) = connected(d.event(Duration::from_secs(2)));
     assert_eq!(ppid, polite.pid(), "served while another client floods");
-    let rude_said = rude.line(LONG);
+    let rude_said = rude.line(long());
     assert!(rude_said.starts_with("write-error"), "{rude_said}");
-    let wrote = writer.line(LONG);
+    let wrote = writer.line(long());
     let bytes: u64 = wrote.strip_prefix("wrote ").unwrap().parse().unwrap();
     assert!(
         bytes < 8 << 20,
@@ -703,7 +707,7 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     writer.finish();
     rude.finish();
     polite.finish();
-    let mut closed = vec![d.event(LONG), d.event(LONG)];
+    let mut closed = vec![d.event(long()), d.event(long())];
     closed.sort_by_key(|e| format!("{e:?}"));
     let mut want = vec![
         Some(SocketEvent::Disconnected { conn: wconn }),
@@ -727,7 +731,7 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     };
     let cpu_before = cpu_time();
     waiting.send_line("go");
-    assert_eq!(waiting.line(LONG), "connected");
+    assert_eq!(waiting.line(long()), "connected");
     assert_eq!(
         d.event(Duration::from_secs(2)),
         None,
@@ -743,21 +747,21 @@ fn abuse_leaves_the_server_serving_without_leaked_descriptors() {
     assert_eq!(epid, waiting.pid(), "served once descriptors are free");
     waiting.finish();
     assert_eq!(
-        d.event(LONG),
+        d.event(long()),
         Some(SocketEvent::Disconnected { conn: econn })
     );
 
     // 5. Still serving, and no descriptor left behind.
     let last = Client::spawn(&py.trusted, CLIENT, &[d.sock(), "1", "hold"]);
-    assert_eq!(last.line(LONG), "connected");
-    let (lconn, lpid, _, _) = connected(d.event(LONG));
+    assert_eq!(last.line(long()), "connected");
+    let (lconn, lpid, _, _) = connected(d.event(long()));
     assert_eq!(lpid, last.pid());
     last.finish();
     assert_eq!(
-        d.event(LONG),
+        d.event(long()),
         Some(SocketEvent::Disconnected { conn: lconn })
     );
-    d.wait_for(LONG, "descriptors back to where they started", |_| {
+    d.wait_for(long(), "descriptors back to where they started", |_| {
         fd_count() <= base
     });
     assert_eq!(fd_count(), base);

@@ -6,6 +6,7 @@
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] [--arg0 NAME] -- CMD [ARGS...]
 //!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
+//!   apptheus-starter-sim calibrate REFERENCE_SECS
 //!   apptheus-starter-sim rusage FILE -- CMD [ARGS...]
 //!   apptheus-starter-sim write FILE BYTES
 //!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
@@ -28,6 +29,12 @@
 //! `apptainer exec` does.
 //!
 //! `workload` does a known amount of work, so tests can compare what
+//! apptheus reports with the truth.
+//!
+//! `calibrate` does apptheus-testkit's calibration work three times and
+//! prints the time scale for this machine against a reference machine that
+//! did it in REFERENCE_SECS (the VMs of `cargo xtask vm-test` run it at
+//! boot: APPTHEUS_TEST_TIME_SCALE).
 //! apptheus reports with the truth. `rusage` runs CMD, waits for it, and
 //! writes to FILE the CPU time in seconds its whole tree used (what the
 //! kernel's rusage of the reaped children says): the truth for one
@@ -45,11 +52,28 @@ use nix::{
     unistd::{ForkResult, execvp, fork},
 };
 
+fn calibrate(args: &[String]) -> ExitCode {
+    let Some(reference) = args.first().and_then(|a| a.parse::<f64>().ok()) else {
+        eprintln!("usage: apptheus-starter-sim calibrate REFERENCE_SECS");
+        return ExitCode::from(2);
+    };
+    let here = apptheus_testkit::host::calibration_median(3);
+    let scale = apptheus_testkit::host::calibrated_scale(here, Duration::from_secs_f64(reference));
+    println!("{scale:.1}");
+    eprintln!(
+        "calibration: {:.3} s here, {reference:.3} s on the reference; 20 forks and execs {:.3} s here",
+        here.as_secs_f64(),
+        apptheus_testkit::host::fork_exec_work().as_secs_f64()
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("workload") => return workload(&args[1..]),
         Some("launch") => return launch(&args[1..]),
+        Some("calibrate") => return calibrate(&args[1..]),
         Some("rusage") => return rusage(&args[1..]),
         Some("write") => return write(&args[1..]),
         _ => {}

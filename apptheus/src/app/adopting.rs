@@ -13,11 +13,23 @@ use super::{Agent, StartFacts};
 use crate::error_chain::chain;
 use crate::{
     cgroup::{leftovers, mark::Mark, placement::Placer, tasks},
+    host::proctree,
     model::{
         cgroups::ContainerCgroups,
         container::{FoundBy, Member, Origin, Part},
     },
 };
+
+/// The threads of process `pid` (/proc/<pid>/task); none if it is gone.
+fn threads_of(procfs: &std::path::Path, pid: u32) -> Vec<u32> {
+    std::fs::read_dir(procfs.join(pid.to_string()).join("task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// A run of a container found in its marked cgroups, and its tasks there.
 struct Found {
@@ -52,10 +64,40 @@ impl Agent {
                 }
             }
             if !running.is_empty() {
+                let running = running
+                    .into_iter()
+                    .map(|r| self.with_moved_tasks(r))
+                    .collect();
                 self.adopt(ck, running);
             }
         }
         self.delegated.release_unused();
+    }
+
+    /// Run `r` with the tasks a runtime moved out of our cgroup (with
+    /// Apptainer's systemd cgroups, an instance's processes and its joins
+    /// in apptainer-<pid>.scope): they descend from its starter or from
+    /// what the starter left in our cgroup (`instance start`'s starter
+    /// exits once its fork, the master, runs), and are handed to the kernel
+    /// programs with the rest, so that the runtime's cgroup is read as the
+    /// container's again.
+    fn with_moved_tasks(&self, mut r: Found) -> Found {
+        let procs: Vec<u32> = r
+            .cgroups
+            .distinct_dirs()
+            .first()
+            .map(|d| tasks::procs(d))
+            .unwrap_or_default();
+        for root in std::iter::once(r.mark.member_pid).chain(procs) {
+            for p in proctree::tree(self.procfs.root(), root) {
+                for t in threads_of(self.procfs.root(), p) {
+                    if !r.tids.contains(&t) {
+                        r.tids.push(t);
+                    }
+                }
+            }
+        }
+        r
     }
 
     /// Takes over container `ck` from the runs of it still running.
@@ -131,5 +173,18 @@ impl Agent {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_of_this_process_and_of_none() {
+        let me = std::process::id();
+        let t = threads_of(std::path::Path::new("/proc"), me);
+        assert!(t.contains(&me), "{t:?}");
+        assert!(threads_of(std::path::Path::new("/nonexistent"), me).is_empty());
     }
 }

@@ -9,11 +9,11 @@ use apptheus_common::FileId;
 use super::Agent;
 use crate::{
     attribution::apptainer::{self, RunKind, StarterFacts},
+    cgroup::slurm_job,
     host::{clock, users},
     model::{
         cgroups::ContainerCgroups,
         container::{Container, FoundBy, Member, Origin, Part},
-        slurm,
     },
 };
 
@@ -96,7 +96,7 @@ impl Agent {
         let cgroups = alive.then(|| self.procfs.cgroup(pid).ok()).flatten();
         let slurm_job_id = cgroups
             .as_deref()
-            .and_then(slurm::job_in_proc_cgroup)
+            .and_then(|t| slurm_job::job_of(t, self.placer.hierarchies().v2_root(), &self.procfs))
             .or(run.env_slurm_job_id);
         let mut c = Container::new(s.key, pid, clock::boot_ns_to_system_time(s.boot_ns));
         c.members[0].socket = s.socket;

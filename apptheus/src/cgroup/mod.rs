@@ -9,4 +9,5 @@ pub(crate) mod policy;
 pub(crate) mod prewarm;
 pub(crate) mod proc_cgroup;
 pub(crate) mod read;
+pub(crate) mod slurm_job;
 pub(crate) mod tasks;

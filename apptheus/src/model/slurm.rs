@@ -65,6 +65,7 @@ pub(crate) fn parse(path: &str) -> Option<SlurmPath<'_>> {
 }
 
 /// The job (id or SLUID) of one cgroup path, if Slurm put the process there.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn job_in_path(path: &str) -> Option<String> {
     parse(path).map(|p| p.job.to_string())
 }
@@ -72,10 +73,33 @@ pub(crate) fn job_in_path(path: &str) -> Option<String> {
 /// The job of a process from its `/proc/<pid>/cgroup` text: the first
 /// hierarchy whose path names a Slurm job (they agree where Slurm
 /// placed the process in several).
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn job_in_proc_cgroup(text: &str) -> Option<String> {
     text.lines()
         .filter_map(|line| line.splitn(3, ':').nth(2))
         .find_map(job_in_path)
+}
+
+/// Whether `job` (as [`SlurmPath::job`] gives it) is a SLUID rather
+/// than the numeric id users see.
+pub(crate) fn is_sluid_job(job: &str) -> bool {
+    is_sluid(job)
+}
+
+/// The job's numeric id in the title slurmstepd gives itself (its
+/// command line): `slurmstepd: [<job id>.<step>]`, e.g. `slurmstepd:
+/// [42.batch]`, `slurmstepd: [42.0]`, `slurmstepd: [42.extern]`.
+pub(crate) fn stepd_job_id(title: &str) -> Option<&str> {
+    let inner = title
+        .trim_end_matches(['\0', ' '])
+        .strip_prefix("slurmstepd: [")?
+        .strip_suffix(']')?;
+    let (job, step) = inner.split_once('.')?;
+    (!job.is_empty()
+        && job.len() <= 20
+        && job.bytes().all(|b| b.is_ascii_digit())
+        && !step.is_empty())
+    .then_some(job)
 }
 
 fn job_id(component: &str) -> Option<&str> {
@@ -160,6 +184,29 @@ mod tests {
         ] {
             assert_eq!(job_in_path(bad), None, "{bad}");
         }
+    }
+
+    /// Seen with Slurm 26.05 on the systemd node: the job's slurmstepd
+    /// titles itself with the numeric id its directory does not carry.
+    #[test]
+    fn slurmstepd_names_its_job() {
+        assert_eq!(stepd_job_id("slurmstepd: [1.batch]"), Some("1"));
+        assert_eq!(stepd_job_id("slurmstepd: [4242.0]"), Some("4242"));
+        assert_eq!(stepd_job_id("slurmstepd: [7.extern]\0\0"), Some("7"));
+        for bad in [
+            "slurmstepd: [.batch]",
+            "slurmstepd: [1]",
+            "slurmstepd: [1.]",
+            "slurmstepd: [x1.batch]",
+            "slurmstepd: [sC3DM96VEMQW00.batch]",
+            "/usr/sbin/slurmstepd infinity",
+            "slurmstepd: [1.batch",
+            "",
+        ] {
+            assert_eq!(stepd_job_id(bad), None, "{bad}");
+        }
+        assert!(is_sluid_job("sC3DM96VEMQW00"));
+        assert!(!is_sluid_job("42"));
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     } else {
         o.layouts.clone()
     };
+    if layouts.contains(&Layout::Systemd) {
+        bail!(
+            "vm-bench runs in the busybox VMs only (layouts v1, hybrid, v2), not on the systemd node"
+        );
+    }
     let busybox = kernels::busybox(&cache, false)?;
     drop(lock);
     let initramfs = work.join("initramfs-bench.cpio");
@@ -131,12 +136,9 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         for layout in &layouts {
             let log = logs.join(format!("bench-{}-{layout}.log", k.name));
             let run = qemu::boot(
-                k,
-                *layout,
-                &initramfs,
+                &super::busybox_machine(k, *layout, &initramfs, "apptheus.time_scale=1"),
                 &log,
                 Duration::from_secs(o.timeout),
-                1.0,
                 o.verbose,
             )?;
             let console = report::parse(&run.lines);

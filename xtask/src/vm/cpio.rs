@@ -1,6 +1,8 @@
 //! A writer for the cpio "newc" format, the one the kernel unpacks as an
 //! initramfs (Documentation/driver-api/early-userspace/buffer-format.rst).
-//! Everything is owned by root; names are relative (no leading '/').
+//! Entries made by [`Writer::dir`], [`Writer::file`] and friends are
+//! root's; [`Writer::with_owner`] keeps another owner (a packed root's
+//! files: munge's key, a user's home). Names are relative (no leading '/').
 use std::io::{self, Write};
 
 pub struct Writer<W: Write> {
@@ -39,6 +41,19 @@ impl<W: Write> Writer<W> {
         self.entry(name, S_IFCHR | perm, (major, minor), &[])
     }
 
+    /// An entry of any type (`mode` holds the type bits, as `st_mode`)
+    /// owned by `uid`:`gid`; `data` is a file's bytes or a symlink's
+    /// target.
+    pub fn with_owner(
+        &mut self,
+        name: &str,
+        mode: u32,
+        owner: (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
+        self.raw(name, mode, owner, (0, 0), data)
+    }
+
     /// Writes the trailer and hands back the output.
     pub fn finish(mut self) -> io::Result<W> {
         self.entry("TRAILER!!!", 0, (0, 0), &[])?;
@@ -47,6 +62,17 @@ impl<W: Write> Writer<W> {
     }
 
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+        self.raw(name, mode, (0, 0), rdev, data)
+    }
+
+    fn raw(
+        &mut self,
+        name: &str,
+        mode: u32,
+        (uid, gid): (u32, u32),
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
         let name = name.trim_start_matches('/');
         let size = u32::try_from(data.len())
             .map_err(|_| io::Error::other(format!("{name}: too large for cpio")))?;
@@ -56,8 +82,8 @@ impl<W: Write> Writer<W> {
         let fields = [
             ino,
             mode,
-            0, // uid
-            0, // gid
+            uid,
+            gid,
             nlink,
             0, // mtime
             size,

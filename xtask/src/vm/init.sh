@@ -37,10 +37,18 @@ layout=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	apptheus.layout=*) layout=${arg#apptheus.layout=} ;;
-	# How much longer than natively the tests may wait (apptheus-testkit's host::time_scale).
+	# How much longer than natively the tests may wait (apptheus-testkit's
+	# host::time_scale): given, or measured here against the host's time
+	# for the same calibration work.
 	apptheus.time_scale=*) export APPTHEUS_TEST_TIME_SCALE=${arg#apptheus.time_scale=} ;;
+	apptheus.calibration=*) calibration=${arg#apptheus.calibration=} ;;
 	esac
 done
+if [ -z "${APPTHEUS_TEST_TIME_SCALE:-}" ] && [ -n "${calibration:-}" ]; then
+	APPTHEUS_TEST_TIME_SCALE=$(/vmtest/calibrate calibrate "$calibration") || APPTHEUS_TEST_TIME_SCALE=10
+	export APPTHEUS_TEST_TIME_SCALE
+fi
+mark "note time-scale=${APPTHEUS_TEST_TIME_SCALE:-1}"
 # As on a CI runner: the socket tests hold over a thousand connections.
 ulimit -n 65536
 

@@ -273,6 +273,57 @@ pub fn get(cache: &Path, name: &str, refresh: bool) -> anyhow::Result<Option<Ker
     }))
 }
 
+/// The modules of Debian kernel `kernel` (its package's
+/// `lib/modules/<release>`), unpacked once into the cache beside it:
+/// returns the directory holding `<release>/`. The package comes from the
+/// cache's downloads, or is fetched again.
+pub fn modules(cache: &Path, kernel: &Kernel) -> anyhow::Result<PathBuf> {
+    let Some(deb) = DEBIAN.iter().find(|d| d.name == kernel.name) else {
+        bail!(
+            "kernel {} is not one of Debian's packages: its modules cannot be fetched",
+            kernel.name
+        );
+    };
+    let dir = cache.join("kernels").join(&kernel.name).join("modules");
+    if dir.join(&kernel.release).join("modules.order").is_file() {
+        return Ok(dir);
+    }
+    let package = format!("linux-image-{}", kernel.release);
+    let debs = cache.join("debs");
+    let prefix = format!("{package}_");
+    let cached = std::fs::read_dir(&debs).ok().and_then(|rd| {
+        rd.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+                && p.extension().is_some_and(|e| e == "deb")
+        })
+    });
+    let file = match cached {
+        Some(f) => f,
+        None => {
+            let apt = Apt::new(cache, deb.suite)?;
+            apt.update(false)?;
+            eprintln!("vm-test: fetching {package} for its modules");
+            apt.download(&package, &debs)?
+        }
+    };
+    let unpacked = cache
+        .join("unpacked")
+        .join(format!("{}-modules", kernel.name));
+    extract(&file, &unpacked)?;
+    let from = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .map(|d| unpacked.join(d).join(&kernel.release))
+        .find(|p| p.is_dir())
+        .with_context(|| format!("{} has no lib/modules/{}", file.display(), kernel.release))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::rename(&from, dir.join(&kernel.release))
+        .with_context(|| format!("moving {} into {}", from.display(), dir.display()))?;
+    let _ = std::fs::remove_dir_all(&unpacked);
+    Ok(dir)
+}
+
 /// The running kernel, when /boot has its image and it can be read.
 fn host() -> Option<Kernel> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;

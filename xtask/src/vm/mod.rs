@@ -1,14 +1,16 @@
 //! `cargo xtask vm-test`: the privileged integration tests on other kernels
 //! and cgroup layouts, in qemu VMs under software emulation. Kernels are
 //! Debian's cloud kernels (5.10, 6.1, 6.12; and the host's if /boot has
-//! it); layouts are pure v1, hybrid and pure v2. One initramfs holds the
-//! test binaries at the paths compiled into them; the kernel command line
-//! picks the layout. See `init.sh` for what runs inside.
+//! it); layouts are pure v1, hybrid and pure v2 under a busybox init, and
+//! the systemd node (6.12 only, see `node`). One busybox initramfs holds
+//! the test binaries at the paths compiled into them; the kernel command
+//! line picks the layout. See `init.sh` for what runs inside.
 mod artifacts;
 pub mod bench;
 mod cpio;
 mod exceptions;
 mod kernels;
+mod node;
 mod qemu;
 mod report;
 mod rootfs;
@@ -39,6 +41,10 @@ pub enum Layout {
     Hybrid,
     /// cgroup2 only, on /sys/fs/cgroup, every controller enabled below the root
     V2,
+    /// A compute node of today: systemd as PID 1 on pure v2, Apptainer's
+    /// systemd cgroups, Slurm as services, the agent from its .deb (kernel
+    /// 6.12 only; runs apptheus/tests/systemd_node.rs)
+    Systemd,
 }
 
 impl fmt::Display for Layout {
@@ -47,11 +53,29 @@ impl fmt::Display for Layout {
             Layout::V1 => "v1",
             Layout::Hybrid => "hybrid",
             Layout::V2 => "v2",
+            Layout::Systemd => "systemd",
         })
     }
 }
 
-const LAYOUTS: [Layout; 3] = [Layout::V1, Layout::Hybrid, Layout::V2];
+const LAYOUTS: [Layout; 4] = [Layout::V1, Layout::Hybrid, Layout::V2, Layout::Systemd];
+
+/// The test binaries of the systemd node: their tests are `#[ignore]`d
+/// (they need the node) and run there with `--ignored`.
+const NODE_TESTS: [&str; 1] = ["systemd_node"];
+/// The node's first step, reported like a test binary: installing the
+/// agent's package.
+const NODE_INSTALL: &str = "install";
+
+/// Busybox cells the whole matrix leaves out, and why (run them by naming
+/// them: `--kernel 6.12 --layout v2`).
+const COVERED: &[(&str, Layout, &str)] = &[(
+    "6.12",
+    Layout::V2,
+    "the systemd node runs pure cgroup v2 on the same kernel (with the real Apptainer, \
+     Slurm and systemd); pure v2 under the busybox init stays covered on 5.10 and 6.1, \
+     and 6.12's v1 and hybrid cells keep its kernel programs covered there",
+)];
 
 /// The privileged integration tests (apptheus/tests/<name>.rs) that need
 /// nothing but the agent, the starter simulator, sh, true, unshare,
@@ -74,7 +98,8 @@ pub struct Options {
     /// running kernel, if /boot has its image) [default: all]
     #[arg(long = "kernel", value_delimiter = ',')]
     pub kernels: Vec<String>,
-    /// cgroup layouts (columns) [default: all]
+    /// cgroup layouts (columns) [default: all; the whole matrix leaves
+    /// out 6.12's busybox v2 cell, which the systemd node covers]
     #[arg(long = "layout", value_delimiter = ',', value_enum)]
     pub layouts: Vec<Layout>,
     /// Test binaries run in each VM [default: attribution, cgroups,
@@ -85,13 +110,17 @@ pub struct Options {
     /// VMs run at once
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
-    /// Time limit per VM, in seconds
-    #[arg(long, default_value_t = 900)]
+    /// Time limit per VM, in seconds (a loaded host stretches the tests'
+    /// own limits: see --time-scale)
+    #[arg(long, default_value_t = 2400)]
     pub timeout: u64,
     /// How much longer than on a real machine the tests may wait for
-    /// something (APPTHEUS_TEST_TIME_SCALE; software emulation is slow)
-    #[arg(long, default_value_t = 5.0)]
-    pub time_scale: f64,
+    /// something (APPTHEUS_TEST_TIME_SCALE) [default: measured in each VM
+    /// at boot against this machine: 5, the scale the tests were tuned
+    /// with on an idle host, and more as far as the VM runs slower than an
+    /// idle emulated machine]
+    #[arg(long)]
+    pub time_scale: Option<f64>,
     /// Fetch the newest kernels and busybox even when cached
     #[arg(long)]
     pub refresh: bool,
@@ -130,6 +159,33 @@ pub fn download_cache() -> anyhow::Result<PathBuf> {
 struct Cell {
     kernel: Kernel,
     layout: Layout,
+    /// The test binaries (and steps) its console must report.
+    expected: Vec<String>,
+}
+
+/// The starter simulator among the built executables (it also calibrates
+/// the VMs' time scale at boot).
+fn starter_sim(executables: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    executables
+        .iter()
+        .find(|e| {
+            e.file_name()
+                .is_some_and(|n| n == apptheus_testkit::sim::STARTER_SIM)
+        })
+        .cloned()
+        .context("cargo built no starter simulator")
+}
+
+/// `args` quoted for a POSIX shell, space-separated.
+fn shell_words(args: &[String]) -> String {
+    args.iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn mib(path: &Path) -> f64 {
+    std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
 }
 
 struct Outcome {
@@ -186,48 +242,142 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
     drop(lock);
     let fetch_secs = t.elapsed().as_secs_f64();
 
-    let t = Instant::now();
-    let initramfs = work.join("initramfs.cpio");
-    let skips = skipped(o, &tests);
-    let mut args = o.test_args.clone();
-    for s in &skips {
-        let name = s.test.split_once("::").map_or(s.test, |(_, t)| t);
-        args.extend(["--skip".to_string(), name.to_string()]);
-    }
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
-        .collect();
-    let fresh = rootfs::build(
-        &rootfs::Inputs {
-            busybox: &busybox,
-            init: include_str!("init.sh"),
-            tests: &plan,
-            executables: &built.executables,
-            test_args: &quoted.join(" "),
-        },
-        &initramfs,
-    )?;
-    let size_mib = std::fs::metadata(&initramfs)?.len() as f64 / (1 << 20) as f64;
-    let rootfs_secs = t.elapsed().as_secs_f64();
-    eprintln!(
-        "vm-test: initramfs {} ({size_mib:.0} MiB, {}) in {rootfs_secs:.1} s",
-        initramfs.display(),
-        if fresh { "built" } else { "unchanged" }
-    );
+    // What the VMs measure their speed against: this machine, now (its
+    // fastest of five runs of the calibration work).
+    let speed = match o.time_scale {
+        Some(scale) => format!("apptheus.time_scale={scale}"),
+        None => {
+            let reference = apptheus_testkit::host::calibration_best(5);
+            eprintln!(
+                "vm-test: calibration work took {:.3} s here (20 forks and execs {:.3} s); each VM scales its time limits by its own",
+                reference.as_secs_f64(),
+                apptheus_testkit::host::fork_exec_work().as_secs_f64()
+            );
+            format!("apptheus.calibration={:.4}", reference.as_secs_f64())
+        }
+    };
+    let node_cell =
+        layouts.contains(&Layout::Systemd) && rows.iter().any(|k| k.name == node::KERNEL);
+    let busybox_cells = layouts.iter().any(|l| *l != Layout::Systemd);
 
-    let cells: Vec<Cell> = rows
+    let t = Instant::now();
+    let busybox_initramfs = work.join("initramfs.cpio");
+    let skips = skipped(o, &tests);
+    if busybox_cells {
+        let mut args = o.test_args.clone();
+        for s in &skips {
+            let name = s.test.split_once("::").map_or(s.test, |(_, t)| t);
+            args.extend(["--skip".to_string(), name.to_string()]);
+        }
+        let fresh = rootfs::build(
+            &rootfs::Inputs {
+                busybox: &busybox,
+                init: include_str!("init.sh"),
+                tests: &plan,
+                executables: &built.executables,
+                test_args: &shell_words(&args),
+            },
+            &busybox_initramfs,
+        )?;
+        eprintln!(
+            "vm-test: initramfs {} ({:.0} MiB, {})",
+            busybox_initramfs.display(),
+            mib(&busybox_initramfs),
+            if fresh { "built" } else { "unchanged" }
+        );
+    }
+    let node_initramfs = work.join("systemd-node.img");
+    if node_cell {
+        let kernel = rows
+            .iter()
+            .find(|k| k.name == node::KERNEL)
+            .context("the node's kernel")?;
+        let lock = kernels::lock(&cache)?;
+        let root = node::root(&cache, kernel, o.refresh)?;
+        drop(lock);
+        eprint!(
+            "vm-test: systemd node's root {}:\n{}",
+            root.archive.display(),
+            root.stamp
+        );
+        let deb = crate::package::run(&crate::package::Options {
+            out_dir: Some(work.join("deb")),
+        })?;
+        let workload = work.join("workload");
+        apptheus_testkit::workload::compile(&workload)?;
+        let mut node_plan = Vec::new();
+        for name in NODE_TESTS {
+            let path = built
+                .tests
+                .get(name)
+                .with_context(|| format!("cargo built no test binary named {name}"))?;
+            node_plan.push((name.to_string(), path.clone()));
+        }
+        node::initramfs(
+            &root,
+            &node::RunInputs {
+                deb: &deb,
+                workload: &workload,
+                starter_sim: &starter_sim(&built.executables)?,
+                tests: &node_plan,
+                test_args: &shell_words(&o.test_args),
+            },
+            &node_initramfs,
+        )?;
+        eprintln!(
+            "vm-test: systemd node's initramfs {} ({:.0} MiB)",
+            node_initramfs.display(),
+            mib(&node_initramfs)
+        );
+    }
+    let rootfs_secs = t.elapsed().as_secs_f64();
+    let size_mib = if busybox_cells {
+        mib(&busybox_initramfs)
+    } else {
+        0.0
+    };
+
+    let mut node_expected = vec![NODE_INSTALL.to_string()];
+    node_expected.extend(NODE_TESTS.iter().map(|s| s.to_string()));
+    // The whole matrix (no --kernel, no --layout) leaves out what the
+    // systemd node covers; naming the cell runs it.
+    let whole = o.kernels.is_empty() && o.layouts.is_empty();
+    let covered = |k: &Kernel, l: Layout| {
+        whole
+            && COVERED
+                .iter()
+                .any(|(kernel, layout, _)| *kernel == k.name && *layout == l)
+    };
+    let mut cells: Vec<Cell> = rows
         .iter()
         .flat_map(|k| {
-            layouts.iter().map(|l| Cell {
-                kernel: k.clone(),
-                layout: *l,
-            })
+            layouts
+                .iter()
+                .filter(|l| **l != Layout::Systemd || k.name == node::KERNEL)
+                .filter(|l| !covered(k, **l))
+                .map(|l| Cell {
+                    kernel: k.clone(),
+                    layout: *l,
+                    expected: if *l == Layout::Systemd {
+                        node_expected.clone()
+                    } else {
+                        tests.clone()
+                    },
+                })
         })
         .collect();
+    // The longest cell first: two VMs at a time finish sooner.
+    cells.sort_by_key(|c| c.layout != Layout::Systemd);
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let outcomes = run_cells(o, &cells, &initramfs, &logs, &tests)?;
+    let outcomes = run_cells(
+        o,
+        &cells,
+        &busybox_initramfs,
+        &node_initramfs,
+        &logs,
+        &speed,
+    )?;
 
     let failed = report::print_matrix(
         &rows,
@@ -237,8 +387,13 @@ pub fn run(o: &Options) -> anyhow::Result<()> {
         &tests,
         o.test_args.is_empty(),
     );
+    if whole {
+        for (kernel, layout, why) in COVERED {
+            println!("\nnot in the whole matrix: [{kernel} {layout}]: {why}");
+        }
+    }
     report::print_tail(
-        &skips,
+        if busybox_cells { &skips } else { &[] },
         missing_host.as_deref(),
         &report::Timings {
             build: build_secs,
@@ -273,9 +428,10 @@ fn skipped(o: &Options, tests: &[String]) -> Vec<&'static Skip> {
 fn run_cells(
     o: &Options,
     cells: &[Cell],
-    initramfs: &Path,
+    busybox_initramfs: &Path,
+    node_initramfs: &Path,
     logs: &Path,
-    tests: &[String],
+    speed: &str,
 ) -> anyhow::Result<Vec<Outcome>> {
     let queue = Mutex::new((0..cells.len()).collect::<VecDeque<usize>>());
     let results: Mutex<Vec<Option<anyhow::Result<Outcome>>>> =
@@ -289,38 +445,42 @@ fn run_cells(
                     };
                     let c = &cells[i];
                     let log = logs.join(format!("{}-{}.log", c.kernel.name, c.layout));
-                    let r = qemu::boot(
-                        &c.kernel,
-                        c.layout,
-                        initramfs,
-                        &log,
-                        Duration::from_secs(o.timeout),
-                        o.time_scale,
-                        o.verbose,
-                    )
-                    .map(|run| {
-                        let console = report::parse(&run.lines);
-                        let verdict = report::judge(
-                            &console,
-                            tests,
-                            run.timed_out,
-                            &c.kernel.name,
-                            c.layout,
-                            EXCEPTIONS,
-                        );
-                        println!(
-                            "[{} {}] {} in {:.0} s",
-                            c.kernel.name,
-                            c.layout,
-                            verdict.cell(),
-                            run.seconds
-                        );
-                        Outcome {
-                            verdict,
-                            console,
-                            seconds: run.seconds,
+                    let machine = if c.layout == Layout::Systemd {
+                        qemu::Machine {
+                            kernel: &c.kernel,
+                            initramfs: node_initramfs,
+                            init: "/sbin/init",
+                            params: speed.to_string(),
+                            memory_mib: node::MEMORY_MIB,
+                            tag: format!("[{} {}]", c.kernel.name, c.layout),
                         }
-                    });
+                    } else {
+                        busybox_machine(&c.kernel, c.layout, busybox_initramfs, speed)
+                    };
+                    let r = qemu::boot(&machine, &log, Duration::from_secs(o.timeout), o.verbose)
+                        .map(|run| {
+                            let console = report::parse(&run.lines);
+                            let verdict = report::judge(
+                                &console,
+                                &c.expected,
+                                run.timed_out,
+                                &c.kernel.name,
+                                c.layout,
+                                EXCEPTIONS,
+                            );
+                            println!(
+                                "[{} {}] {} in {:.0} s",
+                                c.kernel.name,
+                                c.layout,
+                                verdict.cell(),
+                                run.seconds
+                            );
+                            Outcome {
+                                verdict,
+                                console,
+                                seconds: run.seconds,
+                            }
+                        });
                     results.lock().unwrap()[i] = Some(r);
                 }
             });
@@ -332,6 +492,25 @@ fn run_cells(
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a cell did not run"))))
         .collect()
+}
+
+/// A VM of the busybox initramfs with `layout` (not [`Layout::Systemd`]).
+/// `speed`: the kernel parameter that tells the tests how slow the VM is
+/// (`apptheus.time_scale=N`, or `apptheus.calibration=SECS` to measure it).
+fn busybox_machine<'a>(
+    kernel: &'a Kernel,
+    layout: Layout,
+    initramfs: &'a Path,
+    speed: &str,
+) -> qemu::Machine<'a> {
+    qemu::Machine {
+        kernel,
+        initramfs,
+        init: "/init",
+        params: format!("apptheus.layout={layout} {speed}"),
+        memory_mib: 2048,
+        tag: format!("[{} {layout}]", kernel.name),
+    }
 }
 
 struct Built {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Layout, kernels::Kernel, report::MARK};
+use super::{kernels::Kernel, report::MARK};
 
 pub struct Run {
     pub lines: Vec<String>,
@@ -19,32 +19,31 @@ pub struct Run {
     pub timed_out: bool,
 }
 
-/// Boots `kernel` with `layout`, logs the console to `log`, and returns it
-/// once the VM powers off (or after `timeout`, killing it).
-pub fn boot(
-    kernel: &Kernel,
-    layout: Layout,
-    initramfs: &Path,
-    log: &Path,
-    timeout: Duration,
-    time_scale: f64,
-    echo: bool,
-) -> anyhow::Result<Run> {
-    let tag = format!("[{} {}]", kernel.name, layout);
+/// What one VM boots.
+pub struct Machine<'a> {
+    pub kernel: &'a Kernel,
+    pub initramfs: &'a Path,
+    /// The init to run from the initramfs (`rdinit=`).
+    pub init: &'a str,
+    /// Kernel parameters after the common ones.
+    pub params: String,
+    pub memory_mib: u32,
+    /// How the console lines of this VM are tagged, e.g. "[6.1 v2]".
+    pub tag: String,
+}
+
+/// Boots `m`, logs the console to `log`, and returns it once the VM powers
+/// off (or after `timeout`, killing it).
+pub fn boot(m: &Machine, log: &Path, timeout: Duration, echo: bool) -> anyhow::Result<Run> {
+    let (kernel, initramfs, tag) = (m.kernel, m.initramfs, &m.tag);
     let append = format!(
-        "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init random.trust_cpu=on apptheus.layout={layout} apptheus.time_scale={time_scale}"
+        "console=ttyS0 quiet loglevel=3 panic=-1 rdinit={} random.trust_cpu=on {}",
+        m.init, m.params
     );
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-        ])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m"])
+        .arg(m.memory_mib.to_string())
+        .args(["-smp", "2"])
         .args(["-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)

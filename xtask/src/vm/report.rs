@@ -280,8 +280,9 @@ pub(super) fn print_matrix(
         table.push(r);
     }
     println!(
-        "\nvm-test: kernel x cgroup layout, tests {} (pass (n): n tests passed; exc.: documented exceptions)\n",
-        tests.join(", ")
+        "\nvm-test: kernel x cgroup layout, tests {} (systemd: {}) (pass (n): n tests passed; exc.: documented exceptions)\n",
+        tests.join(", "),
+        super::NODE_TESTS.join(", ")
     );
     print!("{}", self::table(&header, &table));
 
@@ -319,7 +320,10 @@ pub(super) fn print_matrix(
     if whole_binaries {
         for e in EXCEPTIONS {
             for (c, out) in cells.iter().zip(outcomes) {
-                let ran = tests.iter().any(|t| e.test.starts_with(&format!("{t}::")));
+                let ran = c
+                    .expected
+                    .iter()
+                    .any(|t| e.test.starts_with(&format!("{t}::")));
                 if ran
                     && e.kernels.contains(&c.kernel.name.as_str())
                     && e.layouts.contains(&c.layout)

@@ -374,6 +374,13 @@ pub fn build(inputs: &Inputs, out: &Path) -> anyhow::Result<bool> {
     for exe in inputs.executables {
         t.stripped(exe, exe)?;
         t.libraries(exe, true)?;
+        if exe
+            .file_name()
+            .is_some_and(|n| n == apptheus_testkit::sim::STARTER_SIM)
+        {
+            // The init script calibrates the time scale with it.
+            t.symlink("/vmtest/calibrate", &exe.to_string_lossy());
+        }
     }
     t.data("/vmtest/plan", 0o644, plan);
     t.data("/vmtest/args", 0o644, inputs.test_args);
