@@ -739,6 +739,50 @@ fn slurm(n: &Node) -> NodeSlurm {
     NodeSlurm::new(n.s.user(), LIMIT).unwrap()
 }
 
+/// The first lines of a batch script whose starter the test must catch at
+/// its exec: the script tells its pid in `<dir>/<name>.pid` and waits for
+/// `<dir>/<name>.go` (see [`starter_of_gated`]).
+fn gate(slurm: &NodeSlurm, name: &str) -> String {
+    let d = slurm.dir().display();
+    format!(
+        "#!/bin/sh\necho $$ > {d}/{name}.pid.new && mv {d}/{name}.pid.new {d}/{name}.pid\n\
+         while [ ! -e {d}/{name}.go ]; do sleep 0.1; done\n"
+    )
+}
+
+/// The starter a [`gate`]d batch script runs (itself, or a child), with
+/// its CPU at its exec: the script's pid is read, the starter looked for
+/// among its processes alone, and only then is the script let go. (Looked
+/// for among all of the user's processes, as the job has no pid the test
+/// knows, it was found late on a loaded emulated machine: what it used
+/// before was missing from the truth.)
+fn starter_of_gated(n: &Node, slurm: &NodeSlurm, name: &str) -> Exec {
+    let pid_file = slurm.dir().join(format!("{name}.pid"));
+    let mut pid = None;
+    n.agent.wait_for(
+        LIMIT,
+        &format!("the batch script's pid in {}", pid_file.display()),
+        || {
+            pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok());
+            pid.is_some()
+        },
+    );
+    let pid = pid.unwrap();
+    let watcher = std::thread::spawn(move || {
+        node::watch_exec(
+            Some(pid),
+            None,
+            &Path::new("/").join(STARTER),
+            Path::new(LAUNCHER),
+            scaled(LIMIT),
+        )
+    });
+    std::fs::write(slurm.dir().join(format!("{name}.go")), "").unwrap();
+    watcher.join().unwrap().unwrap()
+}
+
 /// Waits until Slurm has removed the job's cgroup directory.
 fn slurm_removes(n: &Node, slurm: &NodeSlurm, job_dir: &Path) {
     n.agent.wait_for(
@@ -851,20 +895,14 @@ fn a_batch_jobs_container_counts_from_its_own_start() {
     let before = n.s.work().join("workload");
     apptheus_testkit::workload::compile(&before).unwrap();
     let script = format!(
-        "#!/bin/sh\n{before} -c 2 > before.out\n\
+        "{gate}{before} -c 2 > before.out\n\
          exec apptainer exec {img} sh -c '/bin/workload -m 16 -c 3 -s -1; exit 0'\n",
+        gate = gate(&slurm, "batch-start"),
         before = before.display(),
         img = img.inside,
     );
     let job = slurm.submit(&script, &["--mem=100M"]).unwrap();
-    let starter = node::watch_exec(
-        None,
-        Some(n.s.user().uid),
-        &Path::new("/").join(STARTER),
-        Path::new(LAUNCHER),
-        scaled(LIMIT),
-    )
-    .unwrap();
+    let starter = starter_of_gated(&n, &slurm, "batch-start");
     let id = n.find("image", &img.inside);
     let mut report = None;
     n.agent.wait_for(LIMIT, "the workload's report", || {
@@ -921,11 +959,6 @@ fn a_batch_jobs_memory_limit_holds_and_its_oom_kill_is_counted() {
 /// script's shell and a program it runs share the task's cgroup with the
 /// container): what a user reads as the container's CPU and memory is the
 /// container's, not the script's.
-///
-/// Expected to pass only once the statistics of a container sharing a
-/// cgroup come from its processes in the standard families (issue 24):
-/// until then this layout exports them as `apptheus_container_proc_*`
-/// only.
 #[test]
 #[ignore = "needs the systemd node: cargo xtask vm-test --kernel 6.12 --layout systemd"]
 fn a_batch_scripts_own_work_beside_its_container_is_not_the_containers() {
@@ -937,20 +970,14 @@ fn a_batch_scripts_own_work_beside_its_container_is_not_the_containers() {
     let (touched, beside_mib) = (32u64, 96u64);
     // Both hold until the test has read them, then end cleanly.
     let script = format!(
-        "#!/bin/sh\napptainer exec {img} sh -c '/bin/workload -m {touched} -c 2 -s -1; exit 0' &\n\
+        "{gate}apptainer exec {img} sh -c '/bin/workload -m {touched} -c 2 -s -1; exit 0' &\n\
          {beside} -m {beside_mib} -c 2 -s -1 > beside.out\nwait\n",
+        gate = gate(&slurm, "batch-beside"),
         img = img.inside,
         beside = beside.display(),
     );
     let job = slurm.submit(&script, &["--mem=300M"]).unwrap();
-    let starter = node::watch_exec(
-        None,
-        Some(n.s.user().uid),
-        &Path::new("/").join(STARTER),
-        Path::new(LAUNCHER),
-        scaled(LIMIT),
-    )
-    .unwrap();
+    let starter = starter_of_gated(&n, &slurm, "batch-beside");
     let id = n.find("image", &img.inside);
     let out = |f: &str| std::fs::read_to_string(slurm.dir().join(f)).unwrap_or_default();
     let limit = scaled(LIMIT);
