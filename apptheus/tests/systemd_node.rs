@@ -497,14 +497,15 @@ fn assert_user_scope(scope: &str, pid: u32, live: bool) {
 }
 
 /// `apptainer exec img sh -c '<workload> & exit 0'` as an ordinary user,
-/// plain (in the login session's scope) and with `--memory` (in a scope
-/// that the user's systemd made for the container, which lasts while the
-/// work does): the container's shell exits at once, its starter and
-/// Apptainer's tool after it, and the workload goes on in the background.
-/// The container lasts as long as that work: still there, its CPU
-/// growing, once Apptainer has returned, and ended when the work ends, its
-/// final CPU what the work burned (at least the workload's rusage, at
-/// most that and what Apptainer's tool and starter used).
+/// plain (in the login session's scope): the container's shell exits at
+/// once, its starter and Apptainer's tool after it, and the workload goes
+/// on in the background. The container lasts as long as that work: still
+/// there, its CPU growing, once Apptainer has returned, and ended when the
+/// work ends, its final CPU what the work burned (at least the workload's
+/// rusage, at most that and what Apptainer's tool and starter used). With
+/// `--memory` (a scope that the user's systemd made for the container),
+/// Apptainer stops its scope at the container's end, and the background
+/// work and the container end with it.
 #[test]
 #[ignore = "needs the systemd node: cargo xtask vm-test --kernel 6.12 --layout systemd"]
 fn work_left_in_the_background_is_the_containers_until_it_ends() {
@@ -566,6 +567,19 @@ fn work_left_in_the_background_is_the_containers_until_it_ends() {
                 "{name}: apptainer did not return after {limit:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if !flags.is_empty() {
+            // Apptainer's clean-up at the container's end stops the scope
+            // it had the user's systemd make (its cgroup manager's
+            // Destroy): what the container left in the background ends
+            // with the scope, and so does the container.
+            n.agent.wait_for(
+                LIMIT,
+                &format!("{name}: the background work to end with Apptainer's scope"),
+                || node::cpu_seconds(started.pid).is_none(),
+            );
+            n.ended(&id);
+            continue;
         }
         let tree = children_cpu_seconds() - tree_before;
         let report = report_of(true);
