@@ -20,7 +20,7 @@ use crate::{
         atomic_add, attribute, boot_ns, bump, config, container_of, emit, read_at, runq_slot_of,
         task_use, unattribute,
     },
-    maps::{CONTAINERS, TRUSTED},
+    maps::{CONTAINERS, NEW_STATE, TRUSTED},
 };
 
 /// TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
@@ -89,25 +89,34 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     // What the task used before it became the starter (a batch script
     // that `exec`s Apptainer) is not the container's.
     let (runtime, read, write) = task_use(Stat::ExecErrors);
-    let mut state = ContainerState {
-        live_tasks: 1,
-        execs: 1,
-        start_boot_ns: now,
-        starter_tgid: tgid,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        starter: file,
-        start_runtime_ns: runtime,
-        start_read_bytes: read,
-        start_write_bytes: write,
-        ..ContainerState::default()
-    };
+    // Built in a map's per-CPU slot, not on the stack (see NEW_STATE).
+    let state: *mut ContainerState = NEW_STATE.get_ptr_mut(0).ok_or(-1i64)?;
+    // SAFETY: state points to this CPU's slot of a live map value, which
+    // nothing else uses while this program runs on this CPU; it is filled
+    // field by field so that no copy of the struct lands on the stack.
+    unsafe {
+        core::ptr::write_bytes(state, 0, 1);
+        (*state).live_tasks = 1;
+        (*state).execs = 1;
+        (*state).start_boot_ns = now;
+        (*state).starter_tgid = tgid;
+        (*state).uid = uid_gid as u32;
+        (*state).gid = (uid_gid >> 32) as u32;
+        (*state).starter = file;
+        (*state).start_runtime_ns = runtime;
+        (*state).start_read_bytes = read;
+        (*state).start_write_bytes = write;
+    }
     // The start time is the container id; two starts in the same nanosecond
     // on two CPUs take the next free ids.
     let mut cid = now;
     let mut inserted = false;
     for _ in 0..4 {
-        if CONTAINERS.insert(&cid, &state, BPF_NOEXIST as u64).is_ok() {
+        // SAFETY: as above; the map copies the value.
+        if CONTAINERS
+            .insert(&cid, unsafe { &*state }, BPF_NOEXIST as u64)
+            .is_ok()
+        {
             inserted = true;
             break;
         }
@@ -119,17 +128,20 @@ fn try_exec(ctx: &BtfTracePointContext) -> Result<(), i64> {
     }
     if attribute(tid, cid, RUN_DELAY_UNKNOWN, RUNQ_SLOT_UNRESOLVED).is_err() {
         bump(Stat::TasksMapFull);
-        state.live_tasks = 0;
-        state.exited = 1;
-        let _ = CONTAINERS.insert(&cid, &state, 0);
+        // SAFETY: as above.
+        unsafe {
+            (*state).live_tasks = 0;
+            (*state).exited = 1;
+            let _ = CONTAINERS.insert(&cid, &*state, 0);
+        }
     }
     let mut ev = Event {
         kind: EventKind::ContainerStarted as u32,
         tgid,
         container: cid,
         boot_ns: now,
-        uid: state.uid,
-        gid: state.gid,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
         file,
         ..Event::default()
     };

@@ -28,6 +28,14 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 
+/// Where the exec program builds a new container's state before it goes
+/// into [`CONTAINERS`]: on the program's stack it would take 184 of the
+/// 512 bytes that the verifier allows, and Linux 5.10's verifier counts
+/// the stack of the program's calls together (the program was refused
+/// there: "combined stack size of 2 calls is 544").
+#[map]
+pub static NEW_STATE: PerCpuArray<ContainerState> = PerCpuArray::with_max_entries(1, 0);
+
 /// Run-queue latency collector: a histogram per container slot, per CPU
 /// (slot 0 unused).
 #[map]
