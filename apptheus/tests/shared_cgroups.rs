@@ -573,9 +573,11 @@ impl Drop for ShmFile {
     }
 }
 
-/// The value of `metric` for container `id` once it has ended: the sample
-/// taken at the kernel's report of its end, once published (two reads
-/// 0.5 s apart agree).
+/// The value of `metric` for container `id` once it has ended: read from
+/// the first exposition in which the kernel's count of its tasks is 0 (a
+/// sample taken after its last task's exit, which banked what the task
+/// used). (Two reads that agree prove nothing: a read no scrape schedule
+/// explains may be served the same sample twice.)
 fn final_value(agent: &Agent, id: &str, metric: &str) -> f64 {
     agent.wait_for(WAIT, "the container's end", || {
         agent
@@ -584,13 +586,20 @@ fn final_value(agent: &Agent, id: &str, metric: &str) -> f64 {
             .any(|l| l.contains("container exited") && l.contains(id))
     });
     let mut v = -1.0;
-    agent.wait_for(WAIT, "the container's final values", || {
-        std::thread::sleep(scaled(Duration::from_millis(500)));
-        let now = of(&agent.metrics(), metric, id).unwrap_or(-1.0);
-        let settled = now == v && now >= 0.0;
-        v = now;
-        settled
-    });
+    agent.wait_for(
+        WAIT,
+        "a sample of the container after its last task",
+        || {
+            let m = agent.metrics();
+            match (of(&m, "apptheus_container_tasks", id), of(&m, metric, id)) {
+                (Some(0.0), Some(now)) => {
+                    v = now;
+                    true
+                }
+                _ => false,
+            }
+        },
+    );
     v
 }
 
