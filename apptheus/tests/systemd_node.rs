@@ -235,9 +235,18 @@ fn assert_cpu(n: &Node, id: &str, done: &Done, starter: &Exec) {
             &[("container_id", id)],
         );
         let starter_cpu = node::cpu_seconds(starter.pid).unwrap() - starter.cpu_at_exec;
-        let truth = workload + starter_cpu;
+        // Every live process below the starter (the container's shell,
+        // whose own use includes what it did as the starter's child before
+        // it executed the shell, and the workload), each with what its
+        // reaped children used.
+        let below: f64 = descendants(starter.pid)
+            .into_iter()
+            .filter_map(node::cpu_seconds)
+            .sum();
+        let truth = starter_cpu + below;
         let why = format!(
-            "{id}: cpu {cpu:?} s; truth {truth:.3} s (workload {workload:.3} s, starter {starter_cpu:.3} s since it executed)"
+            "{id}: cpu {cpu:?} s; truth {truth:.3} s (the starter {starter_cpu:.3} s since it executed, \
+             the processes below it {below:.3} s, of which the workload reported {workload:.3} s)"
         );
         if let Some(cpu) = cpu {
             if (cpu - truth).abs() <= truth * 0.03 {
@@ -257,6 +266,32 @@ fn assert_cpu(n: &Node, id: &str, done: &Done, starter: &Exec) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The live processes below `pid` (children of any of its threads, and
+/// theirs).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in kids
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                if !out.contains(&c) {
+                    out.push(c);
+                    stack.push(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Waits until the agent has sampled container `id` while it runs (the kernel's
