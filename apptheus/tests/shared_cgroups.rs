@@ -300,7 +300,7 @@ fn a_batch_scripts_container_counts_only_itself() {
     let cpu = final_value(&agent, &id, "apptheus_container_cpu_usage_seconds_total");
     eprintln!("measured: CPU {cpu:.4} s, rusage of the container's tree {truth:.4} s");
     assert!(
-        (cpu / truth - 1.0).abs() <= 0.03 && cpu >= 0.5,
+        cpu_matches(cpu, truth) && cpu >= 0.5,
         "CPU {cpu:.3} s, rusage of the container's tree {truth:.3} s (the batch script's \
          and the other process's CPU are not the container's)"
     );
@@ -406,7 +406,7 @@ fn a_batch_script_that_execs_apptainer_hands_on_none_of_its_own_use() {
     let workload = format!("--delay 0.3 --alloc-mib 100 --spin 0.3 --sleep {sleep}");
     let before = children_cpu_seconds();
     let mut shell = job.shell(&format!(
-        "{SHELL_BUSY_LOOP}; cat /proc/$$/schedstat > {pre}; exec {launch}",
+        "{SHELL_BUSY_LOOP}; read s < /proc/$$/schedstat; echo $s > {pre}; exec {launch}",
         pre = pre.path().display(),
         launch = launch_workload(&cli, &starter, &workload)
     ));
@@ -463,7 +463,7 @@ fn a_batch_script_that_execs_apptainer_hands_on_none_of_its_own_use() {
         "the script's busy loop used too little CPU ({script:.3} s) to tell"
     );
     assert!(
-        (cpu / truth - 1.0).abs() <= 0.03,
+        cpu_matches(cpu, truth),
         "CPU {cpu:.3} s against the container's {truth:.3} s (the script used {script:.3} s \
          before its exec)"
     );
@@ -552,6 +552,16 @@ fn a_login_sessions_container_keeps_its_limit_and_gets_its_memory() {
 
 /// A loop the batch script's shell runs in its own process (some tenths
 /// of a second of CPU), before it runs the container.
+/// Whether a container's CPU `cpu` is its rusage `truth`: within 3 %, and
+/// 10 ms more per unit of the time scale for the exec that starts it. The
+/// truth is taken around a process that executes the starter: what that
+/// process does between the last look at it and the exec (the exec's own
+/// work included) is in the truth but, by design, not the container's;
+/// natively a millisecond, under a VM's emulation tens.
+fn cpu_matches(cpu: f64, truth: f64) -> bool {
+    (cpu - truth).abs() <= 0.03 * truth + 0.01 * time_scale()
+}
+
 const SHELL_BUSY_LOOP: &str = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done";
 
 /// A file in /dev/shm (shared memory, charged to the cgroup of the process
