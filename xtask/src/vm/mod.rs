@@ -69,13 +69,33 @@ const NODE_INSTALL: &str = "install";
 
 /// Busybox cells the whole matrix leaves out, and why (run them by naming
 /// them: `--kernel 6.12 --layout v2`).
-const COVERED: &[(&str, Layout, &str)] = &[(
-    "6.12",
-    Layout::V2,
-    "the systemd node runs pure cgroup v2 on the same kernel (with the real Apptainer, \
-     Slurm and systemd); pure v2 under the busybox init stays covered on 5.10 and 6.1, \
-     and 6.12's v1 and hybrid cells keep its kernel programs covered there",
-)];
+const COVERED: &[(&str, Layout, &str)] = &[
+    (
+        "6.12",
+        Layout::V2,
+        "the systemd node runs pure cgroup v2 on the same kernel (with the real Apptainer, \
+         Slurm and systemd); pure v2 under the busybox init stays covered on 5.10 and 6.1",
+    ),
+    (
+        "6.12",
+        Layout::V1,
+        "Debian's 6.12 has no v1 memory controller (CONFIG_MEMCG_V1 unset), so a site on it \
+         runs pure v2, which the systemd node covers with this kernel's programs loaded; \
+         pure v1 stays covered on 5.10",
+    ),
+    (
+        "6.1",
+        Layout::V1,
+        "pure v1 (no cgroup2 at all) is the rarest layout on a kernel with BTF; it stays \
+         covered on 5.10, and 6.1's kernel programs on its hybrid and v2 cells",
+    ),
+    (
+        "6.12",
+        Layout::Hybrid,
+        "as 6.12's v1 cell: no v1 memory controller; the systemd node covers this kernel, \
+         hybrid stays covered on 5.10 and 6.1",
+    ),
+];
 
 /// The privileged integration tests (apptheus/tests/<name>.rs) that need
 /// nothing but the agent, the starter simulator, sh, true, unshare,
