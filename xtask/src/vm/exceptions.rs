@@ -47,18 +47,6 @@ const NO_MEMCG_V1_SLURM: &str = "Linux 6.12 as Debian builds it has no v1 memory
      test's Slurm cluster cannot start there (a site running 6.12 runs pure v2, where the \
      test runs)";
 
-/// Why a batch job's container on the systemd node counts more CPU than
-/// its processes used from its start.
-const BEFORE_THE_STARTER: &str = "a Slurm batch job's container on the systemd node (read from \
-     its processes: Slurm's cgroup v2 tree gets no cgroup of the agent's) is reported with about \
-     0.45 to 0.65 s more CPU than the truth under emulation (4.01 s for a workload of 3.06 s and a \
-     starter of 0.50 s since it executed, its reaped children included; 3.85 s for 2.16 s and \
-     1.05 s), whether the script `exec`s Apptainer or runs it beside its own work (whose CPU is \
-     not counted: issue 24's part holds). The starter is caught at its exec among the script's \
-     own processes, so the truth is not short by a late look. Not yet explained: the surplus is \
-     of the order of what Apptainer's command-line tool (Go, many threads) uses before it \
-     executes the starter; a user's plain `apptainer exec` outside Slurm is within 3 %";
-
 /// Why a Slurm job's container is not followed across an agent restart.
 const NOT_MARKED: &str = "a container in a Slurm job on pure v2 has no cgroup of the agent's \
      (the agent creates nothing in Slurm's tree), so nothing marks it for the agent that \
@@ -73,18 +61,6 @@ pub static EXCEPTIONS: &[Exception] = &[
         layouts: &[Layout::Systemd],
         test: "systemd_node::a_batch_jobs_container_is_followed_across_a_restart",
         why: NOT_MARKED,
-    },
-    Exception {
-        kernels: &["6.12"],
-        layouts: &[Layout::Systemd],
-        test: "systemd_node::a_batch_jobs_container_counts_from_its_own_start",
-        why: BEFORE_THE_STARTER,
-    },
-    Exception {
-        kernels: &["6.12"],
-        layouts: &[Layout::Systemd],
-        test: "systemd_node::a_batch_scripts_own_work_beside_its_container_is_not_the_containers",
-        why: BEFORE_THE_STARTER,
     },
     Exception {
         kernels: EVERY_KERNEL,
