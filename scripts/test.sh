@@ -39,5 +39,5 @@ scripts/fuzz.sh 10
 rm -rf "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu"
 step "cargo xtask bench --smoke (every benchmark, tiny sizes)"
 cargo xtask bench --smoke
-step "cargo xtask vm-test --quick (privileged tests in VMs: Linux 5.10 x v1, hybrid, v2; 6.1 x hybrid, v2; the systemd node on 6.12)"
+step "cargo xtask vm-test --quick (privileged tests in VMs: Linux 5.10 x v1, hybrid, v2; 6.1 x v2; the systemd node on 6.12)"
 cargo xtask vm-test --quick --jobs 2

@@ -225,6 +225,68 @@ pub fn launch_workload(cli: &Path, starter: &Path, args: &str) -> String {
     )
 }
 
+/// [`launch_workload`], whose `cli` writes to `cpu_file` the CPU seconds
+/// its process used until it executes the starter (read it with
+/// [`cpu_at_exec`]).
+pub fn launch_workload_noting_cpu(
+    cli: &Path,
+    starter: &Path,
+    args: &str,
+    cpu_file: &Path,
+) -> String {
+    format!(
+        "{} launch --after 0.05 --cpu-at-exec {f} {s} -- {s} workload {args}",
+        cli.display(),
+        f = cpu_file.display(),
+        s = starter.display()
+    )
+}
+
+/// The CPU seconds written by [`launch_workload_noting_cpu`]'s launcher.
+pub fn cpu_at_exec(cpu_file: &Path) -> f64 {
+    let text = std::fs::read_to_string(cpu_file)
+        .unwrap_or_else(|e| panic!("the launcher's CPU at exec in {}: {e}", cpu_file.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the launcher's CPU at exec: {text:?}"))
+}
+
+/// A workload's end, held by the test: `workload --until <path>` runs until
+/// the gate opens: explicitly, or when the test drops it, even in a panic
+/// (its directory goes, which ends the wait too), so that nothing is left
+/// running for the tests after.
+pub struct Gate {
+    dir: tempfile::TempDir,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a directory for a gate"),
+        }
+    }
+
+    /// The workload's arguments that wait for this gate.
+    pub fn arg(&self) -> String {
+        format!("--until {}", self.path().display())
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("open")
+    }
+
+    /// Lets the workload end.
+    pub fn open(&self) {
+        std::fs::write(self.path(), "").expect("open a gate");
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,7 +243,8 @@ pub fn cgroup_of(pid: u32) -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
-fn children(pid: u32) -> Vec<u32> {
+/// The children of process `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
         .split_whitespace()

@@ -44,12 +44,11 @@ fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
     let agent = Agent::trusting(&starter, &[]);
     let parent = ParentCgroup::memory(&mc, Some(64 << 20));
 
-    // Within the limit: runs, and is placed beneath the parent.
-    let mut child = spawn_in(
-        Some(&parent),
-        &starter,
-        &["--alloc-mib", "8", "--sleep", "2"],
-    );
+    // Within the limit: runs, and is placed beneath the parent. It runs
+    // until the test has looked (an exiting task's v1 cgroup reads "/").
+    let gate = Gate::new();
+    let until = gate.arg();
+    let mut child = spawn_in(Some(&parent), &starter, &["--alloc-mib", "8", &until]);
     // CPU statistics exist in every layout: the container's cgroups have
     // been sampled once it has them.
     let id = wait_container(
@@ -95,6 +94,7 @@ fn container_lands_beneath_its_original_cgroup_whose_limit_still_holds() {
             "{m}"
         );
     }
+    gate.open();
     assert!(child.wait().unwrap().success());
     if mc.v2 {
         // ...and takes them back once the container is gone, so that the
@@ -189,12 +189,16 @@ fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
     let parent = ParentCgroup::memory(&mc, None);
 
     // Memory touched before the agent has placed the container stays
-    // charged to the enclosing cgroup (cgroup v1 does not move charges);
-    // the delay stands for Apptainer's own set-up time before its workload.
+    // charged to the enclosing cgroup (cgroup v1 does not move charges):
+    // the workload touches its memory once placed, as Apptainer's own
+    // set-up (far longer than a placement) lets it, and holds it until the
+    // test has read it.
+    let gate = Gate::new();
+    let until = gate.arg();
     let mut child = spawn_in(
         Some(&parent),
         &starter,
-        &["--delay", "0.3", "--alloc-mib", "200", "--sleep", "3"],
+        &["--until-placed", "--alloc-mib", "200", &until],
     );
     let id = wait_container(
         &agent,
@@ -210,6 +214,7 @@ fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
     .is_none()
     {
         // Leave nothing running for the tests after this one.
+        gate.open();
         let _ = child.wait();
         panic!("no memory statistics for the container: its cgroup has no memory controller\n{m}");
     }
@@ -240,6 +245,7 @@ fn memory_of_a_200_mib_workload_is_reported_within_5_percent() {
         "usage {:.1} MiB\n{m}",
         usage / MIB
     );
+    gate.open();
     assert!(child.wait().unwrap().success());
 }
 

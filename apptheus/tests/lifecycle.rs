@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use apptheus_testkit::node::{children, cpu_seconds};
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -254,4 +255,84 @@ fn a_run_of_a_replaced_starter_begun_before_it_was_trusted_is_followed() {
             .lines()
             .any(|l| l.contains("container exited") && l.contains(&id))
     });
+}
+
+/// A container that began before the agent started (the agent installed,
+/// upgraded or restarted while jobs run, with no cgroup of apptheus' to
+/// adopt the container by) is found among the processes at start-up and
+/// followed from then on, under a new id: its CPU is what its processes
+/// used, before the agent started too, its tasks are the kernel's, and its
+/// end is seen.
+#[test]
+fn a_container_running_when_the_agent_starts_is_followed_from_then() {
+    let Some((_serial, _trust, starter)) = trusted_starter() else {
+        return;
+    };
+    let gate = Gate::new();
+    let truth = tempfile::NamedTempFile::new().unwrap();
+    // The workload spins 0.5 s of CPU and holds until the test lets it
+    // go; the whole run's CPU is its rusage.
+    let mut run = Command::new(starter_sim())
+        .arg("rusage")
+        .arg(truth.path())
+        .arg("--")
+        .arg(&starter)
+        .args(["--no-namespaces", "--", &starter.display().to_string()])
+        .args(["workload", "--spin", "0.5"])
+        .args(gate.arg().split(' '))
+        .spawn()
+        .unwrap();
+    // The starter is the rusage process's child; the agent starts once
+    // the workload has used some CPU.
+    let deadline = Instant::now() + scaled(WAIT);
+    let (pid, workload) = loop {
+        let starter_pid = children(run.id()).first().copied();
+        let workload = starter_pid.and_then(|p| children(p).first().copied());
+        if let (Some(p), Some(w)) = (starter_pid, workload)
+            && cpu_seconds(w).is_some_and(|c| c >= 0.1)
+        {
+            break (p, w);
+        }
+        assert!(Instant::now() < deadline, "the workload never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let agent = Agent::trusting(&starter, &[]);
+    let mut id = None;
+    agent.wait_for(WAIT, "the running container to be followed", || {
+        let m = agent.metrics();
+        id = container_id(&m, "starter", &starter.display().to_string())
+            .filter(|id| id.starts_with(&format!("{pid}-")));
+        // The starter and the workload.
+        id.as_ref().is_some_and(|id| {
+            value(&m, "apptheus_container_tasks", &[("container_id", id)]) == Some(2.0)
+        })
+    });
+    let id = id.unwrap();
+    assert!(
+        agent
+            .log_text()
+            .contains("a starter run found running at start-up"),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        value(&agent.metrics(), "apptheus_containers_started_total", &[]),
+        Some(0.0),
+        "found running, not started under this agent"
+    );
+    agent.wait_for(WAIT, "the workload's spin to end", || {
+        cpu_seconds(workload).is_some_and(|c| c >= 0.5)
+    });
+    gate.open();
+    assert!(run.wait().unwrap().success());
+    let truth: f64 = std::fs::read_to_string(truth.path())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cpu = final_value(&agent, &id, "apptheus_container_cpu_usage_seconds_total");
+    assert!(
+        (cpu - truth).abs() <= 0.03 * truth + 0.01 * time_scale(),
+        "CPU {cpu:.3} s against the run's rusage {truth:.3} s"
+    );
 }

@@ -190,6 +190,7 @@ fn a_batch_scripts_container_counts_only_itself() {
     let to_read = io_dir.path().join("r");
     cold_file(&to_read, read);
     let truth = io_dir.path().join("truth");
+    let at_exec = io_dir.path().join("cpu-at-exec");
     let shm = ShmFile::new();
     let sim = starter_sim().display().to_string();
     let workload = format!(
@@ -205,7 +206,7 @@ fn a_batch_scripts_container_counts_only_itself() {
         busy = SHELL_BUSY_LOOP,
         shm = shm.0.display(),
         truth = truth.display(),
-        launch = launch_workload(&cli, &starter, &workload),
+        launch = launch_workload_noting_cpu(&cli, &starter, &workload, &at_exec),
     ));
     let id = wait_container(&agent, &starter, "apptheus_container_memory_usage_bytes");
     let metric = |name: &str| of(&agent.metrics(), name, &id).unwrap_or(0.0);
@@ -292,11 +293,14 @@ fn a_batch_scripts_container_counts_only_itself() {
     }
 
     assert!(shell.wait().unwrap().success());
-    let truth: f64 = std::fs::read_to_string(&truth)
+    // The tree's rusage, less what its first process used as Apptainer's
+    // tool before it executed the starter (not the container's).
+    let tree: f64 = std::fs::read_to_string(&truth)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
+    let truth = tree - cpu_at_exec(&at_exec);
     let cpu = final_value(&agent, &id, "apptheus_container_cpu_usage_seconds_total");
     eprintln!("measured: CPU {cpu:.4} s, rusage of the container's tree {truth:.4} s");
     assert!(
@@ -402,13 +406,14 @@ fn a_batch_script_that_execs_apptainer_hands_on_none_of_its_own_use() {
         "filling 64 MiB of shared memory in the job"
     );
     let pre = tempfile::NamedTempFile::new().unwrap();
+    let at_exec = tempfile::NamedTempFile::new().unwrap();
     let sleep = format!("{}", 3.0 * time_scale());
     let workload = format!("--delay 0.3 --alloc-mib 100 --spin 0.3 --sleep {sleep}");
     let before = children_cpu_seconds();
     let mut shell = job.shell(&format!(
         "{SHELL_BUSY_LOOP}; read s < /proc/$$/schedstat; echo $s > {pre}; exec {launch}",
         pre = pre.path().display(),
-        launch = launch_workload(&cli, &starter, &workload)
+        launch = launch_workload_noting_cpu(&cli, &starter, &workload, at_exec.path())
     ));
     let id = wait_container(&agent, &starter, "apptheus_container_memory_usage_bytes");
     let mut usage = 0.0;
@@ -452,11 +457,13 @@ fn a_batch_script_that_execs_apptainer_hands_on_none_of_its_own_use() {
         .and_then(|v| v.parse::<f64>().ok())
         .expect("the script's schedstat")
         / 1e9;
-    let truth = total - script;
+    // The script's process executes Apptainer's tool, which executes the
+    // starter: what it used until then is not the container's.
+    let truth = total - cpu_at_exec(at_exec.path());
     let cpu = final_value(&agent, &id, "apptheus_container_cpu_usage_seconds_total");
     eprintln!(
         "measured: CPU {cpu:.4} s; the container's rusage {truth:.4} s \
-         (the script's own {script:.4} s before its exec left out)"
+         (its process's use until the starter's exec left out: the script's own {script:.4} s and the launcher's)"
     );
     assert!(
         script >= 0.05,
@@ -550,18 +557,18 @@ fn a_login_sessions_container_keeps_its_limit_and_gets_its_memory() {
     );
 }
 
-/// A loop the batch script's shell runs in its own process (some tenths
-/// of a second of CPU), before it runs the container.
 /// Whether a container's CPU `cpu` is its rusage `truth`: within 3 %, and
 /// 10 ms more per unit of the time scale for the exec that starts it. The
-/// truth is taken around a process that executes the starter: what that
-/// process does between the last look at it and the exec (the exec's own
-/// work included) is in the truth but, by design, not the container's;
-/// natively a millisecond, under a VM's emulation tens.
+/// truth leaves out what the launcher used until its last instant before
+/// it executes the starter; the exec's own work (the kernel loading the
+/// starter) is in the truth but, by design, not the container's: natively
+/// a millisecond, under a VM's emulation tens.
 fn cpu_matches(cpu: f64, truth: f64) -> bool {
     (cpu - truth).abs() <= 0.03 * truth + 0.01 * time_scale()
 }
 
+/// A loop the batch script's shell runs in its own process (some tenths
+/// of a second of CPU), before it runs the container.
 const SHELL_BUSY_LOOP: &str = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done";
 
 /// A file in /dev/shm (shared memory, charged to the cgroup of the process
@@ -581,36 +588,6 @@ impl Drop for ShmFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// The value of `metric` for container `id` once it has ended: read from
-/// the first exposition in which the kernel's count of its tasks is 0 (a
-/// sample taken after its last task's exit, which banked what the task
-/// used). (Two reads that agree prove nothing: a read no scrape schedule
-/// explains may be served the same sample twice.)
-fn final_value(agent: &Agent, id: &str, metric: &str) -> f64 {
-    agent.wait_for(WAIT, "the container's end", || {
-        agent
-            .log_text()
-            .lines()
-            .any(|l| l.contains("container exited") && l.contains(id))
-    });
-    let mut v = -1.0;
-    agent.wait_for(
-        WAIT,
-        "a sample of the container after its last task",
-        || {
-            let m = agent.metrics();
-            match (of(&m, "apptheus_container_tasks", id), of(&m, metric, id)) {
-                (Some(0.0), Some(now)) => {
-                    v = now;
-                    true
-                }
-                _ => false,
-            }
-        },
-    );
-    v
 }
 
 /// Writes a file of `bytes` at `path`, flushes it to its disk and drops it

@@ -1353,11 +1353,9 @@ fn the_agents_idle_cost_and_its_time_to_the_first_scrape() {
 
 /// `systemctl restart apptheus` while a batch job's container runs (alone
 /// in its task's cgroup, where the agent creates nothing): the new agent
-/// follows it again, labelled with its job, and its CPU goes on.
-///
-/// Expected to fail today: nothing of the agent's marks such a container,
-/// so after a restart it is found again only if its starter is recovered
-/// from /proc (a documented exception of the cell).
+/// follows it again, labelled with its job, and its CPU goes on. Nothing
+/// of the agent's marks such a container: it is found among the
+/// processes, under a new id.
 #[test]
 #[ignore = "needs the systemd node: cargo xtask vm-test --kernel 6.12 --layout systemd"]
 fn a_batch_jobs_container_is_followed_across_a_restart() {

@@ -5,12 +5,13 @@
 //! socket, keeps the connection open, and waits for the container.
 //!
 //!   apptheus-starter-sim [--socket PATH] [--no-namespaces] [--arg0 NAME] -- CMD [ARGS...]
-//!   apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]
+//!   apptheus-starter-sim launch [--after SECS] [--cpu-at-exec FILE] STARTER [ARGS...]
 //!   apptheus-starter-sim calibrate REFERENCE_SECS
 //!   apptheus-starter-sim rusage FILE -- CMD [ARGS...]
 //!   apptheus-starter-sim write FILE BYTES
-//!   apptheus-starter-sim workload [--delay SECS] [--forks N] [--threads N]
-//!       [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS] [--timings]
+//!   apptheus-starter-sim workload [--delay SECS] [--until-placed] [--forks N]
+//!       [--threads N] [--execs N] [--alloc-mib N] [--spin SECS] [--sleep SECS]
+//!       [--until FILE] [--timings]
 //!       [--net-send HOST:PORT:BYTES] [--file-io PATH:BYTES] [--read-file PATH]
 //!       [--pingpong N] [--schedstat PATH]
 //!
@@ -24,9 +25,17 @@
 //! two threads' waits on the run queue (/proc/thread-self/schedstat):
 //! "RUN_DELAY_NS TIMESLICES", summed over both.
 //!
+//! `--until-placed` starts the work only once the process is in a cgroup
+//! of apptheus' (`apptheus-*` in /proc/self/cgroup); `--until FILE` ends it
+//! only once FILE exists, or its directory no longer does (after `--sleep`). A test waits for conditions,
+//! not for times that a slow machine outlasts: both give up with exit code
+//! 3 after ten minutes.
+//!
 //! `launch` stands in for Apptainer's command-line tool: after SECS of
 //! preparation (default 0.03) it execs STARTER in its place, as
-//! `apptainer exec` does.
+//! `apptainer exec` does; with `--cpu-at-exec` it first writes to FILE the
+//! CPU seconds its thread used until then (what a test's truth for the
+//! container leaves out: the container starts at the starter's exec).
 //!
 //! `workload` does a known amount of work, so tests can compare what
 //! apptheus reports with the truth.
@@ -129,22 +138,49 @@ fn main() -> ExitCode {
 
 fn launch(args: &[String]) -> ExitCode {
     let mut after = 0.03;
+    let mut cpu_file = None;
     let mut rest = args;
-    if rest.first().map(String::as_str) == Some("--after") {
-        match rest.get(1).and_then(|v| v.parse::<f64>().ok()) {
-            Some(v) if v >= 0.0 && v.is_finite() => after = v,
-            _ => {
-                eprintln!("launch: --after needs a number of seconds");
-                return ExitCode::from(2);
-            }
+    loop {
+        match rest.first().map(String::as_str) {
+            Some("--after") => match rest.get(1).and_then(|v| v.parse::<f64>().ok()) {
+                Some(v) if v >= 0.0 && v.is_finite() => after = v,
+                _ => {
+                    eprintln!("launch: --after needs a number of seconds");
+                    return ExitCode::from(2);
+                }
+            },
+            Some("--cpu-at-exec") => match rest.get(1) {
+                Some(f) => cpu_file = Some(f.clone()),
+                None => {
+                    eprintln!("launch: --cpu-at-exec needs a file");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => break,
         }
         rest = &rest[2..];
     }
     if rest.is_empty() {
-        eprintln!("usage: apptheus-starter-sim launch [--after SECS] STARTER [ARGS...]");
+        eprintln!(
+            "usage: apptheus-starter-sim launch [--after SECS] [--cpu-at-exec FILE] STARTER [ARGS...]"
+        );
         return ExitCode::from(2);
     }
     std::thread::sleep(Duration::from_secs_f64(after));
+    if let Some(f) = cpu_file {
+        let written = std::fs::read_to_string("/proc/thread-self/schedstat").and_then(|t| {
+            let ns: u64 = t
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| std::io::Error::other(format!("unexpected schedstat: {t:?}")))?;
+            std::fs::write(&f, format!("{}\n", ns as f64 / 1e9))
+        });
+        if let Err(e) = written {
+            eprintln!("launch: --cpu-at-exec {f}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // By path, as Apptainer's tool execs the starter.
     exec(rest, |argv| nix::unistd::execv(&argv[0], argv))
 }
@@ -277,6 +313,10 @@ fn workload(args: &[String]) -> ExitCode {
     if delay > 0.0 {
         std::thread::sleep(Duration::from_secs_f64(delay));
     }
+    if args.iter().any(|a| a == "--until-placed") && !wait_until(placed) {
+        eprintln!("workload: not placed in a cgroup of apptheus' within {GIVE_UP:?}");
+        return ExitCode::from(3);
+    }
     let (forks, threads, execs) = (
         get("--forks") as usize,
         get("--threads") as usize,
@@ -346,8 +386,52 @@ fn workload(args: &[String]) -> ExitCode {
     if sleep > 0.0 {
         std::thread::sleep(Duration::from_secs_f64(sleep));
     }
+    if let Some(i) = args.iter().position(|a| a == "--until") {
+        let Some(file) = args.get(i + 1) else {
+            eprintln!("workload: --until needs a file");
+            return ExitCode::from(2);
+        };
+        let file = std::path::Path::new(file);
+        let dir = match file.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !wait_until(|| file.exists() || !dir.exists()) {
+            eprintln!(
+                "workload: {} did not appear within {GIVE_UP:?}",
+                file.display()
+            );
+            return ExitCode::from(3);
+        }
+    }
     std::hint::black_box(&memory);
     ExitCode::SUCCESS
+}
+
+/// How long `--until` and `--until-placed` wait before giving up.
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+/// Polls `cond` until it holds (true) or [`GIVE_UP`] has passed (false).
+fn wait_until(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > GIVE_UP {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Whether this process is in a cgroup apptheus made (named apptheus-*)
+/// in some hierarchy.
+fn placed() -> bool {
+    std::fs::read_to_string("/proc/self/cgroup").is_ok_and(|t| {
+        t.lines().any(|l| {
+            l.rsplit_once(':')
+                .is_some_and(|(_, path)| path.split('/').any(|c| c.starts_with("apptheus-")))
+        })
+    })
 }
 
 /// The workloads of the kernel collectors' tests: network, file I/O,

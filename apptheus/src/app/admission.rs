@@ -28,7 +28,7 @@ use crate::{
 impl Agent {
     /// A new starter run: let in, or refused for its user's rate.
     pub(super) fn admit_run(&mut self, s: &StartFacts) -> bool {
-        if s.found_by == FoundBy::Adopted {
+        if s.found_by.at_start_up() {
             return true;
         }
         match self.caps.start(s.uid, Instant::now()) {
@@ -44,7 +44,7 @@ impl Agent {
     /// live containers, or refused.
     pub(super) fn admit_container(&mut self, s: &StartFacts) -> bool {
         let now = Instant::now();
-        if s.found_by == FoundBy::Adopted {
+        if s.found_by.at_start_up() {
             self.caps.open_anyway(s.uid, now);
             return true;
         }

@@ -1,6 +1,7 @@
 //! At start-up: the containers an earlier run of the agent placed that
 //! still run are taken over; the cgroups of those that ended meanwhile
-//! are removed. Only directories apptheus marked as its own count (see
+//! are removed; runs of trusted starters that no marked cgroup tells of
+//! are then looked for among the processes (see `recovering`). Only directories apptheus marked as its own count (see
 //! `cgroup::mark`): one with its naming that a user made is neither taken
 //! over nor removed. The mark says whose container each directory is and
 //! which run of it, so an instance's joins are taken over as its members,
@@ -72,6 +73,9 @@ impl Agent {
             }
         }
         self.delegated.release_unused();
+        // Runs no marked cgroup told of: found among the processes.
+        let trusted = self.trust.starters.ids();
+        self.recover_runs(&trusted, super::recovering::Search::AtStartUp);
     }
 
     /// Run `r` with the tasks a runtime moved out of our cgroup (with

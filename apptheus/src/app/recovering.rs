@@ -1,12 +1,16 @@
 //! Runs the agent missed. Runs of a newly trusted starter that began
-//! before the kernel knew its identity: between a package upgrade's rename of the new file over the
-//! old and the agent's re-resolution (a millisecond with the directory
-//! watch, up to the periodic re-check without), the kernel compares execs
-//! with the old identity and lets them go. Each re-resolution that trusts
-//! new files looks for their runs in /proc and follows them from then on,
-//! as a run found through the monitoring socket is. And containers whose
-//! start the event stream lost: the kernel's map of starter runs is
-//! compared with the registry now and then ([`Agent::reconcile`]).
+//! before the kernel knew its identity: between a package upgrade's rename
+//! of the new file over the old and the agent's re-resolution (a
+//! millisecond with the directory watch, up to the periodic re-check
+//! without), the kernel compares execs with the old identity and lets them
+//! go. Each re-resolution that trusts new files looks for their runs in
+//! /proc and follows them from then on, as a run found through the
+//! monitoring socket is. At start-up, the runs of every trusted starter
+//! that no marked cgroup let the agent adopt (a Slurm job's container,
+//! which gets no cgroup of apptheus', or one that began before the agent
+//! first ran) are found the same way. And containers whose start the event
+//! stream lost: the kernel's map of starter runs is compared with the
+//! registry now and then ([`Agent::reconcile`]).
 use std::collections::BTreeSet;
 
 use apptheus_common::{ContainerState, FileId};
@@ -18,10 +22,19 @@ use crate::{
     model::container::FoundBy,
 };
 
+/// Why the agent looks for starter runs among the processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Search {
+    /// Their starters were just trusted: runs that began before.
+    NewlyTrusted,
+    /// The agent starts: runs that began before, which it did not adopt.
+    AtStartUp,
+}
+
 impl Agent {
-    /// Follows the runs of the starters `new` (identities just trusted)
-    /// that no container holds yet.
-    pub(super) fn recover_runs(&mut self, new: &BTreeSet<FileId>) {
+    /// Follows the runs of the starters `new` (trusted identities) that no
+    /// container holds yet.
+    pub(super) fn recover_runs(&mut self, new: &BTreeSet<FileId>, search: Search) {
         if new.is_empty() || self.kernel.is_none() {
             return;
         }
@@ -58,12 +71,14 @@ impl Agent {
             }
         }
         for (pid, exe) in found {
-            self.recover(pid, exe);
+            self.recover(pid, exe, search);
         }
     }
 
-    /// Follows the run of starter process `pid` (executing `exe`) from now.
-    fn recover(&mut self, pid: u32, exe: FileId) {
+    /// Follows the run of starter process `pid` (executing `exe`) from now,
+    /// under a new id: what its processes used before counts (not what
+    /// ended before it was found).
+    fn recover(&mut self, pid: u32, exe: FileId, search: Search) {
         let procs = proctree::tree(self.procfs.root(), pid);
         let tids: Vec<u32> = procs.iter().flat_map(|p| self.threads(*p)).collect();
         // Whether it runs something of its own already (see `admission`).
@@ -92,15 +107,29 @@ impl Agent {
         if let Some(k) = self.kernel.as_mut()
             && let Err(e) = k.adopt(key, &state, &tids)
         {
-            tracing::warn!(pid, error = %chain(&e), "cannot hand a run of a newly trusted starter to the kernel programs");
+            tracing::warn!(pid, error = %chain(&e), "cannot hand a starter run found among the processes to the kernel programs");
             return;
         }
-        tracing::info!(
-            pid,
-            uid,
-            tasks = tids.len(),
-            "a run of a newly trusted starter began before it was trusted; followed from now on"
-        );
+        let found_by = match search {
+            Search::NewlyTrusted => {
+                tracing::info!(
+                    pid,
+                    uid,
+                    tasks = tids.len(),
+                    "a run of a newly trusted starter began before it was trusted; followed from now on"
+                );
+                FoundBy::Kernel
+            }
+            Search::AtStartUp => {
+                tracing::info!(
+                    pid,
+                    uid,
+                    tasks = tids.len(),
+                    "a starter run found running at start-up, with no cgroup of apptheus' to adopt it by; followed from now on, under a new id"
+                );
+                FoundBy::Running
+            }
+        };
         self.on_start(StartFacts {
             key,
             starter_pid: pid,
@@ -109,7 +138,7 @@ impl Agent {
             file: Some(exe),
             parent_launcher: None,
             arg0: None,
-            found_by: FoundBy::Kernel,
+            found_by,
             socket: None,
             cgroups: None,
         });

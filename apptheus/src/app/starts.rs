@@ -123,7 +123,7 @@ impl Agent {
                 "starter run seen; shown once it runs something of its own");
         }
         let shown = c.shown;
-        if self.registry.insert(c) && shown && s.found_by != FoundBy::Adopted {
+        if self.registry.insert(c) && shown && !s.found_by.at_start_up() {
             self.metrics.own.containers_started.inc();
         }
         // Placement at once: until its tasks are inside, a container's

@@ -139,7 +139,7 @@ impl Agent {
                     trust.starters = t;
                 }
                 trust.publish(&self.metrics);
-                self.recover_runs(&new);
+                self.recover_runs(&new, super::recovering::Search::NewlyTrusted);
                 true
             }
             Err(e) => {

@@ -20,6 +20,18 @@ pub(crate) enum FoundBy {
     Socket,
     /// Found at start-up, left by an earlier run of the agent.
     Adopted,
+    /// Found at start-up among the processes: a run with no cgroup of
+    /// apptheus' to be adopted by (a Slurm job's container, or one that
+    /// began before the agent first ran).
+    Running,
+}
+
+impl FoundBy {
+    /// Found at start-up, running already: neither a new start nor one a
+    /// user's start rate may refuse.
+    pub(crate) fn at_start_up(self) -> bool {
+        matches!(self, FoundBy::Adopted | FoundBy::Running)
+    }
 }
 
 /// The kernel programs' counters for a container. The collectors' values

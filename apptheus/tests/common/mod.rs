@@ -16,8 +16,8 @@ use std::{
 pub use apptheus_testkit::{
     cgroupfs::{MemoryController, new_cgroup_dirs, our_cgroup_dirs},
     host::{
-        Serial, TrustDir, children_cpu_seconds, free_port, launch_workload, run, scaled, serial,
-        time_scale, unique,
+        Gate, Serial, TrustDir, children_cpu_seconds, cpu_at_exec, free_port, launch_workload,
+        launch_workload_noting_cpu, run, scaled, serial, time_scale, unique,
     },
     privileged,
     scrape::{container_id, http_get, value},
@@ -97,4 +97,34 @@ impl DerefMut for Agent {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
     }
+}
+
+/// The value of `metric` for container `id` once it has ended: read from
+/// the first exposition in which the kernel's count of its tasks is 0 (a
+/// sample taken after its last task's exit, which banked what the task
+/// used). (Two reads that agree prove nothing: a read no scrape schedule
+/// explains may be served the same sample twice.)
+pub fn final_value(agent: &Agent, id: &str, metric: &str) -> f64 {
+    agent.wait_for(cgroup::WAIT, "the container's end", || {
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("container exited") && l.contains(id))
+    });
+    let mut v = -1.0;
+    agent.wait_for(
+        cgroup::WAIT,
+        "a sample of the container after its last task",
+        || {
+            let m = agent.metrics();
+            match (of(&m, "apptheus_container_tasks", id), of(&m, metric, id)) {
+                (Some(0.0), Some(now)) => {
+                    v = now;
+                    true
+                }
+                _ => false,
+            }
+        },
+    );
+    v
 }

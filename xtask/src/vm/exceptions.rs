@@ -47,14 +47,6 @@ const NO_MEMCG_V1_SLURM: &str = "Linux 6.12 as Debian builds it has no v1 memory
      test's Slurm cluster cannot start there (a site running 6.12 runs pure v2, where the \
      test runs)";
 
-/// Why a Slurm job's container is not followed across an agent restart.
-const NOT_MARKED: &str = "a container in a Slurm job on pure v2 has no cgroup of the agent's \
-     (the agent creates nothing in Slurm's tree), so nothing marks it for the agent that \
-     starts after a restart: adoption finds containers by their apptheus-<id> cgroups \
-     only, and this one would have to be recovered from /proc (a running process of a \
-     trusted starter whose parent is no starter). The containers that have a cgroup of \
-     the agent's are adopted (systemd_node::reload_and_restart_keep_running_containers_and_leak_nothing)";
-
 pub static EXCEPTIONS: &[Exception] = &[
     Exception {
         kernels: &["6.12"],
@@ -66,12 +58,6 @@ pub static EXCEPTIONS: &[Exception] = &[
               passes. Not yet explained; a likely share is what a task's exit does after the \
               exit tracepoint (where the kernel program banks its runtime), freeing the \
               workload's 200 MiB, which rusage counts and which is slow under emulation",
-    },
-    Exception {
-        kernels: &["6.12"],
-        layouts: &[Layout::Systemd],
-        test: "systemd_node::a_batch_jobs_container_is_followed_across_a_restart",
-        why: NOT_MARKED,
     },
     Exception {
         kernels: EVERY_KERNEL,

@@ -87,13 +87,20 @@ const COVERED: &[(&str, Layout, &str)] = &[
         "6.1",
         Layout::V1,
         "pure v1 (no cgroup2 at all) is the rarest layout on a kernel with BTF; it stays \
-         covered on 5.10, and 6.1's kernel programs on its hybrid and v2 cells",
+         covered on 5.10, and 6.1's kernel programs on its v2 cell",
+    ),
+    (
+        "6.1",
+        Layout::Hybrid,
+        "hybrid (v1 controllers beside an empty cgroup2 mount) is the layout of older \
+         distributions, whose kernels are closer to 5.10, where it stays covered; 6.1's kernel \
+         programs are loaded on its v2 cell, the layout Debian 12 boots with",
     ),
     (
         "6.12",
         Layout::Hybrid,
         "as 6.12's v1 cell: no v1 memory controller; the systemd node covers this kernel, \
-         hybrid stays covered on 5.10 and 6.1",
+         hybrid stays covered on 5.10",
     ),
 ];
 
