@@ -260,38 +260,40 @@ fn a_run_of_a_replaced_starter_begun_before_it_was_trusted_is_followed() {
 /// A container that began before the agent started (the agent installed,
 /// upgraded or restarted while jobs run, with no cgroup of apptheus' to
 /// adopt the container by) is found among the processes at start-up and
-/// followed from then on, under a new id: its CPU is what its processes
-/// used, before the agent started too, its tasks are the kernel's, and its
-/// end is seen.
+/// followed from then on, under a new id: its tasks are the kernel's, its
+/// CPU counts what it used from then (not what its process used before),
+/// and its end is seen.
 #[test]
 fn a_container_running_when_the_agent_starts_is_followed_from_then() {
     let Some((_serial, _trust, starter)) = trusted_starter() else {
         return;
     };
     let gate = Gate::new();
-    let truth = tempfile::NamedTempFile::new().unwrap();
-    // The workload spins 0.5 s of CPU and holds until the test lets it
-    // go; the whole run's CPU is its rusage.
-    let mut run = Command::new(starter_sim())
-        .arg("rusage")
-        .arg(truth.path())
-        .arg("--")
-        .arg(&starter)
-        .args(["--no-namespaces", "--", &starter.display().to_string()])
-        .args(["workload", "--spin", "0.5"])
-        .args(gate.arg().split(' '))
+    // The container's process first uses CPU as a shell, then, as the
+    // workload, waits to be placed (by the agent, once it found it) and
+    // spins 0.5 s, and holds until the test lets it go.
+    let script = format!(
+        "{busy}; exec {sim} workload --until-placed --spin 0.5 {until}",
+        busy = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done",
+        sim = starter.display(),
+        until = gate.arg()
+    );
+    let mut run = Command::new(&starter)
+        .args(["--no-namespaces", "--", "/bin/sh", "-c", &script])
         .spawn()
         .unwrap();
-    // The starter is the rusage process's child; the agent starts once
-    // the workload has used some CPU.
+    let pid = run.id();
+    // The agent starts once the shell's loop is done: the workload runs.
     let deadline = Instant::now() + scaled(WAIT);
-    let (pid, workload) = loop {
-        let starter_pid = children(run.id()).first().copied();
-        let workload = starter_pid.and_then(|p| children(p).first().copied());
-        if let (Some(p), Some(w)) = (starter_pid, workload)
-            && cpu_seconds(w).is_some_and(|c| c >= 0.1)
+    let (workload, before) = loop {
+        let waiting = children(pid)
+            .first()
+            .copied()
+            .filter(|w| std::fs::read_link(format!("/proc/{w}/exe")).is_ok_and(|e| e == starter));
+        if let Some(w) = waiting
+            && let Some(cpu) = cpu_seconds(w)
         {
-            break (p, w);
+            break (w, cpu);
         }
         assert!(Instant::now() < deadline, "the workload never ran");
         std::thread::sleep(Duration::from_millis(20));
@@ -321,18 +323,19 @@ fn a_container_running_when_the_agent_starts_is_followed_from_then() {
         "found running, not started under this agent"
     );
     agent.wait_for(WAIT, "the workload's spin to end", || {
-        cpu_seconds(workload).is_some_and(|c| c >= 0.5)
+        cpu_seconds(workload).is_some_and(|c| c >= before + 0.5)
     });
     gate.open();
     assert!(run.wait().unwrap().success());
-    let truth: f64 = std::fs::read_to_string(truth.path())
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     let cpu = final_value(&agent, &id, "apptheus_container_cpu_usage_seconds_total");
+    eprintln!("measured: CPU {cpu:.4} s for a 0.5 s spin; {before:.3} s used before");
     assert!(
-        (cpu - truth).abs() <= 0.03 * truth + 0.01 * time_scale(),
-        "CPU {cpu:.3} s against the run's rusage {truth:.3} s"
+        before >= 0.05,
+        "the shell's loop used too little CPU ({before:.3} s) to tell"
+    );
+    assert!(
+        (0.5..=0.5 * 1.03 + 0.01 * time_scale()).contains(&cpu),
+        "CPU {cpu:.3} s for the 0.5 s spun after the agent found the container \
+         ({before:.3} s used before it started)"
     );
 }

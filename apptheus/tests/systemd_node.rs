@@ -554,12 +554,14 @@ fn work_left_in_the_background_is_the_containers_until_it_ends() {
             .cpu(Duration::from_millis(1500))
             .hold(Hold::UntilKilled);
         // Its report goes to a file: the work outlives Apptainer, whose
-        // output the test reads to its end.
+        // output the test reads to its end. The shell returns once the
+        // work has started (with --memory, the work would otherwise end
+        // with Apptainer's scope before it said so).
         let out = n.s.tmp().join(format!("{name}.out"));
         let script = format!(
-            "{} > {} 2>&1 & exit 0",
-            shell_quote(&w.argv()),
-            shell_quote(&[out.display().to_string()])
+            "{w} > {o} 2>&1 & until grep -q started {o}; do sleep 0.05; done; exit 0",
+            w = shell_quote(&w.argv()),
+            o = shell_quote(&[out.display().to_string()])
         );
         let mut argv = vec!["apptainer", "exec"];
         argv.extend_from_slice(flags);
@@ -1353,35 +1355,42 @@ fn the_agents_idle_cost_and_its_time_to_the_first_scrape() {
 
 /// `systemctl restart apptheus` while a batch job's container runs (alone
 /// in its task's cgroup, where the agent creates nothing): the new agent
-/// follows it again, labelled with its job, and its CPU goes on. Nothing
-/// of the agent's marks such a container: it is found among the
-/// processes, under a new id.
+/// follows it again, labelled with its job, and counts the CPU it uses
+/// from then on. Nothing of the agent's marks such a container: it is
+/// found among the processes, under a new id.
 #[test]
 #[ignore = "needs the systemd node: cargo xtask vm-test --kernel 6.12 --layout systemd"]
 fn a_batch_jobs_container_is_followed_across_a_restart() {
     let Some(mut n) = node() else { return };
     let slurm = slurm(&n);
     let img = image(&n, "restart-batch");
+    // The container burns 1 s, waits for the test (Apptainer binds the
+    // host's /tmp, where the test's directory is), burns 1 s more, holds.
+    let go = slurm.dir().join("restart.go");
     let script = format!(
-        "#!/bin/sh\nexec apptainer exec {} sh -c '/bin/workload -c 1 -s -1; exit 0'\n",
-        img.inside
+        "#!/bin/sh\nexec apptainer exec {} sh -c '/bin/workload -c 1 -s 0; \
+         while [ ! -e {go} ]; do sleep 0.1; done; /bin/workload -c 1 -s -1; exit 0'\n",
+        img.inside,
+        go = go.display()
     );
     let job = slurm.submit(&script, &["--mem=100M"]).unwrap();
     let id = n.find("image", &img.inside);
-    let mut report = None;
-    n.agent.wait_for(LIMIT, "the workload's report", || {
-        let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")))
-            .unwrap_or_default();
-        report = Report::parse(&out).filter(|r| r.done.is_some());
-        report.is_some()
-    });
-    let report = report.unwrap();
-    let before = n.series("apptheus_container_cpu_usage_seconds_total", &id);
+    let report = |n: &Node| {
+        let mut report = None;
+        n.agent.wait_for(LIMIT, "the workload's report", || {
+            let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")))
+                .unwrap_or_default();
+            report = Report::parse(&out).filter(|r| r.done.is_some());
+            report.is_some()
+        });
+        report.unwrap()
+    };
+    let first = report(&n);
     let mark = node::journal_cursor();
     node::systemctl(&["restart", "apptheus"]).unwrap();
     n.agent = PackagedAgent::running_after(mark, scaled(LIMIT)).unwrap();
-    // The new agent adopts what it finds before its first samples: after
-    // two of them, the same container (the same starter) is there, under
+    // The new agent finds what runs before its first samples: after two
+    // of them, the same container (the same starter) is there, under
     // whatever id, or it is not followed.
     n.agent.wait_for(LIMIT, "two samples of the new agent", || {
         samples(&n.metrics()) >= 2.0
@@ -1409,13 +1418,20 @@ fn a_batch_jobs_container_is_followed_across_a_restart() {
         .and_then(|s| s.split('"').next())
         .unwrap()
         .to_string();
+    // The second second of CPU, burned after the restart, is counted.
+    std::fs::write(&go, "").unwrap();
+    let mut second = first.clone();
+    n.agent.wait_for(LIMIT, "the second workload's report", || {
+        second = report(&n);
+        second.pid != first.pid
+    });
     n.series_until(
         "apptheus_container_cpu_usage_seconds_total",
         &new_id,
-        "no less than before the restart",
-        |v| v >= before,
+        "the second second of CPU, burned after the restart",
+        |v| v >= 1.0,
     );
-    kill(report.pid);
+    kill(second.pid);
     let ended = slurm.wait(job, LIMIT).unwrap();
     assert_eq!(ended.state, "COMPLETED", "{ended:?}");
 }

@@ -76,8 +76,11 @@ impl Agent {
     }
 
     /// Follows the run of starter process `pid` (executing `exe`) from now,
-    /// under a new id: what its processes used before counts (not what
-    /// ended before it was found).
+    /// under a new id. A newly trusted starter's run began moments ago:
+    /// what its processes used counts. One found at start-up may have run
+    /// for hours, its starter's process as Apptainer's tool first, and its
+    /// ended processes are not there to count: its counters start from
+    /// here, as an adopted container's kernel counters do.
     fn recover(&mut self, pid: u32, exe: FileId, search: Search) {
         let procs = proctree::tree(self.procfs.root(), pid);
         let tids: Vec<u32> = procs.iter().flat_map(|p| self.threads(*p)).collect();
@@ -96,12 +99,19 @@ impl Agent {
         {
             key += 1;
         }
+        let used = match search {
+            Search::NewlyTrusted => Default::default(),
+            Search::AtStartUp => crate::host::procstats::used_by(self.procfs.root(), &tids),
+        };
         let state = ContainerState {
             start_boot_ns: now,
             starter_tgid: pid,
             uid,
             starter: exe,
             execs: if ran { 2 } else { 1 },
+            start_runtime_ns: used.runtime_ns,
+            start_read_bytes: used.read_bytes,
+            start_write_bytes: used.write_bytes,
             ..ContainerState::default()
         };
         if let Some(k) = self.kernel.as_mut()
