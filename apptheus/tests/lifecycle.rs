@@ -222,24 +222,13 @@ fn a_run_of_a_replaced_starter_begun_before_it_was_trusted_is_followed() {
         .unwrap();
     let pid = run.id();
     // Its exec was of a file not trusted: nothing yet.
-    agent.wait_for(WAIT, "the sleep to run", || {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .is_ok_and(|c| !c.trim().is_empty())
-    });
+    agent.wait_for(WAIT, "the sleep to run", || !children(pid).is_empty());
     assert_eq!(
         value(&agent.metrics(), "apptheus_containers_started_total", &[]),
         Some(0.0)
     );
     std::fs::rename(&new, &starter).unwrap();
-    let mut id = None;
-    agent.wait_for(WAIT, "the run to be followed", || {
-        let m = agent.metrics();
-        id = container_id(&m, "starter", &starter.display().to_string())
-            .filter(|id| id.starts_with(&format!("{pid}-")));
-        id.as_ref().is_some_and(|id| {
-            value(&m, "apptheus_container_tasks", &[("container_id", id)]) == Some(2.0)
-        })
-    });
+    let id = followed_with_two_tasks(&agent, &starter, pid);
     assert!(
         agent
             .log_text()
@@ -248,7 +237,6 @@ fn a_run_of_a_replaced_starter_begun_before_it_was_trusted_is_followed() {
         agent.log_text()
     );
     assert!(run.wait().unwrap().success());
-    let id = id.unwrap();
     agent.wait_for(WAIT, "its end", || {
         agent
             .log_text()
@@ -299,17 +287,7 @@ fn a_container_running_when_the_agent_starts_is_followed_from_then() {
         std::thread::sleep(Duration::from_millis(20));
     };
     let agent = Agent::trusting(&starter, &[]);
-    let mut id = None;
-    agent.wait_for(WAIT, "the running container to be followed", || {
-        let m = agent.metrics();
-        id = container_id(&m, "starter", &starter.display().to_string())
-            .filter(|id| id.starts_with(&format!("{pid}-")));
-        // The starter and the workload.
-        id.as_ref().is_some_and(|id| {
-            value(&m, "apptheus_container_tasks", &[("container_id", id)]) == Some(2.0)
-        })
-    });
-    let id = id.unwrap();
+    let id = followed_with_two_tasks(&agent, &starter, pid);
     assert!(
         agent
             .log_text()
@@ -338,4 +316,19 @@ fn a_container_running_when_the_agent_starts_is_followed_from_then() {
         "CPU {cpu:.3} s for the 0.5 s spun after the agent found the container \
          ({before:.3} s used before it started)"
     );
+}
+
+/// Waits until the agent follows the run of `starter` whose starter is
+/// `pid`, with its two tasks (the starter and what it runs); its id.
+fn followed_with_two_tasks(agent: &Agent, starter: &std::path::Path, pid: u32) -> String {
+    let mut id = None;
+    agent.wait_for(WAIT, "the run to be followed, with its two tasks", || {
+        let m = agent.metrics();
+        id = container_id(&m, "starter", &starter.display().to_string())
+            .filter(|id| id.starts_with(&format!("{pid}-")));
+        id.as_ref().is_some_and(|id| {
+            value(&m, "apptheus_container_tasks", &[("container_id", id)]) == Some(2.0)
+        })
+    });
+    id.unwrap()
 }

@@ -790,6 +790,19 @@ fn slurm(n: &Node) -> NodeSlurm {
     NodeSlurm::new(n.s.user(), LIMIT).unwrap()
 }
 
+/// The workload's report in job `job`'s output, once it is done (the last
+/// workload's, when the job ran several one after another).
+fn job_report(n: &Node, slurm: &NodeSlurm, job: u32) -> Report {
+    let mut report = None;
+    n.agent.wait_for(LIMIT, "the workload's report", || {
+        let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")))
+            .unwrap_or_default();
+        report = Report::parse(&out).filter(|r| r.done.is_some());
+        report.is_some()
+    });
+    report.unwrap()
+}
+
 /// The first lines of a batch script whose starter the test must catch at
 /// its exec: the script tells its pid in `<dir>/<name>.pid` and waits for
 /// `<dir>/<name>.go` (see [`starter_of_gated`]).
@@ -867,15 +880,7 @@ fn a_batch_job_that_execs_apptainer_is_labelled_with_its_job_and_read_from_its_t
         labels.contains(&format!("slurm_job_id=\"{job}\"")),
         "the job sbatch named ({job}): {labels}"
     );
-    let output = |slurm: &NodeSlurm| {
-        std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out"))).unwrap_or_default()
-    };
-    let mut report = None;
-    n.agent.wait_for(LIMIT, "the workload's report", || {
-        report = Report::parse(&output(&slurm)).filter(|r| r.done.is_some());
-        report.is_some()
-    });
-    let report = report.unwrap();
+    let report = job_report(&n, &slurm, job);
     let task = report.cgroup("").unwrap().to_string();
     assert!(
         task.ends_with("/step_batch/user/task_0") && task.contains("_slurmstepd.scope/"),
@@ -924,7 +929,8 @@ fn a_batch_job_that_execs_apptainer_is_labelled_with_its_job_and_read_from_its_t
     );
     kill(report.pid);
     let ended = slurm.wait(job, LIMIT).unwrap();
-    assert_eq!(ended.state, "COMPLETED", "{ended:?}\n{}", output(&slurm));
+    let output = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")));
+    assert_eq!(ended.state, "COMPLETED", "{ended:?}\n{output:?}");
     n.ended(&id);
     slurm_removes(&n, &slurm, &job_dir);
 }
@@ -955,14 +961,7 @@ fn a_batch_jobs_container_counts_from_its_own_start() {
     let job = slurm.submit(&script, &["--mem=100M"]).unwrap();
     let starter = starter_of_gated(&n, &slurm, "batch-start");
     let id = n.find("image", &img.inside);
-    let mut report = None;
-    n.agent.wait_for(LIMIT, "the workload's report", || {
-        let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")))
-            .unwrap_or_default();
-        report = Report::parse(&out).filter(|r| r.done.is_some());
-        report.is_some()
-    });
-    let report = report.unwrap();
+    let report = job_report(&n, &slurm, job);
     assert_cpu(&n, &id, report.done.as_ref().unwrap(), &starter);
     kill(report.pid);
     let ended = slurm.wait(job, LIMIT).unwrap();
@@ -1375,17 +1374,7 @@ fn a_batch_jobs_container_is_followed_across_a_restart() {
     );
     let job = slurm.submit(&script, &["--mem=100M"]).unwrap();
     let id = n.find("image", &img.inside);
-    let report = |n: &Node| {
-        let mut report = None;
-        n.agent.wait_for(LIMIT, "the workload's report", || {
-            let out = std::fs::read_to_string(slurm.dir().join(format!("slurm-{job}.out")))
-                .unwrap_or_default();
-            report = Report::parse(&out).filter(|r| r.done.is_some());
-            report.is_some()
-        });
-        report.unwrap()
-    };
-    let first = report(&n);
+    let first = job_report(&n, &slurm, job);
     let mark = node::journal_cursor();
     node::systemctl(&["restart", "apptheus"]).unwrap();
     n.agent = PackagedAgent::running_after(mark, scaled(LIMIT)).unwrap();
@@ -1422,7 +1411,7 @@ fn a_batch_jobs_container_is_followed_across_a_restart() {
     std::fs::write(&go, "").unwrap();
     let mut second = first.clone();
     n.agent.wait_for(LIMIT, "the second workload's report", || {
-        second = report(&n);
+        second = job_report(&n, &slurm, job);
         second.pid != first.pid
     });
     n.series_until(
