@@ -24,16 +24,7 @@ pub fn http_get_within(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(timeout))?;
-    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let raw = http_get_on(TcpStream::connect(addr)?, addr, path, headers, timeout)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split_whitespace()
@@ -45,6 +36,27 @@ pub fn http_get_within(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// An HTTP/1.0 GET of `path` from `addr` over the connection `s`: the
+/// whole answer as it came (status line, headers, body), given `timeout`.
+pub fn http_get_on(
+    mut s: TcpStream,
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(timeout))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    Ok(raw)
 }
 
 /// The value of the first sample of `name` whose labels contain every

@@ -33,14 +33,16 @@ impl fmt::Display for Chain<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// An error with a cause, as the agent's own errors are (also the
+    /// logging tests').
     #[derive(Debug, thiserror::Error)]
     #[error("trusted starter /x does not exist (fix --trust.path)")]
-    struct Missing {
+    pub(crate) struct Missing {
         #[source]
-        source: std::io::Error,
+        pub(crate) source: std::io::Error,
     }
 
     #[derive(Debug, thiserror::Error)]

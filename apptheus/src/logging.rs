@@ -46,13 +46,7 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("trusted starter /x does not exist (fix --trust.path)")]
-    struct Missing {
-        #[source]
-        source: std::io::Error,
-    }
+    use crate::error_chain::tests::Missing;
 
     /// The context, the error and its cause, each said once.
     #[test]

@@ -366,22 +366,7 @@ fn a_users_exec_is_one_container_with_its_image_cpu_and_memory() {
     // The session's scope also holds su: the container's memory comes from
     // its processes (the workload's and its starter's proportional set
     // sizes), in the usual family, and its info says so.
-    assert!(
-        from_processes(&labels).split(',').any(|f| f == "memory"),
-        "memory read from its processes: {labels}"
-    );
-    let truth = touched as f64 * MIB + node::pss_bytes(c.starter.pid).unwrap() as f64;
-    let pss = n.series_until(
-        "apptheus_container_memory_usage_bytes",
-        &id,
-        &format!("within 5 % of {:.1} MiB", truth / MIB),
-        |v| (v - truth).abs() <= truth * 0.05,
-    );
-    eprintln!(
-        "{id}: pss {:.1} MiB, truth {:.1} MiB",
-        pss / MIB,
-        truth / MIB
-    );
+    memory_from_processes(&n, &id, &labels, touched, c.starter.pid);
     assert_cpu(&n, &id, &done, &c.starter);
     assert_eq!(
         n.counter("apptheus_containers_started_total") - started_before,
@@ -461,22 +446,7 @@ fn a_users_limits_are_placed_by_their_systemd_and_hold() {
     // and its starter's proportional set sizes), though systemd's scope
     // holds the workload alone.
     let labels = n.info(&id);
-    assert!(
-        from_processes(&labels).split(',').any(|f| f == "memory"),
-        "memory read from its processes: {labels}"
-    );
-    let truth = touched as f64 * MIB + node::pss_bytes(c.starter.pid).unwrap() as f64;
-    let usage = n.series_until(
-        "apptheus_container_memory_usage_bytes",
-        &id,
-        &format!("within 5 % of {:.1} MiB", truth / MIB),
-        |v| (v - truth).abs() <= truth * 0.05,
-    );
-    eprintln!(
-        "{id}: memory {:.1} MiB for {:.1} MiB of truth ({touched} MiB touched)",
-        usage / MIB,
-        truth / MIB
-    );
+    memory_from_processes(&n, &id, &labels, touched, c.starter.pid);
     assert_eq!(
         n.series("apptheus_container_memory_limit_bytes", &id),
         64.0 * MIB,
@@ -788,6 +758,28 @@ fn above_in_job(pid: u32) -> f64 {
 
 fn slurm(n: &Node) -> NodeSlurm {
     NodeSlurm::new(n.s.user(), LIMIT).unwrap()
+}
+
+/// The container's memory, read from its processes (its info says so), is
+/// within 5 % of the truth: what the workload touched and its starter's
+/// proportional set size.
+fn memory_from_processes(n: &Node, id: &str, labels: &str, touched: u64, starter: u32) {
+    assert!(
+        from_processes(labels).split(',').any(|f| f == "memory"),
+        "memory read from its processes: {labels}"
+    );
+    let truth = touched as f64 * MIB + node::pss_bytes(starter).unwrap() as f64;
+    let usage = n.series_until(
+        "apptheus_container_memory_usage_bytes",
+        id,
+        &format!("within 5 % of {:.1} MiB", truth / MIB),
+        |v| (v - truth).abs() <= truth * 0.05,
+    );
+    eprintln!(
+        "{id}: memory {:.1} MiB for {:.1} MiB of truth ({touched} MiB touched)",
+        usage / MIB,
+        truth / MIB
+    );
 }
 
 /// The workload's report in job `job`'s output, once it is done (the last

@@ -3,7 +3,7 @@
 //! prefix, its CPU and memory metered. Starting, the log and scraping are
 //! apptheus-testkit's, shared with the integration tests.
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -47,19 +47,11 @@ pub fn get_metrics(
 ) -> anyhow::Result<(Duration, String)> {
     let to: std::net::SocketAddr = addr.parse().with_context(|| format!("address {addr}"))?;
     let t = Instant::now();
-    let mut s = match from {
+    let s = match from {
         Some(f) => apptheus_testkit::forward::connect_from(f, to)?,
         None => std::net::TcpStream::connect(to)?,
     };
-    s.set_read_timeout(Some(HTTP_TIMEOUT))?;
-    let mut req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
+    let raw = scrape::http_get_on(s, addr, "/metrics", headers, HTTP_TIMEOUT)?;
     let took = t.elapsed();
     let split = raw
         .windows(4)
