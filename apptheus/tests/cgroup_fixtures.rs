@@ -2,7 +2,6 @@
 //! trees (pure v2, pure v1, hybrid, and a v2 tree with broken files), and
 //! from a real cgroup on this machine.
 use std::{
-    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -20,10 +19,7 @@ fn cgroups(v2: Option<&str>, v1: &[(&str, &str)]) -> ContainerCgroups {
     let root = fixtures();
     ContainerCgroups {
         v2: v2.map(|p| root.join(p)),
-        v1: v1
-            .iter()
-            .map(|(c, p)| (c.to_string(), root.join(p)))
-            .collect(),
+        v1: v1.iter().map(|(c, p)| (*c, root.join(p))).collect(),
     }
 }
 
@@ -352,7 +348,7 @@ fn working_set_floors_at_zero_and_devices_are_capped() {
     put("cgroup.threads", "");
     let (s, w) = stats::read(&ContainerCgroups {
         v2: Some(d.clone()),
-        v1: BTreeMap::new(),
+        v1: Default::default(),
     });
     let m = s.memory.expect("memory");
     assert_eq!(m.working_set_bytes, Some(0));
@@ -535,7 +531,7 @@ mod live {
                 fs::create_dir(&d).expect("create a v1 child");
                 guard.dirs.push(d.clone());
             }
-            cg.v1.insert(c.to_string(), d);
+            cg.v1.insert(c, d);
         }
         if cg.v2.is_none() && !cg.v1.contains_key("memory") {
             skip("a memory controller");

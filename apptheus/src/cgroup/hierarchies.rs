@@ -40,7 +40,7 @@ impl Hierarchy {
             cg.v2 = Some(dir);
         } else {
             for c in &self.controllers {
-                cg.v1.insert(c.clone(), dir.clone());
+                cg.v1.insert(c, dir.clone());
             }
         }
     }
@@ -163,7 +163,7 @@ mod tests {
         .unwrap();
         let mut layout = Layout {
             v2: Some(root.path().join("unified")),
-            v1: BTreeMap::new(),
+            v1: Default::default(),
         };
         for (c, mount) in [
             ("cpu", "cpu,cpuacct"),

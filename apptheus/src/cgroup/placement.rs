@@ -303,8 +303,6 @@ fn made_for(dir: &Path, mark: &Mark) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::cgroup::{layout::V1Mount, leftovers::find_marked};
 
@@ -322,7 +320,7 @@ mod tests {
     fn hybrid(root: &Path) -> Layout {
         let mut layout = Layout {
             v2: Some(root.join("unified")),
-            v1: BTreeMap::new(),
+            v1: Default::default(),
         };
         for c in ["cpu", "cpuacct", "memory"] {
             layout.v1.insert(
@@ -363,7 +361,7 @@ mod tests {
         );
         let v2_only = Layout {
             v2: Some(root.path().join("unified")),
-            v1: BTreeMap::new(),
+            v1: Default::default(),
         };
         let placer = Placer::new(&v2_only, &procfs);
         assert_eq!(
@@ -481,7 +479,7 @@ mod tests {
         std::fs::create_dir_all(root.path().join(task)).unwrap();
         let v2 = Layout {
             v2: Some(root.path().to_path_buf()),
-            v1: BTreeMap::new(),
+            v1: Default::default(),
         };
         let placer = Placer::new(&v2, &procfs);
         let created = placer.create(&own(77, 5)).unwrap();
@@ -547,7 +545,7 @@ mod tests {
         std::fs::create_dir_all(forged.join("apptheus-77-5")).unwrap();
         let v2 = Layout {
             v2: Some(root.path().to_path_buf()),
-            v1: BTreeMap::new(),
+            v1: Default::default(),
         };
         let placer = Placer::new(&v2, &procfs);
         assert!(find_marked(placer.hierarchies()).is_empty());

@@ -1,15 +1,80 @@
 //! The cgroup directories a container's statistics are read from.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-};
+use std::{collections::BTreeSet, path::PathBuf};
 
 /// The cgroup directories of one container: the cgroup2 one (if cgroup2 is
 /// mounted) and one per v1 controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerCgroups {
     pub v2: Option<PathBuf>,
-    pub v1: BTreeMap<String, PathBuf>,
+    pub v1: V1Dirs,
+}
+
+/// A container's directory in each v1 hierarchy, by controller, in the
+/// controllers' order: a handful of entries kept in one short list (every
+/// container has one; a map's node would cost several times as much with
+/// 10,000 containers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V1Dirs(Vec<(Box<str>, PathBuf)>);
+
+impl V1Dirs {
+    fn position(&self, controller: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| (**c).cmp(controller))
+    }
+
+    pub fn get(&self, controller: &str) -> Option<&PathBuf> {
+        self.position(controller).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, controller: &str) -> bool {
+        self.position(controller).is_ok()
+    }
+
+    /// Sets `controller`'s directory (the path's spare capacity dropped).
+    pub fn insert(&mut self, controller: &str, dir: PathBuf) {
+        let dir = PathBuf::from(dir.into_boxed_path());
+        match self.position(controller) {
+            Ok(i) => self.0[i].1 = dir,
+            Err(i) => self.0.insert(i, (controller.into(), dir)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &PathBuf)> {
+        self.0.iter().map(|(c, d)| (&**c, d))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &PathBuf> {
+        self.0.iter().map(|(_, d)| d)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&str> for V1Dirs {
+    type Output = PathBuf;
+
+    fn index(&self, controller: &str) -> &PathBuf {
+        self.get(controller)
+            .unwrap_or_else(|| panic!("no {controller} directory"))
+    }
+}
+
+impl<'a> FromIterator<(&'a str, PathBuf)> for V1Dirs {
+    fn from_iter<I: IntoIterator<Item = (&'a str, PathBuf)>>(iter: I) -> Self {
+        let mut dirs = V1Dirs::default();
+        for (c, d) in iter {
+            dirs.insert(c, d);
+        }
+        dirs.0.shrink_to_fit();
+        dirs
+    }
+}
+
+impl<'a, const N: usize> From<[(&'a str, PathBuf); N]> for V1Dirs {
+    fn from(entries: [(&'a str, PathBuf); N]) -> Self {
+        entries.into_iter().collect()
+    }
 }
 
 impl ContainerCgroups {
@@ -18,7 +83,7 @@ impl ContainerCgroups {
         self.v2
             .iter()
             .map(|d| (None, d))
-            .chain(self.v1.iter().map(|(c, d)| (Some(c.as_str()), d)))
+            .chain(self.v1.iter().map(|(c, d)| (Some(c), d)))
     }
 
     /// Its directories, each once (co-mounted v1 controllers share one).
@@ -64,7 +129,7 @@ impl ContainerCgroups {
                 .v1
                 .iter()
                 .filter(|(c, d)| fresh(Some(c), d))
-                .map(|(c, d)| (c.clone(), d.clone()))
+                .map(|(c, d)| (c, d.clone()))
                 .collect(),
         }
     }
@@ -77,8 +142,28 @@ mod tests {
     fn cg(v2: &str, memory: &str) -> ContainerCgroups {
         ContainerCgroups {
             v2: Some(PathBuf::from(v2)),
-            v1: [("memory".to_string(), PathBuf::from(memory))].into(),
+            v1: [("memory", PathBuf::from(memory))].into(),
         }
+    }
+
+    #[test]
+    fn v1_dirs_are_found_by_controller_in_order_and_replaced() {
+        let mut d: V1Dirs = [("pids", PathBuf::from("/p")), ("cpu", PathBuf::from("/c"))].into();
+        d.insert("memory", PathBuf::from("/m"));
+        d.insert("cpu", PathBuf::from("/c2"));
+        let all: Vec<(&str, &PathBuf)> = d.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("cpu", &PathBuf::from("/c2")),
+                ("memory", &PathBuf::from("/m")),
+                ("pids", &PathBuf::from("/p"))
+            ]
+        );
+        assert_eq!(d["memory"], PathBuf::from("/m"));
+        assert!(d.contains_key("pids") && !d.contains_key("blkio"));
+        assert_eq!(d.get("blkio"), None);
+        assert!(!d.is_empty() && V1Dirs::default().is_empty());
     }
 
     #[test]

@@ -126,7 +126,7 @@ mod tests {
         fs::write(d.join("tasks"), "1\n").unwrap();
         let cg = ContainerCgroups {
             v2: None,
-            v1: [("blkio".to_string(), d.to_path_buf())].into(),
+            v1: [("blkio", d.to_path_buf())].into(),
         };
         let (s, w) = read_with(&cg, 100);
         assert!(w.is_empty(), "{w:?}");

@@ -105,7 +105,7 @@ impl<'a> Dirs<'a> {
             .v1
             .iter()
             .filter(|(_, d)| there(d, ctx))
-            .map(|(c, d)| (c.as_str(), d.as_path()))
+            .map(|(c, d)| (c, d.as_path()))
             .collect();
         Dirs { v2, v1 }
     }
@@ -379,7 +379,7 @@ mod tests {
             v2: Some(unified.path().to_path_buf()),
             v1: ["cpu", "cpuacct", "pids", "blkio"]
                 .into_iter()
-                .map(|c| (c.to_string(), PathBuf::from("/x")))
+                .map(|c| (c, PathBuf::from("/x")))
                 .collect(),
         };
         assert_eq!(
