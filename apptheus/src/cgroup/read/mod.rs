@@ -147,8 +147,11 @@ struct Planned<F> {
 }
 
 /// A [`Family`] as a [`StatsSource`]: its files per (container, cgroup set).
+/// Boxed: a hash table has up to twice the slots it fills, each the size
+/// of its entry (a few hundred bytes of files), so with 10,000 containers
+/// the empty slots would cost megabytes.
 struct FamilySource<F: Family> {
-    parts: HashMap<(u64, usize), Planned<F::Files>>,
+    parts: HashMap<(u64, usize), Box<Planned<F::Files>>>,
     shared: Shared,
     budget: Budget,
     buf: Vec<u8>,
@@ -193,7 +196,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
                     let pl = e.into_mut();
                     let stale = pl.files.is_none() && now.duration_since(pl.at) > REPLAN_AFTER;
                     if pl.fingerprint != fp || stale {
-                        *pl = Planned {
+                        **pl = Planned {
                             fingerprint: fp,
                             at: now,
                             files: plan::<F>(&p.cgroups, &mut ctx),
@@ -201,11 +204,11 @@ impl<F: Family> StatsSource for FamilySource<F> {
                     }
                     pl
                 }
-                Entry::Vacant(e) => e.insert(Planned {
+                Entry::Vacant(e) => e.insert(Box::new(Planned {
                     fingerprint: fp,
                     at: now,
                     files: plan::<F>(&p.cgroups, &mut ctx),
-                }),
+                })),
             };
             if let Some(files) = &mut planned.files {
                 o.found = true;
