@@ -321,10 +321,17 @@ fn run_archive(inputs: &RunInputs, out: &Path) -> anyhow::Result<()> {
         std::fs::read(inputs.workload).with_context(|| format!("{}", inputs.workload.display()))?,
     );
     t.stripped(inputs.starter_sim, Path::new("/opt/vmtest/calibrate"))?;
+    // Not at their paths on the host: systemd mounts its own /tmp (and
+    // /run) over the initramfs', which would hide a clone's build there.
+    t.dir("/opt/vmtest/tests", 0o755);
     let mut plan = String::new();
     for (name, path) in inputs.tests {
-        t.stripped(path, path)?;
-        plan.push_str(&format!("{name} {}\n", path.display()));
+        let file = path
+            .file_name()
+            .with_context(|| format!("test binary {} has no file name", path.display()))?;
+        let inside = Path::new("/opt/vmtest/tests").join(file);
+        t.stripped(path, &inside)?;
+        plan.push_str(&format!("{name} {}\n", inside.display()));
     }
     t.data("/opt/vmtest/plan", 0o644, plan);
     t.data("/opt/vmtest/args", 0o644, inputs.test_args);
