@@ -274,10 +274,12 @@ fn a_container_running_when_the_agent_starts_is_followed_from_then() {
     // The agent starts once the shell's loop is done: the workload runs.
     let deadline = Instant::now() + scaled(WAIT);
     let (workload, before) = loop {
-        let waiting = children(pid)
-            .first()
-            .copied()
-            .filter(|w| std::fs::read_link(format!("/proc/{w}/exe")).is_ok_and(|e| e == starter));
+        // The container's process once it executes the workload (before
+        // the shell, it ran the starter's file too, as its fork).
+        let waiting = children(pid).first().copied().filter(|w| {
+            std::fs::read(format!("/proc/{w}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"workload"))
+        });
         if let Some(w) = waiting
             && let Some(cpu) = cpu_seconds(w)
         {
