@@ -218,11 +218,7 @@ impl TrustDir {
 /// runs `starter -- starter workload <args>` 0.05 s after it starts, as
 /// `apptainer exec` runs its starter.
 pub fn launch_workload(cli: &Path, starter: &Path, args: &str) -> String {
-    format!(
-        "{} launch --after 0.05 {s} -- {s} workload {args}",
-        cli.display(),
-        s = starter.display()
-    )
+    launch(cli, "", starter, args)
 }
 
 /// [`launch_workload`], whose `cli` writes to `cpu_file` the CPU seconds
@@ -234,10 +230,15 @@ pub fn launch_workload_noting_cpu(
     args: &str,
     cpu_file: &Path,
 ) -> String {
+    let note = format!("--cpu-at-exec {} ", cpu_file.display());
+    launch(cli, &note, starter, args)
+}
+
+/// `cli launch --after 0.05 <options>starter -- starter workload <args>`.
+fn launch(cli: &Path, options: &str, starter: &Path, args: &str) -> String {
     format!(
-        "{} launch --after 0.05 --cpu-at-exec {f} {s} -- {s} workload {args}",
+        "{} launch --after 0.05 {options}{s} -- {s} workload {args}",
         cli.display(),
-        f = cpu_file.display(),
         s = starter.display()
     )
 }

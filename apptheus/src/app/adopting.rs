@@ -1,9 +1,9 @@
 //! At start-up: the containers an earlier run of the agent placed that
 //! still run are taken over; the cgroups of those that ended meanwhile
 //! are removed; runs of trusted starters that no marked cgroup tells of
-//! are then looked for among the processes (see `recovering`). Only directories apptheus marked as its own count (see
-//! `cgroup::mark`): one with its naming that a user made is neither taken
-//! over nor removed. The mark says whose container each directory is and
+//! are then looked for among the processes (see `recovering`). Only
+//! directories apptheus marked as its own count (see `cgroup::mark`): one
+//! with its naming that a user made is neither taken over nor removed. The mark says whose container each directory is and
 //! which run of it, so an instance's joins are taken over as its members,
 //! whatever the order of their process ids.
 use std::collections::BTreeMap;

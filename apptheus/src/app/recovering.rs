@@ -32,10 +32,10 @@ pub(super) enum Search {
 }
 
 impl Agent {
-    /// Follows the runs of the starters `new` (trusted identities) that no
+    /// Follows the runs of the starters `ids` (trusted identities) that no
     /// container holds yet.
-    pub(super) fn recover_runs(&mut self, new: &BTreeSet<FileId>, search: Search) {
-        if new.is_empty() || self.kernel.is_none() {
+    pub(super) fn recover_runs(&mut self, ids: &BTreeSet<FileId>, search: Search) {
+        if ids.is_empty() || self.kernel.is_none() {
             return;
         }
         let procfs = self.procfs.root().to_path_buf();
@@ -46,7 +46,7 @@ impl Agent {
             self.procfs
                 .exe_identity(pid)
                 .ok()
-                .filter(|id| new.contains(id))
+                .filter(|id| ids.contains(id))
         };
         let mut found = Vec::new();
         for e in entries.flatten() {
@@ -99,9 +99,17 @@ impl Agent {
         {
             key += 1;
         }
-        let used = match search {
-            Search::NewlyTrusted => Default::default(),
-            Search::AtStartUp => crate::host::procstats::used_by(self.procfs.root(), &tids),
+        let (used, found_by, said) = match search {
+            Search::NewlyTrusted => (
+                Default::default(),
+                FoundBy::Kernel,
+                "a run of a newly trusted starter began before it was trusted; followed from now on",
+            ),
+            Search::AtStartUp => (
+                crate::host::procstats::used_by(self.procfs.root(), &tids),
+                FoundBy::Running,
+                "a starter run found running at start-up, with no cgroup of apptheus' to adopt it by; followed from now on, under a new id",
+            ),
         };
         let state = ContainerState {
             start_boot_ns: now,
@@ -120,26 +128,7 @@ impl Agent {
             tracing::warn!(pid, error = %chain(&e), "cannot hand a starter run found among the processes to the kernel programs");
             return;
         }
-        let found_by = match search {
-            Search::NewlyTrusted => {
-                tracing::info!(
-                    pid,
-                    uid,
-                    tasks = tids.len(),
-                    "a run of a newly trusted starter began before it was trusted; followed from now on"
-                );
-                FoundBy::Kernel
-            }
-            Search::AtStartUp => {
-                tracing::info!(
-                    pid,
-                    uid,
-                    tasks = tids.len(),
-                    "a starter run found running at start-up, with no cgroup of apptheus' to adopt it by; followed from now on, under a new id"
-                );
-                FoundBy::Running
-            }
-        };
+        tracing::info!(pid, uid, tasks = tids.len(), "{said}");
         self.on_start(StartFacts {
             key,
             starter_pid: pid,
