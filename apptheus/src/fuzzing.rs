@@ -64,8 +64,13 @@ pub fn cgroup_file(data: &[u8]) -> Option<Reached> {
             let _ = parse::v1_limit(&s);
         }
         2 => {
-            if let Ok(f) = parse::flat_keyed(&s) {
-                for key in s.split_whitespace().take(64) {
+            // The first words of the input are the keys asked for.
+            let mut keys = [""; 4];
+            for (k, w) in keys.iter_mut().zip(s.split_whitespace()) {
+                *k = w;
+            }
+            if let Ok(f) = parse::flat_keyed(&s, keys) {
+                for key in keys {
                     let _ = f.get(key);
                     let _ = f.require(key);
                 }

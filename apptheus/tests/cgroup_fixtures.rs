@@ -607,4 +607,87 @@ mod live {
             assert!(!d.exists(), "{} left behind", d.display());
         }
     }
+
+    /// The kernel counts CFS throttling in the cgroup whose own quota ran
+    /// out, never in the cgroups below it (what lets the reader look at a
+    /// quota-less v1 cgroup's cpu.stat only now and then): a shell
+    /// spinning beneath a cgroup held to a tenth of a core is throttled
+    /// there, and its own cgroup, without a quota, counts none.
+    #[test]
+    fn v1_throttling_is_counted_where_the_quota_is() {
+        if !nix::unistd::geteuid().is_root() {
+            skip("root, to create cgroups");
+            return;
+        }
+        let Ok(layout) = Layout::read(Path::new("/proc/self/mountinfo")) else {
+            skip("a mounted cgroup filesystem");
+            return;
+        };
+        let Some(m) = layout.v1.get("cpu") else {
+            eprintln!("not applicable: no v1 cpu controller (pure cgroup v2)");
+            return;
+        };
+        let own = own_v1_path("cpu").unwrap_or_else(|| "/".into());
+        let quota = m
+            .mountpoint
+            .join(own.trim_start_matches('/'))
+            .join(format!("apptheus-throttle-test-{}", std::process::id()));
+        let below = quota.join("below");
+        let mut guard = Guard {
+            dirs: Vec::new(),
+            child: None,
+        };
+        for d in [&quota, &below] {
+            fs::create_dir(d).expect("create a v1 cpu cgroup");
+            guard.dirs.push(d.clone());
+        }
+        if !quota.join("cpu.cfs_quota_us").exists() {
+            eprintln!("not applicable: no CFS bandwidth control in this kernel");
+            return;
+        }
+        fs::write(quota.join("cpu.cfs_period_us"), "100000").expect("set the period");
+        fs::write(quota.join("cpu.cfs_quota_us"), "10000").expect("set the quota");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("echo $$ > \"$1\" || exit 1; while :; do :; done")
+            .arg("sh")
+            .arg(below.join("cgroup.procs"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sh");
+        guard.child = Some(child);
+        let field = |d: &Path, key: &str| -> u64 {
+            let text = fs::read_to_string(d.join("cpu.stat")).expect("cpu.stat");
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {text}"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while field(&quota, "nr_throttled ") < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "the shell was not throttled by its parent's quota in 60 s"
+            );
+            sleep(Duration::from_millis(50));
+        }
+        assert!(field(&quota, "throttled_time ") > 0);
+        assert_eq!(
+            (
+                field(&below, "nr_throttled "),
+                field(&below, "throttled_time ")
+            ),
+            (0, 0),
+            "a cgroup without a quota of its own counted throttling"
+        );
+        assert_eq!(
+            fs::read_to_string(below.join("cpu.cfs_quota_us"))
+                .unwrap()
+                .trim(),
+            "-1"
+        );
+        if let Some(c) = &mut guard.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

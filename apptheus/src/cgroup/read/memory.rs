@@ -104,8 +104,18 @@ struct Stat {
 }
 
 fn stat(text: &str, v1: bool) -> Result<Stat, ParseError> {
-    let kv = parse::flat_keyed(text)?;
     Ok(if v1 {
+        let kv = parse::flat_keyed(
+            text,
+            [
+                "total_rss",
+                "total_cache",
+                "total_inactive_file",
+                "total_pgmajfault",
+                "total_swap",
+                "hierarchical_memory_limit",
+            ],
+        )?;
         Stat {
             rss: kv.require("total_rss"),
             cache: kv.require("total_cache"),
@@ -115,6 +125,7 @@ fn stat(text: &str, v1: bool) -> Result<Stat, ParseError> {
             limit: kv.get("hierarchical_memory_limit"),
         }
     } else {
+        let kv = parse::flat_keyed(text, ["anon", "file", "inactive_file", "pgmajfault"])?;
         Stat {
             rss: kv.require("anon"),
             cache: kv.require("file"),
@@ -181,7 +192,7 @@ fn v2(
     };
     m.limit_bytes = min(own, above);
     if let Some((oom, kill)) = events.required(ctx, |t| {
-        let kv = parse::flat_keyed(t)?;
+        let kv = parse::flat_keyed(t, ["oom", "oom_kill"])?;
         // oom_kill: Linux 4.13 and later.
         Ok((kv.require("oom"), kv.get("oom_kill")))
     }) {
@@ -224,7 +235,7 @@ fn v1(
         })
     });
     if let Some((kill, under)) = oom_control.required(ctx, |t| {
-        let kv = parse::flat_keyed(t)?;
+        let kv = parse::flat_keyed(t, ["oom_kill", "under_oom"])?;
         // oom_kill: Linux 4.13 and later.
         Ok((kv.get("oom_kill"), kv.get("under_oom")))
     }) {

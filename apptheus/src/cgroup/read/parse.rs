@@ -80,23 +80,25 @@ pub(crate) fn v1_limit_value(v: u64) -> Option<u64> {
 }
 
 /// A flat-keyed file: one `key value` pair per line (memory.stat, cpu.stat,
-/// memory.events, cpuacct.stat, memory.oom_control). Values are kept as
-/// text and converted on lookup: only the keys we use must be numbers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct FlatKeyed<'a> {
-    /// In the file's order: a handful of lookups in a few dozen pairs is
-    /// cheaper than building a map.
-    pairs: Vec<(&'a str, &'a str)>,
+/// memory.events, cpuacct.stat, memory.oom_control), of which a handful
+/// of keys are wanted. One pass over the text keeps the values of those
+/// keys, as text, converted on lookup: only the keys we use must be
+/// numbers, and nothing is allocated (memory.stat has some 70 lines, read
+/// for every container at every sample).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FlatKeyed<'a, 'k, const N: usize> {
+    keys: [&'k str; N],
+    values: [Option<&'a str>; N],
 }
 
-impl FlatKeyed<'_> {
-    /// The value of `key` as a number; None when the kernel does not
-    /// write that key (older kernels lack some).
+impl<const N: usize> FlatKeyed<'_, '_, N> {
+    /// The value of `key` (one of the keys asked for) as a number; None
+    /// when the kernel does not write that key (older kernels lack some).
     pub(crate) fn get(&self, key: &str) -> Result<Option<u64>, ParseError> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| number(key, v))
+        let at = self.keys.iter().position(|k| *k == key);
+        debug_assert!(at.is_some(), "{key} was not asked for");
+        at.and_then(|i| self.values[i])
+            .map(|v| number(key, v))
             .transpose()
     }
 
@@ -107,24 +109,37 @@ impl FlatKeyed<'_> {
     }
 }
 
-pub(crate) fn flat_keyed(text: &str) -> Result<FlatKeyed<'_>, ParseError> {
-    let mut pairs = Vec::with_capacity(64);
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_ascii().is_empty() {
+/// Parses a flat-keyed file, keeping the values of `keys` (the first
+/// line of each). Every line must be one key and one value.
+pub(crate) fn flat_keyed<'a, 'k, const N: usize>(
+    text: &'a str,
+    keys: [&'k str; N],
+) -> Result<FlatKeyed<'a, 'k, N>, ParseError> {
+    let mut values: [Option<&'a str>; N] = [None; N];
+    let mut pairs = 0usize;
+    for (i, raw) in text.split('\n').enumerate() {
+        let line = raw.trim_ascii();
+        if line.is_empty() {
             continue;
         }
-        let mut words = line.split_ascii_whitespace();
-        match (words.next(), words.next(), words.next()) {
-            (Some(k), Some(v), None) => {
-                pairs.push((k, v));
-            }
-            _ => return Err(bad_line(i, line)),
+        let Some(gap) = line.bytes().position(|b| b.is_ascii_whitespace()) else {
+            return Err(bad_line(i, line));
+        };
+        let (key, value) = (&line[..gap], line[gap..].trim_ascii_start());
+        if value.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err(bad_line(i, line));
+        }
+        pairs += 1;
+        if let Some(j) = keys.iter().position(|k| *k == key)
+            && values[j].is_none()
+        {
+            values[j] = Some(value);
         }
     }
-    if pairs.is_empty() {
+    if pairs == 0 {
         return Err(ParseError::Empty);
     }
-    Ok(FlatKeyed { pairs })
+    Ok(FlatKeyed { keys, values })
 }
 
 /// A block device, as cgroup files name it.
@@ -337,7 +352,11 @@ mod tests {
 
     #[test]
     fn flat_keyed_files() {
-        let f = flat_keyed("usage_usec 1000\nuser_usec 600\nsystem_usec 400\n").unwrap();
+        let f = flat_keyed(
+            "usage_usec 1000\nuser_usec 600\nsystem_usec 400\n",
+            ["usage_usec", "throttled_usec"],
+        )
+        .unwrap();
         assert_eq!(f.require("usage_usec"), Ok(1000));
         assert_eq!(f.get("throttled_usec"), Ok(None));
         assert_eq!(
@@ -346,17 +365,24 @@ mod tests {
                 key: "throttled_usec".into()
             })
         );
-        assert_eq!(flat_keyed(""), Err(ParseError::Empty));
+        assert_eq!(flat_keyed("", ["anon"]), Err(ParseError::Empty));
+        assert_eq!(flat_keyed(" \n\n", ["anon"]), Err(ParseError::Empty));
         assert_eq!(
-            flat_keyed("anon 1\nfile\n"),
+            flat_keyed("anon 1\nfile\n", ["anon"]),
             Err(ParseError::BadLine {
                 line: 2,
                 text: "file".into()
             })
         );
-        assert!(flat_keyed("a 1 2\n").is_err());
+        assert!(flat_keyed("a 1 2\n", ["a"]).is_err());
+        // Lines of any key are checked, whether wanted or not.
+        assert!(flat_keyed("anon 1\nb 1 2\n", ["anon"]).is_err());
+        // Spaces and tabs around and between the two words are fine; the
+        // first line of a key counts.
+        let f = flat_keyed("  anon \t 7 \nanon 8\n", ["anon"]).unwrap();
+        assert_eq!(f.require("anon"), Ok(7));
         // A bad value only matters for a key that is used.
-        let f = flat_keyed("anon 12\nweird x\n").unwrap();
+        let f = flat_keyed("anon 12\nweird x\n", ["anon", "weird"]).unwrap();
         assert_eq!(f.require("anon"), Ok(12));
         assert!(matches!(f.get("weird"), Err(ParseError::BadNumber { .. })));
     }
@@ -364,7 +390,7 @@ mod tests {
     #[test]
     fn long_garbage_is_quoted_short() {
         let junk = "x".repeat(10_000);
-        let e = flat_keyed(&junk).unwrap_err().to_string();
+        let e = flat_keyed(&junk, ["x"]).unwrap_err().to_string();
         assert!(e.len() < 120, "{e}");
         // Multi-byte characters are cut at a character boundary.
         let e = single_u64(&"é".repeat(100)).unwrap_err().to_string();
