@@ -155,6 +155,8 @@ struct FamilySource<F: Family> {
     shared: Shared,
     budget: Budget,
     buf: Vec<u8>,
+    /// When the sample began: when a family that found nothing planned.
+    now: Instant,
 }
 
 impl<F: Family> FamilySource<F> {
@@ -167,6 +169,7 @@ impl<F: Family> FamilySource<F> {
             },
             budget,
             buf: Vec::new(),
+            now: Instant::now(),
         }
     }
 }
@@ -178,6 +181,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
 
     fn begin(&mut self) {
         self.shared.enclosing.begin();
+        self.now = Instant::now();
     }
 
     fn read(&mut self, t: &Target<'_>, out: &mut Fresh) -> Outcome {
@@ -190,7 +194,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
             }
             let mut ctx = Ctx::new(&p.cgroups, &mut self.buf, &self.budget);
             let fp = fresh.fingerprint;
-            let now = Instant::now();
+            let now = self.now;
             let planned = match self.parts.entry((t.key, i)) {
                 Entry::Occupied(e) => {
                     let pl = e.into_mut();
