@@ -152,11 +152,11 @@ impl Agent {
                         })
                         .collect::<Vec<_>>();
                     let placed = own.iter().any(|p| {
-                        matches!(p.origin, Origin::Placed { .. }) && !p.cgroups.is_empty()
+                        matches!(p.origin, Origin::Placed { .. }) && !p.cgroups().is_empty()
                     });
                     if placed {
                         own.iter().all(|p| {
-                            p.cgroups
+                            p.cgroups()
                                 .distinct_dirs()
                                 .iter()
                                 .all(|d| crate::cgroup::tasks::procs(d).is_empty())

@@ -48,11 +48,11 @@ impl Agent {
             meta: c.meta.clone(),
         };
         let cg = match c.placed_part(mk) {
-            Some(p) => p.cgroups.clone(),
+            Some(p) => p.cgroups().clone(),
             None => {
                 if !primary
                     && let Ok(now) = self.placer.hierarchies().cgroups_of(pid)
-                    && c.live_parts().any(|p| p.cgroups.covers(&now))
+                    && c.live_parts().any(|p| p.cgroups().covers(&now))
                 {
                     return;
                 }
@@ -222,7 +222,7 @@ impl Agent {
             .parts
             .iter()
             .filter(|p| p.origin != mine && !p.gone)
-            .map(|p| &p.cgroups)
+            .map(|p| p.cgroups())
             .collect();
         let fresh = now.beyond(&known);
         if fresh.is_empty() {
@@ -238,7 +238,7 @@ impl Agent {
             return;
         };
         match c.parts.iter_mut().find(|p| p.origin == mine) {
-            Some(p) => p.cgroups = fresh,
+            Some(p) => p.set_cgroups(fresh),
             None => {
                 let dirs: Vec<String> =
                     fresh.dirs().map(|(_, d)| d.display().to_string()).collect();
@@ -267,7 +267,7 @@ impl Agent {
                 let Ok(now) = self.placer.hierarchies().cgroups_of(pid) else {
                     continue;
                 };
-                if !c.live_parts().any(|p| p.cgroups.covers(&now)) {
+                if !c.live_parts().any(|p| p.cgroups().covers(&now)) {
                     moved.push((m.key, pid));
                 }
             }
@@ -315,7 +315,7 @@ impl Agent {
             .iter_mut()
             .find(|p| p.origin == (Origin::Placed { member: mk }))
         {
-            let busy = placement::Placer::remove(&p.cgroups);
+            let busy = placement::Placer::remove(p.cgroups());
             if !busy.is_empty() {
                 tracing::debug!(container_id = %id, dirs = ?busy, "cgroups still busy; removal retried at the next sample");
             }

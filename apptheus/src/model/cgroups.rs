@@ -78,6 +78,28 @@ impl<'a, const N: usize> From<[(&'a str, PathBuf); N]> for V1Dirs {
 }
 
 impl ContainerCgroups {
+    /// A hash of the directories' paths (FNV-1a over 8-byte words: cheap,
+    /// and stable within a run): what tells that a set changed.
+    pub fn fingerprint(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |w: u64| {
+            h ^= w;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        };
+        for (_, d) in self.dirs() {
+            let bytes = d.as_os_str().as_bytes();
+            let (words, rest) = bytes.as_chunks::<8>();
+            for w in words {
+                mix(u64::from_le_bytes(*w));
+            }
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            mix(u64::from_le_bytes(last) ^ (bytes.len() as u64) << 56);
+        }
+        h
+    }
+
     /// Each hierarchy's directory: `None` for cgroup2, the controller for v1.
     pub fn dirs(&self) -> impl Iterator<Item = (Option<&str>, &PathBuf)> {
         self.v2

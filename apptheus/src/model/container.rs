@@ -164,7 +164,12 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
     pub origin: Origin,
-    pub cgroups: ContainerCgroups,
+    /// Its directories (set through [`Part::set_cgroups`], which keeps
+    /// their fingerprint).
+    cgroups: ContainerCgroups,
+    /// The directories' fingerprint, for the sources that keep files open
+    /// (hashed when the directories change, not at every sample).
+    fingerprint: u64,
     /// Its statistics, latest read; kept once the cgroup is gone.
     pub last: Option<CgroupStats>,
     /// The cgroup is gone (removed by the runtime, or by apptheus once its
@@ -179,11 +184,28 @@ impl Part {
     pub fn new(origin: Origin, cgroups: ContainerCgroups) -> Self {
         Part {
             origin,
+            fingerprint: cgroups.fingerprint(),
             cgroups,
             last: None,
             gone: false,
             removal_pending: Vec::new(),
         }
+    }
+
+    /// Its directories.
+    pub fn cgroups(&self) -> &ContainerCgroups {
+        &self.cgroups
+    }
+
+    /// Their fingerprint ([`ContainerCgroups::fingerprint`]).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The directories found now (a runtime moved the tasks).
+    pub fn set_cgroups(&mut self, cgroups: ContainerCgroups) {
+        self.fingerprint = cgroups.fingerprint();
+        self.cgroups = cgroups;
     }
 }
 
@@ -356,6 +378,20 @@ pub(crate) fn parse_container_id(id: &str) -> Option<(u32, u64)> {
 mod tests {
     use super::*;
     use crate::model::stats::CpuStats;
+
+    #[test]
+    fn a_parts_fingerprint_follows_its_directories() {
+        let cg = |d: &str| ContainerCgroups {
+            v2: Some(d.into()),
+            v1: Default::default(),
+        };
+        let mut p = Part::new(Origin::Placed { member: 1 }, cg("/a"));
+        assert_eq!(p.fingerprint(), cg("/a").fingerprint());
+        p.set_cgroups(cg("/b"));
+        assert_eq!(p.cgroups(), &cg("/b"));
+        assert_eq!(p.fingerprint(), cg("/b").fingerprint());
+        assert_ne!(p.fingerprint(), cg("/a").fingerprint());
+    }
 
     #[test]
     fn ids_round_trip_and_reject_junk() {

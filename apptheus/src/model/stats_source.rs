@@ -59,34 +59,12 @@ impl Fresh {
                 .iter()
                 .map(|p| FreshPart {
                     read: !p.gone,
-                    fingerprint: if p.gone { 0 } else { fingerprint(&p.cgroups) },
+                    fingerprint: if p.gone { 0 } else { p.fingerprint() },
                     ..FreshPart::default()
                 })
                 .collect(),
         }
     }
-}
-
-/// A hash of the directories' paths (FNV-1a over 8-byte words: cheap, and
-/// stable within a run).
-fn fingerprint(cg: &crate::model::cgroups::ContainerCgroups) -> u64 {
-    use std::os::unix::ffi::OsStrExt as _;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |w: u64| {
-        h ^= w;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    for (_, d) in cg.dirs() {
-        let bytes = d.as_os_str().as_bytes();
-        let (words, rest) = bytes.as_chunks::<8>();
-        for w in words {
-            mix(u64::from_le_bytes(*w));
-        }
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        mix(u64::from_le_bytes(last) ^ (bytes.len() as u64) << 56);
-    }
-    h
 }
 
 /// How a source's read of one container went.

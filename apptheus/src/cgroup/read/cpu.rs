@@ -85,6 +85,10 @@ impl Throttle {
                 .and_then(|r| ctx.ok(stat, r))
                 .map(nsec);
         }
+        if self.quota.is_some_and(|(_, quota)| !quota) {
+            // Read every QUOTA_RECHECK at most: not worth a descriptor.
+            self.stat.close();
+        }
         self.last
     }
 }
@@ -228,6 +232,26 @@ mod tests {
         assert_eq!(read(&mut th, d, t0 + QUOTA_RECHECK), Some(2.0));
         fs::write(d.join("cpu.stat"), throttled(2_250_000_000)).unwrap();
         assert_eq!(read(&mut th, d, t0 + QUOTA_RECHECK), Some(2.25));
+    }
+
+    #[test]
+    fn cpu_stat_is_kept_open_only_where_it_is_read_at_every_sample() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        fs::write(d.join("cpu.stat"), throttled(0)).unwrap();
+        let cg = ContainerCgroups {
+            v2: None,
+            v1: [("cpu", d.to_path_buf())].into(),
+        };
+        let (mut buf, budget) = (Vec::new(), Budget::new(8));
+        for (quota, kept) in [("-1\n", false), ("50000\n", true)] {
+            fs::write(d.join("cpu.cfs_quota_us"), quota).unwrap();
+            let mut th = Throttle::new();
+            let mut ctx = Ctx::new(&cg, &mut buf, &budget);
+            assert_eq!(th.read_at(&mut ctx, Instant::now()), Some(0.0));
+            assert_eq!(th.stat.is_kept(), kept, "quota {quota:?}");
+            assert_eq!(budget.in_use(), usize::from(kept), "quota {quota:?}");
+        }
     }
 
     #[test]

@@ -202,6 +202,12 @@ impl File {
             .map_or_else(|| PathBuf::from(self.name), |d| d.join(self.name))
     }
 
+    /// Closes it if kept open (a file read now and then does not hold a
+    /// descriptor and the kernel's buffer between reads).
+    pub(crate) fn close(&mut self) {
+        self.kept = None;
+    }
+
     /// Whether it is kept open.
     #[cfg(test)]
     pub(crate) fn is_kept(&self) -> bool {

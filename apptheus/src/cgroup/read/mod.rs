@@ -192,7 +192,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
                 self.parts.remove(&(t.key, i));
                 continue;
             }
-            let mut ctx = Ctx::new(&p.cgroups, &mut self.buf, &self.budget);
+            let mut ctx = Ctx::new(p.cgroups(), &mut self.buf, &self.budget);
             let fp = fresh.fingerprint;
             let now = self.now;
             let planned = match self.parts.entry((t.key, i)) {
@@ -203,7 +203,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
                         **pl = Planned {
                             fingerprint: fp,
                             at: now,
-                            files: plan::<F>(&p.cgroups, &mut ctx),
+                            files: plan::<F>(p.cgroups(), &mut ctx),
                         };
                     }
                     pl
@@ -211,7 +211,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
                 Entry::Vacant(e) => e.insert(Box::new(Planned {
                     fingerprint: fp,
                     at: now,
-                    files: plan::<F>(&p.cgroups, &mut ctx),
+                    files: plan::<F>(p.cgroups(), &mut ctx),
                 })),
             };
             if let Some(files) = &mut planned.files {

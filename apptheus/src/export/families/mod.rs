@@ -223,19 +223,18 @@ mod tests {
             stats::{CgroupStats, MemoryStats},
         };
         let mut by_cgroup = Container::new(1, 10, SystemTime::UNIX_EPOCH);
-        by_cgroup.parts.push(crate::model::container::Part {
-            last: Some(CgroupStats {
-                memory: Some(MemoryStats {
-                    usage_bytes: 1000,
-                    ..MemoryStats::default()
-                }),
-                ..CgroupStats::default()
+        let mut part = crate::model::container::Part::new(
+            crate::model::container::Origin::Placed { member: 1 },
+            Default::default(),
+        );
+        part.last = Some(CgroupStats {
+            memory: Some(MemoryStats {
+                usage_bytes: 1000,
+                ..MemoryStats::default()
             }),
-            ..crate::model::container::Part::new(
-                crate::model::container::Origin::Placed { member: 1 },
-                Default::default(),
-            )
+            ..CgroupStats::default()
         });
+        by_cgroup.parts.push(part);
         by_cgroup.refresh_sample();
         let mut by_processes = Container::new(2, 20, SystemTime::UNIX_EPOCH);
         let mut p = ProcessStats::new(FromProcesses::ALL, "shared");
