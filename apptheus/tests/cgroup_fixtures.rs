@@ -493,14 +493,23 @@ mod live {
         })
     }
 
-    #[test]
-    fn reads_a_real_cgroup() {
+    /// The cgroup mounts, when this test may create cgroups (root);
+    /// otherwise the skip is reported.
+    fn layout_as_root() -> Option<Layout> {
         if !nix::unistd::geteuid().is_root() {
             skip("root, to create cgroups");
-            return;
+            return None;
         }
-        let Ok(layout) = Layout::read(Path::new("/proc/self/mountinfo")) else {
+        let layout = Layout::read(Path::new("/proc/self/mountinfo")).ok();
+        if layout.is_none() {
             skip("a mounted cgroup filesystem");
+        }
+        layout
+    }
+
+    #[test]
+    fn reads_a_real_cgroup() {
+        let Some(layout) = layout_as_root() else {
             return;
         };
         let name = format!("apptheus-stats-test-{}", std::process::id());
@@ -615,12 +624,7 @@ mod live {
     /// there, and its own cgroup, without a quota, counts none.
     #[test]
     fn v1_throttling_is_counted_where_the_quota_is() {
-        if !nix::unistd::geteuid().is_root() {
-            skip("root, to create cgroups");
-            return;
-        }
-        let Ok(layout) = Layout::read(Path::new("/proc/self/mountinfo")) else {
-            skip("a mounted cgroup filesystem");
+        let Some(layout) = layout_as_root() else {
             return;
         };
         let Some(m) = layout.v1.get("cpu") else {
