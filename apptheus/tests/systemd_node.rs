@@ -887,7 +887,12 @@ fn a_batch_job_that_execs_apptainer_is_labelled_with_its_job_and_read_from_its_t
     assert_eq!(
         from_processes(&labels),
         "cpu,memory,pids,io",
-        "read from its processes: {labels}"
+        "read from its processes: {labels}\nthe agent on this container:\n{}",
+        node::journal(None, 0)
+            .lines()
+            .filter(|l| l.contains(&id) || l.contains("level=warn"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Its anonymous memory is what the workload touched and that of the
     // processes above it.
