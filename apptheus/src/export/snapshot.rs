@@ -5,6 +5,7 @@ use std::{sync::Arc, time::UNIX_EPOCH};
 
 use crate::model::{
     container::{Container, Sample},
+    processes::FromProcesses,
     programs::ProgramStats,
     registry::Registry,
 };
@@ -18,6 +19,9 @@ pub struct Info {
     pub user: Box<str>,
     pub uid: u32,
     pub slurm_job_id: Box<str>,
+    /// The families read from its processes: decided when it is placed,
+    /// for its whole life, so known before its first sample.
+    pub from_processes: FromProcesses,
 }
 
 /// One container as exported.
@@ -43,6 +47,7 @@ impl Row {
                 user: c.user.as_str().into(),
                 uid: c.uid,
                 slurm_job_id: opt(&c.meta.slurm_job_id),
+                from_processes: c.processes.as_ref().map(|p| p.families).unwrap_or_default(),
             },
             start_time: c
                 .start_time

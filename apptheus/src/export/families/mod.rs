@@ -82,11 +82,7 @@ fn info(snap: &Snapshot, v: &mut impl Visitor) {
         let mut buf = itoa::Buffer::new();
         let uid = buf.format(r.info.uid);
         let i = &r.info;
-        let from_processes = r
-            .sample
-            .as_ref()
-            .map(|s| s.from_processes.names())
-            .unwrap_or_default();
+        let from_processes = r.info.from_processes.names();
         out.sample(
             &cat::CONTAINER_INFO,
             &[
@@ -149,6 +145,7 @@ mod tests {
     struct Seen {
         families: Vec<&'static str>,
         samples: Vec<(String, f64)>,
+        labels: Vec<Vec<(String, String)>>,
     }
 
     impl Visitor for Seen {
@@ -163,6 +160,12 @@ mod tests {
             );
             let names: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
             assert_eq!(names, m.labels, "{}", m.name);
+            self.labels.push(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
             if let Value::Number(x) = value {
                 self.samples.push((m.name.to_string(), x));
             }
@@ -212,6 +215,31 @@ mod tests {
         f.sort();
         f.dedup();
         assert_eq!(f.len(), seen.families.len());
+    }
+
+    /// Which families come from a container's processes is decided when
+    /// it is placed: its info series says so from then, before its first
+    /// sample (a reader between the two saw an empty label).
+    #[test]
+    fn the_info_series_says_what_comes_from_processes_before_any_sample() {
+        use crate::model::processes::{FromProcesses, ProcessStats};
+        let mut c = Container::new(1, 10, SystemTime::UNIX_EPOCH);
+        c.processes = Some(ProcessStats::new(FromProcesses::ALL, "shared"));
+        let row = crate::export::snapshot::Row::of(&c);
+        assert!(row.sample.is_none());
+        let snap = Snapshot {
+            rows: vec![row],
+            programs: Vec::new(),
+        };
+        let mut seen = Seen::default();
+        visit(&snap, &mut seen);
+        assert!(
+            seen.labels
+                .iter()
+                .any(|l| l.contains(&("from_processes".into(), "cpu,memory,pids,io".into()))),
+            "{:?}",
+            seen.labels
+        );
     }
 
     /// A container read from its processes has its values in the same
@@ -300,12 +328,7 @@ mod tests {
         let infos: Vec<String> = snap
             .rows
             .iter()
-            .map(|r| {
-                r.sample
-                    .as_ref()
-                    .map(|s| s.from_processes.names())
-                    .unwrap_or_default()
-            })
+            .map(|r| r.info.from_processes.names())
             .collect();
         assert_eq!(infos, ["", "cpu,memory,pids,io"]);
     }
