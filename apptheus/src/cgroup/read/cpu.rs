@@ -77,7 +77,8 @@ impl Throttle {
             let dir = Hier::V1("cpu").dir(ctx.cg);
             self.quota = Some((now, dir.is_none_or(has_quota)));
         }
-        if due || self.quota.is_some_and(|(_, quota)| quota) {
+        let limited = self.quota.is_some_and(|(_, quota)| quota);
+        if due || limited {
             let stat = &mut self.stat;
             self.last = stat
                 .optional(ctx, |text| {
@@ -87,7 +88,7 @@ impl Throttle {
                 .and_then(|r| ctx.ok(stat, r))
                 .map(nsec);
         }
-        if self.quota.is_some_and(|(_, quota)| !quota) {
+        if !limited {
             // Read every QUOTA_RECHECK at most: not worth a descriptor.
             self.stat.close();
         }
@@ -140,7 +141,7 @@ impl Family for Cpu {
         if cpu.throttled_seconds.is_none()
             && let Some(t) = &mut f.throttle
         {
-            cpu.throttled_seconds = t.read_at(ctx, Instant::now());
+            cpu.throttled_seconds = t.read_at(ctx, shared.now);
         }
         out.cpu = Some(cpu);
     }

@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     pub user_hz: u64,
     /// Enclosing cgroups' limits, read once per sample.
     pub enclosing: enclosing_limits::Ancestors,
+    /// When the sample began (what is looked at now and then goes by it).
+    pub now: Instant,
 }
 
 /// One family's files per cgroup set, planned once.
@@ -155,8 +157,6 @@ struct FamilySource<F: Family> {
     shared: Shared,
     budget: Budget,
     buf: Vec<u8>,
-    /// When the sample began: when a family that found nothing planned.
-    now: Instant,
 }
 
 impl<F: Family> FamilySource<F> {
@@ -166,10 +166,10 @@ impl<F: Family> FamilySource<F> {
             shared: Shared {
                 user_hz,
                 enclosing: enclosing_limits::Ancestors::default(),
+                now: Instant::now(),
             },
             budget,
             buf: Vec::new(),
-            now: Instant::now(),
         }
     }
 }
@@ -181,7 +181,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
 
     fn begin(&mut self) {
         self.shared.enclosing.begin();
-        self.now = Instant::now();
+        self.shared.now = Instant::now();
     }
 
     fn read(&mut self, t: &Target<'_>, out: &mut Fresh) -> Outcome {
@@ -194,7 +194,7 @@ impl<F: Family> StatsSource for FamilySource<F> {
             }
             let mut ctx = Ctx::new(p.cgroups(), &mut self.buf, &self.budget);
             let fp = fresh.fingerprint;
-            let now = self.now;
+            let now = self.shared.now;
             let planned = match self.parts.entry((t.key, i)) {
                 Entry::Occupied(e) => {
                     let pl = e.into_mut();
