@@ -7,7 +7,7 @@ use crate::model::{
     cgroups::ContainerCgroups,
     lifecycle::Lifecycle,
     metadata::Metadata,
-    processes::{ExitedTotals, FromProcesses, KnownProcesses, ProcessStats},
+    processes::{ExitedTotals, KnownProcesses, ProcessStats},
     stats::{CgroupStats, PartStats, combine},
 };
 
@@ -123,9 +123,6 @@ pub struct Sample {
     /// processes (see [`crate::model::processes`]).
     pub cgroup: CgroupStats,
     pub kernel: Option<KernelCounters>,
-    /// The families read from its processes (none: every family is its
-    /// cgroups').
-    pub from_processes: FromProcesses,
 }
 
 /// A starter run whose tasks belong to the container: the one that started
@@ -349,15 +346,7 @@ impl Container {
                 .saturating_sub(exited.before_start.runtime_ns);
             cpu.usage_seconds = cpu.usage_seconds.max(banked as f64 / 1e9);
         }
-        self.sample = Some(std::sync::Arc::new(Sample {
-            cgroup,
-            kernel,
-            from_processes: self
-                .processes
-                .as_ref()
-                .map(|p| p.families)
-                .unwrap_or_default(),
-        }));
+        self.sample = Some(std::sync::Arc::new(Sample { cgroup, kernel }));
     }
 }
 
